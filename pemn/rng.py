@@ -1,0 +1,116 @@
+"""A portable random generator: the same seed gives the same float32 bytes on every machine.
+
+PEMN stores a model as a seed plus masks, so the frozen random weights must be regenerated
+bit-identically on any CPU or GPU, OS, torch or numpy version. torch's generators promise none of
+that (CUDA output depends on the GPU model for large tensors; CPU and CUDA differ), and libm's
+``log``/``cos`` may differ in the last bit between platforms. This module therefore uses only
+integer arithmetic and IEEE-754 operations that are correctly rounded by definition
+(+, -, *, /, sqrt), evaluated element-wise by numpy in a fixed order.
+
+Algorithm ``pemn-splitmix-polar-v1`` (the id is stored in every artifact):
+
+1. Stream key: ``key = splitmix64(seed) ^ splitmix64(stream + 0x632BE59BD9B4E019)``.
+2. Raw word ``i`` of a stream: ``splitmix64(key + (i + 1) * 0x9E3779B97F4A7C15)`` (mod 2**64),
+   where ``splitmix64`` is Steele et al.'s finaliser (xor-shift 30/27/31, multipliers
+   0xBF58476D1CE4E5B9 and 0x94D049BB133111EB).
+3. Uniform in (-1, 1): ``((word >> 11) + 0.5) * 2**-52 - 1`` in float64 (exact).
+4. Standard normals by Marsaglia's polar method on consecutive pairs (words 2j, 2j+1): accept
+   when ``0 < s = u**2 + v**2 < 1``, emit ``u*f, v*f`` with ``f = sqrt(-2 ln(s) / s)``, in counter
+   order. ``ln`` is our own: ``s = m * 2**e`` (exact split), ``ln s = e ln2 + 2 atanh((m-1)/(m+1))``
+   with a fixed 12-term odd series, evaluated by Horner's rule in float64.
+5. Scaled values ``normal * std`` are rounded once to float32.
+
+The first ``n`` values of a stream never depend on how many are requested (prefix property), so
+max-layer padding can take prefixes of the largest layer's stream.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["GENERATOR_ID", "normal", "permutation", "sha256_f32", "uniform_words"]
+
+GENERATOR_ID = "pemn-splitmix-polar-v1"
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_STREAM_SALT = 0x632BE59BD9B4E019
+_MASK64 = (1 << 64) - 1
+_LN2 = 0.6931471805599453  # nearest float64 to ln 2
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Steele, Lea & Flood's SplitMix64 finaliser, element-wise on uint64 (wrapping)."""
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _stream_key(seed: int, stream: int) -> np.uint64:
+    if not (0 <= seed <= _MASK64 and 0 <= stream <= _MASK64):
+        raise ValueError(f"seed and stream must be integers in [0, 2**64), got {seed}, {stream}")
+    words = np.array([seed, (stream + _STREAM_SALT) & _MASK64], dtype=np.uint64)
+    a, b = _splitmix64(words)
+    return a ^ b
+
+
+def uniform_words(seed: int, stream: int, start: int, count: int) -> np.ndarray:
+    """Raw 64-bit words ``start .. start+count-1`` of a stream (counter-based, so any slice)."""
+    counters = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return _splitmix64(_stream_key(seed, stream) + counters * _GOLDEN)
+
+
+def _ln(s: np.ndarray) -> np.ndarray:
+    """Natural log of positive float64 values from correctly rounded operations only."""
+    m, e = np.frexp(s)  # s = m * 2**e, m in [0.5, 1): exact
+    low = m < np.sqrt(0.5)  # move m into [sqrt(1/2), sqrt(2)) so the series converges fast
+    m = np.where(low, m * 2.0, m)
+    e = np.where(low, e - 1, e).astype(np.float64)
+    t = (m - 1.0) / (m + 1.0)  # |t| < 0.1716
+    t2 = t * t
+    acc = np.zeros_like(t)
+    for k in range(23, 0, -2):  # atanh(t) = t + t^3/3 + ... + t^23/23; error < 1e-18 relative
+        acc = acc * t2 + 1.0 / k
+    return e * _LN2 + 2.0 * t * acc
+
+
+def _normal_f64(seed: int, stream: int, n: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.float64)
+    filled, pair = 0, 0
+    while filled < n:
+        num_pairs = max(64, int((n - filled) * 0.66) + 64)  # acceptance is pi/4 per pair
+        words = uniform_words(seed, stream, 2 * pair, 2 * num_pairs)
+        uv = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0
+        u, v = uv[0::2], uv[1::2]
+        s = u * u + v * v
+        ok = (s > 0.0) & (s < 1.0)
+        u, v, s = u[ok], v[ok], s[ok]
+        f = np.sqrt(-2.0 * _ln(s) / s)
+        values = np.stack([u * f, v * f], axis=1).reshape(-1)  # u0, v0, u1, v1, ...
+        take = min(len(values), n - filled)
+        out[filled : filled + take] = values[:take]
+        filled += take
+        pair += num_pairs
+    return out
+
+
+def normal(seed: int, stream: int, n: int, std: float = 1.0) -> np.ndarray:
+    """``n`` float32 values ~ N(0, std**2) of stream ``stream``; identical on every machine."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return (_normal_f64(seed, stream, n) * float(std)).astype(np.float32)
+
+
+def permutation(seed: int, stream: int, n: int) -> np.ndarray:
+    """A permutation of ``range(n)``: stable argsort of the stream's raw words."""
+    return np.argsort(uniform_words(seed, stream, 0, n), kind="stable")
+
+
+def sha256_f32(values: np.ndarray) -> str:
+    """SHA-256 of little-endian float32 bytes, the fingerprint stored next to a seed."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f4").tobytes()).hexdigest()
