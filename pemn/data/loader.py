@@ -1,0 +1,317 @@
+"""Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch.
+
+The whole split lives on ``device`` as one uint8 tensor (N, C, H, W), as in airbench's
+``CifarLoader``: no workers, no per-image transforms. Per batch, in this order (the order of the
+PEMN recipe, spec §8.1): random crop after zero padding and horizontal flip (one gather on uint8),
+optional RandAugment / ColorJitter (torchvision, only if installed), normalisation to float32,
+random erasing (fill 0 after normalisation, like torchvision's ``RandomErasing(value=0)``).
+
+Randomness. Every random number is drawn on the CPU from a ``torch.Generator`` seeded from
+``(seed, epoch)`` for the permutation (the same on every rank) and ``(seed, epoch, rank)`` for
+augmentation, then moved to ``device``. An epoch is therefore reproducible on any device and
+world size, and ``set_epoch`` must be called each epoch, as with ``DistributedSampler``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentConfig", "BatchLoader"]
+
+_ERASE_SCALE = (0.02, 0.33)  # fraction of the image area, torchvision's default
+_ERASE_RATIO = (0.3, 3.3)    # aspect ratio h / w, torchvision's default
+_ERASE_TRIES = 10            # torchvision gives up (no erasing) after 10 rejected boxes
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation, applied per batch.
+
+    Args:
+        crop_padding: pixels of zero padding on each side before a random crop back to
+            (H, W); 0 disables the crop. 4 is usual for CIFAR, 2 for 28x28, 8 for Tiny-ImageNet.
+        flip: random horizontal flip with probability 0.5.
+        erase_prob: probability that a random rectangle (area 2-33%, aspect 0.3-3.3) of an
+            image is set to 0 after normalisation.
+        randaugment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None. Needs
+            torchvision.
+        color_jitter: brightness = contrast = saturation jitter strength, 0 disables. Needs
+            torchvision.
+
+    Example:
+        >>> AugmentConfig(crop_padding=4, flip=True, erase_prob=0.2)
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    erase_prob: float = 0.0
+    randaugment: tuple[int, int] | None = None
+    color_jitter: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) \
+                or self.crop_padding < 0:
+            raise ValueError(f"augment.crop_padding must be an int >= 0, got {self.crop_padding!r}")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"augment.flip must be true or false, got {self.flip!r}")
+        if not _is_number(self.erase_prob) or not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"augment.erase_prob must be a probability in [0, 1], "
+                             f"got {self.erase_prob!r}")
+        if not _is_number(self.color_jitter) or not 0.0 <= self.color_jitter <= 1.0:
+            raise ValueError(f"augment.color_jitter must be in [0, 1] (0 = off), "
+                             f"got {self.color_jitter!r}")
+        if self.randaugment is not None:
+            ra = self.randaugment
+            if not isinstance(ra, (tuple, list)) or len(ra) != 2 \
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in ra) \
+                    or ra[0] < 1 or not 0 <= ra[1] <= 30:
+                raise ValueError("augment.randaugment must be None or (num_ops >= 1, "
+                                 f"magnitude in 0..30), got {ra!r}")
+            object.__setattr__(self, "randaugment", tuple(ra))  # a TOML list becomes a tuple
+
+    @property
+    def needs_torchvision(self) -> bool:
+        return self.randaugment is not None or self.color_jitter > 0
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _mix_seed(*values: int) -> int:
+    """Hash integers into one 64-bit seed (splitmix64 finaliser), so that e.g. (seed=0, epoch=1)
+    and (seed=1, epoch=0) get unrelated streams, unlike ``seed + epoch``."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h
+
+
+def _torchvision_ops(cfg: AugmentConfig):
+    """Compose torchvision's RandAugment / ColorJitter, or raise a message that says what to do."""
+    try:
+        from torchvision.transforms import v2
+    except Exception:
+        what, off = (("randaugment", "set augment.randaugment to none") if cfg.randaugment
+                     else ("color_jitter", "set augment.color_jitter to 0"))
+        raise ImportError(f"{what} needs torchvision; pip install 'pemn[augment]' or {off}") from None
+    ops = []
+    if cfg.randaugment is not None:
+        ops.append(v2.RandAugment(num_ops=cfg.randaugment[0], magnitude=cfg.randaugment[1]))
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    return v2.Compose(ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch augmentation (random numbers on the CPU generator, pixels on the images' device)
+# ---------------------------------------------------------------------------------------------
+
+def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop of zero-padded images and random horizontal flip, as one gather.
+
+    Args:
+        x: (B, C, H, W) images, any dtype.
+        padding: zero padding per side; offsets are uniform in [0, 2 * padding].
+        flip: flip each image with probability 0.5.
+        gen: CPU generator.
+
+    Returns:
+        (B, C, H, W) tensor, contiguous.
+    """
+    B, C, H, W = x.shape
+    if padding:
+        x = F.pad(x, (padding,) * 4)  # zeros = black, as torchvision's RandomCrop(padding)
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    dy = torch.randint(0, 2 * padding + 1, (B, 1), generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (B, 1), generator=gen)
+    rows = dy + torch.arange(H)  # (B, H) rows of the padded image to take
+    cols = dx + torch.arange(W)  # (B, W)
+    if flip:
+        flipped = torch.rand(B, 1, generator=gen) < 0.5
+        cols = torch.where(flipped, cols.flip(1), cols)
+    index = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, H * W).to(x.device)
+    return x.reshape(B, C, Hp * Wp).gather(2, index.expand(B, C, H * W)).view(B, C, H, W)
+
+
+def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-image random rectangles, torchvision's RandomErasing rule, vectorised.
+
+    Each image is erased with probability ``prob``. Its box has area ``s * H * W`` with
+    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3), so ``h = round(sqrt(s H W r))``,
+    ``w = round(sqrt(s H W / r))``; the first of 10 draws with ``h < H`` and ``w < W`` is used,
+    and if none fits the image is left alone.
+
+    Returns:
+        bool mask (B, H, W) on ``device``, True where pixels are erased.
+    """
+    area = H * W * torch.empty(B, _ERASE_TRIES).uniform_(*_ERASE_SCALE, generator=gen)
+    log_ratio = torch.empty(B, _ERASE_TRIES).uniform_(
+        math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1]), generator=gen)
+    h = torch.sqrt(area * log_ratio.exp()).round().long()  # (B, tries)
+    w = torch.sqrt(area / log_ratio.exp()).round().long()
+    fits = (h < H) & (w < W)
+    first = fits.long().argmax(1, keepdim=True)  # first fitting draw (0 if none fits)
+    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    apply = (torch.rand(B, generator=gen) < prob) & fits.any(1)
+    top = (torch.rand(B, generator=gen) * (H - h + 1)).long()  # uniform in [0, H - h]
+    left = (torch.rand(B, generator=gen) * (W - w + 1)).long()
+    top, left, h, w, apply = (t.to(device) for t in (top, left, h, w, apply))
+    r = torch.arange(H, device=device)[None, :]
+    c = torch.arange(W, device=device)[None, :]
+    in_rows = (r >= top[:, None]) & (r < (top + h)[:, None])  # (B, H)
+    in_cols = (c >= left[:, None]) & (c < (left + w)[:, None])  # (B, W)
+    return in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+
+
+def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor:
+    """Run torchvision ops image by image (they draw one op for a whole batch otherwise),
+    seeding torch's global CPU generator from ``gen`` and restoring it afterwards."""
+    seeds = torch.randint(0, 2**62, (x.shape[0],), generator=gen).tolist()
+    out = torch.empty_like(x)
+    with torch.random.fork_rng(devices=[]):
+        for i, s in enumerate(seeds):
+            torch.default_generator.manual_seed(s)
+            out[i] = ops(x[i])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------
+
+class BatchLoader:
+    """Iterate over ``(images, labels)`` batches of one split held on ``device``.
+
+    Args:
+        images: uint8 (N, C, H, W).
+        labels: integer (N,).
+        batch_size: images per batch on this rank.
+        shuffle: new seeded permutation every epoch; False keeps the stored order.
+        augment: per-batch augmentation, or None (evaluation).
+        mean, std: per-channel normalisation in 0..1 units, length C.
+        device: where the data and the batches live.
+        seed: base seed; the permutation uses (seed, epoch), augmentation (seed, epoch, rank).
+        rank, world_size: this process's shard ``perm[rank::world_size]`` of the first
+            ``world_size * (N // world_size)`` positions, so every rank has as many batches.
+        drop_last: drop this rank's last incomplete batch.
+        channels_last: return images in ``torch.channels_last`` memory format.
+
+    Yields:
+        float32 images (B, C, H, W), normalised, and int64 labels (B,), both on ``device``.
+
+    Raises:
+        ValueError: inconsistent shapes, a non-uint8 image tensor, a bad rank, or no batch.
+        ImportError: ``augment`` asks for torchvision ops and torchvision is not installed.
+
+    Example:
+        >>> loader = BatchLoader(ds.train_images, ds.train_labels, 256, shuffle=True,
+        ...                      augment=AugmentConfig(crop_padding=4, flip=True),
+        ...                      mean=ds.mean, std=ds.std, seed=0)
+        >>> for epoch in range(epochs):
+        ...     loader.set_epoch(epoch)
+        ...     for x, y in loader: ...
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 shuffle: bool, augment: AugmentConfig | None = None,
+                 mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False, channels_last: bool = False):
+        _validate(images, labels, batch_size, mean, std, rank, world_size)
+        if augment is not None and not isinstance(augment, AugmentConfig):
+            raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.drop_last, self.channels_last = drop_last, channels_last
+        self.epoch = 0
+        self._tv_ops = _torchvision_ops(augment) if augment and augment.needs_torchvision else None
+        # x_norm = (x / 255 - mean) / std = x * scale - shift, per channel, shaped (1, C, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self._shift = (mean_t / std_t).view(1, -1, 1, 1).to(self.device)
+        self.num_samples = len(images) // world_size  # this rank's images per epoch
+        if len(self) == 0:
+            raise ValueError(f"no batch: {self.num_samples} images per rank, batch_size "
+                             f"{batch_size}, drop_last={drop_last}")
+
+    @classmethod
+    def from_dataset(cls, ds, split: str, batch_size: int, **kwargs) -> BatchLoader:
+        """Loader over ``ds``'s ``"train"`` or ``"test"`` split with its mean and std."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return cls(getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels"), batch_size,
+                   mean=ds.mean, std=ds.std, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's permutation and augmentation stream; call before each epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, in batch order (CPU int64)."""
+        n = len(self.images)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        return order[: self.num_samples * self.world_size][self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices().to(self.device)
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 1, self.rank))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._transform(self.images[idx], gen), self.labels[idx]
+
+    def _transform(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> augmented, normalised float32 (B, C, H, W)."""
+        aug = self.augment
+        if aug is not None and (aug.crop_padding or aug.flip):
+            x = crop_flip(x, aug.crop_padding, aug.flip, gen)
+        if self._tv_ops is not None:
+            x = _apply_per_image(x, self._tv_ops, gen)
+        x = x.float().mul_(self._scale).sub_(self._shift)
+        if aug is not None and aug.erase_prob > 0:
+            B, _, H, W = x.shape
+            x.masked_fill_(erase_mask(B, H, W, aug.erase_prob, gen, x.device)[:, None], 0.0)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError("images must be a uint8 tensor (N, C, H, W), got "
+                         f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) \
+            or labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor ({images.shape[0]},), got "
+                         f"{getattr(labels, 'dtype', type(labels))} {tuple(getattr(labels, 'shape', ()))}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    C = images.shape[1]
+    if len(mean) != C or len(std) != C or min(std) <= 0:
+        raise ValueError(f"mean and std need {C} values (one per channel, std > 0), "
+                         f"got mean={tuple(mean)} std={tuple(std)}")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
+            and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")

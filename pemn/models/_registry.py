@@ -1,0 +1,78 @@
+"""Model registry: variant name -> constructor function (the timm / DiT pattern, STYLE.md §2.6).
+
+A variant is a function that only sets hyperparameters and forwards ``**kwargs`` to the model
+class; ``@register_model`` files it under the function's own name. The registry drives the CLI
+``choices`` and the parametrized tests, so a new size is one decorated two-line function.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+__all__ = ["register_model", "create_model", "list_models", "model_info"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_Fn = TypeVar("_Fn", bound=Callable[..., nn.Module])
+
+
+def register_model(fn: _Fn) -> _Fn:
+    """Register ``fn`` under ``fn.__name__`` and return it unchanged.
+
+    Raises:
+        ValueError: if the name is already registered (two families must not shadow each other).
+    """
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered by {_MODELS[name].__module__}")
+    _MODELS[name] = fn
+    return fn
+
+
+def _lookup(name: str) -> Callable[..., nn.Module]:
+    if name in _MODELS:
+        return _MODELS[name]
+    close = difflib.get_close_matches(name, _MODELS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} Choose from: {', '.join(list_models())}")
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered variant ``name``.
+
+    Keyword arguments that are ``None`` are dropped, so a CLI flag left at its ``None`` default
+    never overrides the variant's own default; the others override it.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **kwargs: constructor overrides, e.g. ``num_classes=100`` or ``in_channels=1``.
+
+    Returns:
+        A freshly initialised ``nn.Module``.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid names.
+
+    Example:
+        >>> model = create_model("convmixer_256_d6", num_classes=10, in_channels=None)
+    """
+    fn = _lookup(name)
+    return fn(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted registered names matching the shell-style ``pattern`` (e.g. ``"convmixer_*"``)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> dict[str, str]:
+    """Name, family (the defining module, e.g. ``"convmixer"``) and one-line description."""
+    fn = _lookup(name)
+    doc = (fn.__doc__ or "").strip()
+    return {
+        "name": name,
+        "family": fn.__module__.rsplit(".", 1)[-1],
+        "description": doc.splitlines()[0] if doc else "",
+    }

@@ -1,0 +1,110 @@
+"""ConvMixer (Trockman & Kolter, "Patches Are All You Need?", TMLR 2023), CIFAR form.
+
+Exactly the architecture of the official PEMN code (PEMN.md §6.1)::
+
+    Conv2d(in -> dim, kernel = stride = patch, bias=False) -> act -> BN
+    depth x [ Residual(depthwise Conv2d(k, groups=dim, padding="same", bias=False) -> act -> BN)
+              -> pointwise Conv2d(1x1, bias=False) -> act -> BN ]
+    -> AdaptiveAvgPool2d(1) -> Flatten -> Linear(dim -> classes, bias=False)
+
+No layer has a bias, so the weights are exactly the masked values P of PEMN.md §5.3
+(dim 256, depth 6, 10 classes: 437,248). The network is input-size agnostic.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._registry import register_model
+
+__all__ = ["ConvMixer"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class Residual(nn.Module):
+    """``x + fn(x)``: the skip around each depthwise (spatial mixing) convolution."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(x)
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer-``dim``/``depth`` with a ``kernel_size`` depthwise kernel and ``patch_size`` stem."""
+
+    def __init__(self, dim: int, depth: int, kernel_size: int = 5, patch_size: int = 2,
+                 in_channels: int = 3, num_classes: int = 10, act: str = "gelu") -> None:
+        super().__init__()
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"act={act!r}: use one of {sorted(_ACTIVATIONS)}")
+        act_layer = _ACTIVATIONS[act]
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, bias=False),
+            act_layer(), nn.BatchNorm2d(dim))
+        self.blocks = nn.Sequential(*[
+            nn.Sequential(
+                Residual(nn.Sequential(
+                    nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same", bias=False),
+                    act_layer(), nn.BatchNorm2d(dim))),
+                nn.Conv2d(dim, dim, 1, bias=False),
+                act_layer(), nn.BatchNorm2d(dim))
+            for _ in range(depth)])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(dim, num_classes, bias=False)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, in, H, W) -> (B, dim, H/patch, W/patch)
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x))  # (B, dim, h, w) -> (B, dim) -> (B, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def convmixer(**kwargs) -> ConvMixer:
+    """Generic ConvMixer; defaults are the official argparse defaults (dim 256, depth 8)."""
+    return ConvMixer(**{"dim": 256, "depth": 8, **kwargs})
+
+
+@register_model
+def convmixer_256_d6(**kwargs) -> ConvMixer:
+    """ConvMixer-256/6 (PEMN Fig. 3, Fig. 5, README command)."""
+    return ConvMixer(**{"dim": 256, "depth": 6, **kwargs})
+
+
+@register_model
+def convmixer_256_d8(**kwargs) -> ConvMixer:
+    """ConvMixer-256/8 (PEMN Fig. 3, Fig. 5)."""
+    return ConvMixer(**{"dim": 256, "depth": 8, **kwargs})
+
+
+@register_model
+def convmixer_512_d6(**kwargs) -> ConvMixer:
+    """ConvMixer-512/6 (PEMN Fig. 3)."""
+    return ConvMixer(**{"dim": 512, "depth": 6, **kwargs})
+
+
+@register_model
+def convmixer_512_d8(**kwargs) -> ConvMixer:
+    """ConvMixer-512/8 (PEMN Fig. 3)."""
+    return ConvMixer(**{"dim": 512, "depth": 8, **kwargs})
+
+
+@register_model
+def convmixer_128_d4(**kwargs) -> ConvMixer:
+    """ConvMixer-128/4: a small CPU-sized variant (not in the paper)."""
+    return ConvMixer(**{"dim": 128, "depth": 4, **kwargs})
+
+
+@register_model
+def convmixer_64_d4(**kwargs) -> ConvMixer:
+    """ConvMixer-64/4: a tiny CPU-sized variant for tests and smoke runs (not in the paper)."""
+    return ConvMixer(**{"dim": 64, "depth": 4, **kwargs})

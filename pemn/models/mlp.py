@@ -1,0 +1,49 @@
+"""Multilayer perceptron: flatten, then Linear + ReLU layers, then a Linear classifier.
+
+``mlp_paper`` is the worked example of PEMN.md §3.1 (paper Eq. 4-6): layer sizes
+[512, 100, 100, 100, 10], i.e. weight matrices 512x100, 100x100, 100x100, 100x10, where
+One-layer makes the first 100x100 layer the prototype of the second. ``mlp`` is a small
+classifier for 28x28 grayscale images (784 inputs). Every Linear has a bias.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._registry import register_model
+
+__all__ = ["MLP"]
+
+
+class MLP(nn.Module):
+    """``in_features -> hidden[0] -> ... -> hidden[-1] -> num_classes``, ReLU between layers."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (512, 100, 100),
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) or (B, F) -> (B, in_features)
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model
+def mlp(**kwargs) -> MLP:
+    """MLP 784-512-100-100-10 for 28x28 grayscale images (MNIST, Fashion-MNIST)."""
+    return MLP(**{"in_features": 784, "hidden": (512, 100, 100), **kwargs})
+
+
+@register_model
+def mlp_paper(**kwargs) -> MLP:
+    """MLP 512-100-100-100-10: the One-layer worked example of PEMN.md §3.1."""
+    return MLP(**{"in_features": 512, "hidden": (100, 100, 100), **kwargs})
