@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from pemn.fill import Dense
+from pemn.masking import num_kept
 
 __all__ = ["Stats", "stats", "paper_compression_ratio"]
 
@@ -46,11 +47,14 @@ def stats(model: nn.Module) -> Stats:
         raise ValueError("model has no PEMN spec; call pemn.apply_(model, strategy) first")
     num_masked = sum(t.numel for t in spec.tensors)
     dense = isinstance(spec.strategy, Dense)
-    num_unique = num_masked if dense else spec.plan.num_unique
+    if getattr(spec.strategy, "is_baseline", False):  # trained kept values are all stored
+        num_unique = sum(num_kept(t.numel, spec.keep_ratio) for t in spec.tensors)
+    else:
+        num_unique = num_masked if dense else spec.plan.num_unique
     cr = 0.0 if dense else paper_compression_ratio(num_masked, num_unique)
     masked_names = {t.name for t in spec.tensors}
     other = sum(t.numel() for n, t in model.state_dict().items()
-                if not n.endswith(("_fixed", "_scores")) and n not in masked_names
+                if not n.endswith(("_fixed", "_scores", "_orig", "_mask")) and n not in masked_names
                 and t.is_floating_point())
     return Stats(num_masked, num_unique, cr, 4 * num_masked,
                  0 if dense else num_masked, other)

@@ -28,7 +28,7 @@ from .idx import load_idx_images, load_idx_labels
 from .loader import AugmentConfig, BatchLoader
 from .tiny_imagenet import load_tiny_imagenet
 
-__all__ = [
+__all__ = ["dataset_shape", 
     "AugmentConfig", "BatchLoader", "Dataset", "DatasetError", "list_datasets", "load_dataset",
     "register_dataset", "split_validation",
 ]
@@ -97,6 +97,18 @@ def register_dataset(name: str):
         _REGISTRY[name] = fn
         return fn
     return wrap
+
+
+# (channels, classes) per dataset, so a model can be built without reading the data.
+_SHAPES = {"fashion_mnist": (1, 10), "mnist": (1, 10), "digits": (1, 10),
+           "cifar10": (3, 10), "cifar100": (3, 100), "tiny_imagenet": (3, 200)}
+
+
+def dataset_shape(name: str) -> tuple[int, int]:
+    """``(in_channels, num_classes)`` of a registered dataset, without loading it."""
+    if name not in _SHAPES:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    return _SHAPES[name]
 
 
 def list_datasets() -> list[str]:

@@ -50,7 +50,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         **kwargs: constructor overrides, e.g. ``num_classes=100`` or ``in_channels=1``.
 
     Returns:
-        A freshly initialised ``nn.Module``.
+        A freshly initialised ``nn.Module`` whose ``model_args`` attribute holds ``name`` and
+        the keyword arguments, so it can be rebuilt.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid names.
@@ -59,7 +60,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         >>> model = create_model("convmixer_256_d6", num_classes=10, in_channels=None)
     """
     fn = _lookup(name)
-    return fn(**{k: v for k, v in kwargs.items() if v is not None})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        model = fn(**kwargs)
+    except TypeError as e:  # a wrong keyword is a user mistake, not a crash
+        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+    # Recorded so a checkpoint or artifact can rebuild the architecture (nanoGPT's model_args).
+    model.model_args = {"name": name, "kwargs": kwargs}
+    return model
 
 
 def list_models(pattern: str = "*") -> list[str]:

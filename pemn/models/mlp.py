@@ -20,9 +20,11 @@ __all__ = ["MLP"]
 class MLP(nn.Module):
     """``in_features -> hidden[0] -> ... -> hidden[-1] -> num_classes``, ReLU between layers."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (512, 100, 100),
-                 num_classes: int = 10) -> None:
+    def __init__(self, in_features: int | None = None, hidden: Sequence[int] = (512, 100, 100),
+                 num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> None:
         super().__init__()
+        # Image models are built with in_channels (and img_size); the MLP derives its input.
+        in_features = in_features or in_channels * img_size * img_size
         self.in_features = in_features
         self.num_classes = num_classes
         layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) or (B, F) -> (B, in_features)
@@ -40,7 +42,7 @@ class MLP(nn.Module):
 @register_model
 def mlp(**kwargs) -> MLP:
     """MLP 784-512-100-100-10 for 28x28 grayscale images (MNIST, Fashion-MNIST)."""
-    return MLP(**{"in_features": 784, "hidden": (512, 100, 100), **kwargs})
+    return MLP(**{"hidden": (512, 100, 100), **kwargs})
 
 
 @register_model

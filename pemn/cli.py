@@ -1,0 +1,132 @@
+"""The ``pemn`` command line: thin wrappers that parse, build a config and call the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """``[config.toml] [key=value ...]`` -> (config path, overrides)."""
+    config = None
+    overrides = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None:
+            config = item
+        else:
+            raise ValueError(f"unexpected argument {item!r}: give one config file, then "
+                             f"key=value overrides")
+    return config, overrides
+
+
+def cmd_train(args) -> int:
+    from pemn.config import load_config
+    from pemn.run import load_run_config, run
+
+    if args.resume and not args.config_and_overrides:
+        cfg = load_run_config(args.resume)
+        cfg.out_dir, cfg.name = str(Path(args.resume).parent), Path(args.resume).name
+    else:
+        cfg = load_config(*_split_overrides(args.config_and_overrides))
+    summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    lines = [f"run            {s['run']}",
+             f"test accuracy  final {s['final_test_acc']:.2f} %, best {s['best_test_acc']:.2f} %"]
+    if "best_val_acc" in s:
+        lines.append(f"validation     best {s['best_val_acc']:.2f} % "
+                     f"(test at that epoch {s['test_acc_at_best_val']:.2f} %)")
+    lines += [f"P (masked)     {s['num_masked']:,}",
+              f"U (unique)     {s['num_unique']:,}",
+              f"paper CR       {100 * s['compression_ratio']:.3f} %",
+              f"dense fp32     {s['dense_fp32_bytes']:,} bytes of masked weights",
+              f"speed          {s['images_per_s']:.0f} images/s, wall {s['wall_s']:.0f} s"]
+    print("\n".join(lines))
+
+
+def cmd_info(args) -> int:
+    from pemn import stats
+    from pemn.config import load_config
+    from pemn.data import dataset_shape
+    from pemn.run import build_model
+
+    cfg = load_config(*_split_overrides(args.config_and_overrides))
+    model = build_model(cfg, *dataset_shape(cfg.data.dataset))
+    s = stats(model)
+    info = {"model": cfg.model.name, "strategy": cfg.mask.strategy, **s.as_dict(),
+            "mask_bytes": -(-s.mask_bits // 8),
+            "other_fp32_bytes": 4 * s.num_other_params}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pemn.evaluate import evaluate_path
+
+    result = evaluate_path(args.path, split=args.split, data_root=args.data_root)
+    print(json.dumps(result, indent=2) if args.json else
+          f"{result['split']} accuracy {result['accuracy']:.2f} % on {result['num_images']} "
+          f"images ({result['dataset']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pemn", description="Parameter-Efficient Masking Networks: "
+                                "masks over fixed random weights, stored as seed + bit masks.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one configuration",
+                       description="Train from a TOML config plus key=value overrides, e.g. "
+                       "`pemn train configs/fmnist_convmixer.toml optim.epochs=2 mask.ratio=1e-2`."
+                       " Keys: model.*, mask.*, data.*, optim.*, out_dir, name.")
+    t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG | KEY=VALUE")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    i = sub.add_parser("info", help="P, U, CR and sizes of a config, without training")
+    i.add_argument("config_and_overrides", nargs="*", metavar="CONFIG | KEY=VALUE")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_info)
+
+    e = sub.add_parser("eval", help="evaluate a run directory, checkpoint or .pemn artifact")
+    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("--split", choices=["test", "train"], default="test")
+    e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        if args.verbose:
+            raise
+        print(f"pemn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pemn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Run configuration: dataclass defaults are the single source of truth.
+
+A TOML recipe and dotted ``key=value`` overrides are applied on top; an unknown key or a value
+of the wrong type fails with a message naming the key and the valid choices. The resolved
+config is saved in every run directory and checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "RunConfig", "ModelConfig", "MaskConfig", "DataConfig", "OptimConfig",
+           "load_config", "apply_overrides", "to_dict", "from_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value (the message says which and what is allowed)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convmixer_128_d4"
+    kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. {"act": "relu"})
+
+
+@dataclass
+class MaskConfig:
+    strategy: str = "rp"  # dense | mask | one_layer | mp | rp | random_prune | magnitude_prune
+    ratio: float = 1e-3  # RP: unique values relative to MP
+    order: str = "copy"  # RP: copy | permuted
+    keep_ratio: float = 0.5  # fraction of weights kept (masks and pruning baselines alike)
+    seed: int = 0  # random weights, scores and baseline masks
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str = ""  # "" = the dataset's default location
+    val_fraction: float = 0.0  # held out from train; > 0 reports val accuracy (honest model pick)
+    crop_padding: int = 2  # random crop with zero padding, pixels
+    flip: bool = True  # random horizontal flip
+    erase_prob: float = 0.0  # random erasing probability
+    randaugment: list = field(default_factory=list)  # [num_ops, magnitude]; needs torchvision
+    color_jitter: float = 0.0  # needs torchvision
+    limit_train: int = 0  # use only the first N training images (0 = all); for smoke runs
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 4
+    batch_size: int = 128  # global batch (split across DDP ranks)
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 0.05  # peak learning rate
+    schedule: str = "triangular"  # triangular (ConvMixer: 0 -> lr@40% -> lr/20@80% -> 0) | cosine
+    warmup_epochs: float = 0.0  # cosine only: linear warm-up
+    weight_decay: float = 0.005
+    momentum: float = 0.9  # sgd only
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max grad norm, 0 = off
+    seed: int = 0  # data order, augmentation and dropout
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    channels_last: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: str = "runs"
+    name: str = ""  # "" = derived from the config
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        m = self.mask
+        strategy = {"rp": f"rp{m.ratio:g}{'p' if m.order == 'permuted' else ''}"}.get(
+            m.strategy, m.strategy)
+        return (f"{self.data.dataset}-{self.model.name}-{strategy}-k{m.keep_ratio:g}"
+                f"-e{self.optim.epochs}-s{m.seed}")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int)
+          and not isinstance(v, bool), float: lambda v: isinstance(v, float),
+          str: lambda v: isinstance(v, str), dict: lambda v: isinstance(v, dict),
+          list: lambda v: isinstance(v, list)}[typ]
+    if not ok(value):
+        raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys: "
+                              f"{', '.join(prefix + n for n in names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = from_dict(typ, value, full + ".")
+        else:
+            kwargs[key] = _coerce(value, typ, full)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``0.05``, ``true``, ``"x"``, ``[2, 12]``, ``{a = 1}``) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys: ``["optim.lr=0.1", "model.kwargs.act=relu"]`` on a nested dict."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults, then the TOML (or JSON) file at ``path``, then ``overrides``."""
+    data: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot parse {path}: {e}") from None
+    cfg = from_dict(RunConfig, apply_overrides(data, list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks with messages that say what is allowed."""
+    choices = {"mask.strategy": (cfg.mask.strategy, ("dense", "mask", "one_layer", "mp", "rp",
+                                                     "random_prune", "magnitude_prune")),
+               "mask.order": (cfg.mask.order, ("copy", "permuted")),
+               "optim.optimizer": (cfg.optim.optimizer, ("adamw", "sgd")),
+               "optim.schedule": (cfg.optim.schedule, ("triangular", "cosine")),
+               "optim.amp": (cfg.optim.amp, ("auto", "off", "bf16", "fp16"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
+    if not 0 < cfg.mask.keep_ratio <= 1:
+        raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got "
+                          f"{cfg.mask.keep_ratio}")
+    if not 0 < cfg.mask.ratio <= 1:
+        raise ConfigError(f"mask.ratio must be in (0, 1], got {cfg.mask.ratio}")
+    if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
+        raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")

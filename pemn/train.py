@@ -1,0 +1,186 @@
+"""The training loop: one visible loop, a pure learning-rate function, per-epoch checkpoints.
+
+Recipes (PEMN.md §8): the ConvMixer recipe is AdamW with a per-iteration triangular schedule
+``0 -> lr at 40 % -> lr/20 at 80 % -> 0``; ResNet uses SGD with cosine decay. Only parameters
+with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pemn.checkpoint import load_checkpoint, save_checkpoint
+from pemn.config import OptimConfig
+from pemn.distributed import World
+
+__all__ = ["lr_at", "train", "evaluate", "train_one_epoch", "resolve_device", "autocast_dtype"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate after ``step`` of ``total_steps`` optimizer steps (a pure function)."""
+    t = cfg.epochs * step / total_steps  # fractional epoch, as the official code
+    if cfg.schedule == "triangular":
+        e = cfg.epochs
+        knots = [0, e * 2 // 5, e * 4 // 5, e] if e >= 5 else [0, 0.4 * e, 0.8 * e, e]
+        return float(np.interp(t, knots, [0, cfg.lr, cfg.lr / 20, 0]))
+    if t < cfg.warmup_epochs:
+        return cfg.lr * t / cfg.warmup_epochs
+    progress = (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def resolve_device(name: str, world: World) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``optim.amp``; "auto" is bf16/fp16 on CUDA and off on CPU,
+    where bf16 autocast was slower in benchmarks/step_time.py."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, amp_dtype=None) -> float:
+    """Top-1 accuracy in % over every batch of ``loader``."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        with _autocast(x.device, amp_dtype):
+            correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return 100.0 * correct / max(total, 1)
+
+
+def train_one_epoch(model, loader, opt, scaler, cfg: OptimConfig, step: int, total_steps: int,
+                    amp_dtype, progress) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean train loss, step after the epoch)."""
+    model.train()
+    loss_sum = torch.zeros(())
+    for x, y in loader:
+        step += 1
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total_steps, cfg)
+        with _autocast(x.device, amp_dtype):
+            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += loss.detach().float().cpu()
+        progress.update(1)
+    return loss_sum.item() / max(len(loader), 1), step
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+    if not world.distributed:
+        return model
+    # The frozen random weights are identical on every rank (regenerated from the seed), so
+    # DDP need not broadcast them each step; BN statistics still are.
+    frozen = [n for n, _ in model.named_buffers() if n.endswith("_fixed")]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm  # degrades to nothing when stderr is not a terminal (CI logs)
+    return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True)
+
+
+def _state(model, opt, scaler, epoch, step, history, config) -> dict:
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
+            "rng_cpu": torch.get_rng_state(), "history": history, "config": config}
+
+
+def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig,
+          run_dir: Path, world: World, config: dict, resume: bool = False,
+          progress: bool = True) -> list[dict]:
+    """Train ``model`` and evaluate on ``eval_loaders`` (e.g. {"test": ..., "val": ...}).
+
+    Rank 0 writes ``metrics.jsonl`` and an atomic ``checkpoint.pt`` after every epoch; with
+    ``resume`` the run continues from it and ends with the same metrics as an uninterrupted run.
+    Returns the per-epoch metrics.
+    """
+    device = next(model.parameters()).device
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    start_epoch, step, history = 0, 0, []
+    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        log.info("resumed %s at epoch %d", run_dir, start_epoch)
+        if world.is_main:  # metrics.jsonl may hold a line the checkpoint does not: rewrite it
+            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    ddp_model = _wrap_ddp(model, device, world)
+    total_steps = cfg.epochs * len(train_loader)
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        with _progress(len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
+                       progress and world.is_main) as bar:
+            loss, step = train_one_epoch(ddp_model, train_loader, opt, scaler, cfg, step,
+                                         total_steps, amp_dtype, bar)
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "train_loss": round(loss, 5),
+                  "images_per_s": round(train_loader.num_samples * world.world_size / seconds, 1),
+                  "epoch_s": round(seconds, 2), "lr": lr_at(step, total_steps, cfg)}
+        for split, loader in eval_loaders.items():
+            record[f"{split}_acc"] = round(evaluate(model, loader, amp_dtype), 3)
+        history.append(record)
+        if world.is_main:
+            save_checkpoint(_state(model, opt, scaler, epoch + 1, step, history, config),
+                            ckpt_path)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
+                     "  ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
+        world.barrier()
+    return history
