@@ -113,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow flags (`train --no-progress optim.lr=1`): collect the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "config_and_overrides")
+                  or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.config_and_overrides += extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     try:

@@ -1,0 +1,99 @@
+"""Export a PEMN model as a plain dense model that loads without pemn (safetensors or ONNX).
+
+The masks are baked in with ``pemn.materialize_`` on a loaded copy, so the exported weights
+are exactly the masked random weights the model computes with; the logits do not change.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pemn.artifact.format import ArtifactError
+from pemn.artifact.store import load, pack, unpack
+from pemn.transform import materialize_
+
+__all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
+
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+
+def _plain_copy(source) -> nn.Module:
+    """A dense copy of an artifact path or a PEMN model (the model itself is not touched)."""
+    model = unpack(pack(source)) if isinstance(source, nn.Module) else load(source)
+    return materialize_(model).eval()
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """``(1, C, S, S)`` for image models (``S``: ``img_size`` kwarg, else 28 for one channel,
+    32 otherwise), ``(1, in_features)`` when the first layer is a Linear.
+
+    Raises:
+        ArtifactError: if the first weight layer is neither a Conv2d nor a Linear.
+    """
+    kwargs = model.model_args["kwargs"]
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if isinstance(first, nn.Conv2d):
+        size = kwargs.get("img_size") or getattr(model, "img_size", None) or (
+            28 if first.in_channels == 1 else 32)
+        return (1, first.in_channels, size, size)
+    if isinstance(first, nn.Linear):
+        return (1, first.in_features)
+    raise ArtifactError("cannot derive the input shape of this model; pass "
+                        "example_input_shape=(1, C, H, W)")
+
+
+def _export_safetensors(model: nn.Module, out_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    args = model.model_args
+    metadata = {"format": "pt", "pemn.architecture": args["name"],
+                "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)}
+    save_file(state, str(out_path), metadata=metadata)
+
+
+def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:
+    example = torch.zeros(shape)
+    # dynamo=False: the TorchScript exporter needs no onnxscript, and is still supported.
+    torch.onnx.export(model, (example,), str(out_path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"},
+                                                             "logits": {0: "batch"}},
+                      dynamo=False)
+
+
+def export(source, out_path: str | os.PathLike, format: str = "safetensors",
+           example_input_shape: tuple[int, ...] | None = None) -> int:
+    """Write a plain dense model that loads without pemn.
+
+    Args:
+        source: an artifact path, or a PEMN model (copied; the model is not modified).
+        out_path: file to write.
+        format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
+            and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
+        example_input_shape: ONNX input shape; default :func:`default_input_shape`. The batch
+            dimension is exported as dynamic.
+
+    Returns:
+        Bytes written.
+
+    Raises:
+        ArtifactError: unknown format, unreadable artifact, or no input shape for ONNX.
+
+    Example:
+        >>> export("run.pemn", "run.safetensors")
+        >>> state = safetensors.torch.load_file("run.safetensors")
+        >>> create_model("convmixer_256_d8").load_state_dict(state)
+    """
+    if format not in EXPORT_FORMATS:
+        raise ArtifactError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
+    model = _plain_copy(source)
+    out_path = Path(out_path)
+    if format == "safetensors":
+        _export_safetensors(model, out_path)
+    else:
+        _export_onnx(model, out_path, tuple(example_input_shape or default_input_shape(model)))
+    return out_path.stat().st_size

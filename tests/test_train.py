@@ -1,0 +1,139 @@
+"""Training loop, config handling, resume after kill -9, and a 2-process DDP run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pemn.config import ConfigError, OptimConfig, load_config
+from pemn.train import lr_at
+
+TINY = ["data.dataset=digits", "model.name=convmixer", "model.kwargs={dim=16, depth=1}",
+        "optim.batch_size=64", "optim.eval_batch_size=500"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _pemn(*args, cwd, check=True):
+    return subprocess.run([sys.executable, "-m", "pemn.cli", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, check=check)
+
+
+def test_triangular_schedule_knots():
+    cfg = OptimConfig(epochs=100, lr=0.05, schedule="triangular")
+    total = 100 * 10
+    assert lr_at(0, total, cfg) == 0
+    assert lr_at(400, total, cfg) == pytest.approx(0.05)
+    assert lr_at(800, total, cfg) == pytest.approx(0.0025)
+    assert lr_at(1000, total, cfg) == 0
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = OptimConfig(epochs=10, lr=0.1, schedule="cosine", warmup_epochs=1)
+    assert lr_at(5, 100, cfg) == pytest.approx(0.05)
+    assert lr_at(10, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(100, 100, cfg) == pytest.approx(0, abs=1e-12)
+
+
+def test_config_overrides_and_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[optim]\nlr = 0.1\nepochs = 3\n[model]\nname = "resnet20"\n')
+    cfg = load_config(f, ["optim.lr=0.2", "mask.strategy=mp", "model.kwargs.option=B"])
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.mask.strategy) == (0.2, 3, "mp")
+    assert cfg.model.kwargs == {"option": "B"}
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for float
+
+
+@pytest.mark.parametrize("override, match", [
+    (["optim.lrr=0.1"], "did you mean optim.lr"),
+    (["optim.epochs=two"], "optim.epochs must be int"),
+    (["mask.strategy=rnd"], "is not one of"),
+    (["mask.keep_ratio=0"], "kept fraction"),
+    (["nokey"], "section.key=value"),
+    (["optim=3"], "must be a table"),
+])
+def test_bad_config_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, override)
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, match in [(["train", "optim.lrr=1"], "did you mean"),
+                        (["train", "data.dataset=imagenet"], "unknown dataset"),
+                        (["train", "model.name=resnet33"], "Did you mean 'resnet32'"),
+                        (["eval", str(tmp_path / "none")], "no run directory")]:
+        r = _pemn(*args, cwd=tmp_path, check=False)
+        assert r.returncode == 2, r.stderr
+        assert match in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_info_prints_counts(tmp_path):
+    r = _pemn("info", "model.name=convmixer_256_d6", "data.dataset=cifar10", "mask.ratio=0.1",
+              "--json", cwd=tmp_path)
+    info = json.loads(r.stdout)
+    assert info["num_masked"] == 437_248 and info["num_unique"] == 6_554
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_s")} for r in rows]
+
+
+def test_resume_after_kill_gives_same_metrics(tmp_path):
+    args = [*TINY, "optim.epochs=6", f"out_dir={tmp_path}", "--no-progress"]
+    _pemn("train", *args, "name=full", cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "pemn.cli", "train", *args, "name=killed"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_metrics(tmp_path / "killed"))
+    assert done < 6, "the run finished before it could be killed; make it longer"
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    r = _pemn("train", "--resume", str(tmp_path / "killed"), "--no-progress", cwd=tmp_path)
+    assert "test accuracy" in r.stdout
+    assert _strip_timing(_metrics(tmp_path / "killed")) == _strip_timing(
+        _metrics(tmp_path / "full"))
+
+
+def test_existing_run_dir_needs_resume(tmp_path):
+    args = [*TINY, "optim.epochs=1", f"out_dir={tmp_path}", "name=r", "--no-progress"]
+    _pemn("train", *args, cwd=tmp_path)
+    r = _pemn("train", *args, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_two_process_ddp_gives_identical_masks(tmp_path):
+    worker = Path(__file__).parent / "helpers" / "ddp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29581", str(worker), str(tmp_path), *TINY, "optim.epochs=2"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert rank0["masks"].keys() == rank1["masks"].keys()
+    for name, m in rank0["masks"].items():
+        assert torch.equal(m, rank1["masks"][name]), name
+    # the 1438 digits are split between the ranks: 719 each, 32 per batch
+    assert rank0["batches"] == 719 // 32
+    assert (tmp_path / "checkpoint.pt").exists() and len(_metrics(tmp_path)) == 2
