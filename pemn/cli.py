@@ -83,6 +83,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pemn.experiments import describe_sweep, run_sweep
+
+    if args.dry_run:
+        print(describe_sweep(args.sweep_config, args.limit))
+        return 0
+    print(f"results: {run_sweep(args.sweep_config, results_csv=args.results, limit=args.limit)}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from pemn.experiments import plot_results, summary_table
+
+    for path in plot_results(args.results_csv, args.out_dir, metric=args.metric):
+        print(path)
+    if args.table:
+        print(summary_table(args.results_csv, metric=args.metric))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pemn", description="Parameter-Efficient Masking Networks: "
                                 "masks over fixed random weights, stored as seed + bit masks.")
@@ -109,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("sweep", help="run a grid of configurations; finished runs are skipped")
+    s.add_argument("sweep_config", metavar="SWEEP_CONFIG")
+    s.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    s.add_argument("--limit", type=int, help="only the first N runs of the grid")
+    s.add_argument("--results", metavar="CSV", help="results file (default: in the sweep's out_dir)")
+    s.set_defaults(fn=cmd_sweep)
+
+    pl = sub.add_parser("plot", help="figures (PNG + SVG) from a sweep's results.csv")
+    pl.add_argument("results_csv", metavar="RESULTS_CSV")
+    pl.add_argument("-o", "--out-dir", required=True)
+    pl.add_argument("--metric", default="best_test_acc",
+                    choices=["best_test_acc", "final_test_acc", "test_acc_at_best_val"])
+    pl.add_argument("--table", action="store_true", help="also print a markdown summary table")
+    pl.set_defaults(fn=cmd_plot)
     return p
 
 

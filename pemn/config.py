@@ -68,7 +68,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max grad norm, 0 = off
     seed: int = 0  # data order, augmentation and dropout
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16) | off | bf16 | fp16
     channels_last: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 1000

@@ -84,7 +84,7 @@ def _prepare_dir(run_dir: Path, cfg: RunConfig, resume: bool, world: World) -> N
     if run_dir.exists() and (run_dir / CONFIG).exists() and not resume:
         raise RunError(f"run directory {run_dir} already exists; pass --resume to continue it "
                        f"or choose another name (name=...)")
-    if world.is_main:
+    if world.is_main and not (run_dir / CONFIG).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     world.barrier()

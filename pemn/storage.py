@@ -2,18 +2,36 @@
 
 The paper counts 1 bit of mask per masked weight plus 32 bits per unique stored value, and
 leaves BN and everything else out: ``CR = 1 - (P + 32 U) / (32 P)``. Real bytes on disk, with
-BN and headers, come from the artifact (``pemn size``).
+BN and headers, come from the artifact: :func:`size_report` reads a file (or packs a model)
+and prices it component by component, next to the usual ways of storing the same network at
+the same keep ratio (PEERS.md §5). Baseline formats, per masked tensor viewed as a matrix of
+``rows = shape[0]`` rows with ``nnz = num_kept`` non-zeros (all sizes in bytes):
+
+- fp32 / fp16 dense: ``4 n`` / ``2 n`` (fp16 also halves the other float tensors);
+- CSR fp32 (Deep Compression, PEERS.md §5): fp32 values, int32 column indices and int32 row
+  pointers, ``4 nnz + 4 nnz + 4 (rows + 1)``;
+- the paper's CSR accounting (PEMN.md §5.1, Eq. 10): ``p (1 - r)`` fp32 values plus
+  ``2 p (1 - r)`` 32-bit positions, i.e. ``12 nnz``;
+- bitmask + fp32 values (compressed-tensors): ``ceil(n / 8) + 4 nnz + 4 rows`` (int32 row
+  offsets).
+
+Each baseline total adds the other tensors (BN, biases, unmasked layers) in fp32, exactly as an
+artifact stores them, and no header.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from pemn.artifact import describe
 from pemn.fill import Dense
 from pemn.masking import num_kept
 
-__all__ = ["Stats", "stats", "paper_compression_ratio"]
+__all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
+           "csr_fp32_bytes", "paper_csr_bytes", "bitmask_fp32_bytes", "size_report",
+           "format_size_table"]
 
 
 def paper_compression_ratio(num_masked: int, num_unique: int) -> float:
@@ -58,3 +76,160 @@ def stats(model: nn.Module) -> Stats:
                 and t.is_floating_point())
     return Stats(num_masked, num_unique, cr, 4 * num_masked,
                  0 if dense else num_masked, other)
+
+
+# ------------------------------------------------------------------------------------------
+# Formulas (bytes) for one masked tensor or a whole model
+# ------------------------------------------------------------------------------------------
+
+def paper_bytes(num_masked: int, num_unique: int) -> int:
+    """The paper's storage: a 1-bit mask per weight and fp32 unique values, ``ceil(P/8) + 4U``."""
+    return -(-num_masked // 8) + 4 * num_unique
+
+
+def mask_entropy_bytes(numel: int, num_kept: int) -> float:
+    """``n H(k/n) / 8``: the entropy bound of an exact-k mask in bytes (PEERS.md §5)."""
+    if num_kept in (0, numel):
+        return 0.0
+    p = num_kept / numel
+    return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
+
+
+def csr_fp32_bytes(shape, nnz: int) -> int:
+    """fp32 values + int32 column indices + int32 row pointers over ``shape[0]`` rows."""
+    return 8 * nnz + 4 * (shape[0] + 1)
+
+
+def paper_csr_bytes(nnz: int) -> int:
+    """The paper's sparse cost: ``p (1 - r)`` fp32 values + ``2 p (1 - r)`` int32 positions."""
+    return 12 * nnz
+
+
+def bitmask_fp32_bytes(shape, nnz: int) -> int:
+    """A 1-bit mask over all values + fp32 kept values + int32 row offsets."""
+    return -(-math.prod(shape) // 8) + 4 * nnz + 4 * shape[0]
+
+
+# ------------------------------------------------------------------------------------------
+# size_report: real file bytes next to the formulas
+# ------------------------------------------------------------------------------------------
+
+def _baselines(masks, others_fp32: int, others_fp16: int) -> dict[str, int]:
+    num_masked = sum(m["numel"] for m in masks)
+    return {
+        "fp32_dense": 4 * num_masked + others_fp32,
+        "fp16_dense": 2 * num_masked + others_fp16,
+        "csr_fp32": sum(csr_fp32_bytes(m["shape"], m["num_kept"]) for m in masks) + others_fp32,
+        "csr_paper": sum(paper_csr_bytes(m["num_kept"]) for m in masks) + others_fp32,
+        "bitmask_fp32": sum(bitmask_fp32_bytes(m["shape"], m["num_kept"]) for m in masks)
+        + others_fp32,
+    }
+
+
+def size_report(source) -> dict:
+    """Bytes per component of an artifact, P, U, compression ratios and baseline sizes.
+
+    Args:
+        source: an artifact path or bytes, or a PEMN model (packed in memory as ``save``
+            would write it, with the default codec choice).
+
+    Returns:
+        A JSON-serialisable dict:
+
+        - ``architecture``, ``strategy`` (dict), ``keep_ratio``, ``num_masked`` (P),
+          ``num_unique`` (U), ``num_masked_tensors``, ``mask_codecs`` (name -> count);
+        - ``bytes``: ``header`` (preamble + JSON), ``masks``, ``prototype``, ``norm`` (BN /
+          LayerNorm / GroupNorm affine and running statistics), ``other`` (biases, unmasked
+          layers, embeddings, counters; for ``Dense`` also every weight) and ``total``, the
+          real file size, which is their exact sum;
+        - ``mask_bitmap_bytes`` (``sum ceil(n/8)``) and ``mask_entropy_bytes`` (``sum n H(k/n)
+          / 8``): what the masks cost raw and at best;
+        - ``paper_bytes`` = ``ceil(P/8) + 4U`` and ``paper_compression_ratio`` (the paper's CR,
+          0 for ``Dense``, as :func:`stats`);
+        - ``dense_fp32_bytes`` = ``4P`` (the masked weights), ``model_fp32_bytes`` (the whole
+          model in fp32), ``file_compression_ratio`` = ``1 - total / dense_fp32_bytes`` (the
+          paper's denominator with the real file as numerator) and
+          ``model_compression_ratio`` = ``1 - total / model_fp32_bytes``;
+        - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
+          ``fp16_dense``, ``csr_fp32``, ``csr_paper``, ``bitmask_fp32`` (module docstring).
+
+    Raises:
+        pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
+    """
+    info = describe(source)
+    header, masks = info["header"], info["masks"]
+    masked_names = {m["name"] for m in masks}
+    others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
+    num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
+    norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
+    sizes = {"header": info["header_bytes"], "masks": info["section_bytes"]["masks"],
+             "prototype": info["section_bytes"]["prototype"], "norm": norm,
+             "other": info["section_bytes"]["other"] - norm, "total": info["file_bytes"]}
+    others_fp32 = sum(o["num_bytes"] for o in others)
+    others_fp16 = sum(o["num_bytes"] // 2 if o["dtype"] == "<f4" else o["num_bytes"]
+                      for o in others)
+    dense = header["pemn"]["strategy"]["name"] == "dense"
+    codecs: dict[str, int] = {}
+    for codec, *_ in header["masks"]:
+        codecs[codec] = codecs.get(codec, 0) + 1
+    return {
+        "architecture": header["model"]["name"], "strategy": header["pemn"]["strategy"],
+        "keep_ratio": header["pemn"]["keep_ratio"], "num_masked": num_masked,
+        "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
+        "bytes": sizes,
+        "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not dense else 0,
+        "mask_entropy_bytes": sum(mask_entropy_bytes(m["numel"], m["num_kept"]) for m in masks),
+        "paper_bytes": paper_bytes(num_masked, num_unique),
+        "paper_compression_ratio": 0.0 if dense else paper_compression_ratio(num_masked,
+                                                                             num_unique),
+        "dense_fp32_bytes": 4 * num_masked,
+        "model_fp32_bytes": 4 * num_masked + others_fp32,
+        "file_compression_ratio": 1 - sizes["total"] / max(4 * num_masked, 1),
+        "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
+        "baselines": _baselines(masks, others_fp32, others_fp16),
+    }
+
+
+def _strategy_text(d: dict) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in d.items() if k != "name")
+    return f"{d['name']}({args})"
+
+
+def format_size_table(report: dict) -> str:
+    """A fixed-width, human-readable table of a :func:`size_report` (for ``pemn size``)."""
+    b, total = report["bytes"], report["bytes"]["total"]
+    codecs = ", ".join(f"{n} x{c}" for n, c in report["mask_codecs"].items()) or "none"
+    rows = [
+        f"{report['architecture']}  {_strategy_text(report['strategy'])}  "
+        f"keep_ratio={report['keep_ratio']}  P={report['num_masked']:,}  "
+        f"U={report['num_unique']:,}",
+        "",
+        f"{'component':<40}{'bytes':>14}{'% of file':>11}",
+    ]
+    parts = [("header (preamble + JSON)", b["header"]), (f"masks ({codecs})", b["masks"]),
+             ("prototype values", b["prototype"]), ("norm layers (affine + running stats)",
+                                                    b["norm"]),
+             ("other tensors (biases, unmasked, ...)", b["other"]), ("total on disk", total)]
+    rows += [f"  {name:<38}{n:>14,}{100 * n / total:>10.2f}%" for name, n in parts]
+    rows += [
+        "",
+        f"  {'mask entropy bound sum n*H(k/n)/8':<38}{report['mask_entropy_bytes']:>14,.0f}",
+        f"  {'paper accounting ceil(P/8) + 4U':<38}{report['paper_bytes']:>14,}",
+        "",
+        f"{'compression ratio':<40}{'':>14}{'%':>11}",
+        f"  {'paper: 1 - (P + 32U) / 32P (no BN)':<38}{'':>14}"
+        f"{100 * report['paper_compression_ratio']:>10.3f}%",
+        f"  {'file vs masked weights in fp32 (4P)':<38}{'':>14}"
+        f"{100 * report['file_compression_ratio']:>10.3f}%",
+        f"  {'file vs whole model in fp32':<38}{'':>14}"
+        f"{100 * report['model_compression_ratio']:>10.3f}%",
+        "",
+        f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}",
+    ]
+    names = {"fp32_dense": "fp32 dense", "fp16_dense": "fp16 dense",
+             "csr_fp32": "CSR fp32 + int32 indices", "csr_paper": "CSR, paper's 3p(1-r) x 32 bit",
+             "bitmask_fp32": "bitmask + fp32 values"}
+    rows += [f"  {names[k]:<38}{v:>14,}{v / total:>10.2f}x"
+             for k, v in report["baselines"].items()]
+    rows.append(f"  {'this artifact':<38}{total:>14,}{1:>10.2f}x")
+    return "\n".join(rows)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Create .venv and install pemn with its test extras. Idempotent; safe to rerun.
+# Create .venv and install pemn into it. Idempotent; safe to rerun.
+#   bash scripts/setup.sh          # the package (what the main job needs)
+#   bash scripts/setup.sh test     # plus the test extras (pytest, hypothesis, onnxruntime, ...)
 # torch is installed first and pinned: on this machine torch==2.13.0 is a local CPU wheel,
-# while an unpinned request would pull a multi-GB CUDA build.
+# while an unpinned request would pull a multi-GB CUDA build. Override with PEMN_TORCH_VERSION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install -q "torch==${PEMN_TORCH_VERSION:-2.13.0}"
-fi
-if ! .venv/bin/python -c "import pemn, pytest, hypothesis, onnxruntime, constriction" 2>/dev/null; then
-  .venv/bin/pip install -q -e ".[test]"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null \
+  || .venv/bin/pip install -q "torch==${PEMN_TORCH_VERSION:-2.13.0}"
+if [ "${1:-}" = "test" ]; then
+  .venv/bin/python -c "import pemn, pytest, hypothesis, onnxruntime, sklearn" 2>/dev/null \
+    || .venv/bin/pip install -q -e ".[test]"
+else
+  .venv/bin/python -c "import pemn" 2>/dev/null || .venv/bin/pip install -q -e .
 fi

@@ -137,3 +137,10 @@ def test_two_process_ddp_gives_identical_masks(tmp_path):
     # the 1438 digits are split between the ranks: 719 each, 32 per batch
     assert rank0["batches"] == 719 // 32
     assert (tmp_path / "checkpoint.pt").exists() and len(_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.model.name and cfg.data.dataset

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,11 +59,16 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
 
 def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:
     example = torch.zeros(shape)
-    # dynamo=False: the TorchScript exporter needs no onnxscript, and is still supported.
-    torch.onnx.export(model, (example,), str(out_path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"},
-                                                             "logits": {0: "batch"}},
-                      dynamo=False)
+    # dynamo=False: the TorchScript exporter needs no onnxscript (the torch.export-based one
+    # does); torch deprecates it, and traces Python shape checks (TracerWarning) that hold for
+    # the fixed image size anyway, so both warnings are silenced here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, (example,), str(out_path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
+                                                                 "logits": {0: "batch"}},
+                          dynamo=False)
 
 
 def export(source, out_path: str | os.PathLike, format: str = "safetensors",

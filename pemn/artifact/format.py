@@ -56,6 +56,10 @@ payload, and the file length must equal ``48 + H + payload``, so any flipped, lo
 byte is detected. Every length is checked against the real file size before it is used, and
 every field's type and range is checked before anything is allocated: a hostile file raises
 :class:`ArtifactError`, never another exception, a huge allocation or a different model.
+Limits: header at most 16 MiB; at most 2**31 values and 16,384 tensors per model; model
+kwargs are numbers up to 2**16 in magnitude, bools, strings of up to 64 characters or flat
+lists of up to 64 of those. The loader builds the architecture on the meta device first (no
+memory, bounded work) and compares it with the header before allocating the real model.
 """
 from __future__ import annotations
 
@@ -74,7 +78,7 @@ _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header S
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
 MAX_ELEMENTS = 2**31  # total values a file may describe (masked + other tensors)
-MAX_TENSORS = 1_000_000  # entries of the tensor list
+MAX_TENSORS = 16_384  # masked + other tensors (ResNet-152 has about 1,000)
 MAX_NDIM = 8
 SECTION_NAMES = ("masks", "prototype", "other")
 
@@ -220,7 +224,12 @@ def _validate_model(header: dict) -> None:
 
 def _validate_pemn(header: dict) -> None:
     pemn = _field(header, "pemn", dict)
-    _field(pemn, "strategy", dict, "pemn")
+    strategy = _field(pemn, "strategy", dict, "pemn")
+    _field(strategy, "name", str, "pemn.strategy")
+    if len(strategy) > 16:
+        raise ArtifactError(f"pemn.strategy has {len(strategy)} fields (limit 16)")
+    for key, value in strategy.items():
+        _validate_json_value(value, f"pemn.strategy.{key[:40]}", depth=1)
     keep = _field(pemn, "keep_ratio", (int, float), "pemn")
     if not 0 < keep <= 1:
         raise ArtifactError(f"pemn.keep_ratio must be in (0, 1], got {keep!r}")
@@ -265,7 +274,9 @@ def _validate_sections(header: dict) -> None:
     for c in counts:
         _count(c, "a prototype length")
     other = _field(header, "other", dict)
-    _count(_field(other, "num_tensors", int, "other"), "other.num_tensors", MAX_TENSORS)
+    num_other = _field(other, "num_tensors", int, "other")
+    if _count(num_other, "other.num_tensors", MAX_TENSORS) + len(header["tensors"]) > MAX_TENSORS:
+        raise ArtifactError(f"more than {MAX_TENSORS} tensors in one artifact")
     if not _is_sha256(_field(other, "layout_sha256", str, "other")):
         raise ArtifactError("other.layout_sha256 must be a hex SHA-256 digest")
     table = _field(header, "sections", list)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
@@ -36,8 +37,16 @@ from pemn.artifact.format import (
     read_container,
     write_container,
 )
-from pemn.fill import Dense, FillPlan, Prototype, TensorSpec, plan_fill, strategy_from_dict, \
-    strategy_to_dict
+from pemn.fill import (
+    STRATEGIES,
+    Dense,
+    FillPlan,
+    Prototype,
+    TensorSpec,
+    plan_fill,
+    strategy_from_dict,
+    strategy_to_dict,
+)
 from pemn.masking import current_mask, num_kept
 from pemn.models import create_model
 from pemn.transform import apply_, masked_tensors
@@ -130,6 +139,10 @@ def _check_packable(model: nn.Module):
     if spec is None:
         raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
                             "keep_ratio, seed) before training and saving it")
+    if type(spec.strategy) not in STRATEGIES.values():
+        raise ArtifactError(f"{type(spec.strategy).__name__} models have trained weights and "
+                            "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP). "
+                            "Save a baseline with torch.save(model.state_dict()) or export it")
     return args, spec
 
 
@@ -255,8 +268,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
     """Write :func:`pack` ``(model)`` to ``path`` atomically; returns the bytes written.
 
     Example:
-        >>> save(model, "convmixer_rp.pemn")
-        142872
+        >>> save(model, "convmixer_rp.pemn")  # ConvMixer-256/8, RP 1e-3, keep 0.5
+        144412
     """
     data = pack(model, codec=codec, store_prototype=store_prototype)
     path = Path(path)
@@ -275,9 +288,40 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
 # unpack: every step checks the file against the architecture before using it
 # ------------------------------------------------------------------------------------------
 
+_INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[0] != "_"} | {
+    torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
+    torch.Tensor.exponential_, torch.Tensor.cauchy_, torch.Tensor.log_normal_,
+    torch.Tensor.geometric_}
+
+
+class _MetaBuild(TorchFunctionMode):
+    """Skip weight initialisation, and stop after ``budget`` torch calls.
+
+    Initialising meta tensors is useless, and torch implements random meta ops through its
+    decompositions, whose first use imports torch._dynamo (~1 s). The budget bounds the work a
+    hostile ``depth=65536`` can cause: the registered models make at most 5.25 torch calls per
+    state_dict entry, and the header says how many entries there are.
+    """
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.budget -= 1
+        if self.budget < 0:
+            raise ArtifactError("the architecture builds far more tensors than the file lists; "
+                                "the kwargs do not match the stored model")
+        if func in _INIT_FNS and (args or "tensor" in kwargs):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def _build_meta(header: dict) -> nn.Module:
     """The architecture on the meta device: shapes without allocating any values."""
-    with torch.device("meta"):
+    num_entries = len(header["tensors"]) + header["other"]["num_tensors"]
+    with _MetaBuild(budget=8 * num_entries + 256), torch.device("meta"):
         return create_model(header["model"]["name"], **header["model"]["kwargs"])
 
 
@@ -420,6 +464,12 @@ def _unpack(data: bytes, device) -> nn.Module:
     return model.eval()
 
 
+def _wrap(e: Exception) -> ArtifactError:
+    """A lower-level error (create_model, a codec, a strategy, ...) as one ArtifactError."""
+    kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
+    return ArtifactError(f"invalid artifact{kind}: {e}"[:500])
+
+
 def unpack(data: bytes | bytearray | memoryview, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in artifact bytes, in eval mode on ``device``.
 
@@ -439,7 +489,7 @@ def unpack(data: bytes | bytearray | memoryview, device: str | torch.device = "c
     except ArtifactError:
         raise
     except _LOWER_ERRORS as e:
-        raise ArtifactError(f"invalid artifact: {type(e).__name__}: {e}"[:500]) from e
+        raise _wrap(e) from e
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -516,4 +566,4 @@ def describe(source) -> dict:
     except ArtifactError:
         raise
     except _LOWER_ERRORS as e:
-        raise ArtifactError(f"invalid artifact: {type(e).__name__}: {e}"[:500]) from e
+        raise _wrap(e) from e

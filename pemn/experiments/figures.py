@@ -1,0 +1,75 @@
+"""The paper's reported numbers (PEMN.md §9.1-9.3), as data for docs and summary tables.
+
+All values are CIFAR-10 test accuracies in %, read from the paper's figure files (single runs,
+best test accuracy over epochs, PEMN.md §8.4). Strategy keys follow
+:func:`pemn.experiments.sweep.strategy_tag`: ``dense``, ``mask``, ``one_layer``, ``mp``,
+``rp0.1`` ... ``rp1e-05``, ``random_prune-cr0.9`` ... ``magnitude_prune-cr0.96`` (Minimum).
+Model keys are ``pemn`` model names.
+"""
+from __future__ import annotations
+
+__all__ = ["FIG3", "FIG4", "FIG5", "PAPER_CIFAR10", "paper_accuracy"]
+
+_FIG3_COLUMNS = ("dense", "mask", "one_layer", "mp", "rp0.1", "rp0.01", "rp0.001", "rp0.0001",
+                 "rp1e-05")
+_CRS = (0.9, 0.92, 0.94, 0.96)
+
+# Fig. 3 (PEMN.md §9.1): accuracy as the unique values shrink.
+FIG3: dict[str, dict[str, float]] = {model: dict(zip(_FIG3_COLUMNS, accs)) for model, accs in {
+    "convmixer_256_d6": (94.01, 89.43, 88.93, 88.98, 89.09, 88.96, 88.51, 85.36, 80.20),
+    "convmixer_512_d6": (94.64, 91.88, 92.14, 92.04, 92.24, 92.16, 92.03, 90.54, 87.53),
+    "convmixer_256_d8": (94.61, 90.50, 90.46, 90.65, 90.64, 90.72, 90.19, 87.73, 82.06),
+    "convmixer_512_d8": (95.48, 92.80, 92.73, 93.29, 92.99, 93.09, 92.95, 91.55, 87.25),
+    "vit_256_d6": (79.29, 76.48, 75.88, 76.62, 76.91, 76.26, 77.18, 64.39, 66.06),
+    "vit_512_d6": (82.97, 80.81, 81.16, 81.45, 81.84, 81.39, 80.99, 78.90, 79.07),
+    "vit_256_d8": (82.18, 79.30, 79.86, 79.61, 79.23, 79.81, 79.53, 73.54, 71.38),
+    "vit_512_d8": (85.11, 83.62, 83.91, 83.71, 83.71, 83.59, 83.68, 76.21, 79.21),
+}.items()}
+
+
+def _compression(dense: float, random: tuple, minimum: tuple, ours: dict) -> dict[str, float]:
+    out = {"dense": dense, **ours}
+    out.update({f"random_prune-cr{cr:g}": a for cr, a in zip(_CRS, random)})
+    out.update({f"magnitude_prune-cr{cr:g}": a for cr, a in zip(_CRS, minimum)})
+    return out
+
+
+# Fig. 4, CIFAR-10 half (PEMN.md §9.2). "Ours" = MP, RP 1e-1, RP 1e-2.
+FIG4: dict[str, dict[str, float]] = {
+    "resnet32": _compression(92.26, (84.07, 83.44, 82.01, 79.36), (84.16, 83.47, 81.25, 79.00),
+                             {"mp": 86.29, "rp0.1": 86.65, "rp0.01": 86.41}),
+    "resnet56": _compression(92.93, (86.76, 85.64, 84.80, 81.92), (86.95, 86.22, 84.33, 82.36),
+                             {"mp": 88.35, "rp0.1": 88.12, "rp0.01": 88.32}),
+}
+
+# Fig. 5 (PEMN.md §9.3): ConvMixer dim 256. "Ours" = RP 1e-1, 1e-2, 1e-3.
+FIG5: dict[str, dict[str, float]] = {
+    "convmixer_256_d6": _compression(94.01, (84.23, 83.16, 81.06, 76.80),
+                                     (84.42, 83.35, 80.94, 77.29),
+                                     {"rp0.1": 89.09, "rp0.01": 88.96, "rp0.001": 88.51}),
+    "convmixer_256_d8": _compression(94.61, (86.89, 85.43, 83.42, 79.76),
+                                     (86.42, 85.06, 83.68, 79.62),
+                                     {"rp0.1": 90.64, "rp0.01": 90.72, "rp0.001": 90.19}),
+}
+
+def _merge(*figures: dict) -> dict[str, dict[str, float]]:
+    """One lookup table; earlier figures win (they agree where they meet)."""
+    out: dict[str, dict[str, float]] = {}
+    for fig in figures:
+        for model, accs in fig.items():
+            out[model] = {**accs, **out.get(model, {})}
+    return out
+
+
+PAPER_CIFAR10 = _merge(FIG3, FIG4, FIG5)
+
+
+def paper_accuracy(dataset: str, model: str, strategy: str) -> float | None:
+    """The paper's CIFAR-10 accuracy (%) for a ``pemn`` model name and strategy tag, or None.
+
+    >>> paper_accuracy("cifar10", "convmixer_256_d6", "rp0.001")
+    88.51
+    """
+    if dataset != "cifar10":
+        return None
+    return PAPER_CIFAR10.get(model, {}).get(strategy)
