@@ -6,8 +6,8 @@ Usage (on an idle machine; other CPU-heavy work ruins 2-thread timings):
 For ConvMixer-256/8 (CIFAR-10 head) with RP 1e-3 and Mask at keep ratio 0.5 (and RP 1e-3 at
 0.1, entropy-coded), no training, random scores and BN statistics:
 
-- ``load`` (read, check, rebuild, regenerate, set masks and BN) and the regeneration of the
-  prototypes alone, min and median over repeats, CPU, 2 threads;
+- ``load`` (read, check, rebuild, regenerate, set masks and BN) at 2 threads and at 1, and the
+  regeneration of the prototypes alone, min and median over repeats, CPU;
 - the real file bytes next to ``ceil(P/8) + BN`` and ``n H(k/n) / 8``;
 - eval forward time of the loaded model (masked weights cached under no_grad in eval mode)
   against a plain dense model of the same architecture, interleaved, batch 128 at 32x32.
@@ -95,8 +95,20 @@ def _case(name, strategy, keep_ratio, tmp: Path, repeats: int) -> dict:
         "paper_compression_ratio": report["paper_compression_ratio"],
         "file_compression_ratio": report["file_compression_ratio"],
         "load": _times(lambda: load(path), repeats),
+        "load_1_thread": _one_thread(lambda: _times(lambda: load(path), repeats)),
         "regenerate_prototypes": _times(lambda: spec.plan.generate(spec.seed), repeats),
     }
+
+
+def _one_thread(fn):
+    """On a busy 2-core machine torch's 2-thread pool stalls on every small op; 1 thread
+    shows what the loader itself costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
 
 
 def main() -> None:
@@ -113,9 +125,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, strategy, keep in CASES:
             results[name] = _case(name, strategy, keep, Path(tmp), args.repeats)
-            print(f"{name:>18}: {results[name]['file_bytes']:>9,} B "
-                  f"(mask bits + BN {results[name]['mask_bits_plus_bn_bytes']:,} B), load "
-                  f"median {results[name]['load']['median_s'] * 1e3:.0f} ms")
+            r = results[name]
+            print(f"{name:>18}: {r['file_bytes']:>9,} B (mask bits + BN "
+                  f"{r['mask_bits_plus_bn_bytes']:,} B), load median "
+                  f"{r['load']['median_s'] * 1e3:.0f} ms ({args.threads} threads), "
+                  f"{r['load_1_thread']['median_s'] * 1e3:.0f} ms (1 thread)")
         loaded = load(Path(tmp) / "rp_1e-3_keep_0.5.pemn")
     results["eval_speed_rp_1e-3"] = _eval_speed(loaded, args.repeats, args.batch)
     results["machine"]["loadavg_end"] = os.getloadavg()

@@ -83,6 +83,45 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    from pemn.artifact import save
+    from pemn.evaluate import load_trained
+
+    model, cfg = load_trained(args.path)
+    out = Path(args.output or Path(args.path) / "model.pemn")
+    num_bytes = save(model, out, codec=args.codec)
+    print(f"wrote {out}: {num_bytes:,} bytes ({cfg.model.name}, {cfg.mask.strategy})")
+    return 0
+
+
+def cmd_size(args) -> int:
+    from pemn.storage import format_size_table, size_report
+
+    source = Path(args.path)
+    if source.is_dir():  # a run directory: its packed model, or the trained model itself
+        packed = source / "model.pemn"
+        if packed.exists():
+            source = packed
+        else:
+            from pemn.evaluate import load_trained
+            source = load_trained(source)[0]
+    report = size_report(source)
+    print(json.dumps(report, indent=2) if args.json else format_size_table(report))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pemn.artifact import export
+
+    source = args.path
+    if Path(source).is_dir():
+        from pemn.evaluate import load_trained
+        source = load_trained(source)[0]
+    num_bytes = export(source, args.output, format=args.format)
+    print(f"wrote {args.output}: {num_bytes:,} bytes ({args.format}, dense, loads without pemn)")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from pemn.experiments import describe_sweep, run_sweep
 
@@ -129,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+
+    pk = sub.add_parser("pack", help="pack a trained run into a compact .pemn artifact")
+    pk.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    pk.add_argument("-o", "--output", help="output file (default: RUN_DIR/model.pemn)")
+    pk.add_argument("--codec", default="auto", help="mask codec: auto (smallest), bits, rans")
+    pk.set_defaults(fn=cmd_pack)
+
+    sz = sub.add_parser("size", help="bytes per component, paper CR, and the usual alternatives")
+    sz.add_argument("path", metavar="FILE_OR_RUN")
+    sz.add_argument("--json", action="store_true")
+    sz.set_defaults(fn=cmd_size)
+
+    ex = sub.add_parser("export", help="write a plain dense model that loads without pemn")
+    ex.add_argument("path", metavar="ARTIFACT_OR_RUN")
+    ex.add_argument("-o", "--output", required=True)
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    ex.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("sweep", help="run a grid of configurations; finished runs are skipped")
     s.add_argument("sweep_config", metavar="SWEEP_CONFIG")
