@@ -76,7 +76,8 @@ def cmd_info(args) -> int:
 def cmd_eval(args) -> int:
     from pemn.evaluate import evaluate_path
 
-    result = evaluate_path(args.path, split=args.split, data_root=args.data_root)
+    result = evaluate_path(args.path, split=args.split, data_root=args.data_root,
+                           dataset=args.dataset)
     print(json.dumps(result, indent=2) if args.json else
           f"{result['split']} accuracy {result['accuracy']:.2f} % on {result['num_images']} "
           f"images ({result['dataset']})")
@@ -163,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_info)
 
     e = sub.add_parser("eval", help="evaluate a run directory, checkpoint or .pemn artifact")
-    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ARTIFACT")
     e.add_argument("--split", choices=["test", "train"], default="test")
     e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
+    e.add_argument("--dataset", help="dataset name (needed for a .pemn artifact)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 

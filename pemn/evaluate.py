@@ -28,11 +28,24 @@ def load_trained(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     return model.eval(), cfg
 
 
-def evaluate_path(path, split: str = "test", data_root: str | None = None) -> dict:
-    model, cfg = load_trained(path)
-    ds = load_dataset(cfg.data.dataset, data_root or cfg.data.root or None)
+def evaluate_path(path, split: str = "test", data_root: str | None = None,
+                  dataset: str | None = None) -> dict:
+    """Accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
+
+    An artifact does not name its dataset: pass ``dataset`` for it.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".pemn":
+        if dataset is None:
+            raise ValueError(f"{path} is an artifact, which does not record its dataset; "
+                             f"pass --dataset (e.g. --dataset fashion_mnist)")
+        from pemn.artifact import load
+        model, root = load(path), data_root
+    else:
+        model, cfg = load_trained(path)
+        dataset, root = dataset or cfg.data.dataset, data_root or cfg.data.root or None
+    ds = load_dataset(dataset, root)
     images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
-    loader = BatchLoader(images, labels, cfg.optim.eval_batch_size, shuffle=False,
-                         mean=ds.mean, std=ds.std)
+    loader = BatchLoader(images, labels, 1000, shuffle=False, mean=ds.mean, std=ds.std)
     return {"path": str(path), "dataset": ds.name, "split": split,
             "num_images": len(labels), "accuracy": evaluate(model, loader)}

@@ -31,15 +31,6 @@ STRATEGIES = [pemn.Dense(), pemn.Mask(), pemn.OneLayer(), pemn.MP(), pemn.RP(rat
               pemn.RP(ratio=0.1, order="permuted")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on 2 shared cores, torch's thread pool costs 10-100x more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Simulate training: random scores, BN statistics and affine, biases, embeddings."""
     g = torch.Generator().manual_seed(seed)

@@ -28,15 +28,6 @@ if os.environ.get("PEMN_SHORT") == "1" and "PEMN_FUZZ_EXAMPLES" not in os.enviro
     _TOTAL = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on 2 shared cores, torch's thread pool costs 10-100x more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fuzz(share: float):
     """Hypothesis settings for a test that gets ``share`` of the total example budget."""
     return settings(max_examples=max(3, round(_TOTAL * share)), deadline=None, derandomize=True,

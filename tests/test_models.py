@@ -5,8 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from pemn.models import (MLP, ConvMixer, VisionTransformer, create_model, list_models,
-                         model_info, register_model)
+from pemn.models import (
+    MLP,
+    ConvMixer,
+    VisionTransformer,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 
 
 def _num_weights(model: nn.Module) -> int:

@@ -7,7 +7,6 @@ import pytest
 from pemn import rng
 
 
-
 def test_same_bytes_twice_and_prefix_property():
     a = rng.normal(7, 3, 10_000, std=0.5)
     b = rng.normal(7, 3, 10_000, std=0.5)

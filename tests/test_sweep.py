@@ -5,11 +5,16 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from pemn.config import ConfigError, to_dict
-from pemn.experiments import (CSV_COLUMNS, collect_results, expand, plot_results, run_sweep,
-                              summary_table)
+from pemn.experiments import (
+    CSV_COLUMNS,
+    collect_results,
+    expand,
+    plot_results,
+    run_sweep,
+    summary_table,
+)
 from pemn.models import list_models
 
 SWEEPS = Path(__file__).parent.parent / "configs" / "sweeps"
@@ -155,15 +160,9 @@ strategy = [{{ "mask.strategy" = "rp", "mask.ratio" = 1e-2 }},
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 cores shared with other jobs; a tiny model needs one
     tmp = tmp_path_factory.mktemp("sweep")
     path = _sweep(tmp, TINY.format(out=tmp / "runs"))
-    try:
-        csv_path = run_sweep(path)
-    finally:
-        torch.set_num_threads(old)
-    return path, csv_path
+    return path, run_sweep(path)
 
 
 def test_tiny_sweep_writes_results(tiny_sweep):
