@@ -131,12 +131,8 @@ def load_cifar10(root: str | Path = "data"):
     Raises:
         DatasetError: folder or files missing (the message says how to get them), or malformed.
     """
-    folder = _find_dir(root, CIFAR10_DIR)
-    files = _CIFAR10_TRAIN + ("test_batch",)
-    if folder is None or not all((folder / f).is_file() for f in files):
-        raise _missing(Path(root), CIFAR10_DIR, "cifar-10-python.tar.gz")
-    return (*_read_split(folder, _CIFAR10_TRAIN, b"labels"),
-            *_read_split(folder, ("test_batch",), b"labels"))
+    return _load(root, CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_TRAIN, "test_batch",
+                 b"labels")
 
 
 def load_cifar100(root: str | Path = "data"):
@@ -149,8 +145,14 @@ def load_cifar100(root: str | Path = "data"):
     Raises:
         DatasetError: folder or files missing (the message says how to get them), or malformed.
     """
-    folder = _find_dir(root, CIFAR100_DIR)
-    if folder is None or not all((folder / f).is_file() for f in ("train", "test")):
-        raise _missing(Path(root), CIFAR100_DIR, "cifar-100-python.tar.gz")
-    return (*_read_split(folder, ("train",), b"fine_labels"),
-            *_read_split(folder, ("test",), b"fine_labels"))
+    return _load(root, CIFAR100_DIR, "cifar-100-python.tar.gz", ("train",), "test",
+                 b"fine_labels")
+
+
+def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
+          label_key: bytes):
+    folder = _find_dir(root, name)
+    if folder is None or not all((folder / f).is_file() for f in (*train_files, test_file)):
+        raise _missing(Path(root), name, archive)
+    return (*_read_split(folder, train_files, label_key),
+            *_read_split(folder, (test_file,), label_key))
