@@ -129,7 +129,9 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(describe_sweep(args.sweep_config, args.limit))
         return 0
-    print(f"results: {run_sweep(args.sweep_config, results_csv=args.results, limit=args.limit)}")
+    csv_path = run_sweep(args.sweep_config, results_csv=args.results, limit=args.limit,
+                         collect_only=args.collect)
+    print(f"results: {csv_path}")
     return 0
 
 
@@ -192,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sweep_config", metavar="SWEEP_CONFIG")
     s.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     s.add_argument("--limit", type=int, help="only the first N runs of the grid")
+    s.add_argument("--collect", action="store_true",
+                   help="train nothing: pack finished runs and rewrite the results CSV")
     s.add_argument("--results", metavar="CSV", help="results file (default: in the sweep's out_dir)")
     s.set_defaults(fn=cmd_sweep)
 

@@ -174,7 +174,11 @@ def test_tiny_sweep_writes_results(tiny_sweep):
         ("rp", "0"), ("random_prune", "0"), ("rp", "1"), ("random_prune", "1")]
     for r in rows:
         p, u = int(r["P"]), int(r["U"])
-        assert r["bytes_source"] == "formula" and int(r["bytes"]) > -(-p // 8) + 4 * u
+        # PEMN runs are packed, so their bytes are the real file; baselines use the formula.
+        assert r["bytes_source"] == ("artifact" if r["strategy"] == "rp" else "formula")
+        assert int(r["bytes"]) > -(-p // 8) + 4 * u
+        if r["strategy"] == "rp":
+            assert int(r["bytes"]) == (csv_path.parent / r["run"] / "model.pemn").stat().st_size
         assert 0 <= float(r["best_test_acc"]) <= 100 and r["run"].startswith("digits-convmixer")
     assert float(rows[1]["keep_ratio"]) == pytest.approx(0.06875)
     assert float(rows[1]["CR"]) == pytest.approx(0.9, abs=0.01)  # per-layer rounding of kept
@@ -202,6 +206,16 @@ def test_second_sweep_does_not_retrain(tiny_sweep, caplog):
     assert [s.stat().st_mtime_ns for s in summaries] == before
     assert len(_rows(csv_path)) == 4
     assert "[4/4]" in caplog.text and "done already" in caplog.text
+
+
+def test_collect_only_rewrites_results_without_training(tiny_sweep):
+    path, csv_path = tiny_sweep
+    csv_path.unlink()
+    summaries = sorted((path.parent / "runs").glob("*/summary.json"))
+    before = [s.stat().st_mtime_ns for s in summaries]
+    assert run_sweep(path, collect_only=True) == csv_path
+    assert len(_rows(csv_path)) == 4
+    assert [s.stat().st_mtime_ns for s in summaries] == before
 
 
 def test_dry_run_and_limit(tiny_sweep, caplog):

@@ -441,7 +441,7 @@ def describe_sweep(path: str | Path, limit: int | None = None) -> str:
 
 
 def run_sweep(path: str | Path, results_csv: str | Path | None = None, dry_run: bool = False,
-              limit: int | None = None) -> Path:
+              limit: int | None = None, collect_only: bool = False) -> Path:
     """Run a sweep's configs in order, skipping finished runs; return the results CSV path.
 
     Each run goes through ``pemn.run.run(cfg, resume=True, progress=False)``, so a killed
@@ -454,6 +454,8 @@ def run_sweep(path: str | Path, results_csv: str | Path | None = None, dry_run: 
             ``<out_dir>/results.csv``).
         dry_run: only log the plan (:func:`describe_sweep`); nothing is trained or written.
         limit: only the first ``limit`` runs of the sweep.
+        collect_only: train nothing; pack the finished runs and rewrite the CSV (e.g. while
+            another process is still running part of the grid).
 
     Raises:
         ConfigError: a bad sweep file, or a run directory holding a different config.
@@ -471,6 +473,8 @@ def run_sweep(path: str | Path, results_csv: str | Path | None = None, dry_run: 
     for i, cfg in enumerate(configs, 1):
         run_dir = Path(cfg.out_dir) / cfg.name
         _check_existing(cfg, run_dir)
+        if collect_only and not (run_dir / SUMMARY).is_file():
+            continue
         if (run_dir / SUMMARY).is_file():
             s = json.loads((run_dir / SUMMARY).read_text())
             log.info("[%d/%d] %s: done already, best %.2f %%", i, len(configs), cfg.name,
