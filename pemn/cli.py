@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def cmd_train(args) -> int:
     else:
         cfg = load_config(*_split_overrides(args.config_and_overrides))
     summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
-    _print_summary(summary)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
+        _print_summary(summary)
     return 0
 
 

@@ -81,10 +81,12 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def _prepare_dir(run_dir: Path, cfg: RunConfig, resume: bool, world: World) -> None:
-    if run_dir.exists() and (run_dir / CONFIG).exists() and not resume:
+    exists = (run_dir / CONFIG).exists()
+    world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
+    if exists and not resume:
         raise RunError(f"run directory {run_dir} already exists; pass --resume to continue it "
                        f"or choose another name (name=...)")
-    if world.is_main and not (run_dir / CONFIG).exists():
+    if world.is_main and not exists:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     world.barrier()
@@ -124,9 +126,10 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
         if cfg.optim.channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_loader, evals = _loaders(cfg, ds, device, world)
-        log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
-                 run_dir.name, cfg.model.name, ds.name, len(train_loader), device,
-                 world.world_size)
+        if world.is_main:
+            log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
+                     run_dir.name, cfg.model.name, ds.name, len(train_loader), device,
+                     world.world_size)
         history = train(model, train_loader, evals, cfg.optim, run_dir, world, to_dict(cfg),
                         resume=resume, progress=progress)
         summary = summarize(cfg, model, history, time.perf_counter() - t0)

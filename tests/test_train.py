@@ -144,3 +144,13 @@ def test_two_process_ddp_gives_identical_masks(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.model.name and cfg.data.dataset
+
+
+def test_cli_under_torchrun(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29582", "-m", "pemn.cli", "train", *TINY, "optim.epochs=1",
+           f"out_dir={tmp_path}", "name=t", "--no-progress"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    assert (tmp_path / "t" / "summary.json").exists()
