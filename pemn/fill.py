@@ -131,6 +131,23 @@ class Prototype:
     def num_unique(self) -> int:
         return self.numel
 
+    def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
+        """The drawn values -> the full prototype vector (RP tiling and permutation)."""
+        values = drawn
+        if self.tile_to > self.numel:
+            values = np.tile(values, -(-self.tile_to // self.numel))[: self.tile_to]
+        if self.permute:
+            values = values[rng.permutation(seed, _PERMUTATION_STREAM, len(values))]
+        return values
+
+    def drawn(self, full: np.ndarray, seed: int) -> np.ndarray:
+        """Inverse of :meth:`expand`: the drawn values of a full prototype vector."""
+        if self.permute:
+            unpermuted = np.empty_like(full)
+            unpermuted[rng.permutation(seed, _PERMUTATION_STREAM, len(full))] = full
+            full = unpermuted
+        return full[: self.numel]
+
 
 @dataclass(frozen=True)
 class FillPlan:
@@ -145,16 +162,8 @@ class FillPlan:
 
     def generate(self, seed: int) -> list[np.ndarray]:
         """Regenerate every prototype as a float32 vector (bit-identical on any machine)."""
-        return [_generate(p, seed) for p in self.prototypes]
-
-
-def _generate(p: Prototype, seed: int) -> np.ndarray:
-    values = rng.normal(seed, p.stream, p.numel, p.std)
-    if p.tile_to > p.numel:
-        values = np.tile(values, -(-p.tile_to // p.numel))[: p.tile_to]
-    if p.permute:
-        values = values[rng.permutation(seed, _PERMUTATION_STREAM, len(values))]
-    return values
+        return [p.expand(rng.normal(seed, p.stream, p.numel, p.std), seed)
+                for p in self.prototypes]
 
 
 def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:

@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,7 +54,6 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     if d.val_fraction > 0:
         ds, val = split_validation(ds, d.val_fraction, seed=cfg.mask.seed)
     if d.limit_train:
-        from dataclasses import replace
         ds = replace(ds, train_images=ds.train_images[: d.limit_train],
                      train_labels=ds.train_labels[: d.limit_train])
     augment = AugmentConfig(crop_padding=d.crop_padding, flip=d.flip, erase_prob=d.erase_prob,

@@ -41,7 +41,6 @@ from pemn.fill import (
     STRATEGIES,
     Dense,
     FillPlan,
-    Prototype,
     TensorSpec,
     plan_fill,
     strategy_from_dict,
@@ -58,7 +57,6 @@ __all__ = ["pack", "unpack", "save", "load", "describe", "ArtifactError",
 # small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
 # the float path of the generator, for less than the cost of a few header lines.
 STORE_PROTOTYPE_MAX_BYTES = 1024
-_PERMUTATION_STREAM = 2**32  # pemn.fill's RP permutation stream (private there; SHA-checked)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
                  OverflowError, RecursionError, struct.error, UnicodeError)
@@ -90,25 +88,6 @@ def _layout(entries) -> tuple[list[tuple[str, str, tuple[int, ...]]], str]:
 
 def _layout_num_bytes(lines) -> int:
     return sum(math.prod(shape) * int(code[-1]) for _, code, shape in lines)
-
-
-def _expand(drawn: np.ndarray, proto: Prototype, seed: int) -> np.ndarray:
-    """Stored drawn values -> the prototype vector (the RP tiling and permutation of pemn.fill)."""
-    values = drawn
-    if proto.tile_to > proto.numel:
-        values = np.tile(values, -(-proto.tile_to // proto.numel))[: proto.tile_to]
-    if proto.permute:
-        values = values[rng.permutation(seed, _PERMUTATION_STREAM, len(values))]
-    return values
-
-
-def _drawn(full: np.ndarray, proto: Prototype, seed: int) -> np.ndarray:
-    """Inverse of :func:`_expand`: the drawn values from a full prototype vector."""
-    if proto.permute:
-        unpermuted = np.empty_like(full)
-        unpermuted[rng.permutation(seed, _PERMUTATION_STREAM, len(full))] = full
-        full = unpermuted
-    return full[: proto.numel]
 
 
 def _escape_glob(name: str) -> str:
@@ -187,14 +166,14 @@ def _encode_masks(model: nn.Module, spec, codec: str) -> tuple[list, bytes]:
 
 
 def _prototype_section(protos, spec, store: bool | None) -> tuple[bool, list[int], bytes]:
-    drawn = [_drawn(v, p, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
+    drawn = [p.drawn(v, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
     num_bytes = 4 * sum(len(d) for d in drawn)
     if store is None:
         store = num_bytes <= STORE_PROTOTYPE_MAX_BYTES
     if not store:
         return False, [], b""
     for d, p, digest in zip(drawn, spec.plan.prototypes, spec.prototype_sha256):
-        assert rng.sha256_f32(_expand(d, p, spec.seed)) == digest, "tiling is invertible"
+        assert rng.sha256_f32(p.expand(d, spec.seed)) == digest, "tiling is invertible"
     return True, [len(d) for d in drawn], b"".join(d.astype("<f4").tobytes() for d in drawn)
 
 
@@ -381,7 +360,7 @@ def _check_prototypes(header: dict, spec, stored: list | None) -> list | None:
     """Stored values expanded, or None to keep the regenerated ones; raises on any mismatch."""
     expected = header["pemn"]["prototype_sha256"]
     if stored is not None:
-        full = [_expand(d, p, spec.seed) for d, p in zip(stored, spec.plan.prototypes)]
+        full = [p.expand(d, spec.seed) for d, p in zip(stored, spec.plan.prototypes)]
         if [rng.sha256_f32(v) for v in full] != expected:
             raise ArtifactError("stored prototype values do not match their SHA-256 in the "
                                 "header; the file is corrupt")
