@@ -30,7 +30,7 @@ from pemn import rng
 
 __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
-    "plan_fill", "strategy_from_dict", "strategy_to_dict",
+    "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in",
 ]
 
 _PERMUTATION_STREAM = 2**32
@@ -99,22 +99,40 @@ def strategy_from_dict(d: dict) -> Strategy:
         raise ValueError(f"bad arguments for strategy {name!r}: {e}") from None
 
 
+def fan_in(shape: tuple[int, ...]) -> int:
+    """Kaiming fan_in of a weight of ``shape``, laid out as torch's layers lay it out.
+
+    ``shape[1] * prod(shape[2:])`` for ``(out, in, *kernel)`` weights, as
+    ``torch.nn.init._calculate_fan_in_and_fan_out``; a 1-D tensor scales one input per value,
+    so its fan_in is 1. Layers with another layout (GPT-2's ``Conv1D`` stores ``(in, out)``)
+    give their own fan_in to :class:`TensorSpec`.
+    """
+    return shape[1] * math.prod(shape[2:]) if len(shape) > 1 else 1
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """A masked weight tensor: its qualified name, shape and kaiming fan_in."""
+    """A masked weight tensor: its qualified name, shape and kaiming fan_in.
+
+    ``fan_in`` 0 means :func:`fan_in` of the shape (torch's (out, in, *kernel) layout).
+    """
 
     name: str
     shape: tuple[int, ...]
+    fan_in: int = 0
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     @property
+    def effective_fan_in(self) -> int:
+        return max(self.fan_in or fan_in(self.shape), 1)
+
+    @property
     def std(self) -> float:
-        # torch's fan_in: shape[1] * receptive field; kaiming_normal(fan_in, relu) std.
-        fan_in = self.shape[1] * math.prod(self.shape[2:]) if len(self.shape) > 1 else 1
-        return math.sqrt(2.0 / max(fan_in, 1))
+        # kaiming_normal(fan_in, relu): sqrt(2 / fan_in), as the official code initialises.
+        return math.sqrt(2.0 / self.effective_fan_in)
 
 
 @dataclass(frozen=True)
