@@ -1,0 +1,34 @@
+"""The one atomic file write of pemn: a kill at any moment leaves the old file or the new one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
+                 fsync: bool = True) -> None:
+    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed (and fsynced unless
+    ``fsync=False``), then renamed over ``path`` (atomic on POSIX); the temporary file is
+    removed on any failure.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
