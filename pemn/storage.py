@@ -164,17 +164,17 @@ def size_report(source) -> dict:
     norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
     sizes = {"header": info["header_bytes"], "masks": info["section_bytes"]["masks"],
              "prototype": info["section_bytes"]["prototype"], "norm": norm,
-             "other": info["section_bytes"]["other"] - norm, "total": info["file_bytes"]}
+             "other": info["section_bytes"]["tensors"] - norm, "total": info["file_bytes"]}
     others_fp32 = sum(o["num_bytes"] for o in others)
     others_fp16 = sum(o["num_bytes"] // 2 if o["dtype"] == "<f4" else o["num_bytes"]
                       for o in others)
-    dense = header["pemn"]["strategy"]["name"] == "dense"
+    dense = header.strategy["name"] == "dense"
     codecs: dict[str, int] = {}
-    for codec, *_ in header["masks"]:
-        codecs[codec] = codecs.get(codec, 0) + 1
+    for m in masks:
+        codecs[m["codec"]] = codecs.get(m["codec"], 0) + 1
     return {
-        "architecture": header["model"]["name"], "strategy": header["pemn"]["strategy"],
-        "keep_ratio": header["pemn"]["keep_ratio"], "num_masked": num_masked,
+        "architecture": header.model["name"] if header.model else "(not a zoo model)",
+        "strategy": header.strategy, "keep_ratio": header.keep_ratio, "num_masked": num_masked,
         "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
         "bytes": sizes,
         "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not dense else 0,
@@ -184,7 +184,7 @@ def size_report(source) -> dict:
                                                                              num_unique),
         "dense_fp32_bytes": 4 * num_masked,
         "model_fp32_bytes": 4 * num_masked + others_fp32,
-        "file_compression_ratio": 1 - sizes["total"] / max(4 * num_masked, 1),
+        "file_compression_ratio": 0.0 if dense else 1 - sizes["total"] / (4 * num_masked),
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_fp16),
     }

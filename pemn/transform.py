@@ -1,29 +1,100 @@
 """``apply_``: turn any PyTorch model into a PEMN model in place; ``materialize_`` undoes it.
 
-Masked by default: the weight of every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` (grouped and
-depthwise included) and the input projections of ``nn.MultiheadAttention`` (its ``out_proj`` is
-an ``nn.Linear``), stem and head included, as the paper does. Biases and norm layers stay
-ordinary trainable parameters.
+Which tensors can be masked is a registry of layer kinds (:func:`register_maskable`). Built in:
+
+=======================================  =========================================  =========
+layer                                    tensors                                    default
+=======================================  =========================================  =========
+``nn.Linear``, ``nn.Conv1d/2d/3d``       ``weight`` (grouped, depthwise included)   masked
+``nn.MultiheadAttention``                ``in_proj_weight`` or ``q/k/v_proj_weight``  masked
+GPT-2 style ``Conv1D`` (``(in, out)``)   ``weight``, fan_in ``shape[0]``            masked
+``nn.Embedding``                         ``weight``                                 opt-in
+=======================================  =========================================  =========
+
+``Conv1D`` is recognised by its shape and attributes (a class named ``Conv1D`` with an ``nf``
+attribute equal to ``weight.shape[1]``), so ``transformers`` is never imported. Opt-in kinds
+are masked only when an ``include`` pattern names them; the paper masks Conv/Linear only.
+
+**Tied parameters** (one Parameter reachable under two names, e.g. GPT-2's ``lm_head.weight``
+and ``transformer.wte.weight``) are masked once and stay tied: every alias reads the same
+frozen values and the same scores. A tie to a tensor that no registered kind covers is refused
+with a message, never untied silently.
 """
 from __future__ import annotations
 
 import fnmatch
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
 from pemn import fill as fill_lib
 from pemn import rng
-from pemn.fill import Dense, Strategy
-from pemn.masking import is_masked, mask_tensor_, masked_names, unmask_tensor_
+from pemn.fill import Dense, Strategy, TensorSpec
+from pemn.masking import mask_tensor_, masked_names, unmask_tensor_
 
-__all__ = ["apply_", "materialize_", "masked_tensors", "PemnSpec", "maskable_tensors",
-           "regenerate_fixed"]
+__all__ = ["apply_", "materialize_", "masked_tensors", "maskable_tensors", "register_maskable",
+           "PemnSpec"]
 
-_MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_ATTENTION_NAMES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+@dataclass(frozen=True)
+class MaskableKind:
+    """A kind of layer whose ``names`` tensors ``apply_`` may mask."""
+
+    matches: Callable[[nn.Module], bool]
+    names: tuple[str, ...]
+    fan_in: Callable[[tuple[int, ...]], int] | None = None  # None: torch's (out, in, *k) layout
+    default: bool = True  # masked when no include pattern is given
+
+
+_KINDS: list[MaskableKind] = []
+
+
+def register_maskable(layer: type | Callable[[nn.Module], bool], names, *,
+                      fan_in: Callable[[tuple[int, ...]], int] | None = None,
+                      default: bool = True) -> None:
+    """Declare the maskable tensors of another layer type.
+
+    Args:
+        layer: a module class (matched with ``isinstance``) or a predicate ``module -> bool``.
+        names: the attribute names of its maskable Parameters (e.g. ``"weight"``).
+        fan_in: ``shape -> fan_in`` for the kaiming std of the random values and the score
+            init; default torch's layout (``shape[1] * prod(shape[2:])``).
+        default: masked by default (True) or only when an ``include`` pattern selects it.
+
+    Later registrations take precedence over earlier ones and over the built-ins.
+
+    Example:
+        >>> register_maskable(MyBilinear, ("weight",), fan_in=lambda s: s[1] * s[2])
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        raise ValueError(f"names must be attribute names of Parameters, got {names!r}")
+    if isinstance(layer, type):
+        if not issubclass(layer, nn.Module):
+            raise TypeError(f"{layer.__name__} is not an nn.Module subclass")
+        cls = layer
+        layer = lambda m: isinstance(m, cls)  # noqa: E731
+    elif not callable(layer):
+        raise TypeError(f"layer must be an nn.Module class or a predicate, got {layer!r}")
+    _KINDS.insert(0, MaskableKind(layer, names, fan_in, default))
+
+
+def _is_transposed_linear(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D``: a Linear whose weight is stored ``(in, out)``, ``nf`` outputs."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
+            and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1])
+
+
+register_maskable(nn.Embedding, ("weight",), fan_in=lambda shape: shape[1], default=False)
+register_maskable(_is_transposed_linear, ("weight",), fan_in=lambda shape: shape[0])
+register_maskable(nn.MultiheadAttention,
+                  ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"))
+register_maskable(lambda m: isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)),
+                  ("weight",))
 
 
 @dataclass
@@ -33,10 +104,73 @@ class PemnSpec:
     strategy: Strategy
     keep_ratio: float
     seed: int
-    tensors: list[fill_lib.TensorSpec]  # masked tensors in module order
+    tensors: list[TensorSpec]  # masked tensors in module order
     plan: fill_lib.FillPlan | None  # None for Dense
     prototype_sha256: list[str] = field(default_factory=list)
     generator: str = rng.GENERATOR_ID
+    ties: dict[str, str] = field(default_factory=dict)  # alias name -> masked tensor name
+
+
+@dataclass
+class _Target:
+    """One maskable tensor and every other name under which the same Parameter is reachable."""
+
+    fqn: str
+    module: nn.Module
+    name: str
+    kind: MaskableKind
+    aliases: list[tuple[str, nn.Module, str]] = field(default_factory=list)
+
+    @property
+    def default(self) -> bool:
+        """Masked without an include pattern: a tie to an opt-in kind makes the group opt-in."""
+        kinds = [self.kind] + [_kind(m) for _, m, _ in self.aliases]
+        return all(k is not None and k.default for k in kinds)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.fqn}.{self.name}" if self.fqn else self.name
+
+    def spec(self) -> TensorSpec:
+        shape = tuple(getattr(self.module, self.name).shape)
+        return TensorSpec(self.qualified, shape, self.kind.fan_in(shape) if self.kind.fan_in
+                          else 0)
+
+
+def _kind(module: nn.Module) -> MaskableKind | None:
+    return next((k for k in _KINDS if k.matches(module)), None)
+
+
+def _param_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """id(Parameter) -> every (module fqn, module, name) holding it, in module order."""
+    owners: dict[int, list] = {}
+    for fqn, module in model.named_modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append((fqn, module, name))
+    return owners
+
+
+def _candidates(model: nn.Module) -> list[_Target]:
+    """Every maskable tensor, tied aliases folded into the first (in module order)."""
+    owners, targets, seen = _param_owners(model), [], set()
+    for fqn, module in model.named_modules():
+        kind = _kind(module)
+        for name in kind.names if kind else ():
+            p = module._parameters.get(name)
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            holders = owners[id(p)]
+            targets.append(_Target(fqn, module, name, kind, holders[1:]))
+    return targets
+
+
+def maskable_tensors(model: nn.Module):
+    """Yield ``(module_fqn, module, tensor_name)`` for every tensor ``apply_`` masks by default."""
+    for t in _candidates(model):
+        if t.default:
+            yield t.fqn, t.module, t.name
 
 
 def _validate(strategy, keep_ratio, seed) -> None:
@@ -51,36 +185,39 @@ def _validate(strategy, keep_ratio, seed) -> None:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
-def maskable_tensors(model: nn.Module):
-    """Yield ``(module_fqn, module, tensor_name)`` for every tensor ``apply_`` can mask."""
-    for fqn, module in model.named_modules():
-        if isinstance(module, _MASKABLE):
-            names = ("weight",)
-        elif isinstance(module, nn.MultiheadAttention):
-            names = _ATTENTION_NAMES
-        else:
-            continue
-        for name in names:
-            if isinstance(module._parameters.get(name), torch.Tensor) or name in masked_names(module):
-                yield fqn, module, name
+def _names(t: _Target) -> list[str]:
+    return [t.qualified] + [f"{f}.{n}" if f else n for f, _, n in t.aliases]
 
 
-def _matches(fqn: str, tensor: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(fqn, p) or fnmatch.fnmatchcase(f"{fqn}.{tensor}", p)
-               for p in patterns)
+def _matches(t: _Target, patterns) -> bool:
+    fqns = [t.fqn] + [f for f, _, _ in t.aliases]
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in fqns + _names(t))
 
 
-def _select(model, include, exclude):
+def _check_ties(t: _Target) -> None:
+    for fqn, module, name in t.aliases:
+        if _kind(module) is None or name not in _kind(module).names:
+            raise ValueError(
+                f"{t.qualified} is tied to {fqn}.{name} ({type(module).__name__}), which pemn "
+                f"cannot mask; exclude it (exclude={t.fqn!r}) or declare that layer with "
+                "pemn.register_maskable")
+
+
+def _select(model, include, exclude) -> list[_Target]:
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else (exclude or [])
-    candidates = list(maskable_tensors(model))
+    candidates = _candidates(model)
     for patterns in filter(None, (include, exclude)):
         for p in patterns:
-            if not any(_matches(f, n, [p]) for f, _, n in candidates):
-                names = ", ".join(f or "<root>" for f, _, _ in candidates[:20])
+            if not any(_matches(t, [p]) for t in candidates):
+                names = ", ".join(t.qualified for t in candidates[:20])
                 raise ValueError(f"pattern {p!r} matches no maskable layer; layers are: {names}")
-    return [(f, m, n) for f, m, n in candidates
-            if (include is None or _matches(f, n, include)) and not _matches(f, n, exclude)]
+    chosen = [t for t in candidates
+              if (_matches(t, include) if include is not None else t.default)
+              and not _matches(t, exclude)]
+    for t in chosen:
+        _check_ties(t)
+    return chosen
 
 
 def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: int = 0,
@@ -96,14 +233,16 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
         keep_ratio: fraction of each layer's weights *kept* by the mask, in (0, 1].
         seed: integer seed of the random weights and of the score initialisation.
         include: glob pattern(s) over qualified names (``"blocks.*"``, ``"head"``, or
-            ``"attn.in_proj_weight"``); only matching layers are masked. Default: all.
+            ``"attn.in_proj_weight"``); only matching tensors are masked, opt-in kinds
+            (``nn.Embedding``) included. Default: every default kind.
         exclude: glob pattern(s) of layers left dense.
 
     Returns:
         ``model``, with ``model.pemn_spec`` recording what was done.
 
     Raises:
-        TypeError, ValueError: bad strategy, keep_ratio, seed or a pattern matching nothing.
+        TypeError, ValueError: bad strategy, keep_ratio or seed; a pattern matching nothing;
+            a selected tensor tied to one that cannot be masked.
 
     Example:
         >>> model = apply_(nn.Sequential(nn.Linear(8, 4)), RP(ratio=0.1), keep_ratio=0.5)
@@ -115,61 +254,70 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
         raise ValueError("PEMN is already applied to this model; call pemn.materialize_(model) "
                          "first or start from a fresh model")
     targets = _select(model, include, exclude)
-    specs = [fill_lib.TensorSpec(f"{f}.{n}" if f else n, tuple(getattr(m, n).shape))
-             for f, m, n in targets]
+    specs = [t.spec() for t in targets]
+    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     if isinstance(strategy, Dense):
-        model.pemn_spec = PemnSpec(strategy, 1.0, seed, specs, None)
+        model.pemn_spec = PemnSpec(strategy, 1.0, seed, specs, None, ties=ties)
         return model
     plan = fill_lib.plan_fill(strategy, specs)
     prototypes = plan.generate(seed)
     # Move each prototype once, so layers that share values share one device tensor.
-    device = getattr(targets[0][1], targets[0][2]).device
+    device = getattr(targets[0].module, targets[0].name).device
     protos = [torch.from_numpy(v).to(device) for v in prototypes]
     score_gen = torch.Generator().manual_seed(seed)
-    for (fqn, module, name), spec, src in zip(targets, specs, plan.sources):
+    for t, spec, src in zip(targets, specs, plan.sources):
         fixed = protos[src][: spec.numel].view(spec.shape)
-        mask_tensor_(module, name, fixed, _init_scores(spec.shape, score_gen), keep_ratio)
+        scores = _init_scores(spec, score_gen)
+        mask_tensor_(t.module, t.name, fixed, scores, keep_ratio)
+        for _, module, name in t.aliases:
+            _tie(module, name, t.module, t.name, keep_ratio)
     model.pemn_spec = PemnSpec(strategy, keep_ratio, seed, specs, plan,
-                               [rng.sha256_f32(v) for v in prototypes])
+                               [rng.sha256_f32(v) for v in prototypes], ties=ties)
     return model
 
 
-def _init_scores(shape, generator) -> torch.Tensor:
+def _tie(module: nn.Module, name: str, owner: nn.Module, owner_name: str, keep: float) -> None:
+    """Make ``module.<name>`` the same masked tensor as ``owner.<owner_name>``."""
+    fixed = getattr(owner, owner_name + "_fixed")
+    scores = getattr(owner, owner_name + "_scores")
+    mask_tensor_(module, name, fixed, scores.detach(), keep)
+    module._parameters[name + "_scores"] = scores  # one Parameter: the tie holds in training
+
+
+def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:
     # kaiming_uniform_(a=sqrt(5)) as the official code: bound = 1 / sqrt(fan_in).
-    fan_in = shape[1] * math.prod(shape[2:]) if len(shape) > 1 else shape[0]
-    bound = 1.0 / math.sqrt(max(fan_in, 1))
-    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    bound = 1.0 / math.sqrt(spec.effective_fan_in)
+    return (torch.rand(spec.shape, generator=generator) * 2 - 1) * bound
 
 
 def masked_tensors(model: nn.Module):
-    """Yield ``(module_fqn, module, tensor_name)`` for every masked tensor, in module order."""
+    """Yield ``(module_fqn, module, tensor_name)`` for every masked tensor, in module order.
+
+    A tied alias of a masked tensor is not listed again (it shares its values and scores).
+    """
+    seen = set()
     for fqn, module in model.named_modules():
         for name in masked_names(module):
-            yield fqn, module, name
-
-
-def regenerate_fixed(model: nn.Module) -> None:
-    """Rewrite every ``*_fixed`` buffer from the seed (e.g. after loading a checkpoint)."""
-    spec = model.pemn_spec
-    protos = [torch.from_numpy(v) for v in spec.plan.generate(spec.seed)]
-    with torch.no_grad():
-        for (_, module, name), ts, src in zip(masked_tensors(model), spec.tensors,
-                                              spec.plan.sources):
-            getattr(module, name + "_fixed").copy_(protos[src][: ts.numel].view(ts.shape))
+            scores = getattr(module, name + "_scores")
+            if id(scores) not in seen:
+                seen.add(id(scores))
+                yield fqn, module, name
 
 
 def materialize_(model: nn.Module) -> nn.Module:
     """Bake every mask into a plain dense weight; the model no longer depends on pemn.
 
-    The logits do not change. Returns ``model``.
+    The logits do not change, and tied tensors stay tied. Returns ``model``.
     """
-    for _, module, name in list(masked_tensors(model)):
-        unmask_tensor_(module, name)
+    baked: dict[int, nn.Parameter] = {}
+    for _, module in list(model.named_modules()):
+        for name in masked_names(module):
+            key = id(getattr(module, name + "_scores"))
+            unmask_tensor_(module, name)
+            if key in baked:  # a tied alias: reuse the first baked Parameter
+                module._parameters[name] = baked[key]
+            else:
+                baked[key] = module._parameters[name]
     if hasattr(model, "pemn_spec"):
         del model.pemn_spec
     return model
-
-
-def is_pemn_model(model: nn.Module) -> bool:
-    return getattr(model, "pemn_spec", None) is not None or any(
-        is_masked(m) for m in model.modules())

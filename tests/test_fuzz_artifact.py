@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 import pemn
 from pemn.artifact import ArtifactError, pack, unpack
-from pemn.artifact.format import MAGIC
+from pemn.artifact import format as fmt
 from pemn.models import create_model
 
 _TOTAL = int(os.environ.get("PEMN_FUZZ_EXAMPLES", "300"))
@@ -74,14 +75,15 @@ def check(data: bytes, i: int) -> None:
 
 
 def header_and_payload(data: bytes) -> tuple[dict, bytes]:
-    (n,) = struct.unpack_from("<I", data, 12)
-    return json.loads(data[48:48 + n]), data[48 + n:]
+    _, header, _, start = fmt.read_container(data)
+    return header, data[start:]
 
 
 def seal(text: bytes, payload: bytes) -> bytes:
     """A file with this header text and valid header digest (what a hostile writer can do)."""
-    return MAGIC + struct.pack("<II", 1, len(text)) + hashlib.sha256(text).digest() + text \
-        + payload
+    packed = zlib.compress(text)
+    return fmt.MAGIC + struct.pack("<II", fmt.FORMAT_VERSION, len(packed)) \
+        + hashlib.sha256(packed).digest() + packed + payload
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
-"""PEMN artifacts: a trained model as seed + bit masks + BN, restored bit-exactly (PEMN.md §5).
+"""PEMN artifacts: a trained model as seed + bit masks + its other tensors, restored exactly.
 
-    >>> from pemn.artifact import save, load
-    >>> num_bytes = save(model, "run.pemn")  # model: create_model(...) + pemn.apply_(...)
-    >>> model = load("run.pemn")             # eval mode; logits identical to the saved model
+    >>> import pemn
+    >>> pemn.save(model, "model.pemn")                   # any model pemn.apply_ accepted
+    >>> model = pemn.load("model.pemn", model=MyNet())   # fill your own skeleton
+    >>> model = pemn.load("zoo.pemn", form="dense")      # zoo models: built from the header
 
 The file layout is documented in :mod:`pemn.artifact.format`; masks are coded by
-:mod:`pemn.artifact.codec`; ``pemn.storage.size_report`` prices a file component by component.
+:mod:`pemn.artifact.codec`; the in-memory forms are described in :mod:`pemn.artifact.forms`;
+``pemn.storage.size_report`` prices a file component by component.
 """
 from pemn.artifact.export import EXPORT_FORMATS, default_input_shape, export
-from pemn.artifact.format import FORMAT_VERSION, MAGIC, ArtifactError
-from pemn.artifact.store import STORE_PROTOTYPE_MAX_BYTES, describe, load, pack, save, unpack
+from pemn.artifact.format import FORMAT_VERSION, MAGIC, ArtifactError, Header
+from pemn.artifact.load import DEFAULT_MAX_ELEMENTS, FORMS, describe, load, read_header, unpack
+from pemn.artifact.pack import STORE_PROTOTYPE_MAX_BYTES, pack, save
 
-__all__ = ["save", "load", "pack", "unpack", "describe", "export", "ArtifactError",
-           "FORMAT_VERSION", "MAGIC", "STORE_PROTOTYPE_MAX_BYTES", "EXPORT_FORMATS",
-           "default_input_shape"]
+__all__ = ["save", "load", "pack", "unpack", "describe", "read_header", "export", "Header",
+           "ArtifactError", "FORMAT_VERSION", "MAGIC", "FORMS", "DEFAULT_MAX_ELEMENTS",
+           "STORE_PROTOTYPE_MAX_BYTES", "EXPORT_FORMATS", "default_input_shape"]

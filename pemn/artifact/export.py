@@ -5,6 +5,7 @@ are exactly the masked random weights the model computes with; the logits do not
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from pemn.artifact.format import ArtifactError
-from pemn.artifact.store import load, pack, unpack
+from pemn.artifact.load import load
 from pemn.transform import materialize_
 
 __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
@@ -22,10 +23,11 @@ __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
 EXPORT_FORMATS = ("safetensors", "onnx")
 
 
-def _plain_copy(source) -> nn.Module:
+def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
     """A dense copy of an artifact path or a PEMN model (the model itself is not touched)."""
-    model = unpack(pack(source)) if isinstance(source, nn.Module) else load(source)
-    return materialize_(model).eval()
+    if isinstance(source, nn.Module):
+        return materialize_(copy.deepcopy(source)).eval()
+    return load(source, model=skeleton, form="dense")
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -35,7 +37,10 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...]:
     Raises:
         ArtifactError: if the first weight layer is neither a Conv2d nor a Linear.
     """
-    kwargs = model.model_args["kwargs"]
+    header = getattr(model, "pemn_header", None)
+    if header is not None and header.dataset and header.dataset.get("input_shape"):
+        return (1, *header.dataset["input_shape"])
+    kwargs = getattr(model, "model_args", {}).get("kwargs", {})
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
     if isinstance(first, nn.Conv2d):
         size = kwargs.get("img_size") or getattr(model, "img_size", None) or (
@@ -50,10 +55,23 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...]:
 def _export_safetensors(model: nn.Module, out_path: Path) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    args = model.model_args
-    metadata = {"format": "pt", "pemn.architecture": args["name"],
-                "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)}
+    # save_file refuses tensors that share memory (tied weights): store each once, as
+    # safetensors' own save_model does, and name the ties in the metadata.
+    state, ties, seen = {}, {}, {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) in seen:
+            ties[k] = seen[id(v)]
+        else:
+            seen[id(v)] = k
+            state[k] = v.detach().contiguous()
+    metadata = {"format": "pt"}
+    if ties:
+        metadata["pemn.ties"] = json.dumps(ties, sort_keys=True)
+    args = getattr(model, "model_args", None) or (model.pemn_header.model if getattr(
+        model, "pemn_header", None) is not None else None)
+    if args:
+        metadata.update({"pemn.architecture": args["name"],
+                         "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)})
     save_file(state, str(out_path), metadata=metadata)
 
 
@@ -72,7 +90,8 @@ def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> No
 
 
 def export(source, out_path: str | os.PathLike, format: str = "safetensors",
-           example_input_shape: tuple[int, ...] | None = None) -> int:
+           example_input_shape: tuple[int, ...] | None = None,
+           model: nn.Module | None = None) -> int:
     """Write a plain dense model that loads without pemn.
 
     Args:
@@ -82,6 +101,8 @@ def export(source, out_path: str | os.PathLike, format: str = "safetensors",
             and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
         example_input_shape: ONNX input shape; default :func:`default_input_shape`. The batch
             dimension is exported as dynamic.
+        model: for an artifact of a model outside the zoo, a freshly built skeleton of it
+            (as :func:`pemn.load` takes).
 
     Returns:
         Bytes written.
@@ -96,7 +117,7 @@ def export(source, out_path: str | os.PathLike, format: str = "safetensors",
     """
     if format not in EXPORT_FORMATS:
         raise ArtifactError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
-    model = _plain_copy(source)
+    model = _plain_copy(source, model)
     out_path = Path(out_path)
     if format == "safetensors":
         _export_safetensors(model, out_path)

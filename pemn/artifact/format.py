@@ -1,65 +1,56 @@
-"""The ``.pemn`` file: a versioned JSON header and raw sections, no pickle (PEMN.md §5).
+"""The ``.pemn`` file: a preamble, a typed JSON header and raw sections, no pickle.
 
-A trained PEMN model is stored as what cannot be recomputed: the architecture name and
-constructor kwargs, the strategy, keep ratio and seed (the frozen random weights are
-regenerated from them by :mod:`pemn.rng`), one encoded mask per masked tensor, and every
-other tensor of the ``state_dict`` (BatchNorm affine and running statistics, biases, unmasked
-layers) in fp32. A loader never executes code from a file: the header is JSON and the
-payload is raw little-endian numbers and mask codes.
+A trained PEMN model is stored as what cannot be recomputed: the strategy, keep ratio and seed
+(the frozen random weights are regenerated from them by :mod:`pemn.rng`), one encoded mask per
+masked tensor, and every other ``state_dict`` entry (norm layers, biases, embeddings, unmasked
+weights) as raw little-endian numbers. No code is stored: a loader fills an architecture the
+caller builds (``load(path, model=MyNet())``), or, for zoo models, the one named in the header.
 
-Layout, format version 1 (all integers little-endian)::
+Layout, format version 2 (all integers little-endian)::
 
     offset  size  field
     0       8     magic b"\\x89PEMN\\r\\n\\x1a" (PNG-style: catches text-mode and 7-bit damage)
-    8       4     format version, uint32 (= 1)
+    8       4     format version, uint32 (= 2)
     12      4     header length H in bytes, uint32, at most 16 MiB
     16      32    SHA-256 of the H header bytes (raw digest)
-    48      H     header: UTF-8 JSON object (below)
+    48      H     header: zlib-compressed UTF-8 JSON object (below; at most 16 MiB inflated)
     48 + H  ...   payload: the sections back to back, in the order of the section table;
                   the file ends exactly where the last section ends
 
 Header keys (``tests/test_artifact.py`` checks every writer field is documented here):
 
-- ``format`` = ``"pemn-artifact"``, ``format_version`` = 1 (the same as the binary field).
-- ``model``: ``{"name": str, "kwargs": {...}}``, as recorded by ``pemn.models.create_model``.
+- ``format`` = ``"pemn-artifact"``, ``format_version`` = 2 (the same as the binary field).
+- ``model``: ``{"name": str, "kwargs": {...}}`` for a ``pemn.models`` zoo model, else ``null``.
 - ``pemn``: ``strategy`` (``pemn.fill.strategy_to_dict``), ``keep_ratio`` (kept fraction),
   ``seed``, ``generator`` (``pemn.rng.GENERATOR_ID``) and ``prototype_sha256``: the SHA-256
   of every regenerated prototype vector (float32 little-endian, after tiling/permutation),
   checked on load so a different generator fails loudly instead of giving another model.
-- ``tensors``: ``[[qualified_name, [shape...]], ...]``, the masked weight tensors in module
-  order (for ``Dense``: the tensors that were selected but left dense).
-- ``masks``: ``[[codec, num_kept, num_bytes], ...]``, one per entry of ``tensors`` (empty for
-  ``Dense``); ``codec`` is a name from :mod:`pemn.artifact.codec` (``"bits"``, ``"rans"``).
+- ``masked``: ``[[name, [shape...], fan_in, codec, num_kept, num_bytes], ...]``, the masked
+  tensors in module order (``fan_in`` 0: torch's layout); empty for ``Dense``. ``codec`` is a
+  name from :mod:`pemn.artifact.codec`.
 - ``prototype``: ``{"stored": bool, "num_values": [int, ...]}``; when stored, the section
   holds the values drawn for each prototype (before RP tiling/permutation), float32.
-- ``other``: ``{"num_tensors": int, "layout_sha256": str}``: the other tensors are every
-  ``state_dict`` entry of the rebuilt model except ``*_fixed`` / ``*_scores`` (and, except for
-  ``Dense``, the masked tensors), in ``state_dict`` order; ``layout_sha256`` is the SHA-256 of
-  the lines ``name:dtype:shape`` (e.g. ``stem.2.weight:<f4:256``) joined by ``\\n``, so the
-  header stays small while any disagreement with the architecture is caught before loading.
+- ``tensors``: ``[[name, dtype, [shape...]], ...]``, every other ``state_dict`` entry, in
+  ``state_dict`` order, each stored once. ``dtype`` is one of :data:`DTYPES`.
+- ``ties``: ``[[alias, name], ...]``: ``state_dict`` names that hold the same tensor as
+  ``name`` (an entry of ``masked`` or ``tensors``), e.g. a tied embedding and LM head.
+- ``dataset``: what a user needs to feed the model (``name``, ``input_shape``, ``mean``,
+  ``std``, ``class_names``), or ``null``.
+- ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
 - ``sections``: ``[[name, offset, length], ...]`` with ``name`` in ``masks``, ``prototype``,
-  ``other`` (that order), offsets relative to the payload start, contiguous from 0.
+  ``tensors`` (that order), offsets relative to the payload start, contiguous from 0.
 - ``payload_sha256``: SHA-256 (hex) of the whole payload.
 - ``written_by``: ``{"pemn": version, "torch": version}``, informational only.
 
-Sections:
+Integrity, and what it is not: the header digest, ``payload_sha256`` and the exact file
+length detect any flipped, lost or added byte (corruption). They are not a signature: anyone
+can edit a file and recompute them. Every field's type and range is checked before anything is
+allocated, and every stored float must be finite; what a well-formed, re-sealed file *means*
+(another activation, other mask bits) cannot be checked without a key (see docs/THREAT_MODEL.md).
 
-- ``masks``: the encoded masks in ``tensors`` order, each ``num_bytes`` long. A mask is the
-  flattened (C order) boolean keep-mask of the tensor; ``"bits"`` is 1 bit per weight
-  (:mod:`pemn.artifact.bitpack`), ``"rans"`` entropy-codes it (:mod:`pemn.artifact.codec`).
-- ``prototype``: float32 ``<f4`` values, or empty when the prototypes are regenerated.
-- ``other``: each tensor's raw bytes: floating tensors as ``<f4``, integer tensors as ``<i8``,
-  booleans as ``|u1``.
-
-Integrity: the header digest covers the header, the header's ``payload_sha256`` covers the
-payload, and the file length must equal ``48 + H + payload``, so any flipped, lost or added
-byte is detected. Every length is checked against the real file size before it is used, and
-every field's type and range is checked before anything is allocated: a hostile file raises
-:class:`ArtifactError`, never another exception, a huge allocation or a different model.
-Limits: header at most 16 MiB; at most 2**31 values and 16,384 tensors per model; model
-kwargs are numbers up to 2**16 in magnitude, bools, strings of up to 64 characters or flat
-lists of up to 64 of those. The loader builds the architecture on the meta device first (no
-memory, bounded work) and compares it with the header before allocating the real model.
+Version 1 files (an uncompressed header with a ``model`` name and a layout digest instead of
+the ``tensors`` list) are still read: :func:`upgrade_v1` turns their header into version 2 once
+the zoo architecture has told it the tensor names.
 """
 from __future__ import annotations
 
@@ -67,20 +58,28 @@ import hashlib
 import json
 import math
 import struct
+import zlib
+from dataclasses import dataclass, field
 
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "SECTION_NAMES", "write_container", "read_container",
-           "validate_header"]
+           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor",
+           "StoredTensor", "write_container", "read_container", "seal", "upgrade_v1"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
-MAX_ELEMENTS = 2**31  # total values a file may describe (masked + other tensors)
+MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() has a lower default
 MAX_TENSORS = 16_384  # masked + other tensors (ResNet-152 has about 1,000)
 MAX_NDIM = 8
-SECTION_NAMES = ("masks", "prototype", "other")
+MAX_METADATA_BYTES = 64 * 2**10
+SECTION_NAMES = ("masks", "prototype", "tensors")
+# dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
+DTYPES = {"<f4": 4, "<f2": 2, "bf16": 2, "<f8": 8, "<i8": 8, "<i4": 4, "<i2": 2, "|i1": 1,
+          "|u1": 1, "|b1": 1}
+FLOAT_DTYPES = ("<f4", "<f2", "bf16", "<f8")
 
 
 class ArtifactError(ValueError):
@@ -88,33 +87,323 @@ class ArtifactError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------
-# Container: preamble + JSON header + payload
+# Typed header
 # ------------------------------------------------------------------------------------------
 
-def write_container(header: dict, sections: dict[str, bytes]) -> bytes:
+@dataclass(frozen=True)
+class MaskedTensor:
+    """One masked tensor: where it lives, its kaiming fan_in and its encoded mask."""
+
+    name: str
+    shape: tuple[int, ...]
+    fan_in: int
+    codec: str
+    num_kept: int
+    num_bytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One other ``state_dict`` entry, stored raw."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def num_bytes(self) -> int:
+        return self.numel * DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The validated header. Built only by :meth:`from_json`, fields read by name."""
+
+    model: dict | None
+    strategy: dict
+    keep_ratio: float
+    seed: int
+    generator: str
+    prototype_sha256: tuple[str, ...]
+    masked: tuple[MaskedTensor, ...]
+    prototype_stored: bool
+    prototype_counts: tuple[int, ...]
+    tensors: tuple[StoredTensor, ...]
+    ties: tuple[tuple[str, str], ...] = ()
+    dataset: dict | None = None
+    metadata: dict = field(default_factory=dict)
+    written_by: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_elements(self) -> int:
+        """Values the file describes: masked weights plus every stored tensor."""
+        return sum(m.numel for m in self.masked) + sum(t.numel for t in self.tensors)
+
+    @property
+    def names(self) -> list[str]:
+        """Every ``state_dict`` name the file fills (masked, stored and tied aliases)."""
+        return ([m.name for m in self.masked] + [t.name for t in self.tensors]
+                + [alias for alias, _ in self.ties])
+
+    def to_json(self) -> dict:
+        return {
+            "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": self.model,
+            "pemn": {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "seed": self.seed,
+                     "generator": self.generator,
+                     "prototype_sha256": list(self.prototype_sha256)},
+            "masked": [[m.name, list(m.shape), m.fan_in, m.codec, m.num_kept, m.num_bytes]
+                       for m in self.masked],
+            "prototype": {"stored": self.prototype_stored,
+                          "num_values": list(self.prototype_counts)},
+            "tensors": [[t.name, t.dtype, list(t.shape)] for t in self.tensors],
+            "ties": [list(t) for t in self.ties],
+            "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Header:
+        """Validate every field's type and range (no allocation, no architecture needed)."""
+        if not isinstance(d, dict) or d.get("format") != "pemn-artifact":
+            raise ArtifactError("header.format is not 'pemn-artifact'")
+        if d.get("format_version") != FORMAT_VERSION or isinstance(d["format_version"], bool):
+            raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
+        pemn = _field(d, "pemn", dict)
+        proto = _field(d, "prototype", dict)
+        header = cls(
+            model=_model(d),
+            strategy=_strategy(pemn),
+            keep_ratio=_keep_ratio(pemn),
+            seed=_count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1),
+            generator=_short_str(_field(pemn, "generator", str, "pemn"), "pemn.generator"),
+            prototype_sha256=_digests(pemn),
+            masked=tuple(_masked(e, i) for i, e in enumerate(_list(d, "masked"))),
+            prototype_stored=_field(proto, "stored", bool, "prototype"),
+            prototype_counts=tuple(_count(c, "a prototype length")
+                                   for c in _list(proto, "num_values", "prototype")),
+            tensors=tuple(_stored(e, i) for i, e in enumerate(_list(d, "tensors"))),
+            ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
+            dataset=_optional_json(d, "dataset"),
+            metadata=_optional_json(d, "metadata") or {},
+            written_by=_optional_json(d, "written_by") or {},
+        )
+        _check_consistency(header)
+        return header
+
+
+def _field(d, key: str, kind, where: str = "header"):
+    if not isinstance(d, dict) or key not in d:
+        raise ArtifactError(f"{where} has no {key!r} field")
+    value = d[key]
+    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+    if not ok:
+        raise ArtifactError(f"{where}.{key} has type {type(value).__name__}, expected "
+                            f"{getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _list(d, key: str, where: str = "header") -> list:
+    value = _field(d, key, list, where)
+    if len(value) > MAX_TENSORS:
+        raise ArtifactError(f"{where}.{key} has {len(value)} entries (limit {MAX_TENSORS})")
+    return value
+
+
+def _count(value, what: str, upper: int = MAX_ELEMENTS) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
+        raise ArtifactError(f"{what} must be an integer in [0, {upper}], got {value!r}"[:200])
+    return value
+
+
+def _short_str(value: str, what: str, limit: int = 1024) -> str:
+    if not 0 < len(value) <= limit:
+        raise ArtifactError(f"{what} must be a string of 1 to {limit} characters")
+    return value
+
+
+def _shape(value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_NDIM:
+        raise ArtifactError(f"{what} must be a list of at most {MAX_NDIM} dimensions")
+    shape = tuple(_count(v, f"a dimension of {what}") for v in value)
+    if math.prod(shape) > MAX_ELEMENTS:  # Python ints: no overflow
+        raise ArtifactError(f"{what} holds more than {MAX_ELEMENTS} values")
+    return shape
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
+                                                               for c in value)
+
+
+def _validate_json_value(value, what: str, depth: int = 0) -> None:
+    """Constructor kwargs and strategy fields: JSON scalars and short flat lists only."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if abs(value) > 2**16:
+            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > 2**16:
+            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
+    elif isinstance(value, str):
+        if len(value) > 64:
+            raise ArtifactError(f"{what} is a string of {len(value)} characters (limit 64)")
+    elif isinstance(value, list) and depth == 0 and len(value) <= 64:
+        for i, v in enumerate(value):
+            _validate_json_value(v, f"{what}[{i}]", depth + 1)
+    else:
+        raise ArtifactError(f"{what} must be a number, string, bool or short list")
+
+
+def _model(d: dict) -> dict | None:
+    model = d.get("model")
+    if model is None:
+        return None
+    name = _field(model, "name", str, "model")
+    if not 0 < len(name) <= 64:
+        raise ArtifactError(f"model name of {len(name)} characters is not a registered name")
+    kwargs = _field(model, "kwargs", dict, "model")
+    if len(kwargs) > 64:
+        raise ArtifactError(f"model.kwargs has {len(kwargs)} entries (limit 64)")
+    for key, value in kwargs.items():
+        if not key.isidentifier():
+            raise ArtifactError(f"model.kwargs key {key[:40]!r} is not a Python identifier")
+        _validate_json_value(value, f"model.kwargs.{key}")
+    return {"name": name, "kwargs": kwargs}
+
+
+def _strategy(pemn: dict) -> dict:
+    strategy = _field(pemn, "strategy", dict, "pemn")
+    _field(strategy, "name", str, "pemn.strategy")
+    if len(strategy) > 16:
+        raise ArtifactError(f"pemn.strategy has {len(strategy)} fields (limit 16)")
+    for key, value in strategy.items():
+        _validate_json_value(value, f"pemn.strategy.{key[:40]}", depth=1)
+    return strategy
+
+
+def _keep_ratio(pemn: dict) -> float:
+    keep = _field(pemn, "keep_ratio", (int, float), "pemn")
+    if not 0 < keep <= 1:
+        raise ArtifactError(f"pemn.keep_ratio must be in (0, 1], got {keep!r}")
+    return float(keep)
+
+
+def _digests(pemn: dict) -> tuple[str, ...]:
+    digests = _list(pemn, "prototype_sha256", "pemn")
+    if not all(_is_sha256(x) for x in digests):
+        raise ArtifactError("pemn.prototype_sha256 must be a list of hex SHA-256 digests")
+    return tuple(digests)
+
+
+def _name(value, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 512:
+        raise ArtifactError(f"{what} must be a tensor name of 1 to 512 characters")
+    return value
+
+
+def _masked(entry, i: int) -> MaskedTensor:
+    if not (isinstance(entry, list) and len(entry) == 6):
+        raise ArtifactError(f"masked[{i}] must be [name, shape, fan_in, codec, num_kept, "
+                            "num_bytes]")
+    name = _name(entry[0], f"masked[{i}] name")
+    codec = _short_str(entry[3], f"masked[{i}] codec", 32) if isinstance(entry[3], str) else None
+    if codec is None:
+        raise ArtifactError(f"masked[{i}] codec must be a codec name")
+    shape = _shape(entry[1], f"masked tensor {name[:80]!r}")
+    if not shape:
+        raise ArtifactError(f"masked tensor {name[:80]!r} has no dimensions")
+    return MaskedTensor(name, shape, _count(entry[2], f"fan_in of {name[:80]!r}"), codec,
+                        _count(entry[4], f"kept count of {name[:80]!r}"),
+                        _count(entry[5], f"mask bytes of {name[:80]!r}", 2**62))
+
+
+def _stored(entry, i: int) -> StoredTensor:
+    if not (isinstance(entry, list) and len(entry) == 3 and entry[1] in DTYPES):
+        raise ArtifactError(f"tensors[{i}] must be [name, dtype, shape] with a dtype in "
+                            f"{sorted(DTYPES)}")
+    name = _name(entry[0], f"tensors[{i}] name")
+    return StoredTensor(name, entry[1], _shape(entry[2], f"tensor {name[:80]!r}"))
+
+
+def _tie(entry, i: int) -> tuple[str, str]:
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ArtifactError(f"ties[{i}] must be [alias, name]")
+    return _name(entry[0], f"ties[{i}] alias"), _name(entry[1], f"ties[{i}] name")
+
+
+def _optional_json(d: dict, key: str) -> dict | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"header.{key} must be a JSON object or null")
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ArtifactError(f"header.{key} is larger than {MAX_METADATA_BYTES} bytes")
+    return value
+
+
+def _check_consistency(h: Header) -> None:
+    names = h.names
+    if len(set(names)) != len(names):
+        raise ArtifactError("the header names a tensor twice")
+    stored = {m.name for m in h.masked} | {t.name for t in h.tensors}
+    for alias, target in h.ties:
+        if target not in stored:
+            raise ArtifactError(f"tie {alias[:80]!r} points to {target[:80]!r}, which the file "
+                                "does not store")
+    if h.num_elements > MAX_ELEMENTS:
+        raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
+    if len(h.masked) + len(h.tensors) > MAX_TENSORS:
+        raise ArtifactError(f"more than {MAX_TENSORS} tensors in one artifact")
+
+
+# ------------------------------------------------------------------------------------------
+# Container: preamble + compressed JSON header + payload
+# ------------------------------------------------------------------------------------------
+
+def write_container(header: Header, sections: dict[str, bytes]) -> bytes:
     """Serialise ``header`` (completed with the section table and payload hash) and sections."""
     table, offset = [], 0
     for name in SECTION_NAMES:
         table.append([name, offset, len(sections[name])])
         offset += len(sections[name])
-    payload = b"".join(sections[name] for name in SECTION_NAMES)
-    header = {**header, "sections": table, "payload_sha256": hashlib.sha256(payload).hexdigest()}
-    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    d = {**header.to_json(), "sections": table}
+    return seal(d, b"".join(sections[name] for name in SECTION_NAMES))
+
+
+def seal(header_json: dict, payload: bytes) -> bytes:
+    """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set.
+
+    The only writer of the container layout; tests use it to re-seal deliberate edits.
+    """
+    d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
         raise ArtifactError(f"header of {len(text)} bytes exceeds the {MAX_HEADER_BYTES} limit")
-    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(text), hashlib.sha256(text).digest())
-    return preamble + text + payload
+    packed = zlib.compress(text, 9)
+    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(packed), hashlib.sha256(packed).digest())
+    return preamble + packed + payload
 
 
-def read_container(data: bytes) -> tuple[dict, dict[str, memoryview], int]:
+def read_container(data: bytes) -> tuple[int, dict, dict[str, memoryview], int]:
     """Check the preamble, both digests and the section table of ``data``.
 
     Returns:
-        ``(header, sections, header_bytes)``: the validated header dict, a zero-copy view of each
-        section, and the size of preamble plus header.
+        ``(version, header_json, sections, header_bytes)``: the file's format version, its
+        header as a JSON dict (validated by :meth:`Header.from_json` for version 2 or by the
+        version-1 upgrade), a zero-copy view of each section, and preamble + header size.
 
     Raises:
-        ArtifactError: for anything but a complete, intact version-1 file.
+        ArtifactError: for anything but a complete, intact file.
     """
     if len(data) < PREAMBLE_BYTES:
         raise ArtifactError(f"not a PEMN artifact: {len(data)} bytes is shorter than the "
@@ -123,27 +412,55 @@ def read_container(data: bytes) -> tuple[dict, dict[str, memoryview], int]:
     if magic != MAGIC:
         raise ArtifactError("not a PEMN artifact: wrong magic bytes (expected a file written by "
                             "pemn.artifact.save)")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ArtifactError(f"unsupported artifact format version {version}; this pemn reads "
-                            f"version {FORMAT_VERSION} (upgrade pemn to read newer files)")
+                            f"versions {READ_VERSIONS} (upgrade pemn to read newer files)")
     if header_len > MAX_HEADER_BYTES or PREAMBLE_BYTES + header_len > len(data):
         raise ArtifactError(f"header length {header_len} does not fit the {len(data)}-byte file "
                             f"(limit {MAX_HEADER_BYTES}); the file is truncated or corrupt")
-    text = bytes(data[PREAMBLE_BYTES:PREAMBLE_BYTES + header_len])
-    if hashlib.sha256(text).digest() != header_digest:
+    raw = bytes(data[PREAMBLE_BYTES:PREAMBLE_BYTES + header_len])
+    if hashlib.sha256(raw).digest() != header_digest:
         raise ArtifactError("header checksum mismatch: the file is corrupt")
-    header = _parse_json(text)
-    validate_header(header)
+    d = _parse_json(raw if version == 1 else _inflate(raw))
     start = PREAMBLE_BYTES + header_len
+    table = _section_table(d, version)
     payload = memoryview(data)[start:]
-    table = header["sections"]
-    if table[-1][1] + table[-1][2] != len(payload):
+    end = table[-1][1] + table[-1][2]
+    if end != len(payload):
         raise ArtifactError(f"payload is {len(payload)} bytes but the section table describes "
-                            f"{table[-1][1] + table[-1][2]}; the file is truncated or padded")
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+                            f"{end}; the file is truncated or padded")
+    if hashlib.sha256(payload).hexdigest() != d.get("payload_sha256"):
         raise ArtifactError("payload checksum mismatch: the file is corrupt")
-    sections = {name: payload[off:off + length] for name, off, length in table}
-    return header, sections, start
+    return version, d, {name: payload[off:off + n] for name, off, n in table}, start
+
+
+def _inflate(raw: bytes) -> bytes:
+    """zlib with an output cap: a small header cannot inflate into gigabytes."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(raw, MAX_HEADER_BYTES + 1)
+    except zlib.error:
+        raise ArtifactError("header is not valid zlib data: the file is corrupt") from None
+    if len(text) > MAX_HEADER_BYTES or not inflater.eof or inflater.unused_data:
+        raise ArtifactError(f"header inflates past {MAX_HEADER_BYTES} bytes or has trailing "
+                            "data")
+    return text
+
+
+def _section_table(d: dict, version: int) -> list:
+    names = ["masks", "prototype", "other"] if version == 1 else list(SECTION_NAMES)
+    table = _field(d, "sections", list)
+    if [s[0] if isinstance(s, list) and s else None for s in table] != names:
+        raise ArtifactError(f"section table must list {names} in that order")
+    expected = 0
+    for name, *rest in table:
+        if len(rest) != 2 or _count(rest[0], f"section {name} offset", 2**62) != expected:
+            raise ArtifactError(f"section {name!r} must be [name, offset, length] and start at "
+                                f"byte {expected} of the payload")
+        expected += _count(rest[1], f"section {name} length", 2**62)
+    if not _is_sha256(d.get("payload_sha256")):
+        raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
+    return [[n, off, length] for n, off, length in table]
 
 
 def _reject_constant(name: str):
@@ -163,143 +480,33 @@ def _parse_json(text: bytes) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# Header schema: types and ranges only; consistency with the architecture is checked on load
+# Version 1: same preamble, uncompressed header, BN layout as a digest
 # ------------------------------------------------------------------------------------------
 
-def _field(d: dict, key: str, kind, where: str = "header"):
-    if not isinstance(d, dict) or key not in d:
-        raise ArtifactError(f"{where} has no {key!r} field")
-    value = d[key]
-    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
-    if not ok:
-        raise ArtifactError(f"{where}.{key} has type {type(value).__name__}, expected "
-                            f"{getattr(kind, '__name__', kind)}")
-    return value
+def upgrade_v1(d: dict, other_layout) -> Header:
+    """A version-1 header as version 2, given the zoo model's other tensors.
 
+    Args:
+        d: the version-1 JSON header.
+        other_layout: ``[(name, dtype_code, shape), ...]`` of the architecture's other tensors,
+            in ``state_dict`` order, with version 1's dtype codes (``"|u1"`` meant bool).
 
-def _count(value, what: str, upper: int = MAX_ELEMENTS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
-        raise ArtifactError(f"{what} must be an integer in [0, {upper}], got {value!r}")
-    return value
-
-
-def _is_sha256(value) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
-                                                               for c in value)
-
-
-def _validate_json_value(value, what: str, depth: int = 0) -> None:
-    """Constructor kwargs: JSON scalars and short flat lists only (no nesting games)."""
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, int):
-        if abs(value) > 2**16:
-            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
-    elif isinstance(value, float):
-        if not math.isfinite(value) or abs(value) > 2**16:
-            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
-    elif isinstance(value, str):
-        if len(value) > 64:
-            raise ArtifactError(f"{what} is a string of {len(value)} characters (limit 64)")
-    elif isinstance(value, list) and depth == 0 and len(value) <= 64:
-        for i, v in enumerate(value):
-            _validate_json_value(v, f"{what}[{i}]", depth + 1)
-    else:
-        raise ArtifactError(f"{what} must be a number, string, bool or short list")
-
-
-def _validate_model(header: dict) -> None:
-    model = _field(header, "model", dict)
-    name = _field(model, "name", str, "model")
-    if not 0 < len(name) <= 64:
-        raise ArtifactError(f"model name of {len(name)} characters is not a registered name")
-    kwargs = _field(model, "kwargs", dict, "model")
-    if len(kwargs) > 64:
-        raise ArtifactError(f"model.kwargs has {len(kwargs)} entries (limit 64)")
-    for key, value in kwargs.items():
-        if not key.isidentifier():
-            raise ArtifactError(f"model.kwargs key {key[:40]!r} is not a Python identifier")
-        _validate_json_value(value, f"model.kwargs.{key}")
-
-
-def _validate_pemn(header: dict) -> None:
-    pemn = _field(header, "pemn", dict)
-    strategy = _field(pemn, "strategy", dict, "pemn")
-    _field(strategy, "name", str, "pemn.strategy")
-    if len(strategy) > 16:
-        raise ArtifactError(f"pemn.strategy has {len(strategy)} fields (limit 16)")
-    for key, value in strategy.items():
-        _validate_json_value(value, f"pemn.strategy.{key[:40]}", depth=1)
-    keep = _field(pemn, "keep_ratio", (int, float), "pemn")
-    if not 0 < keep <= 1:
-        raise ArtifactError(f"pemn.keep_ratio must be in (0, 1], got {keep!r}")
-    _count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1)
-    _field(pemn, "generator", str, "pemn")
-    digests = _field(pemn, "prototype_sha256", list, "pemn")
-    if len(digests) > MAX_TENSORS or not all(_is_sha256(d) for d in digests):
-        raise ArtifactError("pemn.prototype_sha256 must be a list of hex SHA-256 digests")
-
-
-def _validate_tensors(header: dict) -> None:
-    tensors = _field(header, "tensors", list)
-    if len(tensors) > MAX_TENSORS:
-        raise ArtifactError(f"{len(tensors)} tensors exceed the limit of {MAX_TENSORS}")
-    total = 0
-    for i, entry in enumerate(tensors):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], list) and 0 < len(entry[1]) <= MAX_NDIM):
-            raise ArtifactError(f"tensors[{i}] must be [name, [dim, ...]] with 1 to {MAX_NDIM} "
-                                "dims")
-        for d in entry[1]:
-            _count(d, f"a dimension of {entry[0][:80]!r}")
-        total += math.prod(entry[1])
-        if total > MAX_ELEMENTS:
-            raise ArtifactError(f"the masked tensors hold more than {MAX_ELEMENTS} values")
-    masks = _field(header, "masks", list)
+    Raises:
+        ArtifactError: if the layout digest of the file does not match the architecture.
+    """
+    if d.get("format_version") != 1 or isinstance(d.get("format_version"), bool):
+        raise ArtifactError("header.format_version must be 1")
+    other = _field(d, "other", dict)
+    text = "\n".join(f"{k}:{c}:{','.join(map(str, s))}" for k, c, s in other_layout)
+    if (_field(other, "num_tensors", int, "other") != len(other_layout)
+            or hashlib.sha256(text.encode()).hexdigest() != other.get("layout_sha256")):
+        raise ArtifactError("the stored BN/other tensors do not match the architecture")
+    tensors, masks = _list(d, "tensors"), _list(d, "masks")
     if masks and len(masks) != len(tensors):
         raise ArtifactError(f"{len(masks)} masks for {len(tensors)} masked tensors")
-    for i, entry in enumerate(masks):
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
-            raise ArtifactError(f"masks[{i}] must be [codec, num_kept, num_bytes]")
-        _count(entry[1], f"masks[{i}] kept count")
-        _count(entry[2], f"masks[{i}] byte length")
-
-
-def _validate_sections(header: dict) -> None:
-    prototype = _field(header, "prototype", dict)
-    _field(prototype, "stored", bool, "prototype")
-    counts = _field(prototype, "num_values", list, "prototype")
-    if len(counts) > MAX_TENSORS:
-        raise ArtifactError("prototype.num_values is too long")
-    for c in counts:
-        _count(c, "a prototype length")
-    other = _field(header, "other", dict)
-    num_other = _field(other, "num_tensors", int, "other")
-    if _count(num_other, "other.num_tensors", MAX_TENSORS) + len(header["tensors"]) > MAX_TENSORS:
-        raise ArtifactError(f"more than {MAX_TENSORS} tensors in one artifact")
-    if not _is_sha256(_field(other, "layout_sha256", str, "other")):
-        raise ArtifactError("other.layout_sha256 must be a hex SHA-256 digest")
-    table = _field(header, "sections", list)
-    if [s[0] if isinstance(s, list) and s else None for s in table] != list(SECTION_NAMES):
-        raise ArtifactError(f"section table must list {list(SECTION_NAMES)} in that order")
-    expected = 0
-    for name, *rest in table:
-        if len(rest) != 2 or _count(rest[0], f"section {name} offset", 2**62) != expected:
-            raise ArtifactError(f"section {name!r} must be [name, offset, length] and start at "
-                                f"byte {expected} of the payload")
-        expected += _count(rest[1], f"section {name} length", 2**62)
-    if not _is_sha256(_field(header, "payload_sha256", str)):
-        raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
-
-
-def validate_header(header: dict) -> None:
-    """Check the type and range of every field the loader reads; raises :class:`ArtifactError`."""
-    if header.get("format") != "pemn-artifact":
-        raise ArtifactError("header.format is not 'pemn-artifact'")
-    if header.get("format_version") != FORMAT_VERSION or isinstance(
-            header.get("format_version"), bool):
-        raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
-    _validate_model(header)
-    _validate_pemn(header)
-    _validate_tensors(header)
-    _validate_sections(header)
+    masked = [[t[0], t[1], 0, *m] if isinstance(t, list) and isinstance(m, list) else None
+              for t, m in zip(tensors, masks)]
+    stored = [[k, "|b1" if c == "|u1" else c, list(s)] for k, c, s in other_layout]
+    v2 = {**d, "format_version": FORMAT_VERSION, "masked": masked, "tensors": stored,
+          "ties": [], "dataset": None, "metadata": {}}
+    return Header.from_json(v2)

@@ -1,0 +1,83 @@
+"""The three in-memory forms a loaded artifact can take (``pemn.load(..., form=...)``).
+
+=========  ==========================================================  ======================
+form       what the model holds                                        use it to
+=========  ==========================================================  ======================
+train      frozen values + fp32 scores (PEMN layers, as after apply_)  fine-tune, keep training
+dense      plain layers, the masked weights baked in                   deploy; export
+packed     bit-packed masks + the prototype; each layer rebuilds its   deploy where memory is
+           weight from them in every forward, nothing cached           scarcer than compute
+=========  ==========================================================  ======================
+
+Every form gives the same eval logits: ``dense`` and ``packed`` hold the very same float32
+weights as ``train`` (``fixed * mask`` is exact), so their logits are bit-identical on one
+device. ``packed`` holds ``P/8`` bytes of masks plus the prototype: tiny for RP and MP, but
+``Mask`` and ``OneLayer`` prototypes are as large as the layers they serve.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.utils.parametrize as parametrize
+from torch import nn
+
+from pemn.artifact.bitpack import pack_bits
+
+__all__ = ["PackedWeight", "unpack_bits_torch", "pack_bits_torch", "pack_module_", "share_packed_"]
+
+
+def unpack_bits_torch(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` {0, 1} uint8, on ``bits``' device.
+
+    The bit order of :mod:`pemn.artifact.bitpack`: element ``i`` is bit ``i % 8`` (least
+    significant first) of byte ``i // 8``.
+    """
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    return ((bits.unsqueeze(1) >> shifts) & 1).flatten()[:n]
+
+
+def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask -> its packed bytes as a uint8 tensor on the mask's device."""
+    data = pack_bits(mask)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
+
+
+class PackedWeight(nn.Module):
+    """A parametrization: ``values[:numel] * unpack(bits)``, rebuilt in every forward.
+
+    ``values`` is a prototype vector shared (same storage) by every layer it serves; the packed
+    bits are the parametrization's only stored tensor (``parametrizations.<name>.original0``).
+    """
+
+    def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("values", values, persistent=False)
+        self.shape = tuple(shape)
+        self.numel = math.prod(self.shape)
+        self._bits = bits
+
+    def right_inverse(self, weight: torch.Tensor):
+        # Registration passes the skeleton's dense weight; what is stored is the packed mask.
+        bits, self._bits = self._bits, None
+        return (bits,)
+
+    def forward(self, bits: torch.Tensor) -> torch.Tensor:
+        mask = unpack_bits_torch(bits, self.numel)
+        return (self.values[: self.numel] * mask).view(self.shape)
+
+
+def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+    """Replace ``module.<name>`` by a :class:`PackedWeight` over ``values`` and ``mask``."""
+    getattr(module, name).requires_grad_(False)
+    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape))
+    parametrize.register_parametrization(module, name, weight, unsafe=True)
+
+
+def share_packed_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
+    """Make tied ``module.<name>`` read the packed tensor of ``owner.<owner_name>``."""
+    source = owner.parametrizations[owner_name]
+    values = source[0].values
+    pack_module_(module, name, values, torch.zeros(source[0].shape, dtype=torch.bool,
+                                                   device=values.device))
+    module.parametrizations[name].original0 = source.original0

@@ -1,0 +1,559 @@
+"""Load an artifact into a model: the caller's skeleton, or the zoo model its header names.
+
+Every file is treated as hostile. In order, before anything large is allocated: only a regular
+file is read, and only if its size fits; the container's digests and section table are checked;
+the header's types and ranges are validated (:meth:`Header.from_json`); the values it describes
+are held to ``max_elements``; every mask decodes to exactly its kept count; every stored float
+is finite; and every tensor name and shape is compared with the skeleton. Any failure raises
+:class:`ArtifactError` with one line naming the first problem.
+
+The frozen random weights are regenerated from the seed (or taken from the stored prototype)
+and must match the SHA-256 recorded at save time, so a different generator fails loudly
+instead of giving another model.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import struct
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from pemn import rng
+from pemn.artifact.codec import get_codec
+from pemn.artifact.format import (
+    DTYPES,
+    FLOAT_DTYPES,
+    MAX_ELEMENTS,
+    MAX_HEADER_BYTES,
+    PREAMBLE_BYTES,
+    ArtifactError,
+    Header,
+    read_container,
+    upgrade_v1,
+)
+from pemn.artifact.forms import pack_module_, share_packed_
+from pemn.artifact.pack import dtype_code, torch_dtype
+from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
+from pemn.masking import current_mask, num_kept
+from pemn.models import create_model
+from pemn.transform import apply_
+
+__all__ = ["load", "unpack", "describe", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
+
+# 2**28 values = 1 GiB of float32: ResNet-50 (25.6M) and ViT-B (86M) fit; pass max_elements
+# for larger models. It bounds the memory and time a small hostile file can demand.
+DEFAULT_MAX_ELEMENTS = 2**28
+FORMS = ("train", "dense", "packed")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
+                 OverflowError, RecursionError, struct.error, UnicodeError)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading: regular files only, size first
+# ------------------------------------------------------------------------------------------
+
+def _max_file_bytes(max_elements: int) -> int:
+    # masks <= 1 bit per value and raw tensors <= 8 bytes per value, plus the header.
+    return PREAMBLE_BYTES + MAX_HEADER_BYTES + 9 * max_elements
+
+
+def _read_file(path, max_elements: int) -> bytes:
+    """The bytes of a regular file; FIFOs, devices and oversized files are refused unread."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, TypeError, ValueError) as e:
+        raise ArtifactError(f"cannot read artifact {path}: {getattr(e, 'strerror', None) or e}"
+                            ) from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{path} is not a regular file")
+        limit = _max_file_bytes(max_elements)
+        if info.st_size > limit:
+            raise ArtifactError(f"{path} is {info.st_size} bytes, more than a model of "
+                                f"max_elements={max_elements} values can take ({limit})")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ArtifactError(f"{path} grew past {limit} bytes while being read")
+    return data
+
+
+# ------------------------------------------------------------------------------------------
+# Header and skeleton
+# ------------------------------------------------------------------------------------------
+
+_INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[0] != "_"} | {
+    torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
+    torch.Tensor.exponential_, torch.Tensor.cauchy_, torch.Tensor.log_normal_,
+    torch.Tensor.geometric_}
+
+
+class _MetaBuild(TorchFunctionMode):
+    """Skip weight initialisation, and stop after ``budget`` torch calls.
+
+    Initialising meta tensors is useless, and torch implements random meta ops through its
+    decompositions, whose first use imports torch._dynamo (~1 s). The budget bounds the work
+    hostile kwargs (``depth=65536``) can cause; it applies only to zoo models named in a
+    header, and ``tests/test_artifact.py`` checks every registered model builds within it.
+    """
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.budget -= 1
+        if self.budget < 0:
+            raise ArtifactError("the architecture builds far more tensors than the file lists; "
+                                "the kwargs do not match the stored model")
+        if func in _INIT_FNS and (args or "tensor" in kwargs):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def meta_budget(num_entries: int) -> int:
+    """Torch calls a zoo model may make per state_dict entry the file lists, plus a margin."""
+    return 16 * num_entries + 1024
+
+
+def _build_meta(model_args: dict, num_entries: int) -> nn.Module:
+    """The zoo architecture on the meta device: shapes without allocating any values."""
+    with _MetaBuild(meta_budget(num_entries)), torch.device("meta"):
+        return create_model(model_args["name"], **model_args["kwargs"])
+
+
+def _v1_layout(meta: nn.Module, d: dict) -> list:
+    """A version-1 file's other tensors: every state_dict entry but the masked ones."""
+    masked = set() if not d.get("masks") else {t[0] for t in d.get("tensors", [])
+                                               if isinstance(t, list) and t}
+    layout = []
+    for k, v in meta.state_dict().items():
+        if k in masked:
+            continue
+        code = dtype_code(k, v) if v.dtype != torch.bool else "|u1"
+        layout.append((k, code, tuple(v.shape)))
+    return layout
+
+
+def _parse_header(version: int, d: dict) -> tuple[Header, nn.Module | None]:
+    """The typed header, and for version 1 the meta model that named its tensors."""
+    if version == 2:
+        return Header.from_json(d), None
+    from pemn.artifact.format import _model  # the zoo name is the only way to read version 1
+    model_args = _model(d)
+    if model_args is None:
+        raise ArtifactError("a version-1 artifact must name its zoo model")
+    num = len(d.get("tensors") or []) + int((d.get("other") or {}).get("num_tensors") or 0)
+    meta = _build_meta(model_args, num)
+    return upgrade_v1(d, _v1_layout(meta, d)), meta
+
+
+def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every name and shape of the file against the skeleton; one error, first bad tensor."""
+    expected = {m.name: m.shape for m in header.masked}
+    expected.update({t.name: t.shape for t in header.tensors})
+    expected.update({alias: expected[target] for alias, target in header.ties})
+    for name, shape in layout.items():
+        if name not in expected:
+            raise ArtifactError(f"{what} has tensor {name!r} {list(shape)}, which the file does "
+                                "not hold: the file was saved from another architecture")
+        if expected[name] != shape:
+            raise ArtifactError(f"tensor {name!r} is {list(shape)} in {what} but "
+                                f"{list(expected[name])} in the file")
+    missing = [n for n in expected if n not in layout]
+    if missing:
+        raise ArtifactError(f"the file holds tensor {missing[0]!r} {list(expected[missing[0]])}, "
+                            f"which {what} does not have")
+
+
+def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None) -> nn.Module:
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise ArtifactError(f"model must be an nn.Module skeleton, got {type(model).__name__}")
+        if getattr(model, "pemn_spec", None) is not None:
+            raise ArtifactError("the skeleton already has PEMN applied; pass a freshly built "
+                                "model (as its constructor returns it)")
+        _check_layout(header, _skeleton_layout(model), "the skeleton")
+        return model
+    if header.model is None:
+        raise ArtifactError("this file was saved from a model outside pemn.models; build the "
+                            "architecture yourself and pass it: pemn.load(path, model=MyNet())")
+    num = len(header.masked) + len(header.tensors) + len(header.ties)
+    meta = meta or _build_meta(header.model, num)
+    _check_layout(header, _skeleton_layout(meta), header.model["name"])
+    return create_model(header.model["name"], **header.model["kwargs"])
+
+
+# ------------------------------------------------------------------------------------------
+# Payload: masks, prototypes, tensors (all checked before the model is touched)
+# ------------------------------------------------------------------------------------------
+
+def _decode_masks(header: Header, section: memoryview) -> list[torch.Tensor]:
+    if sum(m.num_bytes for m in header.masked) != len(section):
+        raise ArtifactError("mask byte lengths do not add up to the masks section")
+    out, offset = [], 0
+    for m in header.masked:
+        if m.num_kept != num_kept(m.numel, header.keep_ratio):
+            raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
+                                f"{header.keep_ratio} needs {num_kept(m.numel, header.keep_ratio)}")
+        data = section[offset:offset + m.num_bytes]
+        out.append(get_codec(m.codec).decode(data, m.numel, m.num_kept).view(m.shape))
+        offset += m.num_bytes
+    return out
+
+
+def _finite(values: np.ndarray, what: str) -> None:
+    if not np.isfinite(values).all():
+        raise ArtifactError(f"{what} holds NaN or infinite values")
+
+
+def _prototypes(header: Header, plan, section: memoryview) -> list[np.ndarray]:
+    """Every prototype vector: stored, or regenerated; checked against its SHA-256."""
+    counts = tuple(p.numel for p in plan.prototypes)
+    if len(header.prototype_sha256) != len(counts):
+        raise ArtifactError("the number of prototype digests does not match the strategy")
+    if not header.prototype_stored:
+        if header.prototype_counts or len(section):
+            raise ArtifactError("prototype section is present but marked as not stored")
+        full = plan.generate(header.seed)
+        if [rng.sha256_f32(v) for v in full] != list(header.prototype_sha256):
+            raise ArtifactError(
+                f"regenerated weights differ from the ones that were trained (generator "
+                f"{header.generator} in the file, {rng.GENERATOR_ID} here); refusing to load a "
+                "different model. Re-save on the training machine with store_prototype=True")
+        return full
+    if header.prototype_counts != counts or len(section) != 4 * sum(counts):
+        raise ArtifactError(f"stored prototype lengths {list(header.prototype_counts)[:8]} do "
+                            f"not match the strategy's {list(counts)[:8]}")
+    values = np.frombuffer(section, dtype="<f4").astype(np.float32)
+    _finite(values, "the stored prototype")
+    drawn = np.split(values, np.cumsum(counts)[:-1])
+    full = [p.expand(d, header.seed) for d, p in zip(drawn, plan.prototypes)]
+    if [rng.sha256_f32(v) for v in full] != list(header.prototype_sha256):
+        raise ArtifactError("stored prototype values do not match their SHA-256 in the header; "
+                            "the file is corrupt")
+    return full
+
+
+def _read_tensors(header: Header, section: memoryview) -> dict[str, torch.Tensor]:
+    if sum(t.num_bytes for t in header.tensors) != len(section):
+        raise ArtifactError("the tensors section has the wrong length")
+    out, offset = {}, 0
+    for t in header.tensors:
+        code = "<i2" if t.dtype == "bf16" else t.dtype
+        raw = np.frombuffer(section, dtype=code, count=t.numel, offset=offset)
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+        if t.dtype in FLOAT_DTYPES and t.dtype != "bf16":
+            _finite(raw, f"tensor {t.name}")
+        value = torch.from_numpy(raw).view(t.shape)
+        if t.dtype == "bf16":
+            value = value.view(torch.bfloat16)
+            _finite(value.float().numpy(), f"tensor {t.name}")
+        out[t.name] = value.view(torch_dtype(t.dtype)) if t.dtype == "|b1" else value
+        offset += t.numel * DTYPES[t.dtype]
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Forms
+# ------------------------------------------------------------------------------------------
+
+def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], skip=()) -> None:
+    """Copy each stored tensor (and its tied aliases) into the model's state, in place."""
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            if name in tensors and name not in skip:
+                t.copy_(tensors[name])
+
+
+def _with_aliases(header: Header, tensors: dict) -> dict:
+    return {**tensors, **{a: tensors[t] for a, t in header.ties if t in tensors}}
+
+
+def _escape_glob(name: str) -> str:
+    """``apply_`` takes glob patterns; an exact name must not match anything else."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def _train_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
+    names = [m.name for m in header.masked]
+    apply_(model, strategy, keep_ratio=header.keep_ratio, seed=header.seed,
+           include=[_escape_glob(n) for n in names] if names else None)
+    spec = model.pemn_spec
+    if not isinstance(strategy, Dense):
+        specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+        if spec.tensors != specs:
+            raise ArtifactError("apply_ selects other tensors than the file lists; register "
+                                "the same maskable layers (pemn.register_maskable) as at save")
+        tied = {a: t for a, t in header.ties if t in names}
+        if spec.ties != tied:
+            raise ArtifactError(f"the skeleton ties {spec.ties} but the file ties {tied}")
+        protos_t = [torch.from_numpy(v) for v in protos]
+        with torch.no_grad():
+            for (module, name), fixed, mask in zip(_masked_modules(model, spec), plan_values(
+                    spec, protos_t), masks):
+                getattr(module, name + "_fixed").copy_(fixed)
+                scores = getattr(module, name + "_scores")
+                scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
+                if not torch.equal(current_mask(module, name).cpu(), mask):
+                    raise ArtifactError(f"mask of {name} cannot be reproduced by top-k")
+    _fill(model, _with_aliases(header, tensors))
+    return model
+
+
+def _masked_modules(model, spec):
+    for t in spec.tensors:
+        fqn, _, name = t.name.rpartition(".")
+        yield model.get_submodule(fqn), name
+
+
+def plan_values(spec, protos: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each masked layer's frozen values: a view of the first ``numel`` of its prototype."""
+    return [protos[src][: t.numel].view(t.shape) for t, src in zip(spec.tensors,
+                                                                     spec.plan.sources)]
+
+
+def _dense_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
+    if not isinstance(strategy, Dense):
+        spec = _Spec(header, strategy)
+        with torch.no_grad():
+            for m, fixed, mask in zip(header.masked, plan_values(spec, [torch.from_numpy(v)
+                                                                        for v in protos]), masks):
+                model.get_parameter(m.name).copy_(fixed * mask)
+        masked = {m.name: model.get_parameter(m.name) for m in header.masked}
+        with torch.no_grad():  # an untied skeleton still gets every alias
+            for alias, target in header.ties:
+                if target in masked and model.get_parameter(alias) is not masked[target]:
+                    model.get_parameter(alias).copy_(masked[target])
+    _fill(model, _with_aliases(header, tensors))
+    return model
+
+
+def _packed_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
+    _fill(model, _with_aliases(header, tensors))
+    if isinstance(strategy, Dense):
+        return model
+    spec = _Spec(header, strategy)
+    device = next(iter(model.state_dict().values())).device
+    shared = [torch.from_numpy(v).to(device) for v in protos]  # one tensor per prototype
+    owners = {}
+    for m, src, mask in zip(header.masked, spec.plan.sources, masks):
+        fqn, _, name = m.name.rpartition(".")
+        module = model.get_submodule(fqn)
+        pack_module_(module, name, shared[src], mask.to(device))
+        owners[m.name] = (module, name)
+    for alias, target in header.ties:
+        if target in owners:
+            fqn, _, name = alias.rpartition(".")
+            share_packed_(model.get_submodule(fqn), name, *owners[target])
+    return model
+
+
+class _Spec:
+    """The masked tensors and fill plan of a header, as ``plan_values`` reads them."""
+
+    def __init__(self, header: Header, strategy):
+        self.tensors = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+        self.plan = plan_fill(strategy, self.tensors)
+
+
+_FORM_BUILDERS = {"train": _train_form, "dense": _dense_form, "packed": _packed_form}
+
+
+# ------------------------------------------------------------------------------------------
+# unpack / load
+# ------------------------------------------------------------------------------------------
+
+def _check_args(form: str, max_elements) -> None:
+    if form not in FORMS:
+        raise ArtifactError(f"unknown form {form!r}; use one of {FORMS}")
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or not (
+            0 < max_elements <= MAX_ELEMENTS):
+        raise ArtifactError(f"max_elements must be an integer in [1, {MAX_ELEMENTS}], got "
+                            f"{max_elements!r}")
+
+
+def _unpack(data: bytes, model, form: str, device, max_elements: int) -> nn.Module:
+    version, d, sections, _ = read_container(data)
+    header, meta = _parse_header(version, d)
+    if header.num_elements > max_elements:
+        raise ArtifactError(f"the file describes {header.num_elements:,} values, more than "
+                            f"max_elements={max_elements:,}; pass a larger max_elements to load "
+                            "a model this large")
+    if version == 1:
+        sections["tensors"] = sections.pop("other")
+    strategy = strategy_from_dict(header.strategy)
+    dense = isinstance(strategy, Dense)
+    if dense == bool(header.masked):
+        raise ArtifactError("a Dense artifact has no masks and every other strategy has one "
+                            "mask per masked tensor")
+    masks, protos = _decode_masks(header, sections["masks"]), []
+    if dense and (len(sections["masks"]) or len(sections["prototype"])):
+        raise ArtifactError("a Dense artifact must have empty masks and prototype sections")
+    if not dense:
+        specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+        protos = _prototypes(header, plan_fill(strategy, specs), sections["prototype"])
+    tensors = _read_tensors(header, sections["tensors"])
+    skeleton = _skeleton(header, model, meta).to(device)
+    out = _FORM_BUILDERS[form](skeleton, header, strategy, masks, protos, tensors)
+    if form != "train" and getattr(out, "pemn_spec", None) is not None:
+        del out.pemn_spec
+    out.pemn_header = header
+    return out.eval()
+
+
+def _wrap(e: BaseException) -> ArtifactError:
+    """A lower-level error (create_model, a codec, a strategy, memory) as one ArtifactError."""
+    if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+        return ArtifactError("not enough memory to build the model this file describes")
+    kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
+    return ArtifactError(f"invalid artifact{kind}: {e}"[:500])
+
+
+def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None, *,
+           form: str = "train", device: str | torch.device = "cpu",
+           max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+    """Rebuild the model stored in artifact bytes, in eval mode on ``device``.
+
+    Args and raises: as :func:`load`.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ArtifactError(f"unpack needs bytes, got {type(data).__name__}")
+    _check_args(form, max_elements)
+    try:
+        return _unpack(bytes(data), model, form, torch.device(device), max_elements)
+    except ArtifactError:
+        raise
+    except (MemoryError, *_LOWER_ERRORS) as e:
+        raise _wrap(e) from e
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str = "train",
+         device: str | torch.device = "cpu",
+         max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+    """Read an artifact written by :func:`pemn.save` and fill a model with it.
+
+    Args:
+        path: a ``.pemn`` file (regular files only).
+        model: a freshly built skeleton of the saved architecture (your constructor, your
+            config), filled in place as ``load_state_dict`` would; ``None`` builds the zoo
+            model the header names.
+        form: ``"train"`` (PEMN layers with scores: fine-tune or keep training), ``"dense"``
+            (plain layers, masks baked in; as much memory as the dense model) or ``"packed"``
+            (bit-packed masks + prototype, weights rebuilt per forward; least memory).
+        device: where the model is built.
+        max_elements: refuse files describing more values than this (default 2**28, 1 GiB
+            of float32), before allocating anything.
+
+    Returns:
+        The model, in eval mode; ``model.pemn_header`` holds the file's typed header.
+
+    Raises:
+        ArtifactError: unreadable, corrupt, hostile or inconsistent file; a skeleton whose
+            names or shapes differ (the first bad tensor is named); regenerated weights that
+            differ from the trained ones.
+
+    Example:
+        >>> model = pemn.load("gpt2.pemn", model=GPT2LMHeadModel(config), form="dense")
+    """
+    _check_args(form, max_elements)
+    return unpack(_read_file(path, max_elements), model, form=form, device=device,
+                  max_elements=max_elements)
+
+
+def read_header(source) -> Header:
+    """The typed header of an artifact path or bytes (containers checked, no model built)."""
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
+        source, DEFAULT_MAX_ELEMENTS)
+    try:
+        return _parse_header(*read_container(data)[:2])[0]
+    except ArtifactError:
+        raise
+    except (MemoryError, *_LOWER_ERRORS) as e:
+        raise _wrap(e) from e
+
+
+# ------------------------------------------------------------------------------------------
+# describe: what a file holds, component by component (used by pemn.storage.size_report)
+# ------------------------------------------------------------------------------------------
+
+def _is_norm(name: str, norms: set[str] | None) -> bool:
+    if norms is not None:
+        return name in norms
+    parts = name.lower().split(".")  # no architecture at hand: judge by the usual names
+    return any(p.startswith(("bn", "norm", "ln")) or p.endswith("norm") for p in parts[:-1]) \
+        or parts[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _norm_names(header: Header) -> set[str] | None:
+    """Names of the norm layers' tensors, from the zoo architecture checked against the file."""
+    if header.model is None:
+        return None
+    num = len(header.masked) + len(header.tensors) + len(header.ties)
+    meta = _build_meta(header.model, num)
+    _check_layout(header, _skeleton_layout(meta), header.model["name"])
+    return {f"{fqn}.{k}" if fqn else k for fqn, m in meta.named_modules()
+            if isinstance(m, _NORM_TYPES) for k in m.state_dict()}
+
+
+def _describe(data: bytes) -> dict:
+    version, d, sections, header_bytes = read_container(data)
+    header, _ = _parse_header(version, d)
+    strategy = strategy_from_dict(header.strategy)
+    specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+    norms = _norm_names(header)
+    return {
+        "header": header,
+        "format_version": version,
+        "file_bytes": len(data),
+        "header_bytes": header_bytes,
+        "section_bytes": {("tensors" if k == "other" else k): len(v)
+                          for k, v in sections.items()},
+        "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
+                   "codec": m.codec, "num_bytes": m.num_bytes} for m in header.masked],
+        "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
+                    "num_bytes": t.num_bytes, "is_norm": _is_norm(t.name, norms)}
+                   for t in header.tensors],
+        "num_unique": 0 if isinstance(strategy, Dense) else plan_fill(strategy,
+                                                                      specs).num_unique,
+    }
+
+
+def describe(source) -> dict:
+    """What an artifact holds, component by component, without building the model's values.
+
+    Args:
+        source: a path, artifact bytes, or a PEMN model (packed in memory first).
+
+    Returns:
+        ``header`` (the typed :class:`Header`), ``format_version``, ``file_bytes``,
+        ``header_bytes`` (preamble + header), ``section_bytes`` per section, ``masks`` (per
+        masked tensor: name, shape, numel, num_kept, codec, num_bytes), ``others`` (per stored
+        tensor: name, dtype, shape, num_bytes, is_norm) and ``num_unique`` (U).
+
+    Raises:
+        ArtifactError: as :func:`load`.
+    """
+    if isinstance(source, nn.Module):
+        from pemn.artifact.pack import pack
+        data = pack(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = _read_file(source, DEFAULT_MAX_ELEMENTS)
+    try:
+        return _describe(data)
+    except ArtifactError:
+        raise
+    except (MemoryError, *_LOWER_ERRORS) as e:
+        raise _wrap(e) from e

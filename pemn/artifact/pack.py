@@ -1,0 +1,241 @@
+"""Pack a PEMN model into artifact bytes: seed + masks + every other tensor, no code.
+
+Any model that :func:`pemn.apply_` accepted can be packed. The file names every tensor and its
+shape, so a loader can fill a skeleton the user builds; zoo models (``pemn.models``) also record
+their name and constructor kwargs, so ``pemn.load(path)`` can build the skeleton itself.
+
+Only the masks of the learned scores are stored, not the score magnitudes: an artifact is for
+inference and fine-tuning of the other tensors; resume mask training from a checkpoint.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from pemn import rng
+from pemn.artifact.codec import choose_codec, get_codec, list_codecs
+from pemn.artifact.format import (
+    ArtifactError,
+    Header,
+    MaskedTensor,
+    StoredTensor,
+    write_container,
+)
+from pemn.fill import STRATEGIES, Dense, strategy_to_dict
+from pemn.fileio import atomic_write
+from pemn.masking import current_mask
+from pemn.transform import masked_tensors
+
+__all__ = ["pack", "save", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype"]
+
+# "auto" stores the prototype values verbatim when they take at most this many bytes (RP at
+# small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
+# the float path of the generator, for less than the cost of a few header lines.
+STORE_PROTOTYPE_MAX_BYTES = 1024
+_DTYPE_CODES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bf16",
+                torch.float64: "<f8", torch.int64: "<i8", torch.int32: "<i4",
+                torch.int16: "<i2", torch.int8: "|i1", torch.uint8: "|u1", torch.bool: "|b1"}
+_CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+
+def dtype_code(name: str, t: torch.Tensor) -> str:
+    """The file's dtype code of tensor ``name`` (see ``pemn.artifact.format.DTYPES``)."""
+    if t.dtype not in _DTYPE_CODES:
+        raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
+    return _DTYPE_CODES[t.dtype]
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    return _CODE_DTYPES[code]
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store its 16 bits
+        t = t.view(torch.int16)
+    return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
+
+
+def _check_packable(model: nn.Module):
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"pack needs an nn.Module, got {type(model).__name__}")
+    spec = getattr(model, "pemn_spec", None)
+    if spec is None:
+        raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
+                            "keep_ratio, seed) before training and saving it")
+    if type(spec.strategy) not in STRATEGIES.values():
+        raise ArtifactError(f"{type(spec.strategy).__name__} models have trained weights and "
+                            "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP). "
+                            "Save a baseline with torch.save(model.state_dict()) or export it")
+    return spec
+
+
+def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
+    """Each prototype as stored in the model, after checking every fixed buffer against it."""
+    layers = list(masked_tensors(model))
+    if [f"{f}.{n}" if f else n for f, _, n in layers] != [t.name for t in spec.tensors]:
+        raise ArtifactError("the masked tensors no longer match model.pemn_spec; was the model "
+                            "modified after pemn.apply_?")
+    protos: list[np.ndarray | None] = [None] * len(spec.plan.prototypes)
+    for (_, module, name), ts, src in zip(layers, spec.tensors, spec.plan.sources):
+        fixed = getattr(module, name + "_fixed").detach().cpu()
+        if fixed.dtype != torch.float32:
+            raise ArtifactError(f"{ts.name} is {fixed.dtype}; call model.float() before saving")
+        proto = spec.plan.prototypes[src]
+        if ts.numel == max(proto.numel, proto.tile_to):  # this layer holds the whole prototype
+            protos[src] = fixed.reshape(-1).numpy()
+    for i, values in enumerate(protos):
+        if values is None or rng.sha256_f32(values) != spec.prototype_sha256[i]:
+            raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
+                                "they must stay as pemn.apply_ generated them")
+    for (_, module, name), ts, src in zip(layers, spec.tensors, spec.plan.sources):
+        fixed = getattr(module, name + "_fixed").detach().cpu().reshape(-1)
+        if not torch.equal(fixed, torch.from_numpy(protos[src][: ts.numel])):
+            raise ArtifactError(f"the frozen weights of {ts.name} were modified after apply_")
+    return protos
+
+
+def _encode_masks(model: nn.Module, spec, codec: str) -> tuple[list[MaskedTensor], bytes]:
+    if codec != "auto" and codec not in list_codecs():
+        raise ArtifactError(f"unknown mask codec {codec!r}; use 'auto' or one of {list_codecs()}")
+    entries, chunks = [], []
+    for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
+        mask = current_mask(module, name)
+        k = int(mask.count_nonzero())
+        name_ = choose_codec(ts.numel, k) if codec == "auto" else codec
+        data = get_codec(name_).encode(mask)
+        entries.append(MaskedTensor(ts.name, ts.shape, ts.fan_in, name_, k, len(data)))
+        chunks.append(data)
+    return entries, b"".join(chunks)
+
+
+def _prototype_section(protos, spec, store: bool | None) -> tuple[bool, tuple[int, ...], bytes]:
+    drawn = [p.drawn(v, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
+    num_bytes = 4 * sum(len(d) for d in drawn)
+    if store is None:
+        store = num_bytes <= STORE_PROTOTYPE_MAX_BYTES
+    if not store:
+        return False, (), b""
+    return True, tuple(len(d) for d in drawn), b"".join(d.astype("<f4").tobytes() for d in drawn)
+
+
+def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
+    """``(name, tensor)`` of every state_dict entry but the masks' machinery, each stored once,
+    and the ties: later names that hold a tensor already listed."""
+    masked = {t.name for t in spec.tensors} | set(spec.ties)
+    machinery = {n + s for n in masked for s in ("_fixed", "_scores")}
+    if isinstance(spec.strategy, Dense):
+        machinery = set()
+    entries, ties, first = [], [], {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if name in machinery:
+            continue
+        if id(t) in first:
+            ties.append((name, first[id(t)]))
+        else:
+            first[id(t)] = name
+            entries.append((name, t))
+    return entries, ties
+
+
+def _zoo_args(model: nn.Module) -> dict | None:
+    args = getattr(model, "model_args", None)
+    if not (isinstance(args, dict) and isinstance(args.get("name"), str)
+            and isinstance(args.get("kwargs"), dict)):
+        return None
+    try:
+        return json.loads(json.dumps({"name": args["name"], "kwargs": dict(args["kwargs"])},
+                                     allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"model_args cannot be stored: not JSON-serialisable ({e})") from None
+
+
+def _json_object(value, what: str) -> dict | None:
+    if value is None:
+        return None
+    if hasattr(value, "as_header"):  # e.g. pemn.data.DatasetInfo
+        value = value.as_header()
+    elif hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{what} must be a dict of JSON values, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{what} is not JSON-serialisable ({e})") from None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
+         metadata: dict | None = None, dataset=None) -> bytes:
+    """Serialise a PEMN model into artifact bytes (layout: :mod:`pemn.artifact.format`).
+
+    Args:
+        model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
+        codec: mask codec for every mask, or ``"auto"``: per mask the smallest of
+            ``pemn.artifact.codec.list_codecs()`` (raw bits at keep 0.5, entropy-coded when
+            sparser).
+        store_prototype: store the prototype values instead of regenerating them from the
+            seed; ``None`` (auto) stores them when they take at most
+            ``STORE_PROTOTYPE_MAX_BYTES`` (1 KB), e.g. RP 1e-3. ``Dense`` stores all weights.
+        metadata: your JSON object, stored as is (at most 64 KiB).
+        dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
+            ``input_shape``, ``mean``, ``std``, ``class_names``).
+
+    Returns:
+        The file bytes.
+
+    Raises:
+        ArtifactError: no ``apply_``, modified frozen weights, a tensor type the format
+            cannot store, non-JSON metadata, or an unknown ``codec``.
+    """
+    spec = _check_packable(model)
+    dense = isinstance(spec.strategy, Dense)
+    sections = {"masks": b"", "prototype": b""}
+    masked, stored, counts = [], False, ()
+    if not dense:
+        protos = _check_fixed(model, spec)
+        masked, sections["masks"] = _encode_masks(model, spec, codec)
+        stored, counts, sections["prototype"] = _prototype_section(protos, spec, store_prototype)
+    others, ties = _other_tensors(model, spec)
+    ties = ([] if dense else list(spec.ties.items())) + ties
+    header = Header(
+        model=_zoo_args(model), strategy=strategy_to_dict(spec.strategy),
+        keep_ratio=spec.keep_ratio, seed=spec.seed, generator=spec.generator,
+        prototype_sha256=() if dense else tuple(spec.prototype_sha256), masked=tuple(masked),
+        prototype_stored=stored, prototype_counts=counts,
+        tensors=tuple(StoredTensor(k, dtype_code(k, v), tuple(v.shape)) for k, v in others),
+        ties=tuple(ties), dataset=_json_object(dataset, "dataset"),
+        metadata=_json_object(metadata, "metadata") or {},
+        written_by={"pemn": _version("pemn"), "torch": torch.__version__})
+    sections["tensors"] = b"".join(_raw_bytes(v) for _, v in others)
+    return write_container(Header.from_json(header.to_json()), sections)
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
+         store_prototype: bool | None = None, metadata: dict | None = None,
+         dataset=None) -> int:
+    """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
+
+    Example:
+        >>> pemn.apply_(model, pemn.RP(ratio=1e-3))   # any nn.Module
+        >>> ...                                       # train it
+        >>> pemn.save(model, "model.pemn", metadata={"task": "digits"})
+        29105
+    """
+    data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
+                dataset=dataset)
+    atomic_write(path, data)
+    return len(data)
