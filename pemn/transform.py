@@ -123,9 +123,10 @@ class _Target:
 
     @property
     def default(self) -> bool:
-        """Masked without an include pattern: a tie to an opt-in kind makes the group opt-in."""
+        """Masked without an include pattern: a tie to an opt-in kind makes the group opt-in
+        (a tie to a layer no kind covers is refused once selected, by :func:`_check_ties`)."""
         kinds = [self.kind] + [_kind(m) for _, m, _ in self.aliases]
-        return all(k is not None and k.default for k in kinds)
+        return all(k is None or k.default for k in kinds)
 
     @property
     def qualified(self) -> str:

@@ -46,8 +46,9 @@ def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
 class PackedWeight(nn.Module):
     """A parametrization: ``values[:numel] * unpack(bits)``, rebuilt in every forward.
 
-    ``values`` is a prototype vector shared (same storage) by every layer it serves; the packed
-    bits are the parametrization's only stored tensor (``parametrizations.<name>.original0``).
+    ``values`` is a prototype vector shared (same storage) by every layer it serves; a
+    copy-order RP vector is kept short and tiled per forward. The packed bits are the
+    parametrization's only stored tensor (``parametrizations.<name>.original0``).
     """
 
     def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...]):
@@ -64,7 +65,10 @@ class PackedWeight(nn.Module):
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
         mask = unpack_bits_torch(bits, self.numel)
-        return (self.values[: self.numel] * mask).view(self.shape)
+        values = self.values
+        if values.numel() < self.numel:  # copy-order RP: tile the short vector for this layer
+            values = values.repeat(-(-self.numel // values.numel()))
+        return (values[: self.numel] * mask).view(self.shape)
 
 
 def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:

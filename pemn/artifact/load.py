@@ -69,10 +69,11 @@ def _read_file(path, max_elements: int) -> bytes:
     except (OSError, TypeError, ValueError) as e:
         raise ArtifactError(f"cannot read artifact {path}: {getattr(e, 'strerror', None) or e}"
                             ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ArtifactError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ArtifactError(f"{path} is not a regular file")
         limit = _max_file_bytes(max_elements)
         if info.st_size > limit:
             raise ArtifactError(f"{path} is {info.st_size} bytes, more than a model of "
@@ -345,7 +346,9 @@ def _packed_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
         return model
     spec = _Spec(header, strategy)
     device = next(iter(model.state_dict().values())).device
-    shared = [torch.from_numpy(v).to(device) for v in protos]  # one tensor per prototype
+    # One tensor per prototype, shared by its layers; copy-order RP keeps only its drawn values.
+    shared = [torch.from_numpy(p.drawn(v, header.seed) if p.tile_to > p.numel and not p.permute
+                               else v).to(device) for v, p in zip(protos, spec.plan.prototypes)]
     owners = {}
     for m, src, mask in zip(header.masked, spec.plan.sources, masks):
         fqn, _, name = m.name.rpartition(".")
