@@ -294,7 +294,8 @@ def test_max_elements_is_checked_before_allocation(tmp_path):
 
 
 def _resealed(data: bytes, edit) -> bytes:
-    _, header, _, start = fmt.read_container(data)
+    c = fmt.read_container(data)
+    header, start = c.header, c.header_bytes
     payload = bytearray(data[start:])
     edit(header, payload)
     return fmt.seal(header, bytes(payload))

@@ -61,13 +61,14 @@ def logits(model: torch.nn.Module, arch: str) -> torch.Tensor:
 
 def reseal(data: bytes, header: dict | None = None, payload: bytes | None = None) -> bytes:
     """Rewrite a file with a new header and/or payload and valid digests (a deliberate edit)."""
-    _, old, _, start = fmt.read_container(data)
+    c = fmt.read_container(data)
+    old, start = c.header, c.header_bytes
     return fmt.seal(old if header is None else header,
                     data[start:] if payload is None else payload)
 
 
 def header_of(data: bytes) -> dict:
-    return fmt.read_container(data)[1]
+    return fmt.read_container(data).header
 
 
 # ------------------------------------------------------------------------------------------

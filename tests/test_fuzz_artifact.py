@@ -75,7 +75,8 @@ def check(data: bytes, i: int) -> None:
 
 
 def header_and_payload(data: bytes) -> tuple[dict, bytes]:
-    _, header, _, start = fmt.read_container(data)
+    c = fmt.read_container(data)
+    header, start = c.header, c.header_bytes
     return header, data[start:]
 
 

@@ -60,10 +60,12 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
            "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor",
-           "StoredTensor", "write_container", "read_container", "seal", "upgrade_v1"]
+           "StoredTensor", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
+           "write_container", "read_container", "seal", "upgrade_v1"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
 FORMAT_VERSION = 2
@@ -394,13 +396,31 @@ def seal(header_json: dict, payload: bytes) -> bytes:
     return preamble + packed + payload
 
 
-def read_container(data: bytes) -> tuple[int, dict, dict[str, memoryview], int]:
+class Signature(NamedTuple):
+    """An ed25519 signature block after the payload (see :mod:`pemn.artifact.signing`)."""
+
+    public_key: bytes  # 32 bytes
+    signature: bytes  # 64 bytes
+    signed_bytes: int  # the signature covers data[:signed_bytes]: the whole unsigned file
+
+
+class Container(NamedTuple):
+    version: int
+    header: dict  # JSON; validated by Header.from_json (version 2) or upgrade_v1
+    sections: dict[str, memoryview]
+    header_bytes: int  # preamble + stored header
+    signature: Signature | None
+
+
+SIGNATURE_MAGIC = b"PEMNSIG1"
+SIGNATURE_BYTES = len(SIGNATURE_MAGIC) + 32 + 64
+
+
+def read_container(data: bytes) -> Container:
     """Check the preamble, both digests and the section table of ``data``.
 
-    Returns:
-        ``(version, header_json, sections, header_bytes)``: the file's format version, its
-        header as a JSON dict (validated by :meth:`Header.from_json` for version 2 or by the
-        version-1 upgrade), a zero-copy view of each section, and preamble + header size.
+    A file may end with one signature block (:data:`SIGNATURE_MAGIC`, public key, signature)
+    right after the payload; it is returned, not verified (``pemn.artifact.signing`` does).
 
     Raises:
         ArtifactError: for anything but a complete, intact file.
@@ -424,14 +444,20 @@ def read_container(data: bytes) -> tuple[int, dict, dict[str, memoryview], int]:
     d = _parse_json(raw if version == 1 else _inflate(raw))
     start = PREAMBLE_BYTES + header_len
     table = _section_table(d, version)
-    payload = memoryview(data)[start:]
-    end = table[-1][1] + table[-1][2]
-    if end != len(payload):
-        raise ArtifactError(f"payload is {len(payload)} bytes but the section table describes "
-                            f"{end}; the file is truncated or padded")
+    end = start + table[-1][1] + table[-1][2]
+    signature = None
+    if version > 1 and len(data) == end + SIGNATURE_BYTES and \
+            data[end:end + len(SIGNATURE_MAGIC)] == SIGNATURE_MAGIC:
+        block = bytes(data[end + len(SIGNATURE_MAGIC):])
+        signature = Signature(block[:32], block[32:], end)
+    elif end != len(data):
+        raise ArtifactError(f"payload is {len(data) - start} bytes but the section table "
+                            f"describes {end - start}; the file is truncated or padded")
+    payload = memoryview(data)[start:end]
     if hashlib.sha256(payload).hexdigest() != d.get("payload_sha256"):
         raise ArtifactError("payload checksum mismatch: the file is corrupt")
-    return version, d, {name: payload[off:off + n] for name, off, n in table}, start
+    sections = {name: payload[off:off + n] for name, off, n in table}
+    return Container(version, d, sections, start, signature)
 
 
 def _inflate(raw: bytes) -> bytes:

@@ -47,6 +47,7 @@ __all__ = ["load", "unpack", "describe", "read_header", "FORMS", "DEFAULT_MAX_EL
 # 2**28 values = 1 GiB of float32: ResNet-50 (25.6M) and ViT-B (86M) fit; pass max_elements
 # for larger models. It bounds the memory and time a small hostile file can demand.
 DEFAULT_MAX_ELEMENTS = 2**28
+VALUES_PER_BYTE = 1024  # default ceiling on values per file byte (densest honest: ~880)
 FORMS = ("train", "dense", "packed")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
@@ -380,19 +381,36 @@ _FORM_BUILDERS = {"train": _train_form, "dense": _dense_form, "packed": _packed_
 def _check_args(form: str, max_elements) -> None:
     if form not in FORMS:
         raise ArtifactError(f"unknown form {form!r}; use one of {FORMS}")
-    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or not (
-            0 < max_elements <= MAX_ELEMENTS):
+    if max_elements is not None and (isinstance(max_elements, bool) or not isinstance(
+            max_elements, int) or not 0 < max_elements <= MAX_ELEMENTS):
         raise ArtifactError(f"max_elements must be an integer in [1, {MAX_ELEMENTS}], got "
                             f"{max_elements!r}")
 
 
-def _unpack(data: bytes, model, form: str, device, max_elements: int) -> nn.Module:
-    version, d, sections, _ = read_container(data)
-    header, meta = _parse_header(version, d)
-    if header.num_elements > max_elements:
+def _element_limit(max_elements: int | None, num_bytes: int) -> int:
+    """``max_elements``, or by default 2**28 and at most 1,024 values per byte of file.
+
+    An honest file needs at least ``H(keep)/8`` bytes per masked value: 1/8 at keep 0.5,
+    1/700 at keep 0.001. Without an explicit ``max_elements``, a file that claims more values
+    per byte than that (a 750-byte file describing 2**31 weights) is refused before any work.
+    """
+    if max_elements is not None:
+        return max_elements
+    return min(DEFAULT_MAX_ELEMENTS, max(2**16, VALUES_PER_BYTE * num_bytes))
+
+
+def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> nn.Module:
+    container = read_container(data)
+    if verify_key is not None:
+        from pemn.artifact.signing import verify
+        verify(data, verify_key)
+    version, sections = container.version, container.sections
+    header, meta = _parse_header(version, container.header)
+    limit = _element_limit(max_elements, len(data))
+    if header.num_elements > limit:
         raise ArtifactError(f"the file describes {header.num_elements:,} values, more than "
-                            f"max_elements={max_elements:,}; pass a larger max_elements to load "
-                            "a model this large")
+                            f"max_elements={limit:,} ({len(data):,} bytes); pass a larger "
+                            "max_elements to load a model this large or this sparse")
     if version == 1:
         sections["tensors"] = sections.pop("other")
     strategy = strategy_from_dict(header.strategy)
@@ -425,7 +443,7 @@ def _wrap(e: BaseException) -> ArtifactError:
 
 def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None, *,
            form: str = "train", device: str | torch.device = "cpu",
-           max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+           max_elements: int | None = None, verify_key=None) -> nn.Module:
     """Rebuild the model stored in artifact bytes, in eval mode on ``device``.
 
     Args and raises: as :func:`load`.
@@ -434,7 +452,8 @@ def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None,
         raise ArtifactError(f"unpack needs bytes, got {type(data).__name__}")
     _check_args(form, max_elements)
     try:
-        return _unpack(bytes(data), model, form, torch.device(device), max_elements)
+        return _unpack(bytes(data), model, form, torch.device(device), max_elements,
+                       verify_key)
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:
@@ -442,8 +461,8 @@ def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None,
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str = "train",
-         device: str | torch.device = "cpu",
-         max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+         device: str | torch.device = "cpu", max_elements: int | None = None,
+         verify_key=None) -> nn.Module:
     """Read an artifact written by :func:`pemn.save` and fill a model with it.
 
     Args:
@@ -455,8 +474,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str =
             (plain layers, masks baked in; as much memory as the dense model) or ``"packed"``
             (bit-packed masks + prototype, weights rebuilt per forward; least memory).
         device: where the model is built.
-        max_elements: refuse files describing more values than this (default 2**28, 1 GiB
-            of float32), before allocating anything.
+        max_elements: refuse files describing more values than this, before allocating
+            anything. Default: 2**28 (1 GiB of float32) and at most 1,024 values per byte of
+            file (an honest file at keep 0.001 needs ~880).
+        verify_key: an author's ed25519 public key (hex, raw bytes or a key object): the file
+            must carry a valid signature by it (:mod:`pemn.artifact.signing`).
 
     Returns:
         The model, in eval mode; ``model.pemn_header`` holds the file's typed header.
@@ -470,8 +492,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str =
         >>> model = pemn.load("gpt2.pemn", model=GPT2LMHeadModel(config), form="dense")
     """
     _check_args(form, max_elements)
-    return unpack(_read_file(path, max_elements), model, form=form, device=device,
-                  max_elements=max_elements)
+    data = _read_file(path, max_elements or DEFAULT_MAX_ELEMENTS)
+    return unpack(data, model, form=form, device=device, max_elements=max_elements,
+                  verify_key=verify_key)
 
 
 def read_header(source) -> Header:
@@ -479,7 +502,8 @@ def read_header(source) -> Header:
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
         source, DEFAULT_MAX_ELEMENTS)
     try:
-        return _parse_header(*read_container(data)[:2])[0]
+        container = read_container(data)
+        return _parse_header(container.version, container.header)[0]
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:
@@ -510,7 +534,7 @@ def _norm_names(header: Header) -> set[str] | None:
 
 
 def _describe(data: bytes) -> dict:
-    version, d, sections, header_bytes = read_container(data)
+    version, d, sections, header_bytes, signature = read_container(data)
     header, _ = _parse_header(version, d)
     strategy = strategy_from_dict(header.strategy)
     specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
@@ -529,6 +553,7 @@ def _describe(data: bytes) -> dict:
                    for t in header.tensors],
         "num_unique": 0 if isinstance(strategy, Dense) else plan_fill(strategy,
                                                                       specs).num_unique,
+        "signed_by": signature.public_key.hex() if signature else None,
     }
 
 
@@ -542,7 +567,8 @@ def describe(source) -> dict:
         ``header`` (the typed :class:`Header`), ``format_version``, ``file_bytes``,
         ``header_bytes`` (preamble + header), ``section_bytes`` per section, ``masks`` (per
         masked tensor: name, shape, numel, num_kept, codec, num_bytes), ``others`` (per stored
-        tensor: name, dtype, shape, num_bytes, is_norm) and ``num_unique`` (U).
+        tensor: name, dtype, shape, num_bytes, is_norm), ``num_unique`` (U) and
+        ``signed_by`` (the signer's public key in hex, not verified; None if unsigned).
 
     Raises:
         ArtifactError: as :func:`load`.

@@ -226,8 +226,11 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
          store_prototype: bool | None = None, metadata: dict | None = None,
-         dataset=None) -> int:
+         dataset=None, sign_with=None) -> int:
     """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
+
+    ``sign_with``: an ed25519 private key (or its PEM file) to sign the file with
+    (:mod:`pemn.artifact.signing`); readers can then check who wrote it.
 
     Example:
         >>> pemn.apply_(model, pemn.RP(ratio=1e-3))   # any nn.Module
@@ -237,5 +240,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
     """
     data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
                 dataset=dataset)
+    if sign_with is not None:
+        from pemn.artifact.signing import sign
+        data = sign(data, sign_with)
     atomic_write(path, data)
     return len(data)

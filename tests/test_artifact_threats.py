@@ -1,0 +1,107 @@
+"""Hostile artifacts that are well formed: small files that demand huge work, re-sealed edits
+(valid checksums, other meaning), and signatures, the one thing that catches the latter."""
+import tracemalloc
+
+import pytest
+import torch
+
+import pemn
+from pemn.artifact import ArtifactError, describe, load, pack, unpack
+from pemn.artifact import format as fmt
+from pemn.models import create_model
+
+
+def _edit(data: bytes, edit) -> bytes:
+    """Change the header and re-seal: what anyone can do to a file they downloaded."""
+    c = fmt.read_container(data)
+    header = c.header
+    edit(header)
+    return fmt.seal(header, bytes(data[c.header_bytes:]))
+
+
+@pytest.fixture(scope="module")
+def rp_file():
+    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1), pemn.RP(ratio=0.01))
+    return pack(model)
+
+
+def _bounded(fn, megabytes=300):
+    """Run ``fn``, which must raise ArtifactError, within a traced-memory budget (numpy and
+    Python allocations are traced; the refusal must come before any large one)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError) as err:
+            fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < megabytes * 2**20
+    return str(err.value)
+
+
+def test_tiny_file_claiming_huge_sparse_masks_is_refused(rp_file):
+    """keep ~1e-9 makes 2**31 weights cost ~750 bytes: refused before any decoding."""
+    def huge(h):
+        h["pemn"]["keep_ratio"] = 1e-9
+        h["masked"][0][1] = [2**15, 2**15, 2]
+    message = _bounded(lambda: unpack(_edit(rp_file, huge)))
+    assert "values" in message
+
+
+def test_keep_ratio_one_masks_of_zero_bytes_are_bounded(rp_file):
+    """keep 1 makes every mask 0 bytes; the default limit is 1,024 values per file byte."""
+    def dense_masks(h):
+        h["pemn"]["keep_ratio"] = 1.0
+        for m in h["masked"]:
+            m[1], m[3], m[4], m[5] = [4096, 4096], "bits", 4096 * 4096, 0
+    message = _bounded(lambda: unpack(_edit(rp_file, dense_masks)))
+    assert "max_elements" in message
+
+
+@pytest.mark.parametrize("edit, outcome", [
+    # what a re-sealed edit can do, and what the loader does about it
+    (lambda h: h["model"]["kwargs"].update(act="relu"), "loads"),  # another activation
+    (lambda h: h["pemn"].update(seed=h["pemn"]["seed"] + 1), "loads"),  # stored RP vector
+    (lambda h: h["model"]["kwargs"].update(depth=3), ArtifactError),  # layout no longer fits
+    (lambda h: h["tensors"][0].__setitem__(1, "|u1"), ArtifactError),  # section length
+])
+def test_resealed_edits_are_refused_or_load_as_documented(rp_file, edit, outcome):
+    """The checksums catch corruption, not edits: a re-sealed file that is still consistent
+    loads as what it now says (see docs/THREAT_MODEL.md); only a signature catches that."""
+    data = _edit(rp_file, edit)
+    if outcome is ArtifactError:
+        with pytest.raises(ArtifactError):
+            unpack(data)
+    else:
+        assert isinstance(unpack(data), torch.nn.Module)
+
+
+# ------------------------------------------------------------------------------------------
+# Signatures
+# ------------------------------------------------------------------------------------------
+
+signing = pytest.importorskip("pemn.artifact.signing")
+pytest.importorskip("cryptography")
+
+
+def test_signed_file_verifies_and_edits_do_not(tmp_path, rp_file):
+    author = signing.generate_key(tmp_path / "author.key")
+    other = signing.generate_key(tmp_path / "other.key")
+    model = unpack(rp_file)
+    pemn.save(model, tmp_path / "m.pemn", sign_with=tmp_path / "author.key")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "m.pemn", verify_key=author)(x), model(x))
+    assert describe(tmp_path / "m.pemn")["signed_by"] == author
+
+    with pytest.raises(ArtifactError, match="signed by key"):
+        load(tmp_path / "m.pemn", verify_key=other)
+    signed = (tmp_path / "m.pemn").read_bytes()
+    resealed = _edit(signed[:-fmt.SIGNATURE_BYTES], lambda h: h["model"]["kwargs"].update(
+        act="relu")) + signed[-fmt.SIGNATURE_BYTES:]
+    with pytest.raises(ArtifactError, match="modified after signing"):
+        unpack(resealed, verify_key=author)
+    with pytest.raises(ArtifactError, match="not signed"):
+        unpack(rp_file, verify_key=author)
+    with pytest.raises(ArtifactError, match="already signed"):
+        signing.sign(signed, tmp_path / "author.key")
