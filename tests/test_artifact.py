@@ -444,3 +444,34 @@ def test_export_errors(tmp_path):
     export(model, tmp_path / "m.onnx", format="onnx", example_input_shape=(1, 1, 16, 16))
     session = pytest.importorskip("onnxruntime").InferenceSession(str(tmp_path / "m.onnx"))
     assert session.get_inputs()[0].shape[1:] == [1, 16, 16]
+
+
+# ------------------------------------------------------------------------------------------
+# Compact files: BatchNorm folded into its affine, other floats in 16 bits
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision, atol", [("fp16", 2e-2), ("bf16", 1e-1)])
+def test_compact_precision_folds_norms(precision, atol):
+    model = trained("convmixer_64_d4", pemn.RP(ratio=0.01))
+    exact, compact = pack(model), pack(model, precision=precision)
+    info = describe(compact)
+    norms = [o for o in describe(exact)["others"] if o["is_norm"]]
+    # (a, b) in 16 bits instead of weight, bias, mean, var in 32 bits and a counter
+    assert sum(o["num_bytes"] for o in info["others"]) * 4 <= sum(o["num_bytes"] for o in norms)
+    assert len(info["header"].folded_norms) == 9
+    for form in pemn.artifact.FORMS:
+        loaded = unpack(compact, form=form)
+        torch.testing.assert_close(logits(loaded, "convmixer_64_d4"),
+                                   logits(model, "convmixer_64_d4"), atol=atol, rtol=0)
+    bn = unpack(compact).stem[2]
+    assert torch.equal(bn.running_mean, torch.zeros(64)) and int(bn.num_batches_tracked) == 0
+    with pytest.raises(ArtifactError, match="unknown precision"):
+        pack(model, precision="int4")
+
+
+def test_compact_keeps_non_affine_norms_unfolded():
+    model = pemn.apply_(torch.nn.Sequential(torch.nn.Linear(4, 6),
+                                            torch.nn.BatchNorm1d(6, affine=False)), pemn.MP())
+    header = describe(pack(model, precision="fp16"))["header"]
+    assert header.folded_norms == ()
+    assert {t.dtype for t in header.tensors} == {"<f2", "<i8"}

@@ -34,6 +34,10 @@ Header keys (``tests/test_artifact.py`` checks every writer field is documented 
   ``state_dict`` order, each stored once. ``dtype`` is one of :data:`DTYPES`.
 - ``ties``: ``[[alias, name], ...]``: ``state_dict`` names that hold the same tensor as
   ``name`` (an entry of ``masked`` or ``tensors``), e.g. a tied embedding and LM head.
+- ``folded_norms``: BatchNorm modules stored folded (``save(..., precision="fp16")``): their
+  ``weight``/``bias`` entries hold the eval-mode affine ``a = weight / sqrt(running_var + eps)``,
+  ``b = bias - running_mean * a``; a loader sets ``running_mean`` 0, ``running_var`` ``1 - eps``
+  and ``num_batches_tracked`` 0, which the file does not store.
 - ``dataset``: what a user needs to feed the model (``name``, ``input_shape``, ``mean``,
   ``std``, ``class_names``), or ``null``.
 - ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
@@ -140,6 +144,7 @@ class Header:
     prototype_counts: tuple[int, ...]
     tensors: tuple[StoredTensor, ...]
     ties: tuple[tuple[str, str], ...] = ()
+    folded_norms: tuple[str, ...] = ()
     dataset: dict | None = None
     metadata: dict = field(default_factory=dict)
     written_by: dict = field(default_factory=dict)
@@ -167,7 +172,7 @@ class Header:
             "prototype": {"stored": self.prototype_stored,
                           "num_values": list(self.prototype_counts)},
             "tensors": [[t.name, t.dtype, list(t.shape)] for t in self.tensors],
-            "ties": [list(t) for t in self.ties],
+            "ties": [list(t) for t in self.ties], "folded_norms": list(self.folded_norms),
             "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
         }
 
@@ -193,6 +198,7 @@ class Header:
                                    for c in _list(proto, "num_values", "prototype")),
             tensors=tuple(_stored(e, i) for i, e in enumerate(_list(d, "tensors"))),
             ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
+            folded_norms=_folded_norms(d),
             dataset=_optional_json(d, "dataset"),
             metadata=_optional_json(d, "metadata") or {},
             written_by=_optional_json(d, "written_by") or {},
@@ -340,6 +346,13 @@ def _tie(entry, i: int) -> tuple[str, str]:
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ArtifactError(f"ties[{i}] must be [alias, name]")
     return _name(entry[0], f"ties[{i}] alias"), _name(entry[1], f"ties[{i}] name")
+
+
+def _folded_norms(d: dict) -> tuple[str, ...]:
+    folds = d.get("folded_norms", [])
+    if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
+        raise ArtifactError("header.folded_norms must be a list of module names")
+    return tuple(_name(e, f"folded_norms[{i}]") for i, e in enumerate(folds))
 
 
 def _optional_json(d: dict, key: str) -> dict | None:

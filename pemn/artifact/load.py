@@ -165,6 +165,13 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
     expected = {m.name: m.shape for m in header.masked}
     expected.update({t.name: t.shape for t in header.tensors})
     expected.update({alias: expected[target] for alias, target in header.ties})
+    for fqn in header.folded_norms:  # statistics a folded file does not store
+        prefix = f"{fqn}." if fqn else ""
+        channels = expected.get(prefix + "weight")
+        if channels is None:
+            raise ArtifactError(f"folded norm {fqn!r} has no stored weight")
+        expected.update({prefix + "running_mean": channels, prefix + "running_var": channels,
+                         prefix + "num_batches_tracked": ()})
     for name, shape in layout.items():
         if name not in expected:
             raise ArtifactError(f"{what} has tensor {name!r} {list(shape)}, which the file does "
@@ -278,8 +285,19 @@ def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], skip=()) -> None:
                 t.copy_(tensors[name])
 
 
-def _with_aliases(header: Header, tensors: dict) -> dict:
-    return {**tensors, **{a: tensors[t] for a, t in header.ties if t in tensors}}
+def _fill_stored(model: nn.Module, header: Header, tensors: dict) -> None:
+    """Every stored tensor and tie, then the neutral statistics of folded norms."""
+    _fill(model, {**tensors, **{a: tensors[t] for a, t in header.ties if t in tensors}})
+    with torch.no_grad():
+        for fqn in header.folded_norms:
+            norm = model.get_submodule(fqn)
+            if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                raise ArtifactError(f"folded norm {fqn!r} is a {type(norm).__name__}, not a "
+                                    "BatchNorm layer")
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)  # sqrt(running_var + eps) = 1
+            if norm.num_batches_tracked is not None:
+                norm.num_batches_tracked.zero_()
 
 
 def _escape_glob(name: str) -> str:
@@ -309,7 +327,7 @@ def _train_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
                 scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
                 if not torch.equal(current_mask(module, name).cpu(), mask):
                     raise ArtifactError(f"mask of {name} cannot be reproduced by top-k")
-    _fill(model, _with_aliases(header, tensors))
+    _fill_stored(model, header, tensors)
     return model
 
 
@@ -337,12 +355,12 @@ def _dense_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
             for alias, target in header.ties:
                 if target in masked and model.get_parameter(alias) is not masked[target]:
                     model.get_parameter(alias).copy_(masked[target])
-    _fill(model, _with_aliases(header, tensors))
+    _fill_stored(model, header, tensors)
     return model
 
 
 def _packed_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
-    _fill(model, _with_aliases(header, tensors))
+    _fill_stored(model, header, tensors)
     if isinstance(strategy, Dense):
         return model
     spec = _Spec(header, strategy)

@@ -31,7 +31,7 @@ from pemn.fileio import atomic_write
 from pemn.masking import current_mask
 from pemn.transform import masked_tensors
 
-__all__ = ["pack", "save", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype"]
+__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype"]
 
 # "auto" stores the prototype values verbatim when they take at most this many bytes (RP at
 # small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
@@ -143,6 +143,32 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
     return entries, ties
 
 
+PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _compact(model: nn.Module, others: list, dtype: torch.dtype) -> tuple[list, tuple]:
+    """Fold eval-mode BatchNorm into its affine ``(a, b)`` and store floats in ``dtype``.
+
+    In eval, BN is ``a * x + b`` with ``a = weight / sqrt(running_var + eps)`` and
+    ``b = bias - running_mean * a``: two vectors instead of four (and a counter).
+    """
+    values, folded = dict(others), []
+    for fqn, m in model.named_modules():
+        prefix = f"{fqn}." if fqn else ""
+        names = [prefix + k for k in ("weight", "bias", "running_mean", "running_var")]
+        if not (isinstance(m, nn.modules.batchnorm._BatchNorm) and all(n in values
+                                                                        for n in names)):
+            continue  # non-affine BN, no running statistics, or tied to another tensor
+        weight, bias, mean, var = (values[n].detach().double() for n in names)
+        scale = weight / torch.sqrt(var + m.eps)
+        values[names[0]], values[names[1]] = scale, bias - mean * scale
+        for k in ("running_mean", "running_var", "num_batches_tracked"):
+            values.pop(prefix + k, None)
+        folded.append(fqn)
+    return ([(k, v.detach().to(dtype) if v.is_floating_point() else v)
+             for k, v in values.items()], tuple(folded))
+
+
 def _zoo_args(model: nn.Module) -> dict | None:
     args = getattr(model, "model_args", None)
     if not (isinstance(args, dict) and isinstance(args.get("name"), str)
@@ -179,7 +205,7 @@ def _version(package: str) -> str:
 
 
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
-         metadata: dict | None = None, dataset=None) -> bytes:
+         metadata: dict | None = None, dataset=None, precision: str = "exact") -> bytes:
     """Serialise a PEMN model into artifact bytes (layout: :mod:`pemn.artifact.format`).
 
     Args:
@@ -193,6 +219,10 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         metadata: your JSON object, stored as is (at most 64 KiB).
         dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
             ``input_shape``, ``mean``, ``std``, ``class_names``).
+        precision: ``"exact"`` stores every other tensor as it is (bit-identical logits,
+            training can resume); ``"fp16"`` / ``"bf16"`` fold eval-mode BatchNorm into its
+            affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
+            eval logits within 16-bit rounding (BN running statistics restart if fine-tuned).
 
     Returns:
         The file bytes.
@@ -209,7 +239,12 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         protos = _check_fixed(model, spec)
         masked, sections["masks"] = _encode_masks(model, spec, codec)
         stored, counts, sections["prototype"] = _prototype_section(protos, spec, store_prototype)
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
     others, ties = _other_tensors(model, spec)
+    folded = ()
+    if PRECISIONS[precision] is not None:
+        others, folded = _compact(model, others, PRECISIONS[precision])
     ties = ([] if dense else list(spec.ties.items())) + ties
     header = Header(
         model=_zoo_args(model), strategy=strategy_to_dict(spec.strategy),
@@ -217,7 +252,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         prototype_sha256=() if dense else tuple(spec.prototype_sha256), masked=tuple(masked),
         prototype_stored=stored, prototype_counts=counts,
         tensors=tuple(StoredTensor(k, dtype_code(k, v), tuple(v.shape)) for k, v in others),
-        ties=tuple(ties), dataset=_json_object(dataset, "dataset"),
+        ties=tuple(ties), folded_norms=folded, dataset=_json_object(dataset, "dataset"),
         metadata=_json_object(metadata, "metadata") or {},
         written_by={"pemn": _version("pemn"), "torch": torch.__version__})
     sections["tensors"] = b"".join(_raw_bytes(v) for _, v in others)
@@ -226,7 +261,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
          store_prototype: bool | None = None, metadata: dict | None = None,
-         dataset=None, sign_with=None) -> int:
+         dataset=None, precision: str = "exact", sign_with=None) -> int:
     """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
 
     ``sign_with``: an ed25519 private key (or its PEM file) to sign the file with
@@ -239,7 +274,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
         29105
     """
     data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
-                dataset=dataset)
+                dataset=dataset, precision=precision)
     if sign_with is not None:
         from pemn.artifact.signing import sign
         data = sign(data, sign_with)
