@@ -44,7 +44,7 @@ def unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype = torch.uin
     way measured here: 0.8 ms for 2.4M bits on 2 threads, 3x the shift-and-mask version.
     """
     table = _bit_table(bits.device, dtype)
-    return F.embedding(bits.long(), table).view(-1)[:n]
+    return F.embedding(bits.int(), table).view(-1)[:n]
 
 
 def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,13 @@ class PackedWeight(nn.Module):
         return (bits,)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        values = self.values
-        if values.numel() < self.numel:  # copy-order RP: tile the short vector for this layer
-            values = values.repeat(-(-self.numel // values.numel()))
-        weight = unpack_bits_torch(bits, self.numel, values.dtype)  # fresh: multiply in place
-        return weight.mul_(values[: self.numel]).view(self.shape)
+        values, n = self.values, self.numel
+        weight = unpack_bits_torch(bits, n, values.dtype)  # a fresh tensor: multiply in place
+        period = min(values.numel(), n)  # copy-order RP repeats a short vector
+        whole = n - n % period
+        weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
+        weight[whole:].mul_(values[: n - whole])
+        return weight.view(self.shape)
 
 
 def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
