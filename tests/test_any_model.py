@@ -328,3 +328,27 @@ def test_resealed_non_finite_values_are_refused():
         unpack(_resealed(data, nan_running_var))
     with pytest.raises(ArtifactError, match="NaN or infinite"):
         unpack(_resealed(data, huge_prototype))
+
+
+def test_export_a_model_outside_the_zoo(custom_layer, tmp_path):
+    from safetensors.torch import load_file
+
+    model = pemn.apply_(Net(), pemn.RP(ratio=0.1), seed=4).eval()
+    save(model, tmp_path / "net.pemn")
+    pemn.artifact.export(tmp_path / "net.pemn", tmp_path / "net.safetensors", model=Net())
+    plain = Net().eval()
+    plain.load_state_dict(load_file(tmp_path / "net.safetensors"))
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+
+
+def test_export_keeps_ties_once(tmp_path):
+    import safetensors
+
+    model = pemn.apply_(_gpt2(), pemn.RP(ratio=0.1), include="*").eval()
+    pemn.artifact.export(model, tmp_path / "gpt2.safetensors")
+    with safetensors.safe_open(str(tmp_path / "gpt2.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+        assert json.loads(f.metadata()["pemn.ties"]) == {"lm_head.weight":
+                                                         "transformer.wte.weight"}
