@@ -18,6 +18,7 @@ from pemn.data import (
     AugmentConfig,
     BatchLoader,
     DatasetError,
+    dataset_info,
     list_datasets,
     load_dataset,
     split_validation,
@@ -159,7 +160,7 @@ def test_idx_labels_count_mismatch(tmp_path):
 
 
 def test_fashion_mnist_default_dirs(tmp_path, monkeypatch):
-    import pemn.data as data
+    import pemn.data.datasets as data
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError) as e:
@@ -323,12 +324,37 @@ def test_registry_names_and_unknown_name():
         load_dataset("imagenet")
 
 
+def test_dataset_info_without_files():
+    info = dataset_info("fashion_mnist")
+    assert (info.channels, info.num_classes, info.image_size) == (1, 10, 28)
+    assert info.num_train == 60000 and info.class_names[0] == "T-shirt/top"
+    assert dataset_info("cifar10").class_names[-1] == "truck"
+    assert dataset_info("cifar100").class_names[:2] == ("apple", "aquarium_fish")
+    assert dataset_info("tiny_imagenet").class_names is None
+    header = dataset_info("cifar10").as_header()
+    assert header["input_shape"] == [3, 32, 32] and header["mean"] == [0.4914, 0.4822, 0.4465]
+    for name in list_datasets():
+        info = dataset_info(name)
+        assert info.name == name and len(info.mean) == info.channels
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid names: cifar10"):
+        dataset_info("imagenet")
+
+
+def test_loaded_images_must_match_the_registered_shape(tmp_path):
+    write_idx_folder(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((5, 27, 28), np.uint8)))
+    with pytest.raises(DatasetError, match=r"mnist test split must be uint8 \(N, 1, 28, 28\)"):
+        load_dataset("mnist", root=tmp_path)
+
+
 def test_digits():
     pytest.importorskip("sklearn")
     ds = load_dataset("digits")
     assert ds.train_images.shape == (1438, 1, 8, 8) and ds.test_images.shape == (359, 1, 8, 8)
     assert ds.train_images.dtype == torch.uint8 and ds.train_images.max() == 255
     assert set(ds.train_labels.unique().tolist()) == set(range(10))
+    info = dataset_info("digits")
+    assert (info.num_train, info.num_test) == (len(ds.train_labels), len(ds.test_labels))
     x = ds.train_images.float() / 255  # the documented constants are the training split's
     assert abs(x.mean().item() - ds.mean[0]) < 1e-3 and abs(x.std().item() - ds.std[0]) < 1e-3
     assert torch.equal(load_dataset("digits").test_labels, ds.test_labels)  # fixed split
@@ -354,6 +380,7 @@ def test_real_fashion_mnist():
     ds = load_dataset("fashion_mnist")
     assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
+    assert dataset_info("fashion_mnist").num_train == len(ds.train_labels)
     x = ds.train_images.float() / 255
     assert abs(x.mean().item() - 0.2860) < 1e-3 and abs(x.std().item() - 0.3530) < 1e-3
 

@@ -1,11 +1,39 @@
-"""The one exception type of ``pemn.data``."""
+"""The one exception type of ``pemn.data``, and the guard that turns any reader failure into it."""
 from __future__ import annotations
 
-__all__ = ["DatasetError"]
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["DatasetError", "reader_errors"]
 
 
 class DatasetError(ValueError):
-    """A dataset is missing, malformed or unsafe to load.
+    """A dataset is missing, malformed, unsafe or too large to load.
 
-    The message is one sentence that names the file or folder and says what to do.
+    The message is one line that names the file or folder and says what is wrong.
     """
+
+
+@contextmanager
+def reader_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Re-raise any failure inside the block as a one-line :class:`DatasetError` naming ``path``.
+
+    Dataset files come from strangers, so numpy, zlib, pickle, Pillow and the allocator can
+    fail in ways no reader enumerates; callers must still see only the project's error.
+    ``DatasetError`` passes through unchanged.
+
+    Args:
+        path: the file or folder being read.
+        what: what it should be, e.g. ``"IDX file"``.
+    """
+    try:
+        yield
+    except DatasetError:
+        raise
+    except MemoryError:
+        # from None: the traceback would keep the half-built buffers alive
+        raise DatasetError(f"{path}: not enough memory to read this {what}") from None
+    except Exception as e:
+        detail = " ".join(str(e).split()) or "no detail"
+        raise DatasetError(f"{path}: cannot read this {what} ({type(e).__name__}: {detail})") from e

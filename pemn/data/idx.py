@@ -3,10 +3,15 @@
 An IDX file is a 4-byte big-endian magic number ``00 00 <dtype> <ndim>``, then ``ndim``
 big-endian uint32 sizes, then the values in row-major order. MNIST uses dtype 0x08 (unsigned
 byte): images are ``0x00000803`` (N, rows, cols), labels ``0x00000801`` (N,).
+
+Hostile files. The header's sizes are multiplied as Python ints and checked against
+``max_bytes`` (:data:`MAX_BYTES` by default) and against what the file can hold before the
+output is allocated; a gzipped file is inflated in chunks into that output and never past the
+size the header declares, so a gzip bomb costs at most the declared size.
 """
 from __future__ import annotations
 
-import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -14,63 +19,128 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from .errors import DatasetError, reader_errors
+from .files import read_regular
 
-__all__ = ["read_idx", "load_idx_images", "load_idx_labels"]
+__all__ = ["IDX_FILES", "MAX_BYTES", "find_idx_files", "load_idx_images", "load_idx_labels",
+           "load_idx_splits", "read_idx"]
+
+MAX_BYTES = 1 << 28  # 256 MiB of values per file; Fashion-MNIST's largest file holds 47 MB
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE = 0x08  # the only IDX dtype MNIST-style files use
+_MAX_DEFLATE_RATIO = 1032  # deflate cannot inflate one byte into more than ~1032
+_CHUNK = 1 << 22  # bytes inflated per step
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Whole file, gunzipped when it starts with the gzip magic (the suffix is not trusted)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"cannot read IDX file {path}: {e}") from e
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DatasetError(f"{path} is a corrupt or truncated gzip file ({e}); download it again") from e
+class _Source:
+    """The bytes of an IDX file in order, inflated on demand when gzipped, so that no more
+    is ever inflated than the caller asks for."""
+
+    def __init__(self, path: Path, raw: bytes):
+        self.path, self.gzipped = path, raw.startswith(_GZIP_MAGIC)
+        self._raw, self._pos = memoryview(raw), 0  # a view: slicing it copies nothing
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzipped else None
+
+    def readinto(self, out: memoryview) -> int:
+        """Fill ``out`` as far as the data goes; returns the number of bytes written."""
+        if self._inflater is None:
+            piece = self._raw[self._pos:self._pos + len(out)]
+            out[:len(piece)] = piece
+            self._pos += len(piece)
+            return len(piece)
+        done = 0
+        while done < len(out):
+            piece = self._inflate(min(_CHUNK, len(out) - done))
+            if not piece:
+                break
+            out[done:done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+    @property
+    def remaining(self) -> int:
+        """Bytes of the file not consumed yet (compressed bytes for gzip)."""
+        return len(self._raw) - self._pos
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        return bytes(buf[:self.readinto(memoryview(buf))])
+
+    def at_end(self) -> bool:
+        """True when nothing follows; for gzip, the stream also ended with a valid checksum."""
+        if self._inflater is None:
+            return self._pos == len(self._raw)
+        return not self._inflate(1) and self._inflater.eof and not self._inflater.unused_data
+
+    def _inflate(self, max_length: int) -> bytes:
+        try:
+            piece = self._inflater.decompress(self._raw, max_length)
+        except zlib.error as e:
+            raise DatasetError(f"{self.path} is a corrupt gzip file ({e}); download it "
+                               "again") from None
+        self._raw = self._inflater.unconsumed_tail
+        return piece
 
 
-def read_idx(path: str | Path, ndim: int) -> torch.Tensor:
+def read_idx(path: str | Path, ndim: int, max_bytes: int = MAX_BYTES) -> torch.Tensor:
     """Read an unsigned-byte IDX file into a uint8 tensor of its stored shape.
 
     Args:
         path: ``.gz`` or plain IDX file (gzip is detected from the content).
         ndim: expected number of dimensions (3 for images, 1 for labels).
+        max_bytes: the most values (bytes) the file may declare.
 
     Returns:
         uint8 tensor with the shape written in the header.
 
     Raises:
-        DatasetError: bad magic number, wrong dtype or ndim, or a size that does not match.
+        DatasetError: not a regular file, bad magic number, wrong dtype or ndim, a declared size
+            above ``max_bytes`` or beyond what the file can hold, data shorter or longer than
+            declared, corrupt gzip, or not enough memory.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise DatasetError(f"{path} is not an IDX file: it must start with bytes 00 00")
-    dtype, file_ndim = data[2], data[3]
-    if dtype != _UBYTE or file_ndim != ndim:
-        raise DatasetError(
-            f"{path} has IDX magic 0x{int.from_bytes(data[:4], 'big'):08x}, "
-            f"expected 0x{(_UBYTE << 8) | ndim:08x} (unsigned bytes, {ndim} dims)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path} is truncated inside its IDX header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
-    if len(data) - header != expected:
-        raise DatasetError(
-            f"{path} holds {len(data) - header} data bytes but its header {shape} "
-            f"needs {expected}; the file is truncated or corrupt"
-        )
-    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-    return torch.from_numpy(array.copy())  # copy: frombuffer views read-only bytes
+    with reader_errors(path, "IDX file"):
+        src = _Source(path, read_regular(path, max_bytes + 4 + 4 * ndim, "IDX file"))
+        shape = _read_header(src, ndim)
+        num_bytes = _check_size(src, shape, max_bytes)
+        values = np.empty(num_bytes, dtype=np.uint8)
+        got = src.readinto(memoryview(values))
+        if got != num_bytes or not src.at_end():
+            raise DatasetError(f"{path} holds {'fewer' if got < num_bytes else 'more'} data "
+                               f"bytes than its header {shape} needs ({num_bytes:,}); the file "
+                               "is truncated or corrupt")
+        return torch.from_numpy(values.reshape(shape))
+
+
+def _read_header(src: _Source, ndim: int) -> tuple[int, ...]:
+    magic = src.read(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00":
+        raise DatasetError(f"{src.path} is not an IDX file: it must start with bytes 00 00")
+    if magic[2] != _UBYTE or magic[3] != ndim:
+        raise DatasetError(f"{src.path} has IDX magic 0x{int.from_bytes(magic, 'big'):08x}, "
+                           f"expected 0x{(_UBYTE << 8) | ndim:08x} (unsigned bytes, {ndim} dims)")
+    sizes = src.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise DatasetError(f"{src.path} is truncated inside its IDX header")
+    return struct.unpack(f">{ndim}I", sizes)
+
+
+def _check_size(src: _Source, shape: tuple[int, ...], max_bytes: int) -> int:
+    """The declared number of bytes, refused before allocation when implausible."""
+    num_bytes = math.prod(shape)  # Python ints: (2**31, 2**31, 4) must not wrap to 0
+    if num_bytes > max_bytes:
+        raise DatasetError(f"{src.path} declares shape {shape}, {num_bytes:,} bytes, more than "
+                           f"max_bytes={max_bytes:,}")
+    if src.gzipped and num_bytes > _MAX_DEFLATE_RATIO * src.remaining:
+        raise DatasetError(f"{src.path} declares shape {shape}, {num_bytes:,} bytes, more than "
+                           f"the {src.remaining:,} gzip bytes left can inflate to")
+    if not src.gzipped and src.remaining != num_bytes:
+        raise DatasetError(f"{src.path} holds {src.remaining:,} data bytes but its "
+                           f"header {shape} needs {num_bytes:,}; the file is truncated or corrupt")
+    return num_bytes
 
 
 def load_idx_images(path: str | Path) -> torch.Tensor:
@@ -81,3 +151,47 @@ def load_idx_images(path: str | Path) -> torch.Tensor:
 def load_idx_labels(path: str | Path) -> torch.Tensor:
     """IDX label file (magic 0x00000801) -> int64 tensor (N,)."""
     return read_idx(path, ndim=1).long()
+
+
+def find_idx_files(folder: str | Path) -> list[Path] | None:
+    """The four :data:`IDX_FILES` in ``folder``, each gzipped (``.gz``) or not, or None if any
+    is missing."""
+    found = []
+    for stem in IDX_FILES:
+        candidates = [Path(folder) / (stem + ext) for ext in (".gz", "")]
+        hit = next((p for p in candidates if p.is_file()), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return found
+
+
+def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
+    """Train and test split from the first of ``folders`` that holds the four IDX files.
+
+    Args:
+        name: dataset name, for messages.
+        folders: where to look, in order.
+        hint: how to get the files, put first in the error message (e.g. an apt command).
+
+    Returns:
+        ``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 1, H, W) and
+        int64 (N,).
+
+    Raises:
+        DatasetError: no folder holds all four files (the message says what to put where), a
+            malformed file, or a label count that differs from the image count.
+    """
+    for folder in folders:
+        files = find_idx_files(folder)
+        if files is not None:
+            splits = [load_idx_images(files[0]), load_idx_labels(files[1]),
+                      load_idx_images(files[2]), load_idx_labels(files[3])]
+            for x, y, f in ((splits[0], splits[1], files[1]), (splits[2], splits[3], files[3])):
+                if len(x) != len(y):
+                    raise DatasetError(f"{f} has {len(y)} labels for {len(x)} images")
+            return tuple(splits)
+    where = " or ".join(str(Path(d).resolve()) for d in folders)
+    wanted = ", ".join(s + ".gz" for s in IDX_FILES)
+    raise DatasetError(f"{name} not found in {where}: {hint}put the four IDX files {wanted} "
+                       f"(gzipped or not) in {Path(folders[-1]).resolve()}")
