@@ -1,4 +1,9 @@
-"""Sparse selection (PEMN.md §2): top-k of |scores| per tensor with a straight-through gradient.
+"""Sparse selection: top-k of |scores| per tensor with a straight-through gradient.
+
+The paper (arXiv 2210.06699, Sec. 3) keeps frozen random weights and learns one score per weight;
+the forward pass uses the weights whose |score| is among the largest ``keep_ratio`` of their
+tensor, and the scores are trained with edge-popup's straight-through estimator (arXiv
+1911.13299). docs/METHOD.md describes the method; docs/PERFORMANCE.md measures this module.
 
 A masked tensor ``name`` of a module is stored as two new entries:
 
@@ -12,16 +17,51 @@ its ``forward`` is untouched (``nn.MultiheadAttention`` reads ``in_proj_weight``
 ``out_proj.weight`` directly, so overriding ``forward`` could not cover it), and hooks keep
 working.
 
-In eval mode the masked tensor is computed once and cached until the scores or the fixed
-values change (tracked by tensor version counters), so inference costs what a dense model costs.
+Each scores tensor owns one :class:`_State` (shared by every module tied to it):
+
+* **training** (gradients wanted): the masked weight is built once and reused by every read until
+  a backward pass through it has run or the scores or fixed values change in place (version
+  counters). A weight read several times in one step (tied embeddings; ``nn.MultiheadAttention``
+  reads ``in_proj_weight`` four times) so costs one top-k. Like autograd itself, this cannot see
+  scores written through ``.data`` between a forward and the next one when no backward ran in
+  between; in-place writes under ``torch.no_grad()`` are seen.
+* **evaluation** (no gradients, module in eval mode): the masked weight is cached until the
+  scores' values differ from a snapshot taken with it (so writes through ``.data``, which do not
+  move the version counter, are seen) or the fixed values change in place; a weight cached under
+  ``torch.inference_mode()`` is rebuilt before it is used outside it.
+* **no gradients in training mode**: built afresh on every read.
+
+The top-k itself is exact and deterministic: it keeps exactly :func:`num_kept` entries, the
+largest |score| first and, among equal |scores|, the lower flat position first. It is found by
+counting rather than sorting: probe a threshold ``t``, count ``|s| >= t`` (one cheap pass that
+also writes the mask), and move ``t`` by the local density until the count is exact; the last
+step's threshold is the next step's first probe, since scores move little per step. When the
+probes do not land exactly (ties, or a slow start), only the entries between the last two
+probes are resolved exactly. benchmarks/topk.py compares it with ``topk``, ``sort`` and
+``kthvalue``.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["num_kept", "topk_mask", "masked_weight", "mask_tensor_", "unmask_tensor_",
-           "masked_names", "is_masked", "current_mask"]
+           "masked_names", "is_masked", "current_mask", "cached_tensors"]
+
+# Up to this many entries one exact resolution (a kthvalue) is cheaper than probing.
+_SMALL = 4096
+# Probes before the entries between the last two are resolved exactly; each probe is one
+# compare-and-count pass, the resolution about four (a nonzero scan plus a small kthvalue).
+_PROBES = 6
+# Entries sampled (strided) for the first guess of a tensor's threshold and density.
+_SAMPLE = 2048
+# A float32 sum of {0, 1} values is an exact count up to 2**24 entries; longer masks are summed
+# in chunks of that size.
+_EXACT_F32 = 1 << 24
 
 
 def num_kept(numel: int, keep_ratio: float) -> int:
@@ -29,46 +69,287 @@ def num_kept(numel: int, keep_ratio: float) -> int:
     return numel - int((1.0 - keep_ratio) * numel)
 
 
+# --------------------------------------------------------------------------------------------
+# Exact top-k by counting
+# --------------------------------------------------------------------------------------------
+
+def _count(mask: torch.Tensor) -> int:
+    """Number of ones in a flat {0, 1} tensor, exactly."""
+    if mask.numel() <= _EXACT_F32:
+        return int(mask.sum(dtype=torch.float32))
+    return sum(int(part.sum(dtype=torch.float32)) for part in mask.split(_EXACT_F32))
+
+
+def _sorted_select(a: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """The reference selection: a stable sort keeps equal values in position order."""
+    out.zero_()
+    out[a.sort(descending=True, stable=True).indices[:k]] = 1
+    return out
+
+
+def _rounded(x: float, dtype: torch.dtype) -> float:
+    """``x`` rounded to ``dtype``: a threshold compares as that value against the tensor."""
+    return float(torch.tensor(x, dtype=dtype))
+
+
+def _above(x: float, dtype: torch.dtype) -> float:
+    """The next value of ``dtype`` above ``x`` (a representable ``x``)."""
+    t = torch.tensor(x, dtype=dtype)
+    return float(torch.nextafter(t, torch.tensor(math.inf, dtype=dtype)))
+
+
+def _first_guess(a: torch.Tensor, k: int) -> tuple[float, float]:
+    """Threshold and density (entries per unit of |score|) near rank ``k``, from a sample."""
+    n = a.numel()
+    sample = a[:: max(1, n // _SAMPLE)].sort(descending=True).values
+    m = sample.numel()
+    j = min(m - 1, k * m // n)
+    w = max(1, math.isqrt(m))
+    i0, i1 = max(0, j - w), min(m - 1, j + w)
+    span = float(sample[i0] - sample[i1])
+    density = (i1 - i0) * n / m / span if span > 0 else math.inf
+    return float(sample[j]), density
+
+
+class _Bracket:
+    """Thresholds ``lo < hi`` with count(lo) > k > count(hi), where count(t) = #(|s| >= t).
+
+    Inside a closed bracket the next probe interpolates the count linearly (the Illinois
+    variant of regula falsi: an end kept twice in a row has its weight halved, so both ends
+    move); while one side is still open it steps by the density, doubling the step each time.
+    """
+
+    def __init__(self, n: int, k: int, density: float, dtype: torch.dtype) -> None:
+        self.k, self.density, self.dtype = k, density, dtype
+        self.lo_t, self.lo_f = -math.inf, float(n - k)
+        self.hi_t, self.hi_f = math.inf, float(-k)
+        self.lo_c, self.hi_c = n, 0
+        self.last, self.growth = 0, 1.0
+
+    def update(self, t: float, c: int) -> float | None:
+        """Record count ``c`` at ``t``; return the next probe, or None when none is left."""
+        side = 1 if c > self.k else -1
+        if side > 0:
+            self.lo_t, self.lo_c, self.lo_f = t, c, float(c - self.k)
+            if self.last > 0:
+                self.hi_f /= 2
+        else:
+            self.hi_t, self.hi_c, self.hi_f = t, c, float(c - self.k)
+            if self.last < 0:
+                self.lo_f /= 2
+        self.last = side
+        if math.isfinite(self.lo_t) and math.isfinite(self.hi_t):
+            return self._inside()
+        new = _rounded(t + (c - self.k) / self.density * self.growth, self.dtype)
+        self.growth *= 2
+        if side < 0 and new <= 0:
+            new = 0.0  # every |score| is >= 0: this closes the bracket from below
+        return new if math.isfinite(new) and new != t else None
+
+    def _inside(self) -> float | None:
+        lo, hi = self.lo_t, self.hi_t
+        new = _rounded(lo + (hi - lo) * self.lo_f / (self.lo_f - self.hi_f), self.dtype)
+        if not lo < new < hi:
+            new = _rounded(0.5 * (lo + hi), self.dtype)
+        return new if lo < new < hi else None
+
+
+def _resolve(a: torch.Tensor, k: int, lo_t: float, hi_t: float, out: torch.Tensor
+             ) -> float | None:
+    """Keep ``a >= hi_t``, then the largest of ``lo_t <= a < hi_t`` up to ``k``.
+
+    Equal values are taken in position order (``nonzero`` lists positions ascending).
+
+    Returns:
+        The smallest kept value (the next step's first probe), or None if the bracket cannot
+        give ``k`` (NaN scores): then the caller falls back to the sort.
+    """
+    need = k - _count(torch.ge(a, hi_t, out=out))
+    band = ((a >= lo_t) & (a < hi_t)).nonzero().squeeze(1)
+    if not 0 <= need <= band.numel():
+        return None
+    if need == 0:
+        return hi_t
+    values = a[band]
+    v = values.kthvalue(values.numel() - need + 1).values
+    above = band[values > v]
+    out[above] = 1
+    out[band[values == v][: need - above.numel()]] = 1
+    return float(v)
+
+
+def _next_to_bracket(a: torch.Tensor, bracket: _Bracket, buf: torch.Tensor) -> float | None:
+    """When an end of the bracket is one entry away from k, the threshold that keeps k.
+
+    One masked max (or min) finds the k-th largest value (or the (k+1)-th) directly, where
+    interpolation would need a few more probes to land in the gap between two values.
+    """
+    if bracket.hi_c == bracket.k - 1 and math.isfinite(bracket.hi_t):
+        torch.lt(a, bracket.hi_t, out=buf)
+        return float(buf.mul_(a).max())  # the largest value below hi: the k-th
+    if bracket.lo_c == bracket.k + 1 and math.isfinite(bracket.lo_t):
+        torch.lt(a, bracket.lo_t, out=buf)  # values below lo are lifted out of the min
+        v = float(buf.mul_(torch.finfo(a.dtype).max).add_(a).min())  # the (k+1)-th
+        return _above(v, a.dtype)
+    return None
+
+
+def _probe(a: torch.Tensor, t: float, bracket: _Bracket, out: torch.Tensor) -> float | None:
+    """Count ``a >= t`` into ``out`` at successive thresholds; the one that keeps exactly k."""
+    for _ in range(_PROBES):
+        c = _count(torch.ge(a, t, out=out))
+        if c == bracket.k:
+            return t
+        t = bracket.update(t, c)
+        t = _next_to_bracket(a, bracket, out) or t
+        if t is None:
+            return None
+    return None
+
+
+def _select(a: torch.Tensor, k: int, hint: tuple[float, float] | None
+            ) -> tuple[torch.Tensor, tuple[float, float] | None]:
+    """A {0, 1} tensor like the flat ``a`` (|scores|) keeping its ``k`` largest, and the hint
+    (threshold, density) for the next call on the same tensor."""
+    out = torch.empty_like(a)
+    n = a.numel()
+    if k >= n or k <= 0:
+        return out.fill_(1 if k >= n else 0), hint
+    if n <= _SMALL:  # one kthvalue is cheaper than probing
+        v = float(a.kthvalue(n - k + 1).values)
+        if _count(torch.ge(a, v, out=out)) == k:
+            return out, hint
+        lo_t, hi_t, density = v, _above(v, a.dtype), None  # ties at v: resolve them
+    else:
+        t, density = hint or _first_guess(a, k)
+        bracket = _Bracket(n, k, density, a.dtype)
+        t = _probe(a, t, bracket, out)
+        if t is not None:
+            return out, (t, density)
+        lo_t, hi_t = bracket.lo_t, bracket.hi_t
+    boundary = _resolve(a, k, lo_t, hi_t, out)
+    if boundary is None:
+        return _sorted_select(a, k, out), None
+    return out, (hint if density is None else (boundary, density))
+
+
 def topk_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     """A {0,1} tensor (scores' dtype and shape) keeping exactly ``num_kept`` largest |scores|.
 
-    Ties are broken by position (whatever ``torch.topk`` picks), never by count. ``topk`` on
-    |scores| was the fastest exact method on CPU (benchmarks/topk.py); on CUDA a full sort
-    is often faster than topk for large k (pytorch#22812), so sort is used there.
+    Among equal |scores| the lower flat position is kept first, so the mask is a deterministic
+    function of the scores, the same on every device.
     """
-    flat = scores.detach().abs().flatten()
-    k = num_kept(flat.numel(), keep_ratio)
-    mask = torch.zeros_like(flat)
-    if k == flat.numel():
-        return mask.fill_(1).view_as(scores)
-    if flat.is_cuda:
-        idx = flat.argsort(descending=True)[:k]
-    else:
-        idx = flat.topk(k, sorted=False).indices
-    return mask.index_fill_(0, idx, 1).view_as(scores)
+    a = scores.detach().abs().flatten()
+    return _select(a, num_kept(a.numel(), keep_ratio), None)[0].view(scores.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# The masked weight and its caches
+# --------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _StepWeight:
+    """The masked weight of the current training step."""
+
+    key: tuple
+    value: torch.Tensor | None  # None once a backward pass through it has run
+
+    def valid(self, key: tuple) -> bool:
+        return self.key == key and self.value is not None
+
+
+@dataclass(eq=False)
+class _EvalWeight:
+    """The masked weight cached for evaluation, with the scores it was built from."""
+
+    key: tuple
+    scores: torch.Tensor
+    value: torch.Tensor
+
+    def valid(self, key: tuple, scores: torch.Tensor) -> bool:
+        # An inference tensor cannot be saved for backward outside inference mode.
+        usable = torch.is_inference_mode_enabled() or not self.value.is_inference()
+        return self.key == key and usable and torch.equal(self.scores, scores)
+
+
+@dataclass(eq=False)
+class _State:
+    hint: tuple[float, float] | None = None
+    step: _StepWeight | None = None
+    eval: _EvalWeight | None = None
+
+
+# One state per scores tensor, shared by tied modules; it dies with the scores.
+_STATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _state(scores: torch.Tensor) -> _State:
+    state = _STATES.get(scores)
+    if state is None:
+        state = _STATES[scores] = _State()
+    return state
+
+
+def _masked_values(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float,
+                   state: _State | None) -> torch.Tensor:
+    """``fixed * mask`` with no autograd history; the mask buffer becomes the result."""
+    a = scores.detach().abs().flatten()
+    mask, hint = _select(a, num_kept(a.numel(), keep_ratio), state and state.hint)
+    if state is not None:
+        state.hint = hint
+    mask = mask.view(fixed.shape)
+    if mask.dtype != fixed.dtype:
+        return fixed.detach() * mask.to(fixed.dtype)
+    return mask.mul_(fixed.detach())
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """``fixed * mask(|scores|)``; backward treats the mask as identity (STE, Eq. 3).
+    """Returns the precomputed ``fixed * mask``; backward treats the mask as identity (STE).
 
     The official code applies the STE to ``|scores|``, so autograd then multiplies by
-    ``sign(scores)``: ``dL/ds = dL/dw_eff * fixed * sign(scores)``. Fused here in one op.
+    ``sign(scores)``: ``dL/ds = dL/dw_eff * fixed * sign(scores)``, fused here into the one
+    tensor that is returned.
     """
 
     @staticmethod
-    def forward(ctx, fixed, scores, keep_ratio):
+    def forward(ctx, fixed, scores, value, entry):
         ctx.save_for_backward(fixed, scores)
-        return fixed * topk_mask(scores, keep_ratio).to(fixed.dtype)
+        ctx.entry = entry
+        return value.detach()  # a new alias: the cached tensor itself gets no grad_fn
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.entry is not None:  # the step is over: the next one needs a new mask
+            ctx.entry.value = None
         fixed, scores = ctx.saved_tensors
-        return None, grad * fixed * scores.sign(), None
+        return None, torch.sign(scores).mul_(fixed).mul_(grad), None, None
 
 
 def masked_weight(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """The effective weight with the straight-through gradient to ``scores``."""
-    return _MaskedWeight.apply(fixed, scores, keep_ratio)
+    """The effective weight with the straight-through gradient to ``scores`` (no caching)."""
+    value = _masked_values(fixed, scores, keep_ratio, None)
+    return _MaskedWeight.apply(fixed, scores, value, None)
+
+
+def _key(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> tuple:
+    return (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
+
+
+def _training_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
+    key = _key(fixed, scores, keep_ratio)
+    if state.step is None or not state.step.valid(key):
+        state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
+    return _MaskedWeight.apply(fixed, scores, state.step.value, state.step)
+
+
+def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
+    # The scores' version is left out of the key: the snapshot comparison covers every write.
+    key = (fixed._version, fixed.data_ptr(), scores.device, scores.dtype, keep_ratio)
+    if state.eval is None or not state.eval.valid(key, scores):
+        with torch.no_grad():
+            value = _masked_values(fixed, scores, keep_ratio, state)
+            state.eval = _EvalWeight(key, scores.detach().clone(), value)
+    return state.eval.value
 
 
 def _masked_property(name: str) -> property:
@@ -76,18 +357,20 @@ def _masked_property(name: str) -> property:
         fixed = getattr(module, name + "_fixed")
         scores = getattr(module, name + "_scores")
         keep = module._pemn_keep_ratio
-        if module.training or torch.is_grad_enabled() and scores.requires_grad:
-            return masked_weight(fixed, scores, keep)
-        key = (scores._version, scores.data_ptr(), fixed._version, fixed.data_ptr(), keep)
-        cached = module._pemn_cache.get(name)
-        if cached is None or cached[0] != key:
+        state = _state(scores)
+        if torch.is_grad_enabled() and scores.requires_grad:
+            return _training_weight(fixed, scores, keep, state)
+        if module.training:
             with torch.no_grad():
-                cached = (key, fixed * topk_mask(scores, keep).to(fixed.dtype))
-            module._pemn_cache[name] = cached
-        return cached[1]
+                return _masked_values(fixed, scores, keep, state)
+        return _eval_weight(fixed, scores, keep, state)
 
     return property(get)
 
+
+# --------------------------------------------------------------------------------------------
+# Masking and unmasking modules
+# --------------------------------------------------------------------------------------------
 
 _CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
 
@@ -119,7 +402,6 @@ def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torc
     names = masked_names(module) + (name,)
     module._pemn_names = names
     module._pemn_keep_ratio = keep_ratio
-    module._pemn_cache = {}
     module.__class__ = _masked_class(getattr(module, "_pemn_base", type(module)), names)
 
 
@@ -132,13 +414,31 @@ def unmask_tensor_(module: nn.Module, name: str) -> None:
     base = module._pemn_base
     module.__class__ = _masked_class(base, names) if names else base
     module._pemn_names = names
-    module._pemn_cache.pop(name, None)
     module.register_parameter(name, nn.Parameter(value))
     if not names:
-        del module._pemn_names, module._pemn_keep_ratio, module._pemn_cache
+        del module._pemn_names, module._pemn_keep_ratio
 
 
 def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     """The boolean mask of a masked tensor as currently selected by its scores."""
     scores = getattr(module, name + "_scores")
     return topk_mask(scores, module._pemn_keep_ratio).bool()
+
+
+def cached_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors the masked weight caches of ``module`` hold (for memory accounting).
+
+    Returns:
+        The cached masked weights and score snapshots of the module's masked tensors (a tied
+        tensor's cache is listed by every module that reads it).
+    """
+    out = []
+    for name in masked_names(module):
+        state = _STATES.get(getattr(module, name + "_scores"))
+        if state is None:
+            continue
+        if state.step is not None and state.step.value is not None:
+            out.append(state.step.value)
+        if state.eval is not None:
+            out += [state.eval.value, state.eval.scores]
+    return out
