@@ -268,6 +268,11 @@ def test_header_records_dataset_and_metadata(tmp_path):
     assert header.model == {"name": "mlp_paper", "kwargs": {}}
     with pytest.raises(ArtifactError, match="metadata is not JSON"):
         pack(model, metadata={"x": object()})
+    from pemn.data import dataset_info
+    info = dataset_info("fashion_mnist")
+    header = describe(pack(model, dataset=info))["header"]
+    assert header.dataset["input_shape"] == [1, 28, 28]
+    assert header.dataset["class_names"][1] == "Trouser"
 
 
 # ------------------------------------------------------------------------------------------

@@ -181,14 +181,24 @@ def _zoo_args(model: nn.Module) -> dict | None:
         raise ArtifactError(f"model_args cannot be stored: not JSON-serialisable ({e})") from None
 
 
+def _dataset_header(dataset) -> dict | None:
+    """What a user needs to feed the model, from a ``pemn.data.DatasetInfo`` or a dict."""
+    if dataset is None or isinstance(dataset, dict):
+        return _json_object(dataset, "dataset")
+    try:
+        c, s = dataset.channels, dataset.image_size
+        info = {"name": dataset.name, "input_shape": [c, s, s], "mean": list(dataset.mean),
+                "std": list(dataset.std), "num_classes": dataset.num_classes,
+                "class_names": list(dataset.class_names) if dataset.class_names else None}
+    except AttributeError:
+        raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
+                            f"{type(dataset).__name__}") from None
+    return _json_object(info, "dataset")
+
+
 def _json_object(value, what: str) -> dict | None:
     if value is None:
         return None
-    if hasattr(value, "as_header"):  # e.g. pemn.data.DatasetInfo
-        value = value.as_header()
-    elif hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-        value = dataclasses.asdict(value)
     if not isinstance(value, dict):
         raise ArtifactError(f"{what} must be a dict of JSON values, got {type(value).__name__}")
     try:
@@ -252,7 +262,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         prototype_sha256=() if dense else tuple(spec.prototype_sha256), masked=tuple(masked),
         prototype_stored=stored, prototype_counts=counts,
         tensors=tuple(StoredTensor(k, dtype_code(k, v), tuple(v.shape)) for k, v in others),
-        ties=tuple(ties), folded_norms=folded, dataset=_json_object(dataset, "dataset"),
+        ties=tuple(ties), folded_norms=folded, dataset=_dataset_header(dataset),
         metadata=_json_object(metadata, "metadata") or {},
         written_by={"pemn": _version("pemn"), "torch": torch.__version__})
     sections["tensors"] = b"".join(_raw_bytes(v) for _, v in others)
