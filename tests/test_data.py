@@ -1,13 +1,18 @@
 """pemn.data: readers on tiny fixtures written in the real file formats, and the batch loader."""
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import os
 import pickle
+import shutil
 import struct
 import sys
+import tracemalloc
 import types
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +23,35 @@ from pemn.data import (
     AugmentConfig,
     BatchLoader,
     DatasetError,
+    cifar,
     dataset_info,
+    idx,
     list_datasets,
     load_dataset,
     split_validation,
+    tiny_imagenet,
 )
+from pemn.data.cifar import read_cifar_batch
 from pemn.data.idx import load_idx_images, load_idx_labels
 from pemn.data.loader import crop_flip
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+MiB = 1 << 20
+
+
+def refused_within(max_bytes, fn, match):
+    """``fn()`` raises a DatasetError matching ``match`` while Python and numpy allocate at most
+    ``max_bytes`` (tracemalloc sees both), i.e. before the allocation a hostile file asks for."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=match) as e:
+            fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < max_bytes, f"peak {peak:,} bytes"
+    assert "\n" not in str(e.value)
+    return e.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,13 +117,15 @@ def cifar_batch(n, label_keys, num_classes, seed):
     return batch
 
 
-def write_cifar10(root: Path, n=4, py2=True):
+def write_cifar10(root: Path, n=4, protocol="py2"):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     batches = {}
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         batches[name] = cifar_batch(n, [b"labels"], 10, seed=i)
-        (folder / name).write_bytes(py2_pickle(batches[name]) if py2 else pickle.dumps(batches[name]))
+        batches[name][b"empty"] = b""  # Python 3 writes it as bytes() at protocol 2
+        (folder / name).write_bytes(py2_pickle(batches[name]) if protocol == "py2"
+                                    else pickle.dumps(batches[name], protocol=protocol))
     return batches
 
 
@@ -182,13 +209,85 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     assert "nowhere" in msg and "\n" not in msg
 
 
+def gzip_bomb(header: bytes, num_mib: int) -> bytes:
+    """``header`` then ``num_mib`` MiB of zeros, gzipped into about 1 KB per MiB: after a full
+    flush a deflate block needs nothing before it, so one compressed MiB can be repeated."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    first = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
+    mib = c.compress(bytes(MiB)) + c.flush(zlib.Z_FULL_FLUSH)
+    return first + mib * num_mib + c.flush()  # the trailer's checksum is wrong: never reached
+
+
+def idx_header(*shape) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def test_gzip_bomb_inflates_no_further_than_the_header_says(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_bomb(idx_header(2, 28, 28), 2600))  # 2.6 MB -> 2.6 GB
+    assert path.stat().st_size < 3 * MiB
+    refused_within(16 * MiB, lambda: load_idx_images(path), r"more data bytes than its header")
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_declared_sizes_are_checked_before_allocation(tmp_path, gz):
+    path = tmp_path / "train-images-idx3-ubyte"
+    for shape, match in [((2**31, 2**31, 4), r"\(2147483648, 2147483648, 4\), 18,446,744,073,"
+                          r"709,551,616 bytes, more than max_bytes=268,435,456"),
+                         ((100_000, 28, 28), "gzip bytes left can inflate to" if gz
+                          else "holds 784 data bytes but its header")]:
+        data = idx_header(*shape) + bytes(784)
+        path.write_bytes(gzip.compress(data) if gz else data)
+        refused_within(MiB, lambda: load_idx_images(path), match)
+
+
+def test_idx_trailing_data_and_special_files(tmp_path):
+    good = idx_bytes(np.zeros(3, np.uint8))
+    path = tmp_path / "labels"
+    path.write_bytes(gzip.compress(good) + gzip.compress(b"more"))  # a second gzip member
+    with pytest.raises(DatasetError, match="more data bytes"):
+        load_idx_labels(path)
+    os.mkfifo(tmp_path / "fifo")  # opening it for reading would wait for a writer forever
+    for special in (tmp_path / "fifo", tmp_path, Path("/dev/zero")):
+        with pytest.raises(DatasetError, match="must be a regular file"):
+            load_idx_labels(special)
+
+
+def test_out_of_memory_is_a_dataset_error(tmp_path, monkeypatch):
+    path = tmp_path / "labels"
+    path.write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(idx.np, "empty", no_memory)
+    with pytest.raises(DatasetError, match="labels: not enough memory to read this IDX file"):
+        load_idx_labels(path)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_mutated_idx_files_raise_only_dataset_errors(tmp_path, gz):
+    good = idx_bytes(np.arange(60, dtype=np.uint8).reshape(3, 4, 5))
+    good = gzip.compress(good) if gz else good
+    path, rng = tmp_path / "images", np.random.default_rng(0)
+    for _ in range(300):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[i] = rng.integers(0, 256)
+        path.write_bytes(bytes(data[:rng.integers(0, len(data) + 1)]))
+        try:
+            load_idx_images(path)
+        except DatasetError:
+            pass
+
+
 # ---------------------------------------------------------------------------------------------
 # CIFAR
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("py2", [True, False], ids=["py2-protocol2", "py3-default"])
-def test_cifar10_round_trip(tmp_path, py2):
-    batches = write_cifar10(tmp_path, n=4, py2=py2)
+@pytest.mark.parametrize("protocol", ["py2", 2, 4, 5], ids=["py2", "py3-protocol2",
+                                                           "py3-protocol4", "py3-protocol5"])
+def test_cifar10_round_trip(tmp_path, protocol):
+    batches = write_cifar10(tmp_path, n=4, protocol=protocol)
     ds = load_dataset("cifar10", root=tmp_path)
     assert ds.train_images.shape == (20, 3, 32, 32) and ds.train_images.dtype == torch.uint8
     assert ds.test_images.shape == (4, 3, 32, 32)
@@ -246,6 +345,71 @@ def test_cifar_wrong_content_raises(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="not a readable CIFAR pickle"):
         load_dataset("cifar10", root=tmp_path)
+
+
+class _Reduce:
+    """Pickles as ``fn(*args)`` (then ``BUILD state`` if given), without running anything."""
+
+    def __init__(self, fn, args, state=None):
+        self.value = (fn, args) if state is None else (fn, args, state)
+
+    def __reduce__(self):
+        return self.value
+
+
+def _array_state(shape, dtype, data, fortran=False):
+    """What numpy's own pickles say: ``_reconstruct(ndarray, (0,), b"b")``, then its state."""
+    from numpy._core.multiarray import _reconstruct
+    return _Reduce(_reconstruct, (np.ndarray, (0,), b"b"), (1, shape, dtype, fortran, data))
+
+
+@pytest.mark.parametrize("data,match", [
+    # the issue's 121-byte file: a 1-byte buffer viewed with zero strides as 10000 x 3072
+    (_Reduce(np.ndarray, ((10000, 3072), np.dtype(np.uint8), b"\0", 0, (0, 0))),
+     r"refusing to load a direct numpy.ndarray\(...\) call"),
+    (_Reduce(np.ndarray, ((10, 3072), np.dtype(np.uint8), bytes(3072), 3071, (-1, 1))),
+     r"numpy.ndarray\(...\)"),
+    (_array_state((10000, 3072), np.dtype(np.uint8), bytes(16)),
+     r"array of shape \(10000, 3072\) \(30,720,000 bytes\) over 16 bytes"),
+    (_array_state((1, 3072), np.dtype(np.uint8), bytes(3073)), r"over 3,073 bytes"),
+    (_array_state((-1, 3072), np.dtype(np.uint8), b""), r"shape \(-1, 3072\)"),
+    (_array_state((1, 3072), np.dtype(object), [0] * 3072), r"numpy dtype 'O8'"),
+    (_array_state((1, 3072), np.dtype([("a", "u1")]), bytes(3072)), r"numpy dtype 'V1'"),
+    (_Reduce(codecs.encode, ("eA==", "base64")), r"_codecs.encode of anything but a latin1"),
+    (_Reduce(bytes, (10**12,)), r"bytes\(...\) with arguments"),
+], ids=["zero-strides", "negative-strides", "undersized", "oversized", "negative-shape",
+        "object-dtype", "structured-dtype", "codecs-base64", "bytes-size"])
+def test_hostile_cifar_arrays_are_refused_before_allocation(tmp_path, data, match):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [0]}, protocol=4))
+    err = refused_within(MiB, lambda: read_cifar_batch(path), match)
+    assert str(path) in str(err)
+
+
+def test_cifar_special_and_oversized_files(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(tmp_path)
+    (folder / "test_batch").unlink()
+    os.mkfifo(folder / "test_batch")
+    with pytest.raises(DatasetError, match="test_batch: a CIFAR pickle must be a regular file"):
+        load_dataset("cifar10", root=tmp_path)
+    monkeypatch.setattr(cifar, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(DatasetError, match=r"data_batch_1 is \d[\d,]* bytes, more than the 1,000"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_mutated_cifar_pickles_raise_only_dataset_errors(tmp_path):
+    good = py2_pickle(cifar_batch(2, [b"labels"], 10, seed=0))
+    path, rng = tmp_path / "batch", np.random.default_rng(0)
+    for _ in range(300):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[i] = rng.integers(0, 256)
+        path.write_bytes(bytes(data[:rng.integers(0, len(data) + 1)]))
+        try:
+            read_cifar_batch(path)
+        except DatasetError:
+            pass
 
 
 @pytest.mark.parametrize("name,archive,folder", [
@@ -311,6 +475,103 @@ def test_tiny_imagenet_bad_annotation_and_missing(tmp_path):
         load_dataset("tiny_imagenet", root=tmp_path)
     with pytest.raises(DatasetError, match="tiny-imagenet-200.zip"):
         load_dataset("tiny_imagenet", root=tmp_path / "empty")
+
+
+def plant_outside(tmp_path) -> Path:
+    """A valid 64x64 JPEG outside the dataset folder: loading it would prove a read outside."""
+    Image = pytest.importorskip("PIL.Image")
+    outside = tmp_path / "outside" / "x.JPEG"
+    outside.parent.mkdir()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(outside)
+    return outside
+
+
+def record_opens(monkeypatch) -> list[Path]:
+    """From now on, every path a dataset reader opens (they all go through pemn.data.files)."""
+    import pemn.data.files as files
+    paths, real_open = [], os.open
+
+    def spy(path, *args, **kwargs):
+        paths.append(Path(path).resolve())
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(files.os, "open", spy)
+    return paths
+
+
+@pytest.mark.parametrize("attack", ["absolute-val", "dotdot-val", "absolute-wnid", "dotdot-wnid",
+                                    "symlink-image", "symlink-wnids", "symlink-train-dir"])
+def test_tiny_imagenet_never_reads_outside_its_folder(tmp_path, monkeypatch, attack):
+    folder = write_tiny_imagenet(tmp_path / "root")
+    outside = plant_outside(tmp_path)
+    val = folder / "val" / "val_annotations.txt"
+    if attack == "absolute-val":
+        val.write_text(f"{outside}\tn01\t0\t0\t1\t1\n")
+    elif attack == "dotdot-val":
+        val.write_text("../../../../outside/x.JPEG\tn01\t0\t0\t1\t1\n")
+    elif attack in ("absolute-wnid", "dotdot-wnid"):
+        wnid = str(outside.parent) if attack == "absolute-wnid" else "../../outside"
+        (folder / "wnids.txt").write_text(f"n01\nn02\n{wnid}\n")
+    elif attack == "symlink-image":
+        (folder / "train" / "n01" / "images" / "evil.JPEG").symlink_to(outside)
+    elif attack == "symlink-wnids":
+        (outside.parent / "wnids.txt").write_text("n01\nn02\n")
+        (folder / "wnids.txt").unlink()
+        (folder / "wnids.txt").symlink_to(outside.parent / "wnids.txt")
+    else:
+        shutil.rmtree(folder / "train" / "n02")
+        (folder / "train" / "n02").symlink_to(outside.parent, target_is_directory=True)
+        (outside.parent / "images").mkdir()
+        (outside.parent / "images" / "n02_0.JPEG").write_bytes(outside.read_bytes())
+    opened = record_opens(monkeypatch)
+    with pytest.raises(DatasetError, match="refusing") as e:
+        load_dataset("tiny_imagenet", root=tmp_path / "root")
+    assert "\n" not in str(e.value)
+    assert all(p.is_relative_to(folder.resolve()) for p in opened), opened
+
+
+def test_tiny_imagenet_special_and_oversized_files(tmp_path, monkeypatch):
+    Image = pytest.importorskip("PIL.Image")
+    folder = write_tiny_imagenet(tmp_path)
+    big = folder / "val" / "images" / "val_0.JPEG"
+    Image.new("RGB", (2000, 64)).save(big)
+    with pytest.raises(DatasetError, match="val_0.JPEG is 2000x64, expected 64x64"):
+        load_dataset("tiny_imagenet", root=tmp_path)
+    big.unlink()
+    os.mkfifo(big)  # a reader that opened it would wait for a writer forever
+    with pytest.raises(DatasetError, match="must be a regular file"):
+        load_dataset("tiny_imagenet", root=tmp_path)
+    monkeypatch.setattr(tiny_imagenet, "MAX_VAL", 3)
+    with pytest.raises(DatasetError, match="lists 4 images, more than the 3 of Tiny-ImageNet"):
+        load_dataset("tiny_imagenet", root=tmp_path)
+
+
+def npz_with_header(path: Path, arrays: dict, declared: dict):
+    """An .npz whose members are ``arrays``, except that each key in ``declared`` has a .npy
+    header declaring that (dtype, shape) followed by no data."""
+    with zipfile.ZipFile(path, "w") as z:
+        for key, value in arrays.items():
+            with z.open(f"{key}.npy", "w") as f:
+                if key in declared:
+                    dtype, shape = declared[key]
+                    np.lib.format.write_array_header_1_0(
+                        f, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape})
+                else:
+                    np.lib.format.write_array(f, value)
+
+
+@pytest.mark.parametrize("declared,match", [
+    ({"train_images": (np.uint8, (10**7, 3, 64, 64))}, r"\(N <= 100000, 3, 64, 64\)"),
+    ({"test_images": (np.uint8, (4, 3, 32, 32))}, r"test_images is uint8 \(4, 3, 32, 32\)"),
+    ({"test_labels": (np.float32, (4,))}, r"test_labels is float32"),
+])
+def test_tiny_imagenet_hostile_cache_is_refused_before_reading(tmp_path, declared, match):
+    folder = write_tiny_imagenet(tmp_path)
+    load_dataset("tiny_imagenet", root=tmp_path)  # writes the cache
+    cache = folder / "pemn_cache_v1.npz"
+    with np.load(cache) as z:
+        arrays = {k: z[k] for k in z.files}
+    npz_with_header(cache, arrays, declared)
+    refused_within(MiB, lambda: load_dataset("tiny_imagenet", root=tmp_path), match)
 
 
 # ---------------------------------------------------------------------------------------------

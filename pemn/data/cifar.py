@@ -5,40 +5,140 @@
 ``b"data"``, a uint8 numpy array (N, 3072) whose rows are the red plane, then green, then blue,
 each 32x32 row-major, and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
 
-Pickles can run arbitrary code when loaded, so they are read with an unpickler that resolves
-only the three numpy names an array needs and refuses everything else.
+Pickles can run arbitrary code when loaded, so they are read with an unpickler that builds only
+dicts, lists, numbers, bytes and plain numeric numpy arrays. The numpy names a pickle asks for
+resolve to stand-ins here, never to numpy's own reconstructors: an array is rebuilt from one
+buffer whose size must be exactly what its shape and dtype need (no strides, no views, no
+object arrays), so a file can never claim more memory than it holds.
 """
 from __future__ import annotations
 
+import io
+import math
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from .errors import DatasetError, reader_errors
+from .files import read_regular
 
-__all__ = ["read_cifar_batch", "load_cifar10", "load_cifar100"]
+__all__ = ["MAX_FILE_BYTES", "read_cifar_batch", "load_cifar10", "load_cifar100"]
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
+MAX_FILE_BYTES = 1 << 28  # 256 MiB; CIFAR-100's train file, the largest, is 155 MB
 _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_DTYPES = frozenset(f"{k}{n}" for k in "iu" for n in (1, 2, 4, 8)) | {"b1", "f2", "f4", "f8"}
+_MAX_NDIM = 8
 
 
-def _reconstruct():
-    try:  # numpy >= 2 moved the module; the official files name the old one
-        from numpy._core.multiarray import _reconstruct as fn
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
-    return fn
+class _Refused(DatasetError):
+    """Something a CIFAR file would never contain; the message says what."""
 
 
-# (module, name) pairs an ndarray pickle needs, mapped to objects without importing by name.
+class _Dtype:
+    """Stands in for ``numpy.dtype(name, align, copy)``: plain bool, int and float types only."""
+
+    def __init__(self, name, align=False, copy=True):
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        if not isinstance(name, str) or name not in _DTYPES:
+            raise _Refused(f"numpy dtype {name!r} (only {', '.join(sorted(_DTYPES))})")
+        self.dtype = np.dtype(name)
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, ...): structured dtypes are refused
+        if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
+            raise _Refused("a structured or sub-array numpy dtype")
+        order = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
+        if order not in ("<", ">", "|", "="):
+            raise _Refused(f"numpy byte order {order!r}")
+        self.dtype = self.dtype.newbyteorder(order)
+
+
+class _NdarrayName:
+    """What ``numpy.ndarray`` resolves to: a marker for ``_reconstruct``, not a constructor,
+    since ``ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as gigabytes."""
+
+    def __call__(self, *args):
+        raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
+
+
+_NDARRAY = _NdarrayName()
+
+
+class _Array:
+    """Stands in for the empty array ``_reconstruct`` makes; ``BUILD`` gives it its data."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        # ndarray state: ([version,] shape, dtype, is_fortran, raw bytes)
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("a numpy array state that is not (shape, dtype, order, bytes)")
+        self.array = _make_array(*state[-4:])
+
+
+def _make_array(shape, dtype, fortran, data) -> np.ndarray:
+    """A read-only array over ``data``, which must be exactly as large as the shape says."""
+    if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM \
+            or not all(type(n) is int and n >= 0 for n in shape):
+        raise _Refused(f"numpy array shape {shape!r}")
+    if not isinstance(getattr(dtype, "dtype", None), np.dtype) or type(fortran) not in (bool, int):
+        raise _Refused("a numpy array without a plain dtype and a C/Fortran order flag")
+    if not isinstance(data, (bytes, bytearray)):
+        raise _Refused(f"numpy array data of type {type(data).__name__} (only raw bytes)")
+    num_bytes = math.prod(shape) * dtype.dtype.itemsize  # Python ints: no overflow
+    if len(data) != num_bytes:
+        raise _Refused(f"a {dtype.dtype} array of shape {shape} ({num_bytes:,} bytes) over "
+                       f"{len(data):,} bytes of data")
+    return np.frombuffer(data, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _reconstruct(cls, shape, typecode):
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``, the only call numpy's
+    pickles make; anything else is refused."""
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise _Refused("numpy _reconstruct with arguments numpy never writes")
+    return _Array()
+
+
+def _frombuffer(data, dtype, shape, order):
+    """``numpy._core.numeric._frombuffer``, what pickle protocol 5 writes for an array."""
+    if order not in ("C", "F"):
+        raise _Refused(f"numpy _frombuffer with order {order!r}")
+    array = _Array()
+    array.array = _make_array(shape, dtype, order == "F", data)
+    return array
+
+
+def _latin1(text, encoding):
+    """``_codecs.encode(text, "latin1")``: how Python 3 writes bytes at pickle protocol < 3."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("_codecs.encode of anything but a latin1 string")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    """``bytes()``: how Python 3 writes ``b""`` at pickle protocol < 3; any argument (a size,
+    an iterable) is refused."""
+    if args:
+        raise _Refused("bytes(...) with arguments")
+    return b""
+
+
+# (module, name) a CIFAR pickle may ask for, mapped to the stand-ins above; nothing is imported
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Dtype,
+    ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -48,21 +148,33 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         try:
             return _ALLOWED[(module, name)]
-        except KeyError:
-            raise DatasetError(
-                f"refusing to load {module}.{name} from a CIFAR pickle: the official files only "
-                "contain numpy arrays, so this file is not one of them"
-            ) from None
+        except (KeyError, TypeError):
+            raise _Refused(f"{module}.{name}") from None
 
 
 def _unpickle(path: Path) -> object:
+    """The pickled object; the values of a top-level dict have their arrays resolved."""
+    data = read_regular(path, MAX_FILE_BYTES, "CIFAR pickle")
     try:
-        with open(path, "rb") as f:
-            return _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    except DatasetError as e:
-        raise DatasetError(f"{path}: {e}") from None
+        obj = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return {k: _resolve(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
+    except _Refused as e:
+        raise DatasetError(f"{path}: refusing to load {e} from a CIFAR pickle; the official "
+                           "files hold only dicts, lists and numpy arrays") from None
+    except (DatasetError, MemoryError):
+        raise  # MemoryError: reader_errors words it
     except Exception as e:  # any parse error of an untrusted file
-        raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())})") from e
+
+
+def _resolve(value: object) -> object:
+    """A stand-in array becomes its numpy array; anything else is returned as it is."""
+    if isinstance(value, _Array):
+        if value.array is None:
+            raise _Refused("a numpy array without data")
+        return value.array
+    return value
 
 
 def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +191,11 @@ def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[to
         DatasetError: not a dict of the expected keys, shapes and dtypes, or an unsafe pickle.
     """
     path = Path(path)
-    batch = _unpickle(path)
+    with reader_errors(path, "CIFAR pickle"):
+        return _check_batch(path, _unpickle(path), label_key)
+
+
+def _check_batch(path: Path, batch: object, label_key: bytes):
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} must hold a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
@@ -90,7 +206,7 @@ def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[to
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, "
                            f"got {_describe(labels)}")
-    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)  # R, G, B planes
+    images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
     return images, torch.from_numpy(labels.astype(np.int64))
 
 
@@ -152,7 +268,8 @@ def load_cifar100(root: str | Path = "data"):
 def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
           label_key: bytes):
     folder = _find_dir(root, name)
-    if folder is None or not all((folder / f).is_file() for f in (*train_files, test_file)):
+    if folder is None or not all((folder / f).exists() for f in (*train_files, test_file)):
         raise _missing(Path(root), name, archive)
-    return (*_read_split(folder, train_files, label_key),
-            *_read_split(folder, (test_file,), label_key))
+    with reader_errors(folder, "CIFAR folder"):  # torch.cat may run out of memory
+        return (*_read_split(folder, train_files, label_key),
+                *_read_split(folder, (test_file,), label_key))

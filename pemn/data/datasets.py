@@ -78,7 +78,8 @@ def _cifar100(root):
 
 @register_dataset(TINY_IMAGENET)
 def _tiny_imagenet(root):
-    return load_tiny_imagenet(root if root is not None else DEFAULT_ROOT)
+    return load_tiny_imagenet(root if root is not None else DEFAULT_ROOT,
+                              max_classes=TINY_IMAGENET.num_classes)
 
 
 @register_dataset(DIGITS)

@@ -2,30 +2,46 @@
 
 Layout: ``wnids.txt`` (one WordNet id per line), ``train/<wnid>/images/*.JPEG`` (500 per
 class), ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (tab-separated: file name, wnid,
-bounding box). The validation set serves as the test set, as in the PEMN code (spec §7).
+bounding box). The validation set serves as the test set, as in the PEMN authors' code.
 
 Class index = position of the wnid in ``sorted(wnids)``, the order torchvision's ImageFolder
 gives the ``train/`` folders. Decoding 110,000 JPEGs takes about a minute, so the decoded
 tensors are cached to ``tiny-imagenet-200/pemn_cache_v1.npz`` when the folder is writable;
 delete that file to rebuild it.
+
+Hostile folders. Every path, whether built from ``wnids.txt``, ``val_annotations.txt`` or a
+folder listing, is resolved and must stay inside the dataset folder: absolute paths, ``..``
+and symlinks that leave it are refused, so no file outside it is opened. Only regular files
+are read; an image's size is checked before it is decoded; the split sizes may not exceed the
+official ones (:data:`MAX_TRAIN_PER_CLASS`, :data:`MAX_VAL`), nor may a cached array's
+declared shape, so memory stays bounded by the real dataset's.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from pemn.fileio import atomic_write
 
-__all__ = ["load_tiny_imagenet"]
+from .errors import DatasetError, reader_errors
+from .files import open_regular, read_regular
+
+__all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
 
 TINY_DIR = "tiny-imagenet-200"
 CACHE_NAME = "pemn_cache_v1.npz"
 SIZE = 64
+MAX_TRAIN_PER_CLASS = 500  # the official split sizes, also the most this reader accepts
+MAX_VAL = 10_000
+_MAX_TEXT_BYTES = 1 << 24  # wnids.txt and val_annotations.txt (the latter is ~0.3 MB)
+_MAX_JPEG_BYTES = 1 << 20  # a 64x64 JPEG is a few KB
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..", no "/"
 log = logging.getLogger(__name__)
 
 
@@ -37,41 +53,70 @@ def _pil_image():
     return Image
 
 
+def _inside(folder: Path, *parts: str) -> Path:
+    """``folder/parts`` resolved, refused unless it stays inside ``folder`` (already resolved).
+
+    Each part must be one plain name; the resolved path catches symlinks that point out.
+    """
+    for part in parts:
+        if not _NAME.fullmatch(part) or part.strip(".") == "":
+            raise DatasetError(f"{folder}: refusing the path component {part!r}: names in a "
+                               "Tiny-ImageNet folder are plain file or folder names")
+    path = folder.joinpath(*parts).resolve()
+    if not path.is_relative_to(folder):
+        raise DatasetError(f"{folder.joinpath(*parts)} resolves to {path}, outside the dataset "
+                           f"folder {folder}; refusing to read it")
+    return path
+
+
+def _decode_one(image_mod, path: Path) -> np.ndarray:
+    with open_regular(path, _MAX_JPEG_BYTES, "Tiny-ImageNet image") as f, \
+            reader_errors(path, "Tiny-ImageNet image"), image_mod.open(f) as im:
+        if im.size != (SIZE, SIZE):  # checked from the header, before decoding
+            raise DatasetError(f"{path} is {im.size[0]}x{im.size[1]}, expected 64x64")
+        return np.asarray(im.convert("RGB"))  # a few Tiny-ImageNet images are greyscale
+
+
 def _decode_all(paths: list[Path]) -> np.ndarray:
     """JPEG files -> uint8 array (N, 64, 64, 3). Pillow releases the GIL while decoding."""
     image_mod = _pil_image()
     out = np.empty((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
 
     def decode(i: int) -> None:
-        try:
-            with image_mod.open(paths[i]) as im:
-                im = im.convert("RGB")  # a few Tiny-ImageNet images are greyscale
-                if im.size != (SIZE, SIZE):
-                    raise DatasetError(f"{paths[i]} is {im.size[0]}x{im.size[1]}, expected 64x64")
-                out[i] = np.asarray(im)
-        except DatasetError:
-            raise
-        except Exception as e:
-            raise DatasetError(f"cannot decode {paths[i]} ({type(e).__name__}: {e})") from e
+        out[i] = _decode_one(image_mod, paths[i])
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(decode, range(len(paths))))
     return out
 
 
-def _read_wnids(folder: Path) -> list[str]:
-    wnids = sorted({w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip()})
-    if not wnids:
-        raise DatasetError(f"{folder / 'wnids.txt'} lists no classes")
+def _read_text(folder: Path, *parts: str) -> str:
+    path = _inside(folder, *parts)
+    with reader_errors(path, "Tiny-ImageNet text file"):
+        return read_regular(path, _MAX_TEXT_BYTES, "Tiny-ImageNet text file").decode("utf-8")
+
+
+def _read_wnids(folder: Path, max_classes: int) -> list[str]:
+    wnids = sorted(set(_read_text(folder, "wnids.txt").split()))
+    if not 0 < len(wnids) <= max_classes:
+        raise DatasetError(f"{folder / 'wnids.txt'} lists {len(wnids)} classes, expected 1 to "
+                           f"{max_classes}")
+    for wnid in wnids:
+        _inside(folder, "train", wnid)  # refuse "/etc", "..", ... before any listing
     return wnids
 
 
 def _train_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     paths, labels = [], []
     for label, wnid in enumerate(wnids):
-        files = sorted((folder / "train" / wnid / "images").glob("*.JPEG"))
+        images = _inside(folder, "train", wnid, "images")
+        files = sorted(_inside(folder, *p.relative_to(folder).parts)
+                       for p in images.glob("*.JPEG"))
         if not files:
-            raise DatasetError(f"no JPEGs in {folder / 'train' / wnid / 'images'}")
+            raise DatasetError(f"no JPEGs in {images}")
+        if len(files) > MAX_TRAIN_PER_CLASS:
+            raise DatasetError(f"{images} holds {len(files)} JPEGs, more than the "
+                               f"{MAX_TRAIN_PER_CLASS} of Tiny-ImageNet")
         paths += files
         labels += [label] * len(files)
     return paths, labels
@@ -80,21 +125,24 @@ def _train_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]
 def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     index = {w: i for i, w in enumerate(wnids)}
     annotations = folder / "val" / "val_annotations.txt"
+    lines = [line for line in _read_text(folder, "val", "val_annotations.txt").splitlines()
+             if line.strip()]
+    if len(lines) > MAX_VAL:
+        raise DatasetError(f"{annotations} lists {len(lines)} images, more than the {MAX_VAL} "
+                           "of Tiny-ImageNet")
     paths, labels = [], []
-    for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_no, line in enumerate(lines, start=1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index:
             raise DatasetError(f"{annotations} line {line_no} must be 'file<TAB>wnid<TAB>...' "
                                "with a wnid from wnids.txt")
-        paths.append(folder / "val" / "images" / fields[0])
+        paths.append(_inside(folder, "val", "images", fields[0]))
         labels.append(index[fields[1]])
     return paths, labels
 
 
-def _decode_folder(folder: Path) -> dict[str, np.ndarray]:
-    wnids = _read_wnids(folder)
+def _decode_folder(folder: Path, max_classes: int) -> dict[str, np.ndarray]:
+    wnids = _read_wnids(folder, max_classes)
     arrays = {"wnids": np.array(wnids)}
     for split, (paths, labels) in (("train", _train_files(folder, wnids)),
                                    ("test", _val_files(folder, wnids))):
@@ -104,52 +152,82 @@ def _decode_folder(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically (tmp + rename) so an interrupted run never leaves a broken cache."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         log.info("not caching Tiny-ImageNet to %s: %s", path, e)
-        tmp.unlink(missing_ok=True)
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise DatasetError(f"{path} is a corrupt cache ({e}); delete it to rebuild") from e
+# what the cache may hold: dtype and the largest shape (first dim N), checked before reading
+def _cache_limits(max_classes: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    max_train = max_classes * MAX_TRAIN_PER_CLASS
+    return {"train_images": (np.dtype(np.uint8), (max_train, 3, SIZE, SIZE)),
+            "train_labels": (np.dtype(np.int64), (max_train,)),
+            "test_images": (np.dtype(np.uint8), (MAX_VAL, 3, SIZE, SIZE)),
+            "test_labels": (np.dtype(np.int64), (MAX_VAL,))}
 
 
-def load_tiny_imagenet(root: str | Path = "data", cache: bool = True):
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_cached_array(path: Path, z, key: str, dtype: np.dtype, largest: tuple[int, ...]):
+    with z.zip.open(f"{key}.npy") as member:
+        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(member))
+        if read_header is None:
+            raise DatasetError(f"{path}: {key} has an unknown .npy version; delete the cache")
+        shape, _, found = read_header(member)
+    if found != dtype or len(shape) != len(largest) or shape[1:] != largest[1:] \
+            or shape[0] > largest[0]:
+        raise DatasetError(f"{path}: {key} is {found} {shape}, expected {dtype} with shape "
+                           f"(N <= {largest[0]}, {', '.join(map(str, largest[1:]))}); delete "
+                           "the cache to rebuild it")
+
+
+def _read_cache(path: Path, max_classes: int) -> dict[str, np.ndarray]:
+    """The cached arrays, each dtype and shape checked from its header before it is read."""
+    limits = _cache_limits(max_classes)
+    with open_regular(path, 1 << 33, "Tiny-ImageNet cache") as f, \
+            reader_errors(path, "Tiny-ImageNet cache (delete it to rebuild)"), \
+            np.load(f, allow_pickle=False) as z:
+        missing = set(limits) - set(z.files)
+        if missing:
+            raise DatasetError(f"{path} lacks {', '.join(sorted(missing))}; delete it to rebuild")
+        for key, (dtype, largest) in limits.items():
+            _check_cached_array(path, z, key, dtype, largest)
+        return {k: z[k] for k in limits}
+
+
+def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classes: int = 200):
     """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or ``root`` being that folder).
 
     Args:
         root: folder containing ``tiny-imagenet-200``.
         cache: read/write the decoded ``.npz`` cache inside the dataset folder.
+        max_classes: the most classes ``wnids.txt`` may list.
 
     Returns:
         ``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 3, 64, 64) and
         int64 labels in [0, 200); the test split is the official validation set.
 
     Raises:
-        DatasetError: folder missing (the message says how to get it), bad annotations, an
-            undecodable image, or Pillow not installed.
+        DatasetError: folder missing (the message says how to get it), bad annotations, a path
+            that leaves the folder, an undecodable image, a split larger than the official
+            one, a corrupt cache, or Pillow not installed.
     """
     root = Path(root)
     folder = root if root.name == TINY_DIR else root / TINY_DIR
-    if not (folder / "wnids.txt").is_file():
+    if not (folder / "wnids.txt").exists():
         raise DatasetError(
             f"Tiny-ImageNet not found: download http://cs231n.stanford.edu/tiny-imagenet-200.zip "
             f"and unzip it so that {folder.resolve()}/wnids.txt exists"
         )
-    cache_path = folder / CACHE_NAME
-    if cache and cache_path.is_file():
-        arrays = _read_cache(cache_path)
+    folder = folder.resolve()  # the user's own choice of folder may be a symlink
+    cache_path = _inside(folder, CACHE_NAME)
+    if cache and cache_path.exists():
+        arrays = _read_cache(cache_path, max_classes)
     else:
-        arrays = _decode_folder(folder)
+        arrays = _decode_folder(folder, max_classes)
         if cache:
             _write_cache(cache_path, arrays)
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in
