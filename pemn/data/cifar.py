@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors
+from .errors import DatasetError, reader_errors, short
 from .files import read_regular
 
 __all__ = ["MAX_FILE_BYTES", "read_cifar_batch", "load_cifar10", "load_cifar100"]
@@ -44,7 +44,7 @@ class _Dtype:
     def __init__(self, name, align=False, copy=True):
         name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         if not isinstance(name, str) or name not in _DTYPES:
-            raise _Refused(f"numpy dtype {name!r} (only {', '.join(sorted(_DTYPES))})")
+            raise _Refused(f"numpy dtype {short(name)} (only {', '.join(sorted(_DTYPES))})")
         self.dtype = np.dtype(name)
 
     def __setstate__(self, state):
@@ -53,7 +53,7 @@ class _Dtype:
             raise _Refused("a structured or sub-array numpy dtype")
         order = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
         if order not in ("<", ">", "|", "="):
-            raise _Refused(f"numpy byte order {order!r}")
+            raise _Refused(f"numpy byte order {short(order)}")
         self.dtype = self.dtype.newbyteorder(order)
 
 
@@ -84,7 +84,7 @@ def _make_array(shape, dtype, fortran, data) -> np.ndarray:
     """A read-only array over ``data``, which must be exactly as large as the shape says."""
     if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM \
             or not all(type(n) is int and n >= 0 for n in shape):
-        raise _Refused(f"numpy array shape {shape!r}")
+        raise _Refused(f"numpy array shape {short(shape)}")
     if not isinstance(getattr(dtype, "dtype", None), np.dtype) or type(fortran) not in (bool, int):
         raise _Refused("a numpy array without a plain dtype and a C/Fortran order flag")
     if not isinstance(data, (bytes, bytearray)):
@@ -107,7 +107,7 @@ def _reconstruct(cls, shape, typecode):
 def _frombuffer(data, dtype, shape, order):
     """``numpy._core.numeric._frombuffer``, what pickle protocol 5 writes for an array."""
     if order not in ("C", "F"):
-        raise _Refused(f"numpy _frombuffer with order {order!r}")
+        raise _Refused(f"numpy _frombuffer with order {short(order)}")
     array = _Array()
     array.array = _make_array(shape, dtype, order == "F", data)
     return array
@@ -149,7 +149,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except (KeyError, TypeError):
-            raise _Refused(f"{module}.{name}") from None
+            raise _Refused(short(f"{module}.{name}", quote=False)) from None
 
 
 def _unpickle(path: Path) -> object:
@@ -165,7 +165,7 @@ def _unpickle(path: Path) -> object:
         raise  # MemoryError: reader_errors words it
     except Exception as e:  # any parse error of an untrusted file
         raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())})") from e
+                           f"{short(str(e), quote=False)})") from e
 
 
 def _resolve(value: object) -> object:
@@ -202,17 +202,23 @@ def _check_batch(path: Path, batch: object, label_key: bytes):
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{path}: b'data' must be a uint8 array (N, 3072), got {_describe(data)}")
+    wrong = DatasetError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got "
+                         f"{_describe(labels)}")
+    # the length first: np.asarray of a huge list of references would cost 8 bytes each
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]:
+        raise wrong
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise DatasetError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, "
-                           f"got {_describe(labels)}")
+        raise wrong
     images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
     return images, torch.from_numpy(labels.astype(np.int64))
 
 
 def _describe(x: object) -> str:
     if isinstance(x, np.ndarray):
-        return f"{x.dtype} array {x.shape}"
+        return f"{x.dtype} array {short(x.shape)}"
+    if isinstance(x, list):
+        return f"a list of {len(x)}" + (f", the first a {type(x[0]).__name__}" if x else "")
     return type(x).__name__
 
 

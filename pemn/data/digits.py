@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from .errors import DatasetError, reader_errors
 
 __all__ = ["load_digits"]
 
@@ -24,13 +24,14 @@ def load_digits():
     Images are uint8 (N, 1, 8, 8); labels int64 in [0, 10). Train has 1,438 images, test 359.
 
     Raises:
-        DatasetError: scikit-learn is not installed.
+        DatasetError: scikit-learn is not installed, or its bundled file cannot be read.
     """
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
         raise DatasetError("the digits dataset needs scikit-learn: pip install 'pemn[digits]'") from None
-    bunch = sk_load_digits()
+    with reader_errors("scikit-learn's bundled digits", "dataset"):
+        bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     labels = bunch.target.astype(np.int64)
     # RandomState, not default_rng: numpy freezes its stream, so the split never changes.

@@ -5,7 +5,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DatasetError", "reader_errors"]
+__all__ = ["DatasetError", "reader_errors", "short"]
+
+_MAX_DETAIL = 200  # characters of a hostile value or a library message quoted in an error
 
 
 class DatasetError(ValueError):
@@ -35,5 +37,12 @@ def reader_errors(path: str | Path, what: str) -> Iterator[None]:
         # from None: the traceback would keep the half-built buffers alive
         raise DatasetError(f"{path}: not enough memory to read this {what}") from None
     except Exception as e:
-        detail = " ".join(str(e).split()) or "no detail"
+        detail = short(str(e), quote=False) or "no detail"
         raise DatasetError(f"{path}: cannot read this {what} ({type(e).__name__}: {detail})") from e
+
+
+def short(value: object, quote: bool = True) -> str:
+    """``repr(value)`` (or ``str`` when not ``quote``) on one line, cut to a readable length:
+    a hostile file can make any value it names gigabytes long."""
+    text = " ".join((repr(value) if quote else str(value)).split())
+    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "..."

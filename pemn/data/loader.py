@@ -2,7 +2,7 @@
 
 The whole split lives on ``device`` as one uint8 tensor (N, C, H, W), as in airbench's
 ``CifarLoader``: no workers, no per-image transforms. Per batch, in this order (the order of the
-PEMN recipe, spec §8.1): random crop after zero padding and horizontal flip (one gather on uint8),
+PEMN authors' recipe): random crop after zero padding and horizontal flip (one gather on uint8),
 optional RandAugment / ColorJitter (torchvision, only if installed), normalisation to float32,
 random erasing (fill 0 after normalisation, like torchvision's ``RandomErasing(value=0)``).
 

@@ -29,7 +29,7 @@ import torch
 
 from pemn.fileio import atomic_write
 
-from .errors import DatasetError, reader_errors
+from .errors import DatasetError, reader_errors, short
 from .files import open_regular, read_regular
 
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
@@ -60,7 +60,7 @@ def _inside(folder: Path, *parts: str) -> Path:
     """
     for part in parts:
         if not _NAME.fullmatch(part) or part.strip(".") == "":
-            raise DatasetError(f"{folder}: refusing the path component {part!r}: names in a "
+            raise DatasetError(f"{folder}: refusing the path component {short(part)}: names in a "
                                "Tiny-ImageNet folder are plain file or folder names")
     path = folder.joinpath(*parts).resolve()
     if not path.is_relative_to(folder):
