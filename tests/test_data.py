@@ -636,10 +636,12 @@ def test_split_validation(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(),
+                    reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist():
     ds = load_dataset("fashion_mnist")
-    assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
+    assert ds.train_images.shape == (60000, 1, 28, 28)
+    assert ds.test_images.shape == (10000, 1, 28, 28)
     assert torch.bincount(ds.train_labels).tolist() == [6000] * 10
     assert dataset_info("fashion_mnist").num_train == len(ds.train_labels)
     x = ds.train_images.float() / 255
@@ -671,7 +673,8 @@ def test_loader_normalises_without_augmentation():
     out = batches(loader(x, y, shuffle=False))
     assert len(out) == 11 and out[-1][0].shape == (1, 3, 8, 8)
     first, labels = out[0]
-    assert first.dtype == torch.float32 and first.is_contiguous() and labels.tolist() == list(range(10))
+    assert first.dtype == torch.float32 and first.is_contiguous()
+    assert labels.tolist() == list(range(10))
     assert torch.allclose(first, (x[:10].float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 

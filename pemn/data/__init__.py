@@ -5,14 +5,16 @@
 (N, C, H, W) and int64 labels. Nothing here downloads: when files are missing, the error says
 how to get them. Every reader failure, hostile files included, is a :class:`DatasetError`.
 
-| name            | images            | classes | files looked for                                    |
-|-----------------|-------------------|---------|-----------------------------------------------------|
-| ``fashion_mnist``| 60k/10k 1x28x28  | 10      | IDX files in root, else /usr/share/datasets/fashion-mnist, else ./data/fashion_mnist |
-| ``mnist``       | 60k/10k 1x28x28   | 10      | IDX files in root, else ./data/mnist                |
-| ``cifar10``     | 50k/10k 3x32x32   | 10      | root/cifar-10-batches-py (root defaults to ./data)  |
-| ``cifar100``    | 50k/10k 3x32x32   | 100     | root/cifar-100-python                               |
-| ``tiny_imagenet``| 100k/10k 3x64x64 | 200     | root/tiny-imagenet-200 (test = official val)        |
-| ``digits``      | 1438/359 1x8x8    | 10      | bundled with scikit-learn                           |
+| name              | images           | classes | files looked for                               |
+|-------------------|------------------|---------|------------------------------------------------|
+| ``fashion_mnist`` | 60k/10k 1x28x28  | 10      | IDX files in root, else                        |
+|                   |                  |         | /usr/share/datasets/fashion-mnist, else        |
+|                   |                  |         | ./data/fashion_mnist                           |
+| ``mnist``         | 60k/10k 1x28x28  | 10      | IDX files in root, else ./data/mnist           |
+| ``cifar10``       | 50k/10k 3x32x32  | 10      | root/cifar-10-batches-py (root: ./data)        |
+| ``cifar100``      | 50k/10k 3x32x32  | 100     | root/cifar-100-python                          |
+| ``tiny_imagenet`` | 100k/10k 3x64x64 | 200     | root/tiny-imagenet-200 (test = official val)   |
+| ``digits``        | 1438/359 1x8x8   | 10      | bundled with scikit-learn                      |
 """
 from __future__ import annotations
 

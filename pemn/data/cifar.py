@@ -177,7 +177,8 @@ def _resolve(value: object) -> object:
     return value
 
 
-def read_cifar_batch(path: str | Path, label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(path: str | Path,
+                     label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
     """Read one CIFAR pickle file.
 
     Args:
@@ -201,7 +202,8 @@ def _check_batch(path: Path, batch: object, label_key: bytes):
     data, labels = batch[b"data"], batch[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"{path}: b'data' must be a uint8 array (N, 3072), got {_describe(data)}")
+        raise DatasetError(f"{path}: b'data' must be a uint8 array (N, 3072), "
+                           f"got {_describe(data)}")
     wrong = DatasetError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got "
                          f"{_describe(labels)}")
     # the length first: np.asarray of a huge list of references would cost 8 bytes each

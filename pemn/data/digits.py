@@ -29,7 +29,8 @@ def load_digits():
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
-        raise DatasetError("the digits dataset needs scikit-learn: pip install 'pemn[digits]'") from None
+        raise DatasetError("the digits dataset needs scikit-learn: "
+                           "pip install 'pemn[digits]'") from None
     with reader_errors("scikit-learn's bundled digits", "dataset"):
         bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)

@@ -101,7 +101,8 @@ def _torchvision_ops(cfg: AugmentConfig):
     except Exception:
         what, off = (("randaugment", "set augment.randaugment to none") if cfg.randaugment
                      else ("color_jitter", "set augment.color_jitter to 0"))
-        raise ImportError(f"{what} needs torchvision; pip install 'pemn[augment]' or {off}") from None
+        raise ImportError(f"{what} needs torchvision; pip install 'pemn[augment]' "
+                          f"or {off}") from None
     ops = []
     if cfg.randaugment is not None:
         ops.append(v2.RandAugment(num_ops=cfg.randaugment[0], magnitude=cfg.randaugment[1]))
@@ -147,9 +148,9 @@ def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
     """Per-image random rectangles, torchvision's RandomErasing rule, vectorised.
 
     Each image is erased with probability ``prob``. Its box has area ``s * H * W`` with
-    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3), so ``h = round(sqrt(s H W r))``,
-    ``w = round(sqrt(s H W / r))``; the first of 10 draws with ``h < H`` and ``w < W`` is used,
-    and if none fits the image is left alone.
+    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3), so
+    ``h = round(sqrt(s H W r))`` and ``w = round(sqrt(s H W / r))``; the first of 10 draws with
+    ``h < H`` and ``w < W`` is used, and if none fits the image is left alone.
 
     Returns:
         bool mask (B, H, W) on ``device``, True where pixels are erased.
@@ -229,7 +230,8 @@ class BatchLoader:
                  world_size: int = 1, drop_last: bool = False, channels_last: bool = False):
         _validate(images, labels, batch_size, mean, std, rank, world_size)
         if augment is not None and not isinstance(augment, AugmentConfig):
-            raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
+            raise TypeError("augment must be an AugmentConfig or None, "
+                            f"got {type(augment).__name__}")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
@@ -301,11 +303,13 @@ class BatchLoader:
 def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError("images must be a uint8 tensor (N, C, H, W), got "
-                         f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+                         f"{getattr(images, 'dtype', type(images))} "
+                         f"{tuple(getattr(images, 'shape', ()))}")
     if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) \
             or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor ({images.shape[0]},), got "
-                         f"{getattr(labels, 'dtype', type(labels))} {tuple(getattr(labels, 'shape', ()))}")
+                         f"{getattr(labels, 'dtype', type(labels))} "
+                         f"{tuple(getattr(labels, 'shape', ()))}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     C = images.shape[1]
@@ -314,4 +318,5 @@ def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
                          f"got mean={tuple(mean)} std={tuple(std)}")
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
             and 0 <= rank < world_size):
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} "
+                         f"world_size={world_size!r}")

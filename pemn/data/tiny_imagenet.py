@@ -49,7 +49,8 @@ def _pil_image():
     try:
         from PIL import Image
     except ImportError:
-        raise DatasetError("decoding Tiny-ImageNet JPEGs needs Pillow: pip install pillow") from None
+        raise DatasetError("decoding Tiny-ImageNet JPEGs needs Pillow: "
+                           "pip install pillow") from None
     return Image
 
 
