@@ -608,6 +608,15 @@ def test_loaded_images_must_match_the_registered_shape(tmp_path):
         load_dataset("mnist", root=tmp_path)
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "tiny_imagenet"])
+def test_a_denied_folder_is_a_dataset_error(tmp_path, monkeypatch, name):
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    for method in ("stat", "resolve"):
+        monkeypatch.setattr(Path, method, denied)
+    with pytest.raises(DatasetError, match="PermissionError"):
+        load_dataset(name, root=tmp_path)
+
 def test_digits():
     pytest.importorskip("sklearn")
     ds = load_dataset("digits")

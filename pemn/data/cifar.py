@@ -275,9 +275,9 @@ def load_cifar100(root: str | Path = "data"):
 
 def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
           label_key: bytes):
-    folder = _find_dir(root, name)
-    if folder is None or not all((folder / f).exists() for f in (*train_files, test_file)):
-        raise _missing(Path(root), name, archive)
-    with reader_errors(folder, "CIFAR folder"):  # torch.cat may run out of memory
+    with reader_errors(root, "CIFAR folder"):  # stat may be denied, torch.cat run out of memory
+        folder = _find_dir(root, name)
+        if folder is None or not all((folder / f).exists() for f in (*train_files, test_file)):
+            raise _missing(Path(root), name, archive)
         return (*_read_split(folder, train_files, label_key),
                 *_read_split(folder, (test_file,), label_key))

@@ -183,7 +183,8 @@ def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
             malformed file, or a label count that differs from the image count.
     """
     for folder in folders:
-        files = find_idx_files(folder)
+        with reader_errors(folder, f"{name} folder"):  # a denied stat is an OSError
+            files = find_idx_files(folder)
         if files is not None:
             splits = [load_idx_images(files[0]), load_idx_labels(files[1]),
                       load_idx_images(files[2]), load_idx_labels(files[3])]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DatasetError
+from .errors import DatasetError, reader_errors
 
 __all__ = ["Dataset", "DatasetInfo", "dataset_info", "dataset_shape", "list_datasets",
            "load_dataset", "register_dataset", "split_validation"]
@@ -176,7 +176,8 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
         torch.Size([60000, 1, 28, 28])
     """
     info = dataset_info(name)
-    return Dataset(info, *_REGISTRY[name][1](root))
+    with reader_errors(root or f"the default {name} location", f"{name} dataset"):
+        return Dataset(info, *_REGISTRY[name][1](root))
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int = 0):

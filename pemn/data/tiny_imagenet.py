@@ -41,6 +41,7 @@ MAX_TRAIN_PER_CLASS = 500  # the official split sizes, also the most this reader
 MAX_VAL = 10_000
 _MAX_TEXT_BYTES = 1 << 24  # wnids.txt and val_annotations.txt (the latter is ~0.3 MB)
 _MAX_JPEG_BYTES = 1 << 20  # a 64x64 JPEG is a few KB
+_MAX_CACHE_BYTES = 1 << 32  # the full cache holds 1.35 GB of arrays
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..", no "/"
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _check_cached_array(path: Path, z, key: str, dtype: np.dtype, largest: tuple
 def _read_cache(path: Path, max_classes: int) -> dict[str, np.ndarray]:
     """The cached arrays, each dtype and shape checked from its header before it is read."""
     limits = _cache_limits(max_classes)
-    with open_regular(path, 1 << 33, "Tiny-ImageNet cache") as f, \
+    with open_regular(path, _MAX_CACHE_BYTES, "Tiny-ImageNet cache") as f, \
             reader_errors(path, "Tiny-ImageNet cache (delete it to rebuild)"), \
             np.load(f, allow_pickle=False) as z:
         missing = set(limits) - set(z.files)
@@ -216,7 +217,11 @@ def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classe
             that leaves the folder, an undecodable image, a split larger than the official
             one, a corrupt cache, or Pillow not installed.
     """
-    root = Path(root)
+    with reader_errors(root, "Tiny-ImageNet folder"):  # e.g. a denied stat or resolve
+        return _load(Path(root), cache, max_classes)
+
+
+def _load(root: Path, cache: bool, max_classes: int):
     folder = root if root.name == TINY_DIR else root / TINY_DIR
     if not (folder / "wnids.txt").exists():
         raise DatasetError(
