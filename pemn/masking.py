@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -207,10 +208,16 @@ def _probe(a: torch.Tensor, t: float, bracket: _Bracket, out: torch.Tensor) -> f
     return None
 
 
-def _select(a: torch.Tensor, k: int, hint: tuple[float, float] | None
-            ) -> tuple[torch.Tensor, tuple[float, float] | None]:
+class _Hint(NamedTuple):
+    """What one selection tells the next on the same tensor."""
+
+    threshold: float  # a threshold that kept exactly k: scores move little per step
+    density: float  # entries per unit of |score| near it, from the first sample
+
+
+def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, _Hint | None]:
     """A {0, 1} tensor like the flat ``a`` (|scores|) keeping its ``k`` largest, and the hint
-    (threshold, density) for the next call on the same tensor."""
+    for the next call on the same tensor."""
     out = torch.empty_like(a)
     n = a.numel()
     if k >= n or k <= 0:
@@ -219,18 +226,21 @@ def _select(a: torch.Tensor, k: int, hint: tuple[float, float] | None
         v = float(a.kthvalue(n - k + 1).values)
         if _count(torch.ge(a, v, out=out)) == k:
             return out, hint
-        lo_t, hi_t, density = v, _above(v, a.dtype), None  # ties at v: resolve them
+        bracket = None  # ties at v: resolve them
+        lo_t, hi_t = v, _above(v, a.dtype)
     else:
-        t, density = hint or _first_guess(a, k)
-        bracket = _Bracket(n, k, density, a.dtype)
-        t = _probe(a, t, bracket, out)
+        hint = hint or _Hint(*_first_guess(a, k))
+        bracket = _Bracket(n, k, hint.density, a.dtype)
+        t = _probe(a, hint.threshold, bracket, out)
         if t is not None:
-            return out, (t, density)
+            return out, _Hint(t, hint.density)
         lo_t, hi_t = bracket.lo_t, bracket.hi_t
     boundary = _resolve(a, k, lo_t, hi_t, out)
     if boundary is None:
         return _sorted_select(a, k, out), None
-    return out, (hint if density is None else (boundary, density))
+    if bracket is None:
+        return out, hint
+    return out, _Hint(boundary, hint.density)
 
 
 def topk_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -274,7 +284,7 @@ class _EvalWeight:
 
 @dataclass(eq=False)
 class _State:
-    hint: tuple[float, float] | None = None
+    hint: _Hint | None = None
     step: _StepWeight | None = None
     eval: _EvalWeight | None = None
 
@@ -292,30 +302,42 @@ def _state(scores: torch.Tensor) -> _State:
 
 def _masked_values(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float,
                    state: _State | None) -> torch.Tensor:
-    """``fixed * mask`` with no autograd history; the mask buffer becomes the result."""
-    a = scores.detach().abs().flatten()
+    """``fixed * mask``; the mask buffer becomes the result. Call with autograd off."""
+    a = scores.abs().flatten()
     mask, hint = _select(a, num_kept(a.numel(), keep_ratio), state and state.hint)
     if state is not None:
         state.hint = hint
     mask = mask.view(fixed.shape)
     if mask.dtype != fixed.dtype:
-        return fixed.detach() * mask.to(fixed.dtype)
-    return mask.mul_(fixed.detach())
+        return fixed * mask.to(fixed.dtype)
+    return mask.mul_(fixed)
+
+
+def _key(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> tuple:
+    return (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """Returns the precomputed ``fixed * mask``; backward treats the mask as identity (STE).
+    """``fixed * mask(|scores|)``; backward treats the mask as identity (STE).
 
     The official code applies the STE to ``|scores|``, so autograd then multiplies by
-    ``sign(scores)``: ``dL/ds = dL/dw_eff * fixed * sign(scores)``, fused here into the one
-    tensor that is returned.
+    ``sign(scores)``: ``dL/ds = dL/dw_eff * fixed * sign(scores)``, built here in the one
+    tensor that is returned. With a ``state``, the masked weight of the step is reused by
+    every read until a backward pass through it has run. Autograd is off in ``forward``, so
+    the selection records nothing.
     """
 
     @staticmethod
-    def forward(ctx, fixed, scores, value, entry):
+    def forward(ctx, fixed, scores, keep_ratio, state):
         ctx.save_for_backward(fixed, scores)
-        ctx.entry = entry
-        return value.detach()  # a new alias: the cached tensor itself gets no grad_fn
+        if state is None:
+            ctx.entry = None
+            return _masked_values(fixed, scores, keep_ratio, None)
+        key = _key(fixed, scores, keep_ratio)
+        if state.step is None or not state.step.valid(key):
+            state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
+        ctx.entry = state.step
+        return state.step.value.detach()  # a new alias: the cached tensor gets no grad_fn
 
     @staticmethod
     def backward(ctx, grad):
@@ -327,19 +349,7 @@ class _MaskedWeight(torch.autograd.Function):
 
 def masked_weight(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     """The effective weight with the straight-through gradient to ``scores`` (no caching)."""
-    value = _masked_values(fixed, scores, keep_ratio, None)
-    return _MaskedWeight.apply(fixed, scores, value, None)
-
-
-def _key(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> tuple:
-    return (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
-
-
-def _training_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
-    key = _key(fixed, scores, keep_ratio)
-    if state.step is None or not state.step.valid(key):
-        state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
-    return _MaskedWeight.apply(fixed, scores, state.step.value, state.step)
+    return _MaskedWeight.apply(fixed, scores, keep_ratio, None)
 
 
 def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
@@ -359,7 +369,7 @@ def _masked_property(name: str) -> property:
         keep = module._pemn_keep_ratio
         state = _state(scores)
         if torch.is_grad_enabled() and scores.requires_grad:
-            return _training_weight(fixed, scores, keep, state)
+            return _MaskedWeight.apply(fixed, scores, keep, state)
         if module.training:
             with torch.no_grad():
                 return _masked_values(fixed, scores, keep, state)
