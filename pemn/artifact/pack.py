@@ -182,18 +182,13 @@ def _zoo_args(model: nn.Module) -> dict | None:
 
 
 def _dataset_header(dataset) -> dict | None:
-    """What a user needs to feed the model, from a ``pemn.data.DatasetInfo`` or a dict."""
-    if dataset is None or isinstance(dataset, dict):
-        return _json_object(dataset, "dataset")
-    try:
-        c, s = dataset.channels, dataset.image_size
-        info = {"name": dataset.name, "input_shape": [c, s, s], "mean": list(dataset.mean),
-                "std": list(dataset.std), "num_classes": dataset.num_classes,
-                "class_names": list(dataset.class_names) if dataset.class_names else None}
-    except AttributeError:
-        raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
-                            f"{type(dataset).__name__}") from None
-    return _json_object(info, "dataset")
+    """What a user needs to feed the model: ``DatasetInfo.as_header()`` or the caller's dict."""
+    if dataset is not None and not isinstance(dataset, dict):
+        if not hasattr(dataset, "as_header"):
+            raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
+                                f"{type(dataset).__name__}")
+        dataset = dataset.as_header()
+    return _json_object(dataset, "dataset")
 
 
 def _json_object(value, what: str) -> dict | None:
