@@ -8,6 +8,10 @@ significant bit first (numpy's ``bitorder="little"``). A mask of ``n`` elements 
     >>> pack_bits(torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=torch.bool))
     b'\\x01\\x01'
 
+:func:`pack_codes` writes variable-length codes in the same order: each code's bits go out
+least significant bit first, one code after another, so the stream reads like the packed bitmap
+(and like RFC 1951's Huffman data when each code is stored bit-reversed).
+
 ``CodecError`` lives here, in the lowest module of ``pemn.artifact``, so that every mask codec
 can raise it without import cycles; ``pemn.artifact.codec`` re-exports it.
 """
@@ -18,7 +22,9 @@ import operator
 import numpy as np
 import torch
 
-__all__ = ["CodecError", "pack_bits", "packed_num_bytes", "unpack_bits"]
+__all__ = ["CodecError", "pack_bits", "pack_codes", "packed_num_bytes", "unpack_bits"]
+
+_CHUNK = 1 << 18  # codes per step of pack_codes: bounds its temporaries to a few MB
 
 
 class CodecError(ValueError):
@@ -79,3 +85,32 @@ def unpack_bits(data: bytes | bytearray | memoryview, n: int) -> torch.Tensor:
         raise CodecError(f"padding bits after bit {n} are not zero (last byte {packed[-1]:#04x})")
     bits = np.unpackbits(packed, count=n, bitorder="little")  # (n,) uint8 in {0, 1}, fresh array
     return torch.from_numpy(bits.view(np.bool_))
+
+
+def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> bytes:
+    """Concatenate variable-length codes into bytes, each code least significant bit first.
+
+    Args:
+        codes: unsigned integers (m,); only the low ``lengths[i]`` bits of ``codes[i]`` are used.
+        lengths: code lengths in bits (m,), each in ``[0, 32]``.
+
+    Returns:
+        ``ceil(lengths.sum() / 8)`` bytes; the unused high bits of the last byte are zero.
+
+    Example:
+        >>> pack_codes(np.array([1, 2]), np.array([1, 2]))  # bits 1, then 0 1
+        b'\\x05'
+    """
+    codes, lengths = np.asarray(codes, np.uint64), np.asarray(lengths, np.int64)
+    width = int(lengths.max(initial=0))
+    shifts = np.arange(width, dtype=np.uint64)
+    out, carry = [], np.zeros(0, np.bool_)
+    for start in range(0, codes.size, _CHUNK):
+        c, n = codes[start:start + _CHUNK, None], lengths[start:start + _CHUNK, None]
+        bits = ((c >> shifts) & 1).astype(np.bool_)[shifts.astype(np.int64) < n]  # (sum n,)
+        bits = np.concatenate([carry, bits])
+        whole = bits.size - bits.size % 8
+        out.append(np.packbits(bits[:whole], bitorder="little").tobytes())
+        carry = bits[whole:]
+    out.append(np.packbits(carry, bitorder="little").tobytes())
+    return b"".join(out)

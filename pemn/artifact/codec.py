@@ -2,49 +2,105 @@
 
 A PEMN mask keeps exactly ``k`` of ``n`` weights (the top-k of the learned scores), and the
 artifact header stores ``n``, ``k`` and the codec name. An exact-k mask holds at most
-``log2 C(n, k) ~= n H(k/n)`` bits, ``H`` the binary entropy (PEERS.md §5): 1 bit per weight at
-PEMN's ``k = n/2``, but only 0.469 at ``k = n/10``. Two codecs are registered:
+``log2 C(n, k) ~= n H(k/n)`` bits, ``H`` the binary entropy: 1 bit per weight at PEMN's
+``k = n/2``, but only 0.469 at ``k = n/10``. Four codecs are registered; a name is never reused
+for another byte format. Masks with ``k == 0`` or ``k == n`` take 0 bytes in every codec but
+``"bits"``.
 
 - ``"bits"``: the raw bitmap of :mod:`pemn.artifact.bitpack`, ``ceil(n / 8)`` bytes.
-- ``"rans"``: the same packed bytes, entropy-coded by a static range-ANS coder (Duda, "Asymmetric
-  numeral systems", arXiv 1311.2540). Each byte (8 mask bits) is one symbol, with probability
-  ``p^c (1 - p)^(8 - c)`` for a byte with ``c`` ones and ``p = k / n``, so a mask costs
-  ``n H(p)`` bits plus 5-6 bytes; measured within 0.1 % of ``n H(p) / 8`` for ``n = 600,000``.
+- ``"huffman-bytes"``: the packed bytes of ``"bits"``, each byte a symbol of a static Huffman
+  code. Best for ``k/n`` from about 0.3 to 0.7.
+- ``"huffman-gaps"``: the runs of the minority value, Huffman-coded. Best for sparse masks.
+- ``"rans"`` (legacy): the packed bytes under a static range-ANS coder (Duda, arXiv 1311.2540).
+  It decodes in pure Python, a byte at a time (about 25M mask bits/s), so it is kept only to
+  read old files: :func:`choose_codec` never picks it.
 
-The ``"rans"`` format, fixed under that name (a change needs a new name): frequencies are
-integers summing to ``2**24``, computed from ``(n, k)`` with exact integer arithmetic (so every
-machine builds the same table), ``freq[s] = max(1, floor(2**24 k^c (n-k)^(8-c) / n^8))``, and
-the remainder goes to the first most frequent byte value. The coder state lives in
-``[2**40, 2**48)``, starts at ``2**40`` and renormalises a byte at a time. The payload is the
-final state (6 bytes, big endian) followed by the renormalisation bytes in decoding order.
-Masks with ``k == 0`` or ``k == n`` are fully known from the header and take 0 bytes.
+:func:`choose_codec` picks, per tensor, the smallest expected size among the non-legacy codecs:
+``"bits"`` at ``k = n/2`` and for tiny masks, a Huffman codec elsewhere (within about 1 % of
+``n H(k/n) / 8`` for ``n >= 64k``; ``benchmarks/codec.py`` measures sizes and speeds).
 
-Every ``decode`` treats its bytes as hostile: it raises :class:`CodecError` (a ``ValueError``)
-on anything it cannot decode into a mask of exactly ``k`` ones, uses O(n) memory and time, and
-cannot loop forever. A corrupted payload may still decode to a *different* valid mask; the
-artifact's checksum catches that.
+**Huffman formats.** Both Huffman codecs code a stream of symbols from ``0..255`` plus the
+end-of-block symbol 256 with a canonical Huffman code (RFC 1951 section 3.2.2) of at most 15-bit
+codes. The code lengths are computed from ``(n, k)`` alone, with integer arithmetic, so both
+sides build the same code on every machine:
+
+1. integer weights ``w[s]`` per symbol (below), ``w[256] = 1``; symbols of weight 0 are unused;
+2. Huffman code lengths: repeatedly merge the two lightest nodes, lighter first by
+   ``(weight, id)``, leaves having ids ``0..256`` and merged nodes the following ids in order;
+3. lengths over 15 are cut the way JPEG does (ITU T.81, Annex K.3, with 15 for 16): while a
+   length ``i > 15`` has codes, take two codes of length ``i`` and one of the longest length
+   ``j < i - 1`` that has codes, and give them two codes of length ``j + 1`` and one of
+   ``i - 1``; the counts per length then go to the symbols by ``(-weight, symbol)``, shortest
+   first.
+
+The payload is the codes of the symbols followed by the code of symbol 256, packed as in a
+DEFLATE block (each code's first bit is the least significant bit of the stream), then zero bits
+up to a byte boundary, then, for ``"huffman-gaps"`` with ``r > 0`` only, the raw low bits
+below. This is the body of a dynamic-Huffman DEFLATE block whose header is implied: the decoder
+prefixes three empty fixed-Huffman blocks and the header (HLIT 257, HDIST 1 of length 0, all 19
+code-length codes, lengths 0..15 coded in 4 bits each), exactly 142 bytes, and lets ``zlib``
+inflate it.
+
+``"huffman-bytes"`` symbols are the ``ceil(n / 8)`` bytes of :func:`pack_bits`, with weight
+``k**c * (n - k)**(8 - c)`` for a byte of ``c`` ones (its probability when every bit is one with
+probability ``k / n``).
+
+``"huffman-gaps"`` codes the ``m = min(k, n - k)`` positions of the minority value (the ones if
+``k <= n - k``, else the zeros). With ``F = 48`` bits of fixed point: ``t0 = floor(2**F (n - m)
+/ n)``; Rice parameter ``r = max(0, bit_length(n // m) - 8)``; ``t`` is ``t0`` squared ``r``
+times, each time ``floor(t * t / 2**F)`` (``t / 2**F`` approximates ``(1 - m/n)**(2**r)``);
+``a[0] = 2**F``, ``a[j + 1] = floor(a[j] * t / 2**F)``; the escape symbol ``E`` is the first
+``j >= 1`` with ``a[j] < 2**(F - 12)``, or 255. Symbol ``j < E`` has weight
+``max(1, floor(a[j] (2**F - t) / 2**F))``, ``E`` has ``max(1, a[E])``, the rest 0. Each run of
+``g`` non-minority values before a minority value, first to last, is coded as ``h = g >> r``:
+``h // E`` symbols ``E`` then symbol ``h % E``; the trailing run is implied by ``n``. The low
+``r`` bits ``g & (2**r - 1)`` of every run follow the Huffman part, ``r`` bits per run,
+least significant first, zero-padded to a byte.
+
+**Hostile bytes.** Every ``decode`` raises only :class:`CodecError` (a ``ValueError``) on bytes
+it cannot decode into a mask of exactly ``k`` ones: memory and ``zlib`` errors are wrapped. It
+first refuses data shorter than the shortest honest encoding of any exact-k mask of that
+``(n, k)`` (:meth:`MaskCodec.min_num_bytes`: every symbol costs at least the shortest code
+length; for ``"rans"``, a lower bound from its largest frequency), so a tiny file cannot
+claim a large dense mask. Decoding then takes O(n + len(data)) time and about ``n`` bytes of
+memory beyond the mask (``"huffman-gaps"``: the symbol stream, at most ``m + n / E + 1`` bytes;
+``benchmarks/codec.py`` records the time and peak memory for ``2**28`` bits). A corrupted payload
+may still decode to a *different* valid mask; the artifact's checksum catches that.
 
     >>> mask = torch.zeros(1000, dtype=torch.bool); mask[::10] = True
-    >>> name, data = encode_mask(mask)
-    >>> name, len(data), torch.equal(decode_mask(data, name, n=1000, k=100), mask)
-    ('rans', 64, True)
+    >>> codec = get_codec(choose_codec(1000, 100))
+    >>> data = codec.encode(mask)
+    >>> codec.name, len(data), torch.equal(codec.decode(data, n=1000, k=100), mask)
+    ('huffman-gaps', 65, True)
 """
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import math
 import operator
+import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
-from pemn.artifact.bitpack import CodecError, pack_bits, packed_num_bytes, unpack_bits
+from pemn.artifact.bitpack import (
+    CodecError,
+    pack_bits,
+    pack_codes,
+    packed_num_bytes,
+    unpack_bits,
+)
 
 __all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs",
-           "choose_codec", "encode_mask", "decode_mask"]
+           "choose_codec"]
+
+# what numpy, zlib and torch raise on hostile sizes or streams; decode wraps them in CodecError
+_DECODE_ERRORS = (MemoryError, ValueError, IndexError, OverflowError, RuntimeError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -56,14 +112,18 @@ class MaskCodec:
         name: stored in artifact headers; never reuse a name for a different byte format.
         encode_fn: ``(flat bool mask (n,), k) -> bytes``.
         decode_fn: ``(bytes, n, k) -> flat bool mask (n,)``; may return a wrong count (checked
-            here) but must raise only :class:`CodecError` on bad bytes.
+            here) and may raise the errors of ``_DECODE_ERRORS`` (wrapped here).
         size_fn: ``(n, k) -> expected bytes`` of a random exact-k mask (for :func:`choose_codec`).
+        min_size_fn: ``(n, k) -> bytes`` no honest encoding of an exact-k mask is shorter than.
+        legacy: kept to read old files only; :func:`choose_codec` never picks it.
     """
 
     name: str
     encode_fn: Callable[[torch.Tensor, int], bytes]
     decode_fn: Callable[[bytes, int, int], torch.Tensor]
     size_fn: Callable[[int, int], int]
+    min_size_fn: Callable[[int, int], int]
+    legacy: bool = False
 
     def encode(self, mask: torch.Tensor) -> bytes:
         """Encode a bool mask of any shape, flattened in C order. ``k`` is its number of ones."""
@@ -71,27 +131,43 @@ class MaskCodec:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TypeError(f"codec {self.name!r} needs a torch.bool mask, got {got}")
         flat = mask.detach().cpu().reshape(-1)
-        return self.encode_fn(flat, int(flat.sum()))
+        return self.encode_fn(flat, int(flat.count_nonzero()))
 
     def decode(self, data: bytes | bytearray | memoryview, n: int, k: int) -> torch.Tensor:
         """Decode ``data`` into a bool tensor of shape ``(n,)`` with exactly ``k`` ones.
 
         Raises:
-            CodecError: if ``not 0 <= k <= n``, or ``data`` does not decode to such a mask.
+            CodecError: if ``not 0 <= k <= n``, ``data`` is shorter than any honest encoding
+                (:meth:`min_num_bytes`), or it does not decode to such a mask.
             TypeError: if ``data`` is not bytes-like.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"codec {self.name!r} decodes bytes, got {type(data).__name__}")
         n, k = _check_counts(n, k)
-        mask = self.decode_fn(bytes(data), n, k)
-        num_ones = int(mask.sum())
+        data = bytes(data)
+        least = self.min_size_fn(n, k)
+        if len(data) < least:
+            raise CodecError(f"{self.name!r} data for a mask of n={n}, k={k} takes at least "
+                             f"{least} bytes, got {len(data)}")
+        try:
+            mask = self.decode_fn(data, n, k)
+            num_ones = int(mask.count_nonzero())
+        except _DECODE_ERRORS as err:
+            if isinstance(err, CodecError):
+                raise
+            raise CodecError(f"{self.name!r} data for a mask of n={n}, k={k} does not decode: "
+                             f"{type(err).__name__}: {err}") from err
         if mask.shape != (n,) or num_ones != k:
             raise CodecError(f"{self.name!r} data decodes to {num_ones} ones, header says {k}")
         return mask
 
     def expected_num_bytes(self, n: int, k: int) -> int:
-        """Expected payload size in bytes for an exact-k mask of ``n`` elements."""
+        """Expected payload size in bytes for a random exact-k mask of ``n`` elements."""
         return self.size_fn(*_check_counts(n, k))
+
+    def min_num_bytes(self, n: int, k: int) -> int:
+        """No honest encoding of an exact-k mask of ``n`` elements is shorter than this."""
+        return self.min_size_fn(*_check_counts(n, k))
 
 
 _CODECS: dict[str, MaskCodec] = {}
@@ -119,26 +195,14 @@ def list_codecs() -> list[str]:
 
 
 def choose_codec(n: int, k: int) -> str:
-    """The codec with the smallest expected size for an exact-k mask; ties go to ``"bits"``.
+    """The non-legacy codec with the smallest expected size for an exact-k mask of ``n``
+    elements; ties go to the earlier registered (``"bits"`` first).
 
-    ``"bits"`` at ``k = n/2`` (PEMN's default) or for tiny masks, ``"rans"`` when ``k/n`` is far
-    enough from 1/2 to pay for its 6-byte state, and always when ``k`` is 0 or ``n`` (0 bytes).
+    ``"bits"`` at ``k = n/2`` (PEMN's default) and for tiny masks, ``"huffman-bytes"`` near
+    ``k = n/2`` and when ``k`` is 0 or ``n`` (0 bytes), ``"huffman-gaps"`` for sparse masks.
     """
-    return min(_CODECS.values(), key=lambda codec: codec.expected_num_bytes(n, k)).name
-
-
-def encode_mask(mask: torch.Tensor, codec: str | None = None) -> tuple[str, bytes]:
-    """Encode ``mask`` with ``codec`` (default: :func:`choose_codec`); returns ``(name, bytes)``."""
-    if codec is None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"encode_mask needs a torch.bool mask, got {type(mask).__name__}")
-        codec = choose_codec(mask.numel(), int(mask.sum()))
-    return codec, get_codec(codec).encode(mask)
-
-
-def decode_mask(data: bytes, codec: str, n: int, k: int) -> torch.Tensor:
-    """Decode a mask written by :func:`encode_mask`: bool tensor ``(n,)`` with ``k`` ones."""
-    return get_codec(codec).decode(data, n, k)
+    current = [codec for codec in _CODECS.values() if not codec.legacy]
+    return min(current, key=lambda codec: codec.expected_num_bytes(n, k)).name
 
 
 def _check_counts(n: int, k: int) -> tuple[int, int]:
@@ -151,6 +215,13 @@ def _check_counts(n: int, k: int) -> tuple[int, int]:
     return n, k
 
 
+def _constant_mask(data: bytes, n: int, k: int) -> torch.Tensor:
+    """The mask of ``k`` in ``(0, n)``: fully known from the header, so it takes 0 bytes."""
+    if data:
+        raise CodecError(f"a mask with k={k} of n={n} takes 0 bytes, got {len(data)}")
+    return torch.full((n,), k > 0, dtype=torch.bool)
+
+
 # ------------------------------------------------------------------------------------------
 # "bits": the raw bitmap
 # ------------------------------------------------------------------------------------------
@@ -160,25 +231,309 @@ register_codec(MaskCodec(
     encode_fn=lambda flat, k: pack_bits(flat),
     decode_fn=lambda data, n, k: unpack_bits(data, n),
     size_fn=lambda n, k: packed_num_bytes(n),
+    min_size_fn=lambda n, k: packed_num_bytes(n),
 ))
 
 
 # ------------------------------------------------------------------------------------------
-# "rans": static range-ANS over the packed bytes (format in the module docstring)
+# Static canonical Huffman codes, decoded by zlib as one DEFLATE block (format: docstring)
 # ------------------------------------------------------------------------------------------
+
+_MAX_LEN = 15  # DEFLATE's longest code
+_EOB = 256  # end-of-block symbol
+_CL_ORDER = (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15)
+
+
+@dataclass(frozen=True)
+class _Code:
+    """A canonical Huffman code over symbols 0..256 and the DEFLATE prefix that declares it."""
+
+    lengths: np.ndarray  # (257,) int64; 0 = unused symbol
+    codes: np.ndarray  # (257,) uint64, each bit-reversed so that pack_codes writes it MSB first
+    prefix: bytes  # 142 bytes: three empty fixed blocks and the dynamic block's header
+    mean_bits: float  # expected code length of a symbol in 0..255, under the weights
+
+    def min_bits(self, symbols: range) -> int:
+        """The shortest code among ``symbols`` (all used)."""
+        return int(self.lengths[symbols.start:symbols.stop].min())
+
+
+def _huffman_lengths(weights: list[int]) -> list[int]:
+    """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (see docstring)."""
+    heap = [(w, s) for s, w in enumerate(weights) if w > 0]
+    heapq.heapify(heap)
+    parent, next_id = {}, len(weights)
+    while len(heap) > 1:
+        (w1, a), (w2, b) = heapq.heappop(heap), heapq.heappop(heap)
+        parent[a] = parent[b] = next_id
+        heapq.heappush(heap, (w1 + w2, next_id))
+        next_id += 1
+    depth = {next_id - 1: 0}
+    for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
+        if node in parent:
+            depth[node] = depth[parent[node]] + 1
+    count = [0] * (max(depth.values()) + 1)
+    for s in range(len(weights)):
+        count[depth.get(s, 0)] += s in parent
+    for i in range(len(count) - 1, _MAX_LEN, -1):
+        while count[i]:
+            j = i - 2
+            while count[j] == 0:
+                j -= 1
+            count[i] -= 2
+            count[i - 1] += 1
+            count[j + 1] += 2
+            count[j] -= 1
+    ranked = iter(sorted((s for s in range(len(weights)) if weights[s] > 0),
+                         key=lambda s: (-weights[s], s)))
+    lengths = [0] * len(weights)
+    for length, num in enumerate(count[:_MAX_LEN + 1]):
+        for _ in range(num):
+            lengths[next(ranked)] = length
+    return lengths
+
+
+def _canonical_codes(lengths: list[int]) -> list[int]:
+    """RFC 1951 canonical codes, each bit-reversed (DEFLATE sends a code's first bit first)."""
+    num = [lengths.count(b) for b in range(_MAX_LEN + 1)]
+    next_code, code = [0] * (_MAX_LEN + 1), 0
+    for b in range(1, _MAX_LEN + 1):
+        code = (code + (num[b - 1] if b > 1 else 0)) << 1
+        next_code[b] = code
+    codes = []
+    for length in lengths:
+        value = next_code[length] if length else 0
+        next_code[length] += length > 0
+        codes.append(int(f"{value:0{length}b}"[::-1], 2) if length else 0)
+    return codes
+
+
+def _deflate_prefix(lengths: list[int]) -> bytes:
+    """The 142-byte DEFLATE prefix of the docstring, declaring the code of ``lengths``."""
+    def uint(value: int, width: int) -> list[int]:
+        return [value >> i & 1 for i in range(width)]
+
+    empty_fixed = [0, 1, 0] + [0] * 7  # BFINAL 0, BTYPE 01, end-of-block (7 zero bits)
+    bits = empty_fixed * 3 + [1, 0, 1] + uint(0, 5) + uint(0, 5) + uint(15, 4)
+    bits += [b for s in _CL_ORDER for b in uint(4 if s < 16 else 0, 3)]
+    bits += [b for length in lengths + [0] for b in uint(length, 4)[::-1]]  # 4-bit code = value
+    assert len(bits) == 8 * 142
+    return np.packbits(np.array(bits, np.uint8), bitorder="little").tobytes()
+
+
+def _make_code(weights: list[int]) -> _Code:
+    lengths = _huffman_lengths(weights + [1])
+    used = sum(weights)
+    mean = sum(w * b for w, b in zip(weights, lengths)) / used
+    return _Code(np.array(lengths, np.int64), np.array(_canonical_codes(lengths), np.uint64),
+                 _deflate_prefix(lengths), mean)
+
+
+def _encode_symbols(code: _Code, symbols: np.ndarray) -> bytes:
+    """The codes of ``symbols`` (uint8) then end-of-block, zero-padded to a byte."""
+    stream = np.append(symbols.astype(np.int64), _EOB)
+    return pack_codes(code.codes[stream], code.lengths[stream])
+
+
+def _inflate(code: _Code, data: bytes, max_symbols: int) -> tuple[bytes, bytes]:
+    """Decode the Huffman part of ``data``: its symbols (a byte each) and the bytes after it."""
+    inflater = zlib.decompressobj(-15)
+    out = inflater.decompress(code.prefix + data, max_symbols + 1)
+    if not inflater.eof or len(out) > max_symbols:
+        raise CodecError(f"Huffman data does not end within {max_symbols} symbols")
+    return out, inflater.unused_data
+
+
+# ------------------------------------------------------------------------------------------
+# "huffman-bytes": the packed bitmap, a byte per symbol
+# ------------------------------------------------------------------------------------------
+
+_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)])
+
+
+@functools.lru_cache(maxsize=256)
+def _bytes_code(n: int, k: int) -> _Code:
+    per_count = [k**c * (n - k) ** (8 - c) for c in range(9)]
+    return _make_code([per_count[c] for c in _POPCOUNT.tolist()])
+
+
+def _bytes_encode(flat: torch.Tensor, k: int) -> bytes:
+    n = flat.numel()
+    if k in (0, n):
+        return b""
+    return _encode_symbols(_bytes_code(n, k), np.frombuffer(pack_bits(flat), np.uint8))
+
+
+def _bytes_decode(data: bytes, n: int, k: int) -> torch.Tensor:
+    if k in (0, n):
+        return _constant_mask(data, n, k)
+    num_symbols = packed_num_bytes(n)
+    symbols, rest = _inflate(_bytes_code(n, k), data, num_symbols)
+    if len(symbols) != num_symbols or rest:
+        raise CodecError(f"huffman-bytes data for n={n} holds {len(symbols)} symbols and "
+                         f"{len(rest)} trailing bytes, expected {num_symbols} and 0")
+    return unpack_bits(symbols, n)
+
+
+def _bytes_size(n: int, k: int) -> int:
+    if k in (0, n):
+        return 0
+    code = _bytes_code(n, k)
+    return math.ceil((packed_num_bytes(n) * code.mean_bits + code.lengths[_EOB]) / 8)
+
+
+def _bytes_min_size(n: int, k: int) -> int:
+    if k in (0, n):
+        return 0
+    code = _bytes_code(n, k)
+    return packed_num_bytes(packed_num_bytes(n) * code.min_bits(range(256)))
+
+
+register_codec(MaskCodec(name="huffman-bytes", encode_fn=_bytes_encode,
+                         decode_fn=_bytes_decode, size_fn=_bytes_size,
+                         min_size_fn=_bytes_min_size))
+
+
+# ------------------------------------------------------------------------------------------
+# "huffman-gaps": runs between minority values, Rice-split, high part Huffman-coded
+# ------------------------------------------------------------------------------------------
+
+_FIX = 48  # fixed-point bits of the run-length model
+_ESCAPE_BELOW = 1 << (_FIX - 12)  # escape once a run this long has probability < 2**-12
+_DECODE_CHUNK = 1 << 20  # symbols per vectorised step: bounds int64 temporaries to ~8 MB
+
+
+@dataclass(frozen=True)
+class _GapModel:
+    minority: bool  # the value whose positions are coded
+    num: int  # m: how many there are
+    rice: int  # r: low bits sent raw
+    escape: int  # E: the symbol meaning "E << r more values of the majority"
+    escape_share: float  # the expected share of escapes among the symbols
+    code: _Code
+
+    def max_symbols(self, n: int) -> int:
+        """At most one escape per ``E << r`` majority values, plus one symbol per run."""
+        return self.num + (n >> self.rice) // self.escape + 1
+
+
+@functools.lru_cache(maxsize=256)
+def _gap_model(n: int, k: int) -> _GapModel:
+    m = min(k, n - k)
+    t = ((n - m) << _FIX) // n
+    rice = max(0, (n // m).bit_length() - 8)
+    for _ in range(rice):
+        t = t * t >> _FIX
+    survive = [1 << _FIX]  # survive[j] ~ P(run >> r >= j)
+    while survive[-1] >= _ESCAPE_BELOW and len(survive) < 256:
+        survive.append(survive[-1] * t >> _FIX)
+    escape = len(survive) - 1
+    weights = [max(1, a * ((1 << _FIX) - t) >> _FIX) for a in survive[:escape]]
+    weights += [max(1, survive[escape])] + [0] * (255 - escape)
+    return _GapModel(m == k, m, rice, escape, weights[escape] / sum(weights), _make_code(weights))
+
+
+def _gaps_encode(flat: torch.Tensor, k: int) -> bytes:
+    n = flat.numel()
+    if k in (0, n):
+        return b""
+    model = _gap_model(n, k)
+    where = np.flatnonzero(flat.numpy() == model.minority)
+    runs = np.diff(where, prepend=-1) - 1  # majority values before each minority value
+    high, low = runs >> model.rice, runs & ((1 << model.rice) - 1)
+    per_run = high // model.escape + 1  # escapes, then the remainder
+    symbols = np.full(int(per_run.sum()), model.escape, np.uint8)
+    symbols[np.cumsum(per_run) - 1] = high % model.escape
+    body = _encode_symbols(model.code, symbols)
+    if not model.rice:
+        return body
+    return body + pack_codes(low, np.full(low.size, model.rice))
+
+
+def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
+    if k in (0, n):
+        return _constant_mask(data, n, k)
+    model = _gap_model(n, k)
+    stream, rest = _inflate(model.code, data, model.max_symbols(n))
+    symbols = np.frombuffer(stream, np.uint8)
+    low = _raw_low_bits(rest, model)
+    is_run = symbols != model.escape
+    if int(np.count_nonzero(is_run)) != model.num or not is_run[-1]:
+        raise CodecError(f"huffman-gaps data codes {int(np.count_nonzero(is_run))} runs "
+                         f"(ending in {'a run' if is_run[-1] else 'an escape'}), "
+                         f"expected {model.num} ending in a run")
+    mask = np.full(n, not model.minority)
+    units, ones, low_sum = 0, 0, 0  # totals carried from the previous chunks
+    for start in range(0, len(symbols), _DECODE_CHUNK):
+        chunk = symbols[start:start + _DECODE_CHUNK].astype(np.int64)
+        runs = np.flatnonzero(is_run[start:start + _DECODE_CHUNK])
+        high = np.cumsum(chunk) + units  # escapes are worth E each: their symbol value
+        lows = np.cumsum(low[ones:ones + runs.size]) + low_sum
+        where = (high[runs] << model.rice) + lows + np.arange(ones, ones + runs.size)
+        if where.size and where[-1] >= n:
+            raise CodecError(f"huffman-gaps data runs past the end of a mask of n={n}")
+        mask[where] = model.minority
+        units, ones = int(high[-1]), ones + runs.size
+        low_sum = int(lows[-1]) if lows.size else low_sum
+    return torch.from_numpy(mask)
+
+
+def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray:
+    """The ``r`` raw low bits of every run (int64, (m,)), from the bytes after the Huffman part."""
+    if packed_num_bytes(model.num * model.rice) != len(rest):
+        raise CodecError(f"huffman-gaps data has {len(rest)} bytes of raw low bits, expected "
+                         f"{packed_num_bytes(model.num * model.rice)}")
+    if not model.rice:
+        return np.zeros(model.num, np.int64)
+    bits = np.unpackbits(np.frombuffer(rest, np.uint8), bitorder="little")
+    if bits[model.num * model.rice:].any():
+        raise CodecError("huffman-gaps padding bits after the raw low bits are not zero")
+    bits = bits[:model.num * model.rice].reshape(model.num, model.rice).astype(np.int64)
+    return bits @ (1 << np.arange(model.rice, dtype=np.int64))
+
+
+def _gaps_size(n: int, k: int) -> int:
+    if k in (0, n):
+        return 0
+    model = _gap_model(n, k)
+    bits_per_run = model.code.mean_bits / (1 - model.escape_share) + model.rice
+    return math.ceil((model.num * bits_per_run + model.code.lengths[_EOB]) / 8)
+
+
+def _gaps_min_size(n: int, k: int) -> int:
+    if k in (0, n):
+        return 0
+    model = _gap_model(n, k)
+    shortest = model.code.min_bits(range(model.escape))
+    return (packed_num_bytes(model.num * shortest + int(model.code.lengths[_EOB]))
+            + packed_num_bytes(model.num * model.rice))
+
+
+register_codec(MaskCodec(name="huffman-gaps", encode_fn=_gaps_encode, decode_fn=_gaps_decode,
+                         size_fn=_gaps_size, min_size_fn=_gaps_min_size))
+
+
+# ------------------------------------------------------------------------------------------
+# "rans" (legacy, read-only use): static range-ANS over the packed bytes
+# ------------------------------------------------------------------------------------------
+# Format, fixed under this name: frequencies are integers summing to 2**24, computed from
+# (n, k) with exact integer arithmetic, freq[s] = max(1, floor(2**24 k^c (n-k)^(8-c) / n^8)) for
+# a byte s with c ones, and the remainder goes to the first most frequent byte value. The coder
+# state lives in [2**40, 2**48), starts at 2**40 and renormalises a byte at a time. The payload
+# is the final state (6 bytes, big endian) followed by the renormalisation bytes in decoding
+# order. Each byte is one symbol, of probability p^c (1 - p)^(8 - c) with p = k / n.
 
 _PREC_BITS = 24  # symbol frequencies sum to 2**24
 _TOTAL = 1 << _PREC_BITS
 _STATE_LOW = 1 << 40  # state in [2**40, 2**48); 16 bits above _TOTAL make rounding loss tiny
 _STATE_BYTES = 6
-_POPCOUNT = tuple(bin(byte).count("1") for byte in range(256))
 
 
 @functools.lru_cache(maxsize=256)
 def _rans_table(n: int, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Integer frequencies (256,) summing to ``_TOTAL`` and their cumulative sums (257,)."""
     per_count = [max(1, _TOTAL * k**c * (n - k) ** (8 - c) // n**8) for c in range(9)]
-    freq = [per_count[_POPCOUNT[s]] for s in range(256)]
+    freq = [per_count[c] for c in _POPCOUNT.tolist()]
     top = freq.index(max(freq))
     freq[top] += _TOTAL - sum(freq)  # |remainder| <= 256, and the top byte has >= _TOTAL / 256
     assert freq[top] > 0
@@ -204,12 +559,10 @@ def _rans_encode(flat: torch.Tensor, k: int) -> bytes:
 
 def _rans_decode(data: bytes, n: int, k: int) -> torch.Tensor:
     if k in (0, n):
-        if data:
-            raise CodecError(f"a mask with k={k} of n={n} takes 0 bytes, got {len(data)}")
-        return torch.full((n,), k > 0, dtype=torch.bool)
+        return _constant_mask(data, n, k)
     num_symbols = packed_num_bytes(n)
     # each symbol emits at most 3 bytes (24-bit frequencies), so longer data is garbage
-    if not _STATE_BYTES <= len(data) <= _STATE_BYTES + 3 * num_symbols:
+    if len(data) > _STATE_BYTES + 3 * num_symbols:
         raise CodecError(f"rans data for n={n} cannot be {len(data)} bytes long")
     freq, cum = _rans_table(n, k)
     x, pos = int.from_bytes(data[:_STATE_BYTES], "big"), _STATE_BYTES
@@ -236,9 +589,20 @@ def _rans_size(n: int, k: int) -> int:
     freq, _ = _rans_table(n, k)
     p = k / n
     bits_per_symbol = sum(p**c * (1 - p) ** (8 - c) * math.log2(_TOTAL / f)
-                          for c, f in zip(_POPCOUNT, freq))
+                          for c, f in zip(_POPCOUNT.tolist(), freq))
     return math.ceil(packed_num_bytes(n) * bits_per_symbol / 8) + _STATE_BYTES
 
 
+def _rans_min_size(n: int, k: int) -> int:
+    """Each symbol multiplies the state by at least ``_TOTAL / max(freq)``, less a rounding of
+    under 2**-15 bits, and the state starts at 2**40 and ends below 2**48: so the payload holds
+    at least ``num_symbols * (log2(_TOTAL / max(freq)) - 2**-14) - 8`` bits after the state.
+    A margin of 2 bytes absorbs float rounding, which could otherwise differ across machines."""
+    if k in (0, n):
+        return 0
+    bits = math.log2(_TOTAL / max(_rans_table(n, k)[0])) - 2**-14
+    return _STATE_BYTES + max(0, math.floor((packed_num_bytes(n) * bits - 8) / 8) - 2)
+
+
 register_codec(MaskCodec(name="rans", encode_fn=_rans_encode, decode_fn=_rans_decode,
-                         size_fn=_rans_size))
+                         size_fn=_rans_size, min_size_fn=_rans_min_size, legacy=True))
