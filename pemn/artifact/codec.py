@@ -462,19 +462,28 @@ def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
         raise CodecError(f"huffman-gaps data codes {int(np.count_nonzero(is_run))} runs "
                          f"(ending in {'a run' if is_run[-1] else 'an escape'}), "
                          f"expected {model.num} ending in a run")
+    # a run symbol v moves past (v << r) + 1 values (the run and its minority value), an
+    # escape past E << r: cumulative sums give the positions, plus the runs' raw low bits
+    advance = (np.arange(256, dtype=np.int64) << model.rice) + 1
+    advance[model.escape] = model.escape << model.rice
     mask = np.full(n, not model.minority)
-    units, ones, low_sum = 0, 0, 0  # totals carried from the previous chunks
+    end, ones, low_sum = -1, 0, 0  # totals carried from the previous chunks
     for start in range(0, len(symbols), _DECODE_CHUNK):
-        chunk = symbols[start:start + _DECODE_CHUNK].astype(np.int64)
-        runs = np.flatnonzero(is_run[start:start + _DECODE_CHUNK])
-        high = np.cumsum(chunk) + units  # escapes are worth E each: their symbol value
-        lows = np.cumsum(low[ones:ones + runs.size]) + low_sum
-        where = (high[runs] << model.rice) + lows + np.arange(ones, ones + runs.size)
+        where = np.take(advance, symbols[start:start + _DECODE_CHUNK])
+        np.cumsum(where, out=where)
+        where += end
+        end = int(where[-1])
+        runs = is_run[start:start + _DECODE_CHUNK]
+        if not runs.all():
+            where = where[runs]
+        if model.rice:
+            lows = np.cumsum(low[ones:ones + where.size]) + low_sum
+            where += lows
+            low_sum = int(lows[-1]) if lows.size else low_sum
+        ones += where.size
         if where.size and where[-1] >= n:
             raise CodecError(f"huffman-gaps data runs past the end of a mask of n={n}")
         mask[where] = model.minority
-        units, ones = int(high[-1]), ones + runs.size
-        low_sum = int(lows[-1]) if lows.size else low_sum
     return torch.from_numpy(mask)
 
 
