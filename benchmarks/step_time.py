@@ -1,122 +1,108 @@
-"""Time one training step (forward, backward, AdamW) of a model dense vs masked.
+"""Time one training step (forward, backward, AdamW) of every zoo family, dense vs masked.
 
-Usage (on an idle machine; anything else CPU-heavy ruins 2-thread timings):
+Usage (CPU under the project's lock: other CPU-heavy work ruins 2-thread timings):
     python benchmarks/step_time.py --out benchmarks/results/step_time.json
 
-Measures, for ConvMixer-256 depth 8 at batch 128 on 3x32x32 inputs (CPU, 2 threads):
-dense vs Mask vs RP 1e-3; channels_last; bf16 autocast; and the exact top-k methods.
-Masked/dense ratios are taken from the same run, interleaved, min and median over repeats.
+For each case (model, input, batch: the families' CPU-sized defaults, fp32) the variants are a
+plain dense model, Mask and RP 1e-3 (keep 0.5), plus ``mask_no_select``: Mask with the top-k
+replaced by a copy of a precomputed mask, which splits the masked overhead into the selection
+and everything else (STE backward, the masked-weight product, Python). Variants are interleaved,
+min and median over repeats; ratios are to dense within the same run.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 
 import torch
+from timing import environment, interleaved
 from torch import nn
 
 import pemn
+from pemn import masking
 from pemn.models import create_model
 
+# name -> (model, model kwargs, input shape, batch)
+CASES = {
+    "mlp": ("mlp", {}, (1, 28, 28), 128),
+    "convmixer_128_d4": ("convmixer_128_d4", {"in_channels": 1}, (1, 28, 28), 128),
+    "resnet20": ("resnet20", {"in_channels": 1}, (1, 28, 28), 128),
+    "resnet50_64px": ("resnet50", {"num_classes": 100}, (3, 64, 64), 32),
+    "vit_tiny": ("vit_tiny", {}, (3, 32, 32), 64),
+}
+VARIANTS = {"dense": pemn.Dense(), "mask": pemn.Mask(), "rp1e-3": pemn.RP(ratio=1e-3),
+            "mask_no_select": pemn.Mask()}
 
-def _step_fn(model, batch, channels_last, bf16):
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(1))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+
+class _PrecomputedSelection:
+    """Run ``step`` with every top-k answered by a copy of the mask it gave the first time."""
+
+    def __init__(self, step) -> None:
+        self.step, self.memo, self.real = step, {}, masking._select
+
+    def _select(self, a, k, hint):
+        key = (a.numel(), k)  # same-sized tensors may share one: only the time matters
+        if key not in self.memo:
+            self.memo[key] = self.real(a, k, None)[0]
+        return self.memo[key].clone(), hint
+
+    def __call__(self) -> None:
+        masking._select = self._select
+        try:
+            self.step()
+        finally:
+            masking._select = self.real
+
+
+def _step_fn(case: str, variant: str):
+    name, kwargs, shape, batch = CASES[case]
+    torch.manual_seed(0)
+    model = pemn.apply_(create_model(name, **kwargs), VARIANTS[variant], seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=gen)
+    y = torch.randint(0, model.num_classes if hasattr(model, "num_classes") else 10, (batch,),
+                      generator=gen)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return step
+    return _PrecomputedSelection(step) if variant == "mask_no_select" else step
 
 
-def _time(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Interleave the candidates so drifts in machine speed hit all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: {"min_s": min(v), "median_s": statistics.median(v)} for k, v in times.items()}
+def bench_case(case: str, repeats: int) -> dict:
+    steps = interleaved({v: _step_fn(case, v) for v in VARIANTS}, repeats)
+    dense = steps["dense"]
+    ratios = {v: {"min": t["min_s"] / dense["min_s"], "median": t["median_s"] / dense["median_s"]}
+              for v, t in steps.items()}
+    name, kwargs, shape, batch = CASES[case]
+    return {"model": name, "kwargs": kwargs, "input": list(shape), "batch": batch,
+            "step_time_s": steps, "ratio_to_dense": ratios}
 
 
-def bench_steps(model_name, batch, repeats, variants):
-    fns = {}
-    for label, strategy, cl, bf16 in variants:
-        model = pemn.apply_(create_model(model_name), strategy)
-        fns[label] = _step_fn(model, batch, cl, bf16)
-    return _time(fns, repeats)
-
-
-def bench_topk(numels, keep, repeats):
-    out = {}
-    for n in numels:
-        s = torch.randn(n)
-        k = n - int((1 - keep) * n)
-
-        def topk():
-            idx = s.abs().topk(k, sorted=False).indices
-            return torch.zeros(n).index_fill_(0, idx, 1)
-
-        def sort():
-            idx = s.abs().argsort(descending=True)[:k]
-            return torch.zeros(n).index_fill_(0, idx, 1)
-
-        def kthvalue():  # threshold, then fix ties to the exact count
-            a = s.abs()
-            thr = a.kthvalue(n - k + 1).values
-            return (a >= thr).float()
-
-        out[n] = _time({"topk": topk, "sort": sort, "kthvalue": kthvalue}, repeats)
-    return out
-
-
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="convmixer_256_d8")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/step_time.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rp = pemn.RP(ratio=1e-3)
-    variants = [("dense", pemn.Dense(), False, False), ("mask", pemn.Mask(), False, False),
-                ("rp1e-3", rp, False, False),
-                ("dense_channels_last", pemn.Dense(), True, False),
-                ("rp1e-3_channels_last", rp, True, False),
-                ("dense_bf16", pemn.Dense(), False, True), ("rp1e-3_bf16", rp, False, True)]
-    steps = bench_steps(args.model, args.batch, args.repeats, variants)
-    dense = steps["dense"]
-    ratios = {k: {"min": v["min_s"] / dense["min_s"], "median": v["median_s"] / dense["median_s"]}
-              for k, v in steps.items()}
-    result = {"command": "python benchmarks/step_time.py " + f"--model {args.model} --batch "
-              f"{args.batch} --repeats {args.repeats} --threads {args.threads}",
-              "model": args.model, "batch": args.batch, "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.machine(),
-              "processor": platform.processor(), "step_time": steps, "ratio_to_dense": ratios,
-              "topk_s": bench_topk([65_536, 581_120, 2_359_296], 0.5, args.repeats)}
+    results = {}
+    for case in args.cases:
+        results[case] = r = bench_case(case, args.repeats)
+        for v, t in r["step_time_s"].items():
+            ratio = r["ratio_to_dense"][v]
+            print(f"{case:<17} {v:<15} min {1e3 * t['min_s']:9.2f} ms  median "
+                  f"{1e3 * t['median_s']:9.2f} ms  ratio {ratio['min']:.3f} / {ratio['median']:.3f}")
+    out = {"command": f"python benchmarks/step_time.py --cases {' '.join(args.cases)} "
+                      f"--repeats {args.repeats} --threads {args.threads}",
+           **environment(), "precision": "fp32", "optimizer": "AdamW", "keep_ratio": 0.5,
+           "cases": results}
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    for k, v in steps.items():
-        print(f"{k:<22} min {1e3 * v['min_s']:8.1f} ms  median {1e3 * v['median_s']:8.1f} ms  "
-              f"ratio {ratios[k]['min']:.3f} / {ratios[k]['median']:.3f}")
-    for n, row in result["topk_s"].items():
-        print(f"top-k n={n:>9,}: " + "  ".join(f"{m} {1e3 * t['min_s']:.2f} ms"
-                                                 for m, t in row.items()))
+        json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":
