@@ -65,6 +65,16 @@ def test_counting_search_equals_the_stable_sort(n, kind, keep):
         assert torch.equal(mask, expected), hint
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes_equal_the_stable_sort(dtype):
+    # Half precisions have few values: thousands of ties at the boundary, thresholds rounded.
+    scores = torch.randn(50_000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for keep in [0.5, 0.01]:
+        mask = topk_mask(scores, keep)
+        assert mask.dtype == dtype
+        assert torch.equal(mask, reference_mask(scores, num_kept(50_000, keep)))
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.3])
 def test_exact_count_with_ties(keep):
     scores = torch.ones(1000)
