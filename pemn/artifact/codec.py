@@ -272,9 +272,10 @@ def _huffman_lengths(weights: list[int]) -> list[int]:
     for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
         if node in parent:
             depth[node] = depth[parent[node]] + 1
-    count = [0] * (max(depth.values()) + 1)
+    count = [0] * (max(depth.values()) + 1)  # count[b]: codes of length b
     for s in range(len(weights)):
-        count[depth.get(s, 0)] += s in parent
+        if weights[s]:
+            count[depth[s]] += 1
     for i in range(len(count) - 1, _MAX_LEN, -1):
         while count[i]:
             j = i - 2
@@ -458,9 +459,9 @@ def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
     symbols = np.frombuffer(stream, np.uint8)
     low = _raw_low_bits(rest, model)
     is_run = symbols != model.escape
-    if int(np.count_nonzero(is_run)) != model.num or not is_run[-1]:
+    if int(np.count_nonzero(is_run)) != model.num or not is_run[-1:].all():
         raise CodecError(f"huffman-gaps data codes {int(np.count_nonzero(is_run))} runs "
-                         f"(ending in {'a run' if is_run[-1] else 'an escape'}), "
+                         f"(ending in {'a run' if is_run[-1:].all() else 'an escape'}), "
                          f"expected {model.num} ending in a run")
     # a run symbol v moves past (v << r) + 1 values (the run and its minority value), an
     # escape past E << r: cumulative sums give the positions, plus the runs' raw low bits
@@ -487,13 +488,14 @@ def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
     return torch.from_numpy(mask)
 
 
-def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray:
-    """The ``r`` raw low bits of every run (int64, (m,)), from the bytes after the Huffman part."""
+def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray | None:
+    """The ``r`` raw low bits of every run (int64, (m,)), from the bytes after the Huffman part;
+    None if ``r`` is 0."""
     if packed_num_bytes(model.num * model.rice) != len(rest):
         raise CodecError(f"huffman-gaps data has {len(rest)} bytes of raw low bits, expected "
                          f"{packed_num_bytes(model.num * model.rice)}")
     if not model.rice:
-        return np.zeros(model.num, np.int64)
+        return None
     bits = np.unpackbits(np.frombuffer(rest, np.uint8), bitorder="little")
     if bits[model.num * model.rice:].any():
         raise CodecError("huffman-gaps padding bits after the raw low bits are not zero")
