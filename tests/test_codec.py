@@ -352,3 +352,22 @@ def test_every_truncation_is_refused(name):
     for end in range(len(data)):
         with pytest.raises(CodecError):
             get_codec(name).decode(data[:end], n, k)
+
+
+@pytest.mark.parametrize("symbols, message", [
+    ([90] * 9 + [255], "end with a run"),  # escapes only mean something before a run
+    ([90] * 9, "codes 9 runs"),
+    ([50] * 11, "codes 11 runs"),
+    ([254] * 4 + [0] * 6, "past the end"),  # 4 runs of 254 zeros pass n = 1000
+    ([255] * 4 + [0] * 10, "past the end"),
+    ([0] * 30, "within 14 symbols"),  # more symbols than any honest stream for (n, k)
+])
+def test_crafted_huffman_gaps_streams_are_refused(symbols, message):
+    """Well-formed Huffman streams that no mask of n = 1000, k = 10 encodes to."""
+    from pemn.artifact.codec import _encode_symbols, _gap_model
+
+    model = _gap_model(1000, 10)
+    assert (model.escape, model.rice) == (255, 0)
+    data = _encode_symbols(model.code, np.array(symbols, np.uint8))
+    with pytest.raises(CodecError, match=message):
+        get_codec("huffman-gaps").decode(data, 1000, 10)

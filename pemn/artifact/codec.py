@@ -457,35 +457,42 @@ def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
     model = _gap_model(n, k)
     stream, rest = _inflate(model.code, data, model.max_symbols(n))
     symbols = np.frombuffer(stream, np.uint8)
-    low = _raw_low_bits(rest, model)
-    is_run = symbols != model.escape
-    if int(np.count_nonzero(is_run)) != model.num or not is_run[-1:].all():
-        raise CodecError(f"huffman-gaps data codes {int(np.count_nonzero(is_run))} runs "
-                         f"(ending in {'a run' if is_run[-1:].all() else 'an escape'}), "
-                         f"expected {model.num} ending in a run")
+    if not symbols.size or symbols[-1] == model.escape:
+        raise CodecError("huffman-gaps data must end with a run, not an escape or nothing")
+    mask = np.full(n, not model.minority)
+    num_runs = _scatter_runs(mask, symbols, _raw_low_bits(rest, model), model)
+    if num_runs != model.num:
+        raise CodecError(f"huffman-gaps data codes {num_runs} runs, expected {model.num}")
+    return torch.from_numpy(mask)
+
+
+def _scatter_runs(mask: np.ndarray, symbols: np.ndarray, low: np.ndarray | None,
+                  model: _GapModel) -> int:
+    """Set the minority values that ``symbols`` place in ``mask``; returns how many runs."""
     # a run symbol v moves past (v << r) + 1 values (the run and its minority value), an
     # escape past E << r: cumulative sums give the positions, plus the runs' raw low bits
     advance = (np.arange(256, dtype=np.int64) << model.rice) + 1
     advance[model.escape] = model.escape << model.rice
-    mask = np.full(n, not model.minority)
     end, ones, low_sum = -1, 0, 0  # totals carried from the previous chunks
-    for start in range(0, len(symbols), _DECODE_CHUNK):
-        where = np.take(advance, symbols[start:start + _DECODE_CHUNK])
-        np.cumsum(where, out=where)
+    for start in range(0, symbols.size, _DECODE_CHUNK):
+        chunk = symbols[start:start + _DECODE_CHUNK]
+        where = np.cumsum(np.take(advance, chunk))
         where += end
         end = int(where[-1])
-        runs = is_run[start:start + _DECODE_CHUNK]
+        runs = chunk != model.escape
         if not runs.all():
             where = where[runs]
-        if model.rice:
+        if ones + where.size > model.num:
+            return ones + where.size  # too many runs (at least): the caller refuses them
+        if low is not None:
             lows = np.cumsum(low[ones:ones + where.size]) + low_sum
             where += lows
             low_sum = int(lows[-1]) if lows.size else low_sum
-        ones += where.size
-        if where.size and where[-1] >= n:
-            raise CodecError(f"huffman-gaps data runs past the end of a mask of n={n}")
+        if where.size and where[-1] >= mask.size:
+            raise CodecError(f"huffman-gaps data runs past the end of a mask of n={mask.size}")
         mask[where] = model.minority
-    return torch.from_numpy(mask)
+        ones += where.size
+    return ones
 
 
 def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray | None:
