@@ -9,15 +9,17 @@ for another byte format. Masks with ``k == 0`` or ``k == n`` take 0 bytes in eve
 
 - ``"bits"``: the raw bitmap of :mod:`pemn.artifact.bitpack`, ``ceil(n / 8)`` bytes.
 - ``"huffman-bytes"``: the packed bytes of ``"bits"``, each byte a symbol of a static Huffman
-  code. Best for ``k/n`` from about 0.3 to 0.7.
-- ``"huffman-gaps"``: the runs of the minority value, Huffman-coded. Best for sparse masks.
+  code. The smaller for ``k/n`` near 1/2 (but ``"bits"`` at 1/2 itself).
+- ``"huffman-gaps"``: the runs of the minority value, Huffman-coded. The smaller for sparse
+  (or nearly full) masks.
 - ``"rans"`` (legacy): the packed bytes under a static range-ANS coder (Duda, arXiv 1311.2540).
-  It decodes in pure Python, a byte at a time (about 25M mask bits/s), so it is kept only to
-  read old files: :func:`choose_codec` never picks it.
+  It decodes in pure Python, a byte at a time (``benchmarks/results/codec.json``: 40 to 90
+  times slower than the Huffman codecs at 2**20 and 25M bits), so it is kept only to read old
+  files: :func:`choose_codec` never picks it.
 
 :func:`choose_codec` picks, per tensor, the smallest expected size among the non-legacy codecs:
-``"bits"`` at ``k = n/2`` and for tiny masks, a Huffman codec elsewhere (within about 1 % of
-``n H(k/n) / 8`` for ``n >= 64k``; ``benchmarks/codec.py`` measures sizes and speeds).
+``"bits"`` at ``k = n/2`` and for tiny masks, a Huffman codec elsewhere: within 1 % of
+``n H(k/n) / 8`` for ``n >= 64k`` (``benchmarks/results/codec.json``, part ``sizes``).
 
 **Huffman formats.** Both Huffman codecs code a stream of symbols from ``0..255`` plus the
 end-of-block symbol 256 with a canonical Huffman code (RFC 1951 section 3.2.2) of at most 15-bit
@@ -62,10 +64,14 @@ it cannot decode into a mask of exactly ``k`` ones: memory and ``zlib`` errors a
 first refuses data shorter than the shortest honest encoding of any exact-k mask of that
 ``(n, k)`` (:meth:`MaskCodec.min_num_bytes`: every symbol costs at least the shortest code
 length; for ``"rans"``, a lower bound from its largest frequency), so a tiny file cannot
-claim a large dense mask. Decoding then takes O(n + len(data)) time and about ``n`` bytes of
-memory beyond the mask (``"huffman-gaps"``: the symbol stream, at most ``m + n / E + 1`` bytes;
-``benchmarks/codec.py`` records the time and peak memory for ``2**28`` bits). A corrupted payload
-may still decode to a *different* valid mask; the artifact's checksum catches that.
+claim a large dense mask. Decoding then takes O(n + len(data)) time, with a small constant
+for every codec but the legacy ``"rans"``, and memory for the n-byte bool mask plus at most about
+n/8 bytes (``"bits"``, ``"huffman-bytes"``) or n/2 bytes (``"huffman-gaps"``: its symbol stream,
+at most ``m + n / E + 1`` bytes), and a few MB of per-chunk temporaries. For ``2**28`` bits,
+``benchmarks/results/codec.json`` (part ``bound``, from ``benchmarks/codec.py`` on a 2-core
+machine) records at most 1.1 s and 409 MB traced, the 256 MB mask included; 0.25 s and 307 MB
+for the codec chosen at keep 0.1. A corrupted payload may still decode to a *different* valid
+mask; the artifact's checksum catches that.
 
     >>> mask = torch.zeros(1000, dtype=torch.bool); mask[::10] = True
     >>> codec = get_codec(choose_codec(1000, 100))
