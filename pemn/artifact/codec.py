@@ -266,6 +266,18 @@ class _Code:
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
     """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (see docstring)."""
+    count = _cut_to_max_length(_huffman_length_counts(weights))
+    ranked = iter(sorted((s for s, w in enumerate(weights) if w > 0),
+                         key=lambda s: (-weights[s], s)))
+    lengths = [0] * len(weights)
+    for length, num in enumerate(count):
+        for _ in range(num):
+            lengths[next(ranked)] = length
+    return lengths
+
+
+def _huffman_length_counts(weights: list[int]) -> list[int]:
+    """``count[b]``: how many symbols a Huffman code of ``weights`` gives ``b`` bits."""
     heap = [(w, s) for s, w in enumerate(weights) if w > 0]
     heapq.heapify(heap)
     parent, next_id = {}, len(weights)
@@ -278,10 +290,16 @@ def _huffman_lengths(weights: list[int]) -> list[int]:
     for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
         if node in parent:
             depth[node] = depth[parent[node]] + 1
-    count = [0] * (max(depth.values()) + 1)  # count[b]: codes of length b
-    for s in range(len(weights)):
-        if weights[s]:
+    count = [0] * (max(depth.values()) + 1)
+    for s, w in enumerate(weights):
+        if w > 0:
             count[depth[s]] += 1
+    return count
+
+
+def _cut_to_max_length(count: list[int]) -> list[int]:
+    """JPEG's cut (ITU T.81 Annex K.3): no code longer than ``_MAX_LEN``, Kraft sum kept at 1."""
+    count = count + [0] * (_MAX_LEN + 1 - len(count))
     for i in range(len(count) - 1, _MAX_LEN, -1):
         while count[i]:
             j = i - 2
@@ -291,21 +309,16 @@ def _huffman_lengths(weights: list[int]) -> list[int]:
             count[i - 1] += 1
             count[j + 1] += 2
             count[j] -= 1
-    ranked = iter(sorted((s for s in range(len(weights)) if weights[s] > 0),
-                         key=lambda s: (-weights[s], s)))
-    lengths = [0] * len(weights)
-    for length, num in enumerate(count[:_MAX_LEN + 1]):
-        for _ in range(num):
-            lengths[next(ranked)] = length
-    return lengths
+    return count[:_MAX_LEN + 1]
 
 
 def _canonical_codes(lengths: list[int]) -> list[int]:
     """RFC 1951 canonical codes, each bit-reversed (DEFLATE sends a code's first bit first)."""
     num = [lengths.count(b) for b in range(_MAX_LEN + 1)]
+    num[0] = 0
     next_code, code = [0] * (_MAX_LEN + 1), 0
     for b in range(1, _MAX_LEN + 1):
-        code = (code + (num[b - 1] if b > 1 else 0)) << 1
+        code = (code + num[b - 1]) << 1
         next_code[b] = code
     codes = []
     for length in lengths:
