@@ -1,36 +1,53 @@
-"""Atomic training checkpoints: a kill at any moment leaves the previous one intact."""
+"""Training checkpoints: written atomically, so a kill at any moment leaves the previous one."""
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from pemn.fileio import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated or not ours."""
+    """A checkpoint that is missing, truncated, incomplete or not ours."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` via a temporary file, fsync and rename (atomic on POSIX)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+def load_checkpoint(path: str | Path, keys: Iterable[str] = ()) -> dict:
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
+
+    Args:
+        path: the checkpoint file.
+        keys: entries the caller needs; a checkpoint lacking any of them is refused.
+
+    Returns:
+        The saved state dict.
+
+    Raises:
+        CheckpointError: no such file, an unreadable or foreign file, or missing ``keys``
+            (the message names them).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: one clear sentence
+        first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                              f"{first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a pemn checkpoint (it holds a "
+                              f"{type(state).__name__}, not a dict)")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(map(repr, missing))} "
+                              f"(written by another program or an older pemn)")
+    return state
