@@ -16,6 +16,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 STRATEGIES = [pemn.Mask(), pemn.RP(ratio=1e-3)]
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """TF32 convolutions (cuDNN's default on Ampere and later) differ from fp32 by ~1e-3."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _model(strategy, device: str) -> nn.Module:
     model = create_model("convmixer_64_d4", in_channels=1).to(device)
     return pemn.apply_(model, strategy, seed=3)
