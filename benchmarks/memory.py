@@ -6,8 +6,8 @@ at batch 1, reporting:
 
 - ``held_bytes``: bytes of every distinct tensor storage the model holds (parameters, buffers,
   the eval-mode cache of masked weights), the quantity the targets are about;
-- ``peak_rss_bytes``: the process's peak resident memory (``ru_maxrss``) after load + one
-  forward, interpreter and torch included (so it has a constant floor of ~300-400 MB).
+- ``peak_rss_bytes``: the process's peak resident memory (VmHWM) after load + one forward,
+  interpreter and torch included (so it has a constant floor of a few hundred MB).
 
 Latency: in one process, the dense reference and each form run interleaved at each case's
 points (batch, input size); min and median of ``--repeats`` rounds, as ratios to the dense
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import pemn
+from pemn.masking import cached_tensors
 from pemn.models import create_model
 
 # name -> (zoo model, kwargs, strategy, latency points as (batch, input shape without batch));
@@ -51,7 +52,7 @@ FORMS = ("dense_reference", *pemn.artifact.FORMS)
 def held_bytes(model: torch.nn.Module) -> int:
     storages = {}
     tensors = list(model.parameters()) + list(model.buffers())
-    tensors += [w for m in model.modules() for _, w in getattr(m, "_pemn_cache", {}).values()]
+    tensors += [t for m in model.modules() for t in cached_tensors(m)]  # eval-mode caches
     for t in tensors:
         s = t.untyped_storage()
         storages[s.data_ptr()] = s.nbytes()
@@ -69,8 +70,16 @@ def measure_one(form: str, path: str, arch: str, kwargs: dict, shape) -> dict:
     model = _load(form, path, arch, kwargs)
     with torch.no_grad():
         model(torch.randn(1, *shape))
-    return {"held_bytes": held_bytes(model),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {"held_bytes": held_bytes(model), "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries a parent's peak
+    across fork + exec into it, so every child of a big benchmark process would report it."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _latency(models: dict, shape, batch: int, repeats: int) -> dict:

@@ -13,6 +13,7 @@ from torch import nn
 import pemn
 from pemn.artifact import ArtifactError, describe, load, pack, read_header, save, unpack
 from pemn.artifact import format as fmt
+from pemn.masking import cached_tensors
 from pemn.models import create_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -208,9 +209,9 @@ def held_bytes(model: nn.Module) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         s = t.untyped_storage()
         storages[s.data_ptr()] = s.nbytes()
-    for m in model.modules():  # the eval-mode cache of masked weights
-        for _, w in getattr(m, "_pemn_cache", {}).values():
-            storages[w.untyped_storage().data_ptr()] = w.untyped_storage().nbytes()
+    for m in model.modules():  # the masked weights' caches (and score snapshots)
+        for t in cached_tensors(m):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(storages.values())
 
 
