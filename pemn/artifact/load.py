@@ -185,7 +185,9 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
                             f"which {what} does not have")
 
 
-def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None) -> nn.Module:
+def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None, form: str,
+              device: torch.device) -> nn.Module:
+    """The caller's skeleton (moved to ``device``), or the zoo model allocated from meta."""
     if model is not None:
         if not isinstance(model, nn.Module):
             raise ArtifactError(f"model must be an nn.Module skeleton, got {type(model).__name__}")
@@ -193,14 +195,32 @@ def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None) -
             raise ArtifactError("the skeleton already has PEMN applied; pass a freshly built "
                                 "model (as its constructor returns it)")
         _check_layout(header, _skeleton_layout(model), "the skeleton")
-        return model
+        return model.to(device)
     if header.model is None:
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
                             "architecture yourself and pass it: pemn.load(path, model=MyNet())")
     num = len(header.masked) + len(header.tensors) + len(header.ties)
     meta = meta or _build_meta(header.model, num)
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
-    return create_model(header.model["name"], **header.model["kwargs"])
+    return _allocate(meta, header, form, device)
+
+
+def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) -> nn.Module:
+    """Real storage for a meta model whose every state is about to be filled from the file.
+
+    Nothing is initialised (the file overwrites it all), and the packed form never allocates
+    its masked weights: they become empty placeholders first, so the peak stays small.
+    """
+    if {k for k, _ in meta.named_buffers()} - set(meta.state_dict()):
+        return create_model(header.model["name"], **header.model["kwargs"]).to(device)
+    if form == "packed":
+        for name in [m.name for m in header.masked] + [a for a, _ in header.ties]:
+            fqn, _, attr = name.rpartition(".")
+            module = meta.get_submodule(fqn)
+            if isinstance(module._parameters.get(attr), nn.Parameter):
+                module._parameters[attr] = nn.Parameter(torch.empty(0, device="meta"),
+                                                         requires_grad=False)
+    return meta.to_empty(device=device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -443,7 +463,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
         specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
         protos = _prototypes(header, plan_fill(strategy, specs), sections["prototype"])
     tensors = _read_tensors(header, sections["tensors"])
-    skeleton = _skeleton(header, model, meta).to(device)
+    skeleton = _skeleton(header, model, meta, form, device)
     out = _FORM_BUILDERS[form](skeleton, header, strategy, masks, protos, tensors)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
         del out.pemn_spec
