@@ -1,6 +1,12 @@
-"""Weight fills: how the frozen random weights of the masked layers are built (PEMN.md §3).
+"""Strategies, and the weight fills: how the frozen random weights of masked layers are built.
 
-A strategy is a small frozen dataclass; ``plan_fill`` turns it, a seed and the list of masked
+Every strategy (these weight fills and the pruning baselines of :mod:`pemn.baselines`) is a
+small frozen dataclass registered under a name with :func:`register_strategy`; the
+``{"name": ..., **fields}`` form of :func:`strategy_to_dict` is how configs and artifacts store
+it. A strategy owns its label (``"RP 1e-3"``), its tag for file names (``"rp0.001"``) and its
+storage count (:meth:`Strategy.num_stored`, the U of the paper's CR).
+
+``plan_fill`` turns a weight-fill strategy, a seed and the list of masked
 weight tensors into a :class:`FillPlan`: a few prototype vectors and, for every layer, which
 prototype serves it. Every layer then takes the *first* ``numel`` values of its prototype, which
 covers all strategies of the paper:
@@ -16,48 +22,132 @@ RP         first ``int(d_max*ratio)+1`` values of MP, tiled        int(d_max*rat
 
 Values come from :mod:`pemn.rng`: layer ``i`` (in module order) owns stream ``i`` and its
 kaiming-normal std ``sqrt(2 / fan_in)`` (fan_in mode, relu gain), as in the official code. The
-RP permutation uses stream ``2**32`` so it never collides with a layer's stream.
+RP permutation uses stream ``2**32`` so it never collides with a layer's stream. Section 3 of
+the paper (arXiv 2210.06699) describes the strategies; docs/METHOD.md our choices.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
 from pemn import rng
 
+if TYPE_CHECKING:  # layer_values works on torch tensors; fill itself never needs torch
+    import torch
+
 __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
-    "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in",
+    "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
+    "STRATEGIES", "FILLS",
 ]
 
 _PERMUTATION_STREAM = 2**32
 
 
+class Strategy:
+    """Base of every strategy; subclasses are frozen dataclasses, registered by name.
+
+    A subclass sets ``label`` (for people) or overrides :meth:`describe`, and may override
+    :meth:`tag`, :meth:`num_stored` and :meth:`kept_fraction`. ``name`` is set by
+    :func:`register_strategy`.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # for people: "MP", "One-layer"
+    stores_mask: ClassVar[bool] = True  # 1 bit per masked weight (Dense: no mask at all)
+
+    def label(self) -> str:
+        """For people, in tables and figures: ``"RP 1e-3"``, ``"Random @ CR 90 %"``."""
+        return self.title
+
+    def tag(self) -> str:
+        """For file and run names: ``"rp0.001"``, ``"random_prune-cr0.9"``."""
+        return self.name
+
+    def kept_fraction(self, keep_ratio: float) -> float:
+        """The fraction of weights this strategy keeps when the config asks for ``keep_ratio``."""
+        return keep_ratio
+
+    def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float) -> int:
+        """U: the fp32 values stored for the masked tensors ``specs`` (the paper's CR count)."""
+        return plan_fill(self, list(specs)).num_unique
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}  # every strategy by name, in registration order
+FILLS: dict[str, type[Strategy]] = {}  # those that ``pemn.apply_`` builds (weight fills)
+
+
+def register_strategy(name: str, *, fill: bool = False):
+    """Class decorator: file a strategy dataclass under ``name`` for (de)serialisation.
+
+    Args:
+        name: the ``"name"`` of its dict form (``strategy = { name = "rp", ratio = 1e-3 }``).
+        fill: a weight fill built by ``pemn.apply_`` (it then needs a planner in ``_PLANNERS``
+            or is ``Dense``).
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    def register(cls: type[Strategy]) -> type[Strategy]:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy {name!r} is already registered by "
+                             f"{STRATEGIES[name].__module__}")
+        cls.name = name
+        STRATEGIES[name] = cls
+        if fill:
+            FILLS[name] = cls
+        return cls
+    return register
+
+
+def _ratio_text(ratio: float) -> str:
+    exp = math.log10(ratio)
+    return f"1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"{ratio:g}"
+
+
+@register_strategy("dense", fill=True)
 @dataclass(frozen=True)
-class Dense:
+class Dense(Strategy):
     """Ordinary training of all weights; nothing is masked (the paper's reference line)."""
 
+    title: ClassVar[str] = "Dense"
+    stores_mask: ClassVar[bool] = False
 
+    def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float) -> int:
+        return sum(s.numel for s in specs)
+
+
+@register_strategy("mask", fill=True)
 @dataclass(frozen=True)
-class Mask:
+class Mask(Strategy):
     """Edge-popup: every layer has its own independent random weights."""
 
+    title: ClassVar[str] = "Mask"
 
+
+@register_strategy("one_layer", fill=True)
 @dataclass(frozen=True)
-class OneLayer:
+class OneLayer(Strategy):
     """One prototype tensor per distinct weight shape, shared by all layers of that shape."""
 
+    title: ClassVar[str] = "One-layer"
 
+
+@register_strategy("mp", fill=True)
 @dataclass(frozen=True)
-class MP:
+class MP(Strategy):
     """Max-layer padding: every layer takes the first values of the largest layer."""
 
+    title: ClassVar[str] = "MP"
 
+
+@register_strategy("rp", fill=True)
 @dataclass(frozen=True)
-class RP:
+class RP(Strategy):
     """Random-vector padding: a vector of ``int(d_max * ratio) + 1`` values tiled over each layer.
 
     Args:
@@ -70,25 +160,37 @@ class RP:
     order: Literal["copy", "permuted"] = "copy"
 
     def __post_init__(self):
-        if not isinstance(self.ratio, (int, float)) or not 0 < self.ratio <= 1:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
+                or not 0 < self.ratio <= 1:
             raise ValueError(f"RP ratio must be in (0, 1] (e.g. 1e-3), got {self.ratio!r}; "
                              "use MP() for ratio 1")
         if self.order not in ("copy", "permuted"):
             raise ValueError(f"RP order must be 'copy' or 'permuted', got {self.order!r}")
 
+    def label(self) -> str:
+        return f"RP {_ratio_text(self.ratio)}" + (" (permuted)" if self.order == "permuted"
+                                                  else "")
 
-Strategy = Dense | Mask | OneLayer | MP | RP
-STRATEGIES: dict[str, type] = {"dense": Dense, "mask": Mask, "one_layer": OneLayer,
-                               "mp": MP, "rp": RP}
+    def tag(self) -> str:
+        return f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
 
 
 def strategy_to_dict(strategy: Strategy) -> dict:
-    name = next(k for k, v in STRATEGIES.items() if type(strategy) is v)
-    return {"name": name, **strategy.__dict__}
+    """``{"name": ..., **fields}``: how configs and artifacts store a strategy."""
+    if not isinstance(strategy, Strategy) or STRATEGIES.get(strategy.name) is not type(strategy):
+        raise TypeError(f"{strategy!r} is not a registered strategy; strategies: "
+                        f"{sorted(STRATEGIES)}")
+    return {"name": strategy.name, **dataclasses.asdict(strategy)}
 
 
 def strategy_from_dict(d: dict) -> Strategy:
-    """Inverse of :func:`strategy_to_dict`; unknown names list the valid ones."""
+    """Inverse of :func:`strategy_to_dict`; unknown names list the valid ones.
+
+    Raises:
+        ValueError: not a table, an unknown name, or bad arguments for that strategy.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"a strategy is a table like {{name = \"rp\", ratio = 1e-3}}, got {d!r}")
     d = dict(d)
     name = d.pop("name", None)
     if name not in STRATEGIES:
@@ -103,8 +205,9 @@ def fan_in(shape: tuple[int, ...]) -> int:
     """Kaiming fan_in of a weight of ``shape``, laid out as torch's layers lay it out.
 
     ``shape[1] * prod(shape[2:])`` for ``(out, in, *kernel)`` weights, as
-    ``torch.nn.init._calculate_fan_in_and_fan_out``; a 1-D tensor scales one input per value,
-    so its fan_in is 1. Layers with another layout (GPT-2's ``Conv1D`` stores ``(in, out)``)
+    ``torch.nn.init._calculate_fan_in_and_fan_out``. Torch refuses 1-D tensors; we say a 1-D
+    tensor (a scale vector) multiplies one input per value, so its fan_in is 1 (std sqrt(2)),
+    and so is a 0-D one. Layers with another layout (GPT-2's ``Conv1D`` stores ``(in, out)``)
     give their own fan_in to :class:`TensorSpec`.
     """
     return shape[1] * math.prod(shape[2:]) if len(shape) > 1 else 1
@@ -145,10 +248,6 @@ class Prototype:
     tile_to: int = 0  # > numel: tile the drawn values to this length (RP)
     permute: bool = False
 
-    @property
-    def num_unique(self) -> int:
-        return self.numel
-
     def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
         """The drawn values -> the full prototype vector (RP tiling and permutation)."""
         values = drawn
@@ -176,12 +275,26 @@ class FillPlan:
 
     @property
     def num_unique(self) -> int:
-        return sum(p.num_unique for p in self.prototypes)
+        return sum(p.numel for p in self.prototypes)
 
     def generate(self, seed: int) -> list[np.ndarray]:
         """Regenerate every prototype as a float32 vector (bit-identical on any machine)."""
         return [p.expand(rng.normal(seed, p.stream, p.numel, p.std), seed)
                 for p in self.prototypes]
+
+    def layer_values(self, prototypes: Sequence[torch.Tensor],
+                     specs: Sequence[TensorSpec]) -> list[torch.Tensor]:
+        """Each layer's fixed values: a view ``prototypes[src][:numel].view(shape)``.
+
+        Args:
+            prototypes: the vectors of :meth:`generate` as torch tensors (on any device), in
+                plan order; layers that share a prototype share its storage.
+            specs: the masked tensors, in the order the plan was made for.
+
+        Returns:
+            One tensor per spec, a view into its prototype (no copy).
+        """
+        return [prototypes[src][: s.numel].view(s.shape) for src, s in zip(self.sources, specs)]
 
 
 def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:
