@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
+
 
 def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     """``[config.toml] [key=value ...]`` -> (config path, overrides)."""
@@ -27,15 +27,16 @@ def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_train(args) -> int:
     from pemn.config import load_config
-    from pemn.run import load_run_config, run
+    from pemn.distributed import World
+    from pemn.run import RunDir, run
 
     if args.resume and not args.config_and_overrides:
-        cfg = load_run_config(args.resume)
+        cfg = RunDir(args.resume).read_config()
         cfg.out_dir, cfg.name = str(Path(args.resume).parent), Path(args.resume).name
     else:
         cfg = load_config(*_split_overrides(args.config_and_overrides))
     summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
+    if World.from_env().is_main:  # under torchrun, one summary
         _print_summary(summary)
     return 0
 
@@ -57,13 +58,12 @@ def _print_summary(s: dict) -> None:
 def cmd_info(args) -> int:
     from pemn import stats
     from pemn.config import load_config
-    from pemn.data import dataset_shape
-    from pemn.run import build_model
+    from pemn.run import model_from_config
 
     cfg = load_config(*_split_overrides(args.config_and_overrides))
-    model = build_model(cfg, *dataset_shape(cfg.data.dataset))
+    model = model_from_config(cfg)
     s = stats(model)
-    info = {"model": cfg.model.name, "strategy": cfg.mask.strategy, **s.as_dict(),
+    info = {"model": cfg.model.name, "strategy": cfg.mask.strategy.label(), **s.as_dict(),
             "mask_bytes": -(-s.mask_bits // 8),
             "other_fp32_bytes": 4 * s.num_other_params}
     if args.json:
@@ -86,28 +86,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _pack_output(args) -> Path:
+    """``-o``, else the run directory's artifact (next to a checkpoint file)."""
+    from pemn.run import RunDir
+
+    if args.output:
+        return Path(args.output)
+    source = Path(args.path)
+    out = RunDir(source if source.is_dir() else source.parent).artifact
+    if out == source:
+        raise ValueError(f"{source} is the default output itself; choose another with -o")
+    return out
+
+
 def cmd_pack(args) -> int:
     from pemn.artifact import save
-    from pemn.evaluate import load_trained
+    from pemn.data import dataset_info
+    from pemn.run import load_trained
 
-    model, cfg = load_trained(args.path)
-    out = Path(args.output or Path(args.path) / "model.pemn")
-    num_bytes = save(model, out, codec=args.codec)
-    print(f"wrote {out}: {num_bytes:,} bytes ({cfg.model.name}, {cfg.mask.strategy})")
+    trained = load_trained(args.path)
+    out = _pack_output(args)
+    dataset = dataset_info(trained.dataset) if trained.dataset else None
+    num_bytes = save(trained.model, out, codec=args.codec, dataset=dataset)
+    name = getattr(trained.model, "model_args", {}).get("name", "model")
+    print(f"wrote {out}: {num_bytes:,} bytes ({name})")
     return 0
 
 
 def cmd_size(args) -> int:
+    from pemn.run import ARTIFACT_SUFFIX, RunDir, load_model
     from pemn.storage import format_size_table, size_report
 
     source = Path(args.path)
-    if source.is_dir():  # a run directory: its packed model, or the trained model itself
-        packed = source / "model.pemn"
-        if packed.exists():
-            source = packed
-        else:
-            from pemn.evaluate import load_trained
-            source = load_trained(source)[0]
+    if source.is_dir() and RunDir(source).artifact.is_file():  # a run's packed model
+        source = RunDir(source).artifact
+    if source.suffix != ARTIFACT_SUFFIX:  # a run or checkpoint: priced as it would be packed
+        source = load_model(source)
     report = size_report(source)
     print(json.dumps(report, indent=2) if args.json else format_size_table(report))
     return 0
@@ -115,11 +129,11 @@ def cmd_size(args) -> int:
 
 def cmd_export(args) -> int:
     from pemn.artifact import export
+    from pemn.run import ARTIFACT_SUFFIX, load_model
 
     source = args.path
-    if Path(source).is_dir():
-        from pemn.evaluate import load_trained
-        source = load_trained(source)[0]
+    if Path(source).suffix != ARTIFACT_SUFFIX:
+        source = load_model(source)
     num_bytes = export(source, args.output, format=args.format)
     print(f"wrote {args.output}: {num_bytes:,} bytes ({args.format}, dense, loads without pemn)")
     return 0
@@ -131,9 +145,9 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(describe_sweep(args.sweep_config, args.limit))
         return 0
-    csv_path = run_sweep(args.sweep_config, results_csv=args.results, limit=args.limit,
-                         collect_only=args.collect)
-    print(f"results: {csv_path}")
+    results = run_sweep(args.sweep_config, results=args.results, limit=args.limit,
+                        collect_only=args.collect)
+    print(f"results: {results} (CSV export: {results.with_suffix('.csv')})")
     return 0
 
 
@@ -155,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one configuration",
                        description="Train from a TOML config plus key=value overrides, e.g. "
-                       "`pemn train configs/fmnist_convmixer.toml optim.epochs=2 mask.ratio=1e-2`."
+                       "`pemn train configs/fmnist_convmixer.toml optim.epochs=2 mask.strategy.ratio=1e-2`."
                        " Keys: model.*, mask.*, data.*, optim.*, out_dir, name.")
     t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG | KEY=VALUE")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -171,13 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ARTIFACT")
     e.add_argument("--split", choices=["test", "train"], default="test")
     e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
-    e.add_argument("--dataset", help="dataset name (needed for a .pemn artifact)")
+    e.add_argument("--dataset", help="dataset name (default: the one the source records)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
     pk = sub.add_parser("pack", help="pack a trained run into a compact .pemn artifact")
-    pk.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
-    pk.add_argument("-o", "--output", help="output file (default: RUN_DIR/model.pemn)")
+    pk.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ARTIFACT")
+    pk.add_argument("-o", "--output", help="output file (default: model.pemn in the run "
+                    "directory)")
     pk.add_argument("--codec", default="auto", help="mask codec: auto (smallest), bits, rans")
     pk.set_defaults(fn=cmd_pack)
 
@@ -197,12 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     s.add_argument("--limit", type=int, help="only the first N runs of the grid")
     s.add_argument("--collect", action="store_true",
-                   help="train nothing: pack finished runs and rewrite the results CSV")
-    s.add_argument("--results", metavar="CSV", help="results file (default: in the sweep's out_dir)")
+                   help="train nothing: pack finished runs and record them in the results")
+    s.add_argument("--results", metavar="JSONL",
+                   help="results file, one JSON line per run (default: in the sweep's out_dir)")
     s.set_defaults(fn=cmd_sweep)
 
-    pl = sub.add_parser("plot", help="figures (PNG + SVG) from a sweep's results.csv")
-    pl.add_argument("results_csv", metavar="RESULTS_CSV")
+    pl = sub.add_parser("plot", help="figures (PNG + SVG) from a sweep's results.jsonl")
+    pl.add_argument("results_csv", metavar="RESULTS_JSONL")
     pl.add_argument("-o", "--out-dir", required=True)
     pl.add_argument("--metric", default="best_test_acc",
                     choices=["best_test_acc", "final_test_acc", "test_acc_at_best_val"])
@@ -224,14 +240,28 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        if args.verbose:
-            raise
-        print(f"pemn: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("pemn: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = _error_line(e, args.command)
+        if message is None or args.verbose:
+            raise
+        print(f"pemn: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _error_line(error: Exception, command: str) -> str | None:
+    """One line for a user's mistake or a machine's limit; None for a bug (a traceback)."""
+    # The project's errors (ConfigError, CheckpointError, ArtifactError, DatasetError,
+    # RunError) are ValueErrors; OSError covers missing, unreadable or unwritable files.
+    if isinstance(error, (ValueError, OSError, ImportError)):
+        return " ".join(str(error).split()) or type(error).__name__
+    from pemn.run import is_out_of_memory, memory_text
+
+    if is_out_of_memory(error):
+        return f"not enough memory to run `pemn {command}` ({memory_text(error)})"
+    return None
 
 
 if __name__ == "__main__":

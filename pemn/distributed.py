@@ -1,4 +1,7 @@
-"""Multi-process training: the world as ``torchrun`` describes it (RANK, WORLD_SIZE, LOCAL_RANK)."""
+"""Multi-process training: the world as ``torchrun`` describes it (RANK, WORLD_SIZE, LOCAL_RANK).
+
+This module is the only reader of those variables: everything else asks :meth:`World.from_env`.
+"""
 from __future__ import annotations
 
 import os
@@ -10,11 +13,36 @@ import torch.distributed as dist
 __all__ = ["World", "setup", "teardown"]
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        """The world ``torchrun`` announces in the environment; one process when unset.
+
+        Raises:
+            ValueError: a variable that is not an integer, or a rank outside the world.
+        """
+        world_size = _env_int("WORLD_SIZE", 1)
+        if world_size <= 1:
+            return cls()
+        world = cls(_env_int("RANK", 0), world_size, _env_int("LOCAL_RANK", 0))
+        if not 0 <= world.rank < world_size:
+            raise ValueError(f"RANK {world.rank} is outside WORLD_SIZE {world_size}")
+        return world
 
     @property
     def is_main(self) -> bool:
@@ -29,16 +57,11 @@ class World:
             dist.barrier()
 
 
-def setup(device: torch.device) -> World:
-    """Join the process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return World()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+def setup(world: World, device: torch.device) -> None:
+    """Join the process group of a multi-process ``world`` (gloo on CPU, nccl on CUDA)."""
+    if world.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world_size)
-    return World(rank, world_size, local_rank)
+                                rank=world.rank, world_size=world.world_size)
 
 
 def teardown(world: World) -> None:

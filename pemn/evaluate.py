@@ -1,51 +1,48 @@
-"""Evaluate a finished or running training: a run directory or a checkpoint file."""
+"""Accuracy of a trained model (run directory, checkpoint or ``.pemn`` artifact) on a split."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from pemn.checkpoint import load_checkpoint
-from pemn.config import RunConfig, from_dict
-from pemn.data import dataset_shape, load_dataset
+from pemn.data import load_dataset
 from pemn.data.loader import BatchLoader
-from pemn.run import build_model
-from pemn.train import CHECKPOINT, evaluate
+from pemn.run import RunError, load_trained
+from pemn.train import evaluate
 
-__all__ = ["evaluate_path", "load_trained"]
+__all__ = ["evaluate_path", "EVAL_BATCH_SIZE", "SPLITS"]
 
-
-def load_trained(path: str | Path) -> tuple[torch.nn.Module, RunConfig]:
-    """The model (eval mode, CPU) and config of a run directory or ``checkpoint.pt``."""
-    path = Path(path)
-    ckpt = path / CHECKPOINT if path.is_dir() else path
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{path}: no run directory with {CHECKPOINT}, nor a checkpoint")
-    state = load_checkpoint(ckpt)
-    cfg = from_dict(RunConfig, state["config"])
-    model = build_model(cfg, *dataset_shape(cfg.data.dataset))
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+SPLITS = ("test", "train")
+EVAL_BATCH_SIZE = 1000
 
 
-def evaluate_path(path, split: str = "test", data_root: str | None = None,
-                  dataset: str | None = None) -> dict:
-    """Accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
+def evaluate_path(path: str | Path, split: str = "test", data_root: str | None = None,
+                  dataset: str | None = None, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+    """Top-1 accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
 
-    An artifact does not name its dataset: pass ``dataset`` for it.
+    Args:
+        path: what :func:`pemn.run.load_trained` accepts.
+        split: ``"test"`` or ``"train"``.
+        data_root: where the dataset lives (default: where the run read it, else its usual
+            place).
+        dataset: the dataset name (default: the one the source records).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``path``, ``dataset``, ``split``, ``num_images`` and ``accuracy`` (in %).
+
+    Raises:
+        ValueError: an unknown ``split``.
+        RunError: no dataset given and none recorded (artifacts written without one).
+        CheckpointError, ArtifactError, DatasetError: as the loaders.
     """
-    path = Path(path)
-    if path.is_file() and path.suffix == ".pemn":
-        if dataset is None:
-            raise ValueError(f"{path} is an artifact, which does not record its dataset; "
-                             f"pass --dataset (e.g. --dataset fashion_mnist)")
-        from pemn.artifact import load
-        model, root = load(path), data_root
-    else:
-        model, cfg = load_trained(path)
-        dataset, root = dataset or cfg.data.dataset, data_root or cfg.data.root or None
-    ds = load_dataset(dataset, root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    trained = load_trained(path)
+    dataset = dataset or trained.dataset
+    if dataset is None:
+        raise RunError(f"{path} does not record its dataset; pass --dataset "
+                       f"(e.g. --dataset fashion_mnist)")
+    ds = load_dataset(dataset, data_root or trained.data_root)
     images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
-    loader = BatchLoader(images, labels, 1000, shuffle=False, mean=ds.mean, std=ds.std)
+    loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=ds.mean, std=ds.std)
     return {"path": str(path), "dataset": ds.name, "split": split,
-            "num_images": len(labels), "accuracy": evaluate(model, loader)}
+            "num_images": len(labels), "accuracy": evaluate(trained.model, loader)}

@@ -1,38 +1,166 @@
-"""One run from a config: data -> model -> PEMN (or a baseline) -> train -> summary.json.
-
-The run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-epoch), ``checkpoint.pt`` (atomic, every epoch) and ``summary.json`` (written last, so its
-presence means the run finished).
+"""One run from a config (data -> model -> PEMN or a baseline -> train -> summary), the files of
+a run directory, and loading a trained model from a run directory, checkpoint or artifact.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
+import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pemn import baselines, fill, stats
-from pemn.config import ConfigError, RunConfig, from_dict, to_dict
-from pemn.data import load_dataset, split_validation
+from pemn.checkpoint import CheckpointError, load_checkpoint
+from pemn.config import ConfigError, ModelConfig, RunConfig, from_dict, to_dict
+from pemn.data import dataset_info, load_dataset, split_validation
 from pemn.data.loader import AugmentConfig, BatchLoader
 from pemn.distributed import World, setup, teardown
+from pemn.fileio import atomic_write
 from pemn.models import create_model
 from pemn.train import resolve_device, train
 from pemn.transform import apply_
 
-__all__ = ["run", "build_model", "load_run_config", "RunError", "SUMMARY"]
+__all__ = ["run", "build_model", "model_from_config", "RunDir", "RunError", "Trained",
+           "load_trained", "load_model", "is_out_of_memory", "memory_text", "SUMMARY"]
 
 log = logging.getLogger(__name__)
-SUMMARY = "summary.json"
-CONFIG = "config.json"
+ARTIFACT_SUFFIX = ".pemn"
+# What loading a model needs from a checkpoint.
+MODEL_KEYS = ("config", "model_args", "model")
 
 
 class RunError(ValueError):
-    """A run directory in the wrong state (exists, missing, unfinished)."""
+    """A run directory in the wrong state (exists, missing, unfinished, unreadable)."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}") from None
+
+
+def _write_json(path: Path, value) -> None:
+    atomic_write(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory: the one owner of its file names.
+
+    ``config.json`` holds the resolved config (written first), ``metrics.jsonl`` one line per
+    epoch, ``checkpoint.pt`` the training state (rewritten atomically every epoch),
+    ``summary.json`` the results (written last, so its presence means the run finished) and
+    ``model.pemn`` the packed model (written by ``pemn pack`` or a sweep).
+    """
+
+    path: Path
+
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"
+    CHECKPOINT = "checkpoint.pt"
+    SUMMARY = "summary.json"
+    ARTIFACT = "model" + ARTIFACT_SUFFIX
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RunDir:
+        """The directory a run of ``cfg`` writes: ``cfg.out_dir / cfg.run_name()``."""
+        return cls(Path(cfg.out_dir) / cfg.run_name())
+
+    config = property(lambda self: self.path / self.CONFIG, doc="The resolved config (JSON).")
+    metrics = property(lambda self: self.path / self.METRICS, doc="One JSON line per epoch.")
+    checkpoint = property(lambda self: self.path / self.CHECKPOINT, doc="The training state.")
+    summary = property(lambda self: self.path / self.SUMMARY, doc="Results of a finished run.")
+    artifact = property(lambda self: self.path / self.ARTIFACT, doc="The packed model.")
+
+    @property
+    def started(self) -> bool:
+        return self.config.is_file()
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def config_dict(self) -> dict:
+        """The stored config as plain JSON values.
+
+        Raises:
+            RunError: no config file (not a run directory), or an unreadable one.
+        """
+        if not self.started:
+            raise RunError(f"{self.path} is not a run directory (no {self.CONFIG})")
+        return _read_json(self.config)
+
+    def read_config(self) -> RunConfig:
+        """The stored config (raises RunError as :meth:`config_dict`, ConfigError if invalid)."""
+        return from_dict(RunConfig, self.config_dict())
+
+    def write_config(self, cfg: RunConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.config, to_dict(cfg))
+
+    def read_summary(self) -> dict:
+        if not self.finished:
+            raise RunError(f"{self.path} has not finished (no {self.SUMMARY})")
+        return _read_json(self.summary)
+
+    def write_summary(self, summary: dict) -> None:
+        _write_json(self.summary, summary)
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in self.metrics.read_text().splitlines()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"cannot read {self.metrics}: {e}") from None
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_metrics(self, history: list[dict]) -> None:
+        atomic_write(self.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+SUMMARY = RunDir.SUMMARY
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is Python or torch (CPU or CUDA) failing to allocate memory."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def memory_text(error: BaseException) -> str:
+    """How much an allocation failure asked for, for people."""
+    asked = re.search(r"allocate (\d+) bytes", str(error))
+    return f"asked for {int(asked[1]) / 1e9:.3g} GB at once" if asked else type(error).__name__
+
+
+@contextlib.contextmanager
+def _enough_memory(error: type[Exception], what: str):
+    """Turn an allocation failure while building ``what`` into one clear ``error``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise error(f"not enough memory to build {what} ({memory_text(e)})") from None
+
+
+def _describe_model(name, kwargs: dict) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"model {name}({args})"
 
 
 def build_model(cfg: RunConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
@@ -46,6 +174,18 @@ def build_model(cfg: RunConfig, in_channels: int, num_classes: int) -> torch.nn.
         {"name": m.strategy, **({"ratio": m.ratio, "order": m.order} if m.strategy == "rp"
                                 else {})})
     return apply_(model, strategy, keep_ratio=m.keep_ratio, seed=m.seed)
+
+
+def model_from_config(cfg: RunConfig) -> nn.Module:
+    """:func:`build_model` for ``cfg``'s dataset (its registered channels and classes).
+
+    Raises:
+        RunError: the model does not fit in memory (e.g. a huge ``kernel_size``).
+        ConfigError, DatasetError, ValueError: a bad config, dataset or model name.
+    """
+    info = dataset_info(cfg.data.dataset)
+    with _enough_memory(RunError, _describe_model(cfg.model.name, cfg.model.kwargs)):
+        return build_model(cfg, info.channels, info.num_classes)
 
 
 def _loaders(cfg: RunConfig, ds, device, world: World):
@@ -73,22 +213,14 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     return train_loader, evals
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no {CONFIG})")
-    return from_dict(RunConfig, json.loads(path.read_text()))
-
-
-def _prepare_dir(run_dir: Path, cfg: RunConfig, resume: bool, world: World) -> None:
-    exists = (run_dir / CONFIG).exists()
+def _prepare_dir(run_dir: RunDir, cfg: RunConfig, resume: bool, world: World) -> None:
+    started = run_dir.started
     world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
-    if exists and not resume:
-        raise RunError(f"run directory {run_dir} already exists; pass --resume to continue it "
-                       f"or choose another name (name=...)")
-    if world.is_main and not exists:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if started and not resume:
+        raise RunError(f"run directory {run_dir.path} already exists; pass --resume to continue "
+                       f"it or choose another name (name=...)")
+    if world.is_main and not started:
+        run_dir.write_config(cfg)
     world.barrier()
 
 
@@ -96,8 +228,8 @@ def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dic
     s = stats(model)
     best = max(history, key=lambda h: h["test_acc"])
     out = {"run": cfg.run_name(), "model": cfg.model.name, "dataset": cfg.data.dataset,
-           "strategy": cfg.mask.strategy, "ratio": cfg.mask.ratio if cfg.mask.strategy == "rp"
-           else None, "order": cfg.mask.order, "keep_ratio": cfg.mask.keep_ratio,
+           "strategy": fill.strategy_to_dict(cfg.mask.strategy),
+           "keep_ratio": cfg.mask.strategy.kept_fraction(cfg.mask.keep_ratio),
            "seed": cfg.mask.seed, "epochs": cfg.optim.epochs, **s.as_dict(),
            "final_test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"],
            "images_per_s": round(sum(h["images_per_s"] for h in history) / len(history), 1),
@@ -109,33 +241,158 @@ def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dic
     return out
 
 
+def _train_run(cfg: RunConfig, run_dir: RunDir, world: World, device: torch.device,
+               resume: bool, progress: bool) -> dict:
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg.data.dataset, cfg.data.root or None)
+    torch.manual_seed(cfg.optim.seed * world.world_size + world.rank)
+    model = model_from_config(cfg).to(device)
+    if cfg.optim.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, evals = _loaders(cfg, ds, device, world)
+    if world.is_main:
+        log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
+                 run_dir.path.name, cfg.model.name, ds.name, len(train_loader), device,
+                 world.world_size)
+    meta = {"config": to_dict(cfg), "model_args": model.model_args}
+    history = train(model, train_loader, evals, cfg.optim, run_dir, world, meta,
+                    resume=resume, progress=progress)
+    summary = summarize(cfg, model, history, time.perf_counter() - t0)
+    if world.is_main:
+        run_dir.write_summary(summary)
+    world.barrier()
+    return summary
+
+
 def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train one configuration in ``cfg.out_dir / cfg.run_name()``; returns the summary."""
-    world = setup(resolve_device(cfg.optim.device, World()))
+    """Train one configuration in ``RunDir.of(cfg)``; returns the summary.
+
+    A finished run is not trained again: its summary is returned.
+
+    Raises:
+        RunError: the directory exists and ``resume`` is False, or the model does not fit in
+            memory.
+        ConfigError, DatasetError, CheckpointError: a bad config, dataset or checkpoint.
+    """
+    world = World.from_env()
+    device = resolve_device(cfg.optim.device, world)
+    setup(world, device)
     try:
-        device = resolve_device(cfg.optim.device, world)
-        run_dir = Path(cfg.out_dir) / cfg.run_name()
+        run_dir = RunDir.of(cfg)
         _prepare_dir(run_dir, cfg, resume, world)
-        if (run_dir / SUMMARY).exists():
-            log.info("%s already finished", run_dir)
-            return json.loads((run_dir / SUMMARY).read_text())
-        t0 = time.perf_counter()
-        ds = load_dataset(cfg.data.dataset, cfg.data.root or None)
-        torch.manual_seed(cfg.optim.seed * world.world_size + world.rank)
-        model = build_model(cfg, ds.image_shape[0], ds.num_classes).to(device)
-        if cfg.optim.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        train_loader, evals = _loaders(cfg, ds, device, world)
-        if world.is_main:
-            log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
-                     run_dir.name, cfg.model.name, ds.name, len(train_loader), device,
-                     world.world_size)
-        history = train(model, train_loader, evals, cfg.optim, run_dir, world, to_dict(cfg),
-                        resume=resume, progress=progress)
-        summary = summarize(cfg, model, history, time.perf_counter() - t0)
-        if world.is_main:
-            (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        world.barrier()
-        return summary
+        if run_dir.finished:
+            log.info("%s already finished", run_dir.path)
+            return run_dir.read_summary()
+        return _train_run(cfg, run_dir, world, device, resume, progress)
     finally:
         teardown(world)
+
+
+# Loading a trained model
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Trained:
+    """A model from :func:`load_trained` and what its source records about it.
+
+    Args:
+        model: the model, in eval mode.
+        dataset: the dataset it was trained on, when the source names it.
+        data_root: where that dataset was read from ("" or None: its usual place).
+        config: the run's config (run directories and checkpoints only).
+    """
+
+    model: nn.Module
+    dataset: str | None
+    data_root: str | None
+    config: RunConfig | None
+
+
+def _checkpoint_config(state: dict, path: Path) -> RunConfig:
+    try:
+        return from_dict(RunConfig, state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
+                              f"{e}") from None
+
+
+def _rebuild(state: dict, cfg: RunConfig, path: Path) -> nn.Module:
+    args = state["model_args"]
+    if not (isinstance(args, dict) and isinstance(args.get("name"), str)
+            and isinstance(args.get("kwargs"), dict)):
+        raise CheckpointError(f"checkpoint {path}: model_args must hold a name and a kwargs "
+                              f"dict, got {str(args)[:80]!r}")
+    kwargs = args["kwargs"]
+    what = f"{_describe_model(args.get('name'), kwargs)} from checkpoint {path}"
+    # model_args, not the config's model section, say what was built
+    cfg = replace(cfg, model=ModelConfig(name=args.get("name"), kwargs=kwargs))
+    with _enough_memory(CheckpointError, what):
+        model = build_model(cfg, kwargs.get("in_channels"), kwargs.get("num_classes"))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {what}: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def _in_form(model: nn.Module, form: str, device) -> nn.Module:
+    """A trained model in one of the artifact forms ("train", "dense", "packed")."""
+    if form == "train":
+        return model.to(device)
+    from pemn.artifact import pack, unpack  # the other forms are the artifact's to build
+    return unpack(pack(model), form=form, device=device)
+
+
+def _from_checkpoint(path: Path, device, form: str) -> Trained:
+    state = load_checkpoint(path, keys=MODEL_KEYS)
+    cfg = _checkpoint_config(state, path)
+    model = _in_form(_rebuild(state, cfg, path), form, device)
+    return Trained(model, cfg.data.dataset, cfg.data.root or None, cfg)
+
+
+def _from_artifact(path: Path, device, form: str) -> Trained:
+    from pemn.artifact import load
+    model = load(path, form=form, device=device)
+    dataset = model.pemn_header.dataset or {}
+    return Trained(model, dataset.get("name"), None, None)
+
+
+def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
+                 form: str = "train") -> Trained:
+    """Load a trained model from a run directory, a checkpoint or a ``.pemn`` artifact.
+
+    Args:
+        path: a run directory (its checkpoint is read), a checkpoint file, or a file ending in
+            ``.pemn``.
+        device: where the model goes.
+        form: ``"train"`` (PEMN layers with scores), ``"dense"`` or ``"packed"`` (see
+            :mod:`pemn.artifact.forms`).
+
+    Returns:
+        The model in eval mode with what its source records (:class:`Trained`).
+
+    Raises:
+        RunError: nothing at ``path``, or a directory without a checkpoint.
+        CheckpointError: an unreadable or incomplete checkpoint, or a model that does not fit
+            in memory.
+        ArtifactError: a bad artifact or an unknown ``form``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        run_dir = RunDir(path)
+        if not run_dir.checkpoint.is_file():
+            raise RunError(f"{path} is a directory without {RunDir.CHECKPOINT}: not a run "
+                           f"directory, or its first epoch has not finished")
+        path = run_dir.checkpoint
+    elif not path.exists():
+        raise RunError(f"{path}: no run directory, checkpoint or artifact there")
+    if path.suffix == ARTIFACT_SUFFIX:
+        return _from_artifact(path, device, form)
+    return _from_checkpoint(path, device, form)
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu",
+               form: str = "train") -> nn.Module:
+    """The model of :func:`load_trained` alone (same arguments and errors)."""
+    return load_trained(path, device=device, form=form).model

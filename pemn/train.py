@@ -1,18 +1,17 @@
 """The training loop: one visible loop, a pure learning-rate function, per-epoch checkpoints.
 
-Recipes (PEMN.md §8): the ConvMixer recipe is AdamW with a per-iteration triangular schedule
-``0 -> lr at 40 % -> lr/20 at 80 % -> 0``; ResNet uses SGD with cosine decay. Only parameters
-with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases).
+Recipes (those of the paper's code, arXiv 2210.06699 section 4): the ConvMixer recipe is AdamW
+with a per-iteration triangular schedule ``0 -> lr at 40 % -> lr/20 at 80 % -> 0``; ResNet uses
+SGD with cosine decay. Only parameters with ``requires_grad`` are optimised (for PEMN: scores,
+BN affine, biases).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +25,8 @@ from pemn.distributed import World
 __all__ = ["lr_at", "train", "evaluate", "train_one_epoch", "resolve_device", "autocast_dtype"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+# What a resumed run needs from its checkpoint.
+RESUME_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "rng_cpu", "history")
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -72,7 +71,7 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -134,37 +133,54 @@ def _progress(total: int, desc: str, enabled: bool):
                 dynamic_ncols=True)
 
 
-def _state(model, opt, scaler, epoch, step, history, config) -> dict:
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+def _state(model, opt, scaler, epoch, step, history, meta) -> dict:
+    return {**meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-            "rng_cpu": torch.get_rng_state(), "history": history, "config": config}
+            "rng_cpu": torch.get_rng_state(), "history": history}
 
 
-def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig,
-          run_dir: Path, world: World, config: dict, resume: bool = False,
-          progress: bool = True) -> list[dict]:
+def _for_people(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[dict]]:
+    """Restore the last checkpoint; returns (epochs done, optimizer steps done, metrics)."""
+    state = load_checkpoint(run_dir.checkpoint, keys=RESUME_KEYS)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"])
+    log.info("resumed %s at epoch %d", run_dir.path, state["epoch"])
+    if world.is_main:  # the metrics file may hold a line the checkpoint does not: rewrite it
+        run_dir.write_metrics(state["history"])
+    return state["epoch"], state["step"], state["history"]
+
+
+def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, run_dir,
+          world: World, meta: dict, resume: bool = False, progress: bool = True) -> list[dict]:
     """Train ``model`` and evaluate on ``eval_loaders`` (e.g. {"test": ..., "val": ...}).
 
-    Rank 0 writes ``metrics.jsonl`` and an atomic ``checkpoint.pt`` after every epoch; with
-    ``resume`` the run continues from it and ends with the same metrics as an uninterrupted run.
-    Returns the per-epoch metrics.
+    Args:
+        run_dir: the run's :class:`pemn.run.RunDir`; rank 0 appends to its metrics and writes
+            its checkpoint (atomically) after every epoch.
+        meta: JSON-like entries stored in every checkpoint as they are (the run's config and
+            the model's constructor arguments).
+        resume: continue from the checkpoint, if there is one; the run then ends with the same
+            metrics as an uninterrupted one.
+
+    Returns:
+        The per-epoch metrics.
+
+    Raises:
+        CheckpointError: resuming from a checkpoint that is unreadable or incomplete.
     """
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(cfg.amp, device)
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, step, history = 0, 0, []
-    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        log.info("resumed %s at epoch %d", run_dir, start_epoch)
-        if world.is_main:  # metrics.jsonl may hold a line the checkpoint does not: rewrite it
-            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    if resume and run_dir.checkpoint.exists():
+        start_epoch, step, history = _resume(run_dir, model, opt, scaler, world)
     ddp_model = _wrap_ddp(model, device, world)
     total_steps = cfg.epochs * len(train_loader)
     for epoch in range(start_epoch, cfg.epochs):
@@ -182,11 +198,10 @@ def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig,
             record[f"{split}_acc"] = round(evaluate(model, loader, amp_dtype), 3)
         history.append(record)
         if world.is_main:
-            save_checkpoint(_state(model, opt, scaler, epoch + 1, step, history, config),
-                            ckpt_path)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
-                     "  ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
+            save_checkpoint(_state(model, opt, scaler, epoch + 1, step, history, meta),
+                            run_dir.checkpoint)
+            run_dir.append_metrics(record)
+            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs, "  ".join(
+                f"{k} {_for_people(v)}" for k, v in record.items() if k != "epoch"))
         world.barrier()
     return history

@@ -1,10 +1,15 @@
-"""The artifact commands end to end on a tiny trained run: pack, size, eval, export."""
+"""The artifact commands end to end on a tiny trained run (pack, size, eval, export), and one
+clear line for every broken input."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
+
+import pemn
+from pemn.run import RunDir, load_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -14,43 +19,120 @@ def _pemn(*args, cwd, check=True):
                           capture_output=True, text=True, check=check)
 
 
+def _one_line_error(r, match):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert match in r.stderr, r.stderr
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    _pemn("train", "data.dataset=digits", "model.name=convmixer",
+    _pemn("train", "data.dataset=digits", "model.name=convmixer_128_d4",
           "model.kwargs={dim=16, depth=1}", "optim.epochs=1", "optim.batch_size=64",
           "mask.strategy=rp", "mask.ratio=0.01", f"out_dir={tmp}", "name=r", cwd=tmp)
-    return tmp / "r"
+    return RunDir(tmp / "r")
 
 
 def test_pack_size_and_eval_agree(run_dir):
-    out = _pemn("pack", str(run_dir), cwd=run_dir).stdout
-    artifact = run_dir / "model.pemn"
+    out = _pemn("pack", str(run_dir.path), cwd=run_dir.path).stdout
+    artifact = run_dir.artifact
     assert artifact.exists() and f"{artifact.stat().st_size:,} bytes" in out
-    report = json.loads(_pemn("size", str(artifact), "--json", cwd=run_dir).stdout)
+    report = json.loads(_pemn("size", str(artifact), "--json", cwd=run_dir.path).stdout)
     assert report["bytes"]["total"] == artifact.stat().st_size
-    table = _pemn("size", str(run_dir), cwd=run_dir).stdout
+    table = _pemn("size", str(run_dir.path), cwd=run_dir.path).stdout
     assert "total on disk" in table and "CSR" in table
-    from_ckpt = json.loads(_pemn("eval", str(run_dir), "--json", cwd=run_dir).stdout)
-    from_file = json.loads(_pemn("eval", str(artifact), "--dataset", "digits", "--json",
-                                 cwd=run_dir).stdout)
+    from_ckpt = json.loads(_pemn("eval", str(run_dir.path), "--json", cwd=run_dir.path).stdout)
+    # the artifact records its dataset: no --dataset needed
+    from_file = json.loads(_pemn("eval", str(artifact), "--json", cwd=run_dir.path).stdout)
+    assert from_file["dataset"] == "digits"
     assert from_ckpt["accuracy"] == from_file["accuracy"]
 
 
-def test_export_safetensors(run_dir):
-    out = run_dir / "dense.safetensors"
-    _pemn("export", str(run_dir), "-o", str(out), cwd=run_dir)
-    assert out.stat().st_size > 0
+def test_checkpoint_stores_model_args_and_needs_no_dataset(run_dir, tmp_path):
+    state = torch.load(run_dir.checkpoint, weights_only=True)
+    assert state["model_args"] == {"name": "convmixer_128_d4", "kwargs": {
+        "in_channels": 1, "num_classes": 10, "dim": 16, "depth": 1}}
+    # the model is rebuilt from model_args alone, even if the dataset is unknown here
+    state["config"]["data"]["dataset"] = "no_such_dataset"
+    torch.save(state, tmp_path / "c.pt")
+    model = load_model(tmp_path / "c.pt")
+    reference = load_model(run_dir.path)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), reference(x))
 
 
-def test_artifact_without_dataset_is_a_clear_error(run_dir):
-    _pemn("pack", str(run_dir), "-o", str(run_dir / "m.pemn"), cwd=run_dir)
-    r = _pemn("eval", str(run_dir / "m.pemn"), cwd=run_dir, check=False)
-    assert r.returncode == 2 and "pass --dataset" in r.stderr
+@pytest.mark.parametrize("form", ["dense", "packed"])
+def test_load_model_forms_give_the_same_logits(run_dir, form):
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load_model(run_dir.path, form=form)(x), load_model(run_dir.path)(x))
 
 
-def test_corrupt_artifact_is_one_line(run_dir, tmp_path):
+def test_export_safetensors_holds_the_dense_weights(run_dir):
+    from safetensors.torch import load_file
+
+    out = run_dir.path / "dense.safetensors"
+    _pemn("export", str(run_dir.path), "-o", str(out), cwd=run_dir.path)
+    exported = load_file(str(out))
+    dense = load_model(run_dir.path, form="dense").state_dict()
+    assert exported.keys() == dense.keys()
+    assert all(torch.equal(exported[k], dense[k]) for k in dense)
+
+
+def test_artifact_without_dataset_needs_dataset_flag(run_dir, tmp_path):
+    path = tmp_path / "m.pemn"
+    pemn.save(load_model(run_dir.path), path)  # written without dataset=
+    _one_line_error(_pemn("eval", str(path), cwd=tmp_path, check=False), "pass --dataset")
+    r = _pemn("eval", str(path), "--dataset", "digits", "--json", cwd=tmp_path)
+    assert json.loads(r.stdout)["num_images"] == 359
+
+
+def test_corrupt_artifact_is_one_line(tmp_path):
     bad = tmp_path / "bad.pemn"
     bad.write_bytes(b"\x89PEMN\r\n\x1a" + b"\x00" * 40)
-    r = _pemn("size", str(bad), cwd=tmp_path, check=False)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for command in ("size", "eval", "export"):
+        args = ["-o", str(tmp_path / "x")] if command == "export" else []
+        r = _pemn(command, str(bad), *args, cwd=tmp_path, check=False)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _edited_checkpoint(run_dir, tmp_path, edit):
+    state = torch.load(run_dir.checkpoint, weights_only=True)
+    edit(state)
+    path = tmp_path / "edited.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("missing", ["config", "model_args", "model"])
+def test_checkpoint_without_a_key_names_it(run_dir, tmp_path, missing):
+    path = _edited_checkpoint(run_dir, tmp_path, lambda s: s.pop(missing))
+    _one_line_error(_pemn("eval", str(path), cwd=tmp_path, check=False), f"'{missing}'")
+
+
+def test_checkpoint_asking_for_too_much_memory_is_one_line(run_dir, tmp_path):
+    path = _edited_checkpoint(run_dir, tmp_path,
+                              lambda s: s["model_args"]["kwargs"].update(kernel_size=10**6))
+    for command in ("eval", "pack", "size"):
+        _one_line_error(_pemn(command, str(path), cwd=tmp_path, check=False),
+                        "not enough memory to build model convmixer_128_d4")
+
+
+def test_config_asking_for_too_much_memory_is_one_line(tmp_path):
+    for command in ("info", "train"):
+        r = _pemn(command, "data.dataset=digits", "model.kwargs={kernel_size=1000000}",
+                  f"out_dir={tmp_path}", cwd=tmp_path, check=False)
+        _one_line_error(r, "not enough memory to build model convmixer_128_d4")
+
+
+def test_checkpoint_of_another_model_is_one_line(run_dir, tmp_path):
+    path = _edited_checkpoint(run_dir, tmp_path,
+                              lambda s: s["model_args"]["kwargs"].update(dim=8))
+    _one_line_error(_pemn("eval", str(path), cwd=tmp_path, check=False), "does not fit")
+
+
+def test_foreign_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save([1, 2, 3], path)
+    _one_line_error(_pemn("eval", str(path), cwd=tmp_path, check=False), "not a pemn checkpoint")

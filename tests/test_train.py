@@ -1,6 +1,7 @@
 """Training loop, config handling, resume after kill -9, and a 2-process DDP run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from pemn.config import ConfigError, OptimConfig, load_config
+from pemn.distributed import World
 from pemn.train import lr_at
 
-TINY = ["data.dataset=digits", "model.name=convmixer", "model.kwargs={dim=16, depth=1}",
+TINY = ["data.dataset=digits", "model.name=convmixer_128_d4", "model.kwargs={dim=16, depth=1}",
         "optim.batch_size=64", "optim.eval_batch_size=500"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -119,9 +121,26 @@ def test_resume_after_kill_gives_same_metrics(tmp_path):
 
 def test_existing_run_dir_needs_resume(tmp_path):
     args = [*TINY, "optim.epochs=1", f"out_dir={tmp_path}", "name=r", "--no-progress"]
-    _pemn("train", *args, cwd=tmp_path)
+    log = _pemn("train", *args, cwd=tmp_path).stderr
+    assert "lr " in log and not re.search(r"\d\.\d{6,}", log), log  # floats for people
     r = _pemn("train", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_world_from_env(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert World.from_env() == World(0, 1, 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert World.from_env() == World(3, 4, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="outside WORLD_SIZE 4"):
+        World.from_env()
+    monkeypatch.setenv("RANK", "two")
+    with pytest.raises(ValueError, match="RANK must be an integer"):
+        World.from_env()
 
 
 def test_two_process_ddp_gives_identical_masks(tmp_path):

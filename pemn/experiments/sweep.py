@@ -501,6 +501,6 @@ def _pack(cfg, run_dir: Path) -> None:
     if cfg.mask.strategy in BASELINES or (run_dir / ARTIFACT_FILE).exists():
         return
     from pemn.artifact import save
-    from pemn.evaluate import load_trained
-    save(load_trained(run_dir)[0], run_dir / ARTIFACT_FILE)
+    from pemn.run import load_model
+    save(load_model(run_dir), run_dir / ARTIFACT_FILE)
 

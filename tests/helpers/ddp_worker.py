@@ -1,25 +1,26 @@
 """Run under torchrun by tests/test_train.py: train a tiny model, then dump this rank's masks."""
 import sys
-from pathlib import Path
 
 import torch
 
 from pemn.config import load_config, to_dict
 from pemn.data import load_dataset
-from pemn.distributed import setup, teardown
+from pemn.distributed import World, setup, teardown
 from pemn.masking import current_mask
-from pemn.run import _loaders, build_model
+from pemn.run import RunDir, _loaders, model_from_config
 from pemn.train import train
 from pemn.transform import masked_tensors
 
-out = Path(sys.argv[1])
+run_dir = RunDir(sys.argv[1])
 cfg = load_config(None, sys.argv[2:])
-world = setup(torch.device("cpu"))
+world = World.from_env()
+setup(world, torch.device("cpu"))
 ds = load_dataset(cfg.data.dataset)
-model = build_model(cfg, ds.image_shape[0], ds.num_classes)
+model = model_from_config(cfg)
 train_loader, evals = _loaders(cfg, ds, torch.device("cpu"), world)
-history = train(model, train_loader, evals, cfg.optim, out, world, to_dict(cfg), progress=False)
+meta = {"config": to_dict(cfg), "model_args": model.model_args}
+history = train(model, train_loader, evals, cfg.optim, run_dir, world, meta, progress=False)
 masks = {f"{f}.{n}": current_mask(m, n) for f, m, n in masked_tensors(model)}
 torch.save({"masks": masks, "history": history, "batches": len(train_loader)},
-           out / f"rank{world.rank}.pt")
+           run_dir.path / f"rank{world.rank}.pt")
 teardown(world)
