@@ -1,8 +1,7 @@
 """Exact per-tensor top-k masks: pemn's counting search against topk, sort and kthvalue.
 
-Usage (CPU under the project's lock; on a GPU machine add ``--device cuda``):
+Usage (under the project's CPU lock; where CUDA exists the same command adds a CUDA run):
     python benchmarks/topk.py --out benchmarks/results/topk.json
-    python benchmarks/topk.py --device cuda --out benchmarks/results/topk_cuda.json
 
 For each n, scores ~ N(0, 1) and keep 0.5, every method builds a {0, 1} mask of exactly
 ``num_kept(n, 0.5)`` entries from the scores (|scores| included in the time):
@@ -76,7 +75,8 @@ def bench(n: int, keep: float, drift: float, repeats: int, device: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    default = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    p.add_argument("--devices", nargs="+", default=default, help="default: cpu, and cuda if any")
     p.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--drift", type=float, default=1e-3)
@@ -85,19 +85,22 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/topk.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available here")
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: CUDA is not available here")
     results = {}
-    for n in args.sizes:
-        results[n] = row = bench(n, args.keep, args.drift, args.repeats, args.device)
-        best = min(row, key=lambda m: row[m]["median_s"])
-        print(f"n={n:>11,}  " + "  ".join(f"{m} {1e3 * t['median_s']:8.2f}" for m, t in
-                                         row.items()) + f"  ms (median)  fastest: {best}")
+    for device in args.devices:
+        results[device] = {}
+        for n in args.sizes:
+            results[device][n] = row = bench(n, args.keep, args.drift, args.repeats, device)
+            best = min(row, key=lambda m: row[m]["median_s"])
+            print(f"{device:<5} n={n:>11,}  " + "  ".join(
+                f"{m} {1e3 * t['median_s']:8.2f}" for m, t in row.items())
+                + f"  ms (median)  fastest: {best}")
     out = {"command": "python benchmarks/topk.py " + " ".join(
-               [f"--device {args.device}", f"--keep {args.keep}", f"--drift {args.drift}",
-                f"--repeats {args.repeats}", f"--threads {args.threads}",
+               ["--devices " + " ".join(args.devices), f"--keep {args.keep}",
+                f"--drift {args.drift}", f"--repeats {args.repeats}", f"--threads {args.threads}",
                 "--sizes " + " ".join(map(str, args.sizes))]),
-           "device": args.device, **environment(), "results_s": results}
+           **environment(), "results_s": results}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
 

@@ -1,7 +1,7 @@
 """The CUDA path: masking, training, artifacts and regenerated weights on a GPU.
 
 Skipped where CUDA is absent. On a GPU machine: ``python -m pytest tests/test_cuda.py``, then
-``python benchmarks/topk.py --device cuda`` says which top-k method is fastest there.
+``python benchmarks/topk.py`` also times the top-k methods on the GPU.
 """
 import pytest
 import torch
