@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import pemn.train
 from pemn.config import ConfigError, OptimConfig, load_config
 from pemn.distributed import World
-from pemn.train import lr_at
+from pemn.train import evaluate, lr_at
 
 TINY = ["data.dataset=digits", "model.name=convmixer_128_d4", "model.kwargs={dim=16, depth=1}",
         "optim.batch_size=64", "optim.eval_batch_size=500"]
@@ -41,11 +42,26 @@ def test_cosine_schedule_with_warmup():
     assert lr_at(100, 100, cfg) == pytest.approx(0, abs=1e-12)
 
 
+def test_cpu_eval_keeps_activations_small(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 1000), torch.nn.ReLU(),
+                                torch.nn.Linear(1000, 3))  # 4000 bytes of activation per image
+    batches = []
+    model.register_forward_pre_hook(lambda _m, inputs: batches.append(len(inputs[0])))
+    x, y = torch.randn(600, 4), torch.randint(0, 3, (600,))
+    whole = evaluate(model, [(x, y)])
+    assert batches[1:] == [600]  # after a one-image probe: under the default budget
+    monkeypatch.setattr(pemn.train, "CPU_ACTIVATION_BYTES", 4000 * 128)
+    batches.clear()
+    assert evaluate(model, [(x, y)]) == whole
+    assert batches[1:] == [128] * 4 + [88]
+
+
 def test_config_overrides_and_file(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[optim]\nlr = 0.1\nepochs = 3\n[model]\nname = "resnet20"\n')
     cfg = load_config(f, ["optim.lr=0.2", "mask.strategy=mp", "model.kwargs.option=B"])
-    assert (cfg.optim.lr, cfg.optim.epochs, cfg.mask.strategy) == (0.2, 3, "mp")
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.mask.strategy.name) == (0.2, 3, "mp")
     assert cfg.model.kwargs == {"option": "B"}
     assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0  # int accepted for float
 
@@ -53,7 +69,7 @@ def test_config_overrides_and_file(tmp_path):
 @pytest.mark.parametrize("override, match", [
     (["optim.lrr=0.1"], "did you mean optim.lr"),
     (["optim.epochs=two"], "optim.epochs must be int"),
-    (["mask.strategy=rnd"], "is not one of"),
+    (["mask.strategy=rnd"], "unknown strategy 'rnd'"),
     (["mask.keep_ratio=0"], "kept fraction"),
     (["nokey"], "section.key=value"),
     (["optim=3"], "must be a table"),
@@ -84,7 +100,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_info_prints_counts(tmp_path):
-    r = _pemn("info", "model.name=convmixer_256_d6", "data.dataset=cifar10", "mask.ratio=0.1",
+    r = _pemn("info", "model.name=convmixer_256_d6", "data.dataset=cifar10",
+              "mask.strategy.ratio=0.1",
               "--json", cwd=tmp_path)
     info = json.loads(r.stdout)
     assert info["num_masked"] == 437_248 and info["num_unique"] == 6_554
