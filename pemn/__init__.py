@@ -10,11 +10,12 @@ as seed + bit-packed masks + BN.
 """
 from pemn import artifact
 from pemn.artifact import load, save
+from pemn.baselines import MagnitudePrune, RandomPrune
 from pemn.fill import MP, RP, Dense, Mask, OneLayer
 from pemn.storage import Stats, paper_compression_ratio, stats
 from pemn.transform import apply_, masked_tensors, materialize_, register_maskable
 
 __all__ = ["apply_", "materialize_", "register_maskable", "save", "load", "artifact",
            "masked_tensors", "stats", "Stats", "paper_compression_ratio", "Dense", "Mask",
-           "OneLayer", "MP", "RP"]
+           "OneLayer", "MP", "RP", "RandomPrune", "MagnitudePrune"]
 __version__ = "0.1.0"

@@ -3,9 +3,15 @@
 A TOML recipe and dotted ``key=value`` overrides are applied on top; an unknown key or a value
 of the wrong type fails with a message naming the key and the valid choices. The resolved
 config is saved in every run directory and checkpoint.
+
+``mask.strategy`` is a strategy's dict form (``strategy = { name = "rp", ratio = 1e-3 }``, or a
+bare name such as ``"mp"`` for its defaults); :func:`from_dict` turns it into the strategy
+object once, and :func:`to_dict` writes the dict form back. Sweeps use the same machinery:
+:func:`flatten` and :func:`unflatten` are the one walker over config keys.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -14,13 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from pemn.fill import RP, Strategy, strategy_from_dict, strategy_to_dict
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "MaskConfig", "DataConfig", "OptimConfig",
-           "load_config", "apply_overrides", "to_dict", "from_dict"]
+           "load_config", "apply_overrides", "to_dict", "from_dict", "flatten", "unflatten",
+           "validate", "format_value"]
 
 
 class ConfigError(ValueError):
@@ -35,10 +44,10 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    strategy: str = "rp"  # dense | mask | one_layer | mp | rp | random_prune | magnitude_prune
-    ratio: float = 1e-3  # RP: unique values relative to MP
-    order: str = "copy"  # RP: copy | permuted
-    keep_ratio: float = 0.5  # fraction of weights kept (masks and pruning baselines alike)
+    # { name = "rp", ratio = 1e-3 }; names: dense mask one_layer mp rp random_prune
+    # magnitude_prune (pemn.fill.STRATEGIES)
+    strategy: Strategy = field(default_factory=RP)
+    keep_ratio: float = 0.5  # fraction of weights kept by the masks (a baseline's CR sets its own)
     seed: int = 0  # random weights, scores and baseline masks
 
 
@@ -65,6 +74,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # cosine only: linear warm-up
     weight_decay: float = 0.005
     momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only; edge-popup's CIFAR recipe uses false
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max grad norm, 0 = off
     seed: int = 0  # data order, augmentation and dropout
@@ -87,14 +97,40 @@ class RunConfig:
         if self.name:
             return self.name
         m = self.mask
-        strategy = {"rp": f"rp{m.ratio:g}{'p' if m.order == 'permuted' else ''}"}.get(
-            m.strategy, m.strategy)
-        return (f"{self.data.dataset}-{self.model.name}-{strategy}-k{m.keep_ratio:g}"
+        keep = m.strategy.kept_fraction(m.keep_ratio)
+        return (f"{self.data.dataset}-{self.model.name}-{m.strategy.tag()}-k{keep:g}"
                 f"-e{self.optim.epochs}-s{m.seed}")
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config dataclass as plain JSON values (strategies in their dict form)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, Strategy):
+            value = strategy_to_dict(value)
+        elif dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        out[f.name] = copy.deepcopy(value)
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A config value for people and names: ``0.038125`` rather than ``0.038125000000000006``."""
+    if isinstance(value, Strategy):
+        return value.label()
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _strategy(value: Any, key: str, default: Strategy) -> Strategy:
+    if isinstance(value, str):  # a bare name: that strategy's defaults
+        value = {"name": value}
+    elif isinstance(value, dict) and "name" not in value:  # arguments of the default strategy
+        value = {**strategy_to_dict(default), **value}
+    try:
+        return strategy_from_dict(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -124,7 +160,9 @@ def from_dict(cls, data: dict, prefix: str = ""):
             raise ConfigError(f"unknown config key {full!r}{hint}; valid keys: "
                               f"{', '.join(prefix + n for n in names)}")
         typ = hints[key]
-        if dataclasses.is_dataclass(typ):
+        if typ is Strategy:
+            kwargs[key] = _strategy(value, full, cls.__dataclass_fields__[key].default_factory())
+        elif dataclasses.is_dataclass(typ):
             kwargs[key] = from_dict(typ, value, full + ".")
         else:
             kwargs[key] = _coerce(value, typ, full)
@@ -139,19 +177,76 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _is_table(cls, key: str) -> bool:
+    """Whether ``key`` (dotted) is a section or a dict field, whose entries merge one by one.
+
+    Anything else, a strategy table included, is one value that replaces the old one.
+    """
+    for part in key.split("."):
+        if cls is dict:
+            return False  # an entry of a dict field: a value
+        hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False  # unknown keys are values; from_dict names them
+        cls = hints[part]
+    return cls is dict or dataclasses.is_dataclass(cls)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict -> ``{dotted key: value}``, down to single values.
+
+    Sections and dict fields (``model.kwargs``) flatten, so tables merge key by key;
+    a strategy table stays whole, so a new strategy replaces the old one.
+    """
+    out = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and _is_table(RunConfig, full):
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = copy.deepcopy(value)
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """``{dotted key: value}`` -> the nested dict :func:`from_dict` reads.
+
+    Shorter keys are set first, so ``mask.strategy.ratio`` changes one argument of a
+    ``mask.strategy`` table whatever the order of the two.
+
+    Raises:
+        ConfigError: a key sets an entry inside something that is not a table.
+    """
+    data: dict = {}
+    for key, value in sorted(flat.items(), key=lambda kv: kv[0].count(".")):
+        *parents, leaf = key.split(".")
+        node = data
+        for i, p in enumerate(parents):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {key!r}: {'.'.join(parents[:i + 1])!r} is a "
+                                  f"value ({node!r}), not a table")
+        node[leaf] = copy.deepcopy(value)
+    return data
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted keys: ``["optim.lr=0.1", "model.kwargs.act=relu"]`` on a nested dict."""
+    """Set dotted keys: ``["optim.lr=0.1", "model.kwargs.act=relu"]`` on a nested dict.
+
+    ``mask.strategy={name="rp", ratio=1e-2}`` replaces the strategy; ``mask.strategy.ratio=1e-2``
+    changes one of its arguments.
+    """
+    flat = flatten(data)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = _parse_value(text.strip())
+        key = key.strip()
+        flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
+        flat[key] = _parse_value(text.strip())
+    new = unflatten(flat)
+    data.clear()
+    data.update(new)
     return data
 
 
@@ -174,10 +269,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks with messages that say what is allowed."""
-    choices = {"mask.strategy": (cfg.mask.strategy, ("dense", "mask", "one_layer", "mp", "rp",
-                                                     "random_prune", "magnitude_prune")),
-               "mask.order": (cfg.mask.order, ("copy", "permuted")),
-               "optim.optimizer": (cfg.optim.optimizer, ("adamw", "sgd")),
+    choices = {"optim.optimizer": (cfg.optim.optimizer, ("adamw", "sgd")),
                "optim.schedule": (cfg.optim.schedule, ("triangular", "cosine")),
                "optim.amp": (cfg.optim.amp, ("auto", "off", "bf16", "fp16"))}
     for key, (value, allowed) in choices.items():
@@ -186,8 +278,6 @@ def validate(cfg: RunConfig) -> None:
     if not 0 < cfg.mask.keep_ratio <= 1:
         raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got "
                           f"{cfg.mask.keep_ratio}")
-    if not 0 < cfg.mask.ratio <= 1:
-        raise ConfigError(f"mask.ratio must be in (0, 1], got {cfg.mask.ratio}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
     if not 0 <= cfg.data.val_fraction < 1:

@@ -193,6 +193,8 @@ def strategy_from_dict(d: dict) -> Strategy:
         raise ValueError(f"a strategy is a table like {{name = \"rp\", ratio = 1e-3}}, got {d!r}")
     d = dict(d)
     name = d.pop("name", None)
+    if name is None:
+        raise ValueError(f"a strategy table needs a name, one of {sorted(STRATEGIES)}; got {d!r}")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     try:

@@ -164,16 +164,19 @@ def _describe_model(name, kwargs: dict) -> str:
 
 
 def build_model(cfg: RunConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
-    """``create_model`` + the configured PEMN strategy or pruning baseline."""
+    """``create_model`` + the configured strategy (a weight fill or a pruning baseline).
+
+    The builder is found by the strategy's type in ``_BUILDERS`` (through its base classes),
+    so a new strategy that subclasses a family needs no change here.
+    """
     kwargs = {"in_channels": in_channels, "num_classes": num_classes, **cfg.model.kwargs}
     model = create_model(cfg.model.name, **kwargs)
     m = cfg.mask
-    if m.strategy in baselines.BASELINES:
-        return baselines.prune_(model, m.strategy, keep_ratio=m.keep_ratio, seed=m.seed)
-    strategy = fill.strategy_from_dict(
-        {"name": m.strategy, **({"ratio": m.ratio, "order": m.order} if m.strategy == "rp"
-                                else {})})
-    return apply_(model, strategy, keep_ratio=m.keep_ratio, seed=m.seed)
+    build = next(_BUILDERS[t] for t in type(m.strategy).__mro__ if t in _BUILDERS)
+    return build(model, m.strategy, keep_ratio=m.keep_ratio, seed=m.seed)
+
+
+_BUILDERS = {baselines.PruneBaseline: baselines.prune_, fill.Strategy: apply_}
 
 
 def model_from_config(cfg: RunConfig) -> nn.Module:

@@ -1,16 +1,16 @@
-"""Storage accounting: the paper's compression ratio (PEMN.md §5.2) and sizes in bytes.
+"""Storage accounting: the paper's compression ratio (arXiv 2210.06699, Eq. 10) and bytes.
 
 The paper counts 1 bit of mask per masked weight plus 32 bits per unique stored value, and
 leaves BN and everything else out: ``CR = 1 - (P + 32 U) / (32 P)``. Real bytes on disk, with
 BN and headers, come from the artifact: :func:`size_report` reads a file (or packs a model)
 and prices it component by component, next to the usual ways of storing the same network at
-the same keep ratio (PEERS.md §5). Baseline formats, per masked tensor viewed as a matrix of
+the same keep ratio. Baseline formats, per masked tensor viewed as a matrix of
 ``rows = shape[0]`` rows with ``nnz = num_kept`` non-zeros (all sizes in bytes):
 
 - fp32 / fp16 dense: ``4 n`` / ``2 n`` (fp16 also halves the other float tensors);
-- CSR fp32 (Deep Compression, PEERS.md §5): fp32 values, int32 column indices and int32 row
+- CSR fp32 (as in Deep Compression, Han et al. 2016): fp32 values, int32 column indices and int32 row
   pointers, ``4 nnz + 4 nnz + 4 (rows + 1)``;
-- the paper's CSR accounting (PEMN.md §5.1, Eq. 10): ``p (1 - r)`` fp32 values plus
+- the paper's CSR accounting (its section 4.3): ``p (1 - r)`` fp32 values plus
   ``2 p (1 - r)`` 32-bit positions, i.e. ``12 nnz``;
 - bitmask + fp32 values (compressed-tensors): ``ceil(n / 8) + 4 nnz + 4 rows`` (int32 row
   offsets).
@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from pemn.artifact import describe
-from pemn.fill import Dense
-from pemn.masking import num_kept
+from pemn.fill import strategy_from_dict
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
+           "formula_bytes",
            "csr_fp32_bytes", "paper_csr_bytes", "bitmask_fp32_bytes", "size_report",
            "format_size_table"]
 
@@ -55,27 +55,37 @@ class Stats:
 
 
 def stats(model: nn.Module) -> Stats:
-    """P, U, the paper's CR and sizes of a model prepared by :func:`pemn.apply_`.
+    """P, U, the paper's CR and sizes of a model prepared by a strategy (``pemn.apply_`` or a
+    pruning baseline); the strategy counts its own stored values U.
 
     Raises:
-        ValueError: if ``pemn.apply_`` was not called on ``model``.
+        ValueError: if no strategy was applied to ``model``.
     """
     spec = getattr(model, "pemn_spec", None)
     if spec is None:
         raise ValueError("model has no PEMN spec; call pemn.apply_(model, strategy) first")
     num_masked = sum(t.numel for t in spec.tensors)
-    dense = isinstance(spec.strategy, Dense)
-    if getattr(spec.strategy, "is_baseline", False):  # trained kept values are all stored
-        num_unique = sum(num_kept(t.numel, spec.keep_ratio) for t in spec.tensors)
-    else:
-        num_unique = num_masked if dense else spec.plan.num_unique
-    cr = 0.0 if dense else paper_compression_ratio(num_masked, num_unique)
-    masked_names = {t.name for t in spec.tensors}
-    other = sum(t.numel() for n, t in model.state_dict().items()
-                if not n.endswith(("_fixed", "_scores", "_orig", "_mask")) and n not in masked_names
-                and t.is_floating_point())
-    return Stats(num_masked, num_unique, cr, 4 * num_masked,
-                 0 if dense else num_masked, other)
+    num_unique = spec.strategy.num_stored(spec.tensors, spec.keep_ratio)
+    has_mask = spec.strategy.stores_mask
+    cr = paper_compression_ratio(num_masked, num_unique) if has_mask else 0.0
+    return Stats(num_masked, num_unique, cr, 4 * num_masked, num_masked if has_mask else 0,
+                 _num_other(model, {t.name for t in spec.tensors}))
+
+
+def _num_other(model: nn.Module, masked: set[str]) -> int:
+    """Floating-point state outside the masked tensors. A masked tensor ``w`` owns ``w`` and
+    every ``w_<suffix>`` entry (its random values, scores, or a pruning mask)."""
+    def owned(name: str) -> bool:
+        base, _, _ = name.rpartition("_")
+        return name in masked or base in masked
+    return sum(t.numel() for n, t in model.state_dict().items()
+               if t.is_floating_point() and not owned(n))
+
+
+def formula_bytes(s: Stats) -> int:
+    """Bytes by the paper's accounting plus the rest in fp32: ``ceil(mask_bits/8) + 4 U +
+    4 other`` (Dense: ``4 (P + other)``), for runs without an artifact (pruning baselines)."""
+    return -(-s.mask_bits // 8) + 4 * s.num_unique + 4 * s.num_other_params
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,7 +98,7 @@ def paper_bytes(num_masked: int, num_unique: int) -> int:
 
 
 def mask_entropy_bytes(numel: int, num_kept: int) -> float:
-    """``n H(k/n) / 8``: the entropy bound of an exact-k mask in bytes (PEERS.md §5)."""
+    """``n H(k/n) / 8``: the entropy bound of an exact-k mask in bytes."""
     if num_kept in (0, numel):
         return 0.0
     p = num_kept / numel
@@ -168,7 +178,7 @@ def size_report(source) -> dict:
     others_fp32 = sum(o["num_bytes"] for o in others)
     others_fp16 = sum(o["num_bytes"] // 2 if o["dtype"] == "<f4" else o["num_bytes"]
                       for o in others)
-    dense = header.strategy["name"] == "dense"
+    dense = not strategy_from_dict(header.strategy).stores_mask
     codecs: dict[str, int] = {}
     for m in masks:
         codecs[m["codec"]] = codecs.get(m["codec"], 0) + 1

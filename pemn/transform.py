@@ -175,7 +175,7 @@ def maskable_tensors(model: nn.Module):
 
 
 def _validate(strategy, keep_ratio, seed) -> None:
-    if not isinstance(strategy, tuple(fill_lib.STRATEGIES.values())):
+    if not isinstance(strategy, tuple(fill_lib.FILLS.values())):
         raise TypeError(f"strategy must be one of pemn.Dense(), Mask(), OneLayer(), MP(), "
                         f"RP(ratio=...), got {strategy!r}")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) \

@@ -243,9 +243,9 @@ def test_model_without_apply():
 
 
 def test_baseline_model_is_refused():
-    from pemn.baselines import prune_
+    from pemn.baselines import RandomPrune, prune_
     with pytest.raises(ArtifactError, match="RandomPrune"):
-        pack(prune_(create_model("mlp_paper"), "random_prune", 0.5))
+        pack(prune_(create_model("mlp_paper"), RandomPrune(0.5)))
 
 
 def test_modified_fixed_weights_are_refused():

@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     _pemn("train", "data.dataset=digits", "model.name=convmixer_128_d4",
           "model.kwargs={dim=16, depth=1}", "optim.epochs=1", "optim.batch_size=64",
-          "mask.strategy=rp", "mask.ratio=0.01", f"out_dir={tmp}", "name=r", cwd=tmp)
+          "mask.strategy={name=\"rp\", ratio=0.01}", f"out_dir={tmp}", "name=r", cwd=tmp)
     return RunDir(tmp / "r")
 
 

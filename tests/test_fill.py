@@ -1,11 +1,27 @@
-"""Unique values U and the paper's CR, checked against PEMN.md §4 and §5.3."""
+"""Strategies: unique values U and the paper's CR (arXiv 2210.06699, section 3 and Eq. 10),
+labels, byte accounting, (de)serialisation, layer values and the pruning baselines."""
+import math
+
 import pytest
 import torch
 
 import pemn
+from pemn.baselines import MagnitudePrune, PruneBaseline, RandomPrune, prune_
+from pemn.fill import (
+    STRATEGIES,
+    FillPlan,
+    Prototype,
+    TensorSpec,
+    fan_in,
+    plan_fill,
+    strategy_from_dict,
+    strategy_to_dict,
+)
+from pemn.masking import num_kept
 from pemn.models import create_model
+from pemn.storage import formula_bytes
 
-# U per strategy (PEMN.md §4), ConvMixer with a 10-class head.
+# U per strategy, ConvMixer with a 10-class head.
 U_TABLE = {
     "convmixer_256_d6": {"one_layer": 77_568, "mp": 65_536, 1e-1: 6_554, 1e-2: 656, 1e-3: 66,
                          1e-4: 7, 1e-5: 1},
@@ -15,7 +31,7 @@ U_TABLE = {
                  1e-5: 1},
 }
 
-# P and CR in % (PEMN.md §5.3), 10-class heads unless noted.
+# P and CR in % (the paper's Eq. 10), 10-class heads unless noted.
 CR_TABLE = [
     ("convmixer_256_d6", {}, 437_248, {"mp": 81.887, 1e-1: 95.376, 1e-2: 96.725, 1e-3: 96.860}),
     ("convmixer_256_d8", {}, 581_120, {"mp": 85.597, 1e-1: 95.747, 1e-2: 96.762, 1e-3: 96.864}),
@@ -86,3 +102,131 @@ def test_rp_permuted_has_same_values_in_other_order():
     assert set(torch.unique(b).tolist()) <= set(torch.unique(a).tolist()) | set(
         torch.unique(perm.head.weight_fixed).tolist())
     assert pemn.stats(perm).num_unique == pemn.stats(copy).num_unique
+
+
+# ------------------------------------------------------------------------------------------
+# Labels, tags and (de)serialisation: every registered strategy
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy, label, tag", [
+    (pemn.Dense(), "Dense", "dense"),
+    (pemn.Mask(), "Mask", "mask"),
+    (pemn.OneLayer(), "One-layer", "one_layer"),
+    (pemn.MP(), "MP", "mp"),
+    (pemn.RP(1e-3), "RP 1e-3", "rp0.001"),
+    (pemn.RP(0.01, "permuted"), "RP 1e-2 (permuted)", "rp0.01p"),
+    (pemn.RP(0.25), "RP 0.25", "rp0.25"),
+    (RandomPrune(0.9), "Random @ CR 90 %", "random_prune-cr0.9"),
+    (MagnitudePrune(0.96), "Minimum @ CR 96 %", "magnitude_prune-cr0.96"),
+])
+def test_labels_and_tags(strategy, label, tag):
+    assert (strategy.label(), strategy.tag()) == (label, tag)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_round_trips_through_its_dict(name):
+    strategy = STRATEGIES[name]()
+    d = strategy_to_dict(strategy)
+    assert d["name"] == name and strategy_from_dict(d) == strategy
+
+
+@pytest.mark.parametrize("d, match", [
+    ({"name": "rnd"}, "unknown strategy 'rnd'"),
+    ({"ratio": 0.1}, "needs a name"),
+    ({"name": "mp", "ratio": 0.1}, "bad arguments for strategy 'mp'"),
+    ({"name": "rp", "ratio": 0}, r"in \(0, 1\]"),
+    ({"name": "random_prune", "cr": 0.97}, "31/32"),
+    ("rp", "is a table"),
+])
+def test_bad_strategy_dicts(d, match):
+    with pytest.raises(ValueError, match=match):
+        strategy_from_dict(d)
+
+
+def test_fan_in_follows_torch_and_takes_one_for_vectors():
+    assert fan_in((8, 4, 3, 3)) == 36 and fan_in((10, 100)) == 100
+    assert fan_in((5,)) == 1 and fan_in(()) == 1
+    conv = torch.nn.Conv2d(4, 8, 3)
+    assert fan_in(tuple(conv.weight.shape)) == torch.nn.init._calculate_fan_in_and_fan_out(
+        conv.weight)[0]
+    assert TensorSpec("w", (5,)).std == pytest.approx(math.sqrt(2))
+
+
+def test_layer_values_are_views_into_the_prototypes():
+    specs = [TensorSpec("a", (4, 3)), TensorSpec("b", (2, 3)), TensorSpec("c", (5,))]
+    plan = plan_fill(pemn.OneLayer(), specs)
+    protos = [torch.from_numpy(v) for v in plan.generate(7)]
+    values = plan.layer_values(protos, specs)
+    assert [tuple(v.shape) for v in values] == [(4, 3), (2, 3), (5,)]
+    for v, src in zip(values, plan.sources):
+        assert v.data_ptr() == protos[src].data_ptr()  # shared storage, no copy
+    tiled = FillPlan((Prototype(0, 2, 1.0, tile_to=6),), (0, 0))
+    a, b = tiled.layer_values([torch.arange(6.0)], [TensorSpec("a", (2, 3)), TensorSpec("b", (4,))])
+    assert torch.equal(b, torch.arange(4.0)) and torch.equal(a.flatten(), torch.arange(6.0))
+
+
+# ------------------------------------------------------------------------------------------
+# Byte accounting: P, U, mask bits and CR per strategy, in one place
+# ------------------------------------------------------------------------------------------
+
+def _build(strategy):
+    model = create_model("mlp_paper")
+    if isinstance(strategy, PruneBaseline):
+        return prune_(model, strategy, seed=0)
+    return pemn.apply_(model, strategy, keep_ratio=0.5)
+
+
+@pytest.mark.parametrize("strategy", [pemn.Dense(), pemn.MP(), pemn.RP(0.1),
+                                      RandomPrune(0.9), MagnitudePrune(0.94)])
+def test_byte_accounting(strategy):
+    s = pemn.stats(_build(strategy))
+    sizes = [512 * 100, 100 * 100, 100 * 100, 100 * 10]
+    assert s.num_masked == sum(sizes) and s.num_other_params == 100 * 3 + 10  # the biases
+    if isinstance(strategy, pemn.Dense):
+        assert (s.num_unique, s.mask_bits, s.compression_ratio) == (s.num_masked, 0, 0.0)
+        assert formula_bytes(s) == 4 * (s.num_masked + s.num_other_params)
+        return
+    if isinstance(strategy, PruneBaseline):  # the kept values are the stored values
+        keep = 31 / 32 - strategy.cr
+        assert s.num_unique == sum(num_kept(n, keep) for n in sizes)
+        assert s.compression_ratio == pytest.approx(strategy.cr, abs=1e-4)
+    else:
+        assert s.num_unique == {pemn.MP: 51_200, pemn.RP: 5_121}[type(strategy)]
+    assert s.mask_bits == s.num_masked
+    assert s.compression_ratio == 1 - (s.num_masked + 32 * s.num_unique) / (32 * s.num_masked)
+    assert formula_bytes(s) == math.ceil(s.num_masked / 8) + 4 * (s.num_unique
+                                                                  + s.num_other_params)
+
+
+# ------------------------------------------------------------------------------------------
+# Pruning baselines
+# ------------------------------------------------------------------------------------------
+
+def test_magnitude_prune_keeps_the_largest_weights():
+    model = prune_(create_model("mlp_paper"), MagnitudePrune(0.9), seed=0)
+    layer = model.features[1]
+    w, mask = layer.weight_orig.detach().abs().flatten(), layer.weight_mask.flatten().bool()
+    assert mask.sum() == num_kept(w.numel(), 31 / 32 - 0.9)
+    assert w[mask].min() >= w[~mask].max()
+    assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)
+
+
+def test_random_prune_is_seeded_and_differs_from_magnitude():
+    a, b, c = (prune_(create_model("mlp_paper"), s, seed=seed) for s, seed in
+               [(RandomPrune(0.9), 1), (RandomPrune(0.9), 1), (MagnitudePrune(0.9), 1)])
+    masks = [m.features[1].weight_mask for m in (a, b, c)]
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+
+
+@pytest.mark.parametrize("device, dtype", [("meta", torch.float32), ("cpu", torch.float64)])
+def test_random_prune_builds_its_mask_where_the_weight_lives(device, dtype):
+    with torch.device(device):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32)).to(dtype)
+    prune_(model, RandomPrune(0.5), seed=0)
+    mask = model[0].weight_mask
+    assert (mask.device.type, mask.dtype) == (device, dtype)
+
+
+def test_prune_refuses_a_weight_fill():
+    with pytest.raises(TypeError, match="not a pruning baseline"):
+        prune_(create_model("mlp_paper"), pemn.MP())

@@ -1,4 +1,4 @@
-"""Model zoo: every registered model runs forward and backward; P counts match PEMN.md §5.3/§6."""
+"""Model zoo: every registered model runs forward and backward; P counts match the paper's."""
 from __future__ import annotations
 
 import pytest
@@ -63,7 +63,7 @@ def test_grayscale_28x28(name: str) -> None:
 def test_mlp_takes_images_and_paper_shapes() -> None:
     assert create_model("mlp")(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     shapes = [tuple(w.shape) for w in _weights(create_model("mlp_paper"))]
-    assert shapes == [(100, 512), (100, 100), (100, 100), (10, 100)]  # PEMN.md §3.1
+    assert shapes == [(100, 512), (100, 100), (100, 100), (10, 100)]  # paper Eq. 4-6
 
 
 @pytest.mark.parametrize("name, kwargs, num_weights", [
@@ -92,7 +92,7 @@ def test_paper_weight_counts(name: str, kwargs: dict, num_weights: int) -> None:
     ("resnet32", 36_864), ("resnet56", 36_864), ("resnet50", 2_359_296),
 ])
 def test_largest_weight(name: str, largest: int) -> None:
-    # the MP prototype of PEMN.md §3.2
+    # the MP prototype (the first largest layer)
     assert max(w.numel() for w in _weights(create_model(name))) == largest
 
 
@@ -103,10 +103,22 @@ def test_convmixer_has_no_bias_and_right_bn_count() -> None:
 
 
 def test_cifar_resnet_bn_channels() -> None:
-    # PEMN.md §6.2: BN channels ResNet32 1,136, ResNet56 2,032 (option A)
+    # BN channels: ResNet32 1,136, ResNet56 2,032 (option A)
     for name, channels in [("resnet32", 1_136), ("resnet56", 2_032)]:
         bns = [m for m in create_model(name).modules() if isinstance(m, nn.BatchNorm2d)]
         assert sum(m.num_features for m in bns) == channels
+
+
+@pytest.mark.parametrize("name", ["convmixer_64_d4", "resnet20", "resnet50"])
+def test_bn_affine_false_has_no_bn_parameters(name: str) -> None:
+    # the official --bn_type not-learn ablation: BN normalises with running statistics only
+    affine, plain = create_model(name), create_model(name, bn_affine=False)
+    bns = [m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == sum(isinstance(m, nn.BatchNorm2d) for m in affine.modules())
+    assert all(not m.affine and m.weight is None and m.running_mean is not None for m in bns)
+    assert plain.model_args["kwargs"] == {"bn_affine": False}
+    n = sum(p.numel() for p in affine.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert n == 2 * sum(m.num_features for m in bns)
 
 
 def test_vit_uses_multihead_attention() -> None:

@@ -6,16 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from pemn.config import ConfigError, to_dict
+import pemn
+from pemn.baselines import MagnitudePrune, RandomPrune
+from pemn.config import ConfigError, RunConfig, to_dict
 from pemn.experiments import (
     CSV_COLUMNS,
-    collect_results,
+    describe_sweep,
     expand,
     plot_results,
+    read_records,
+    record_results,
     run_sweep,
     summary_table,
 )
 from pemn.models import list_models
+from pemn.run import RunDir
 
 SWEEPS = Path(__file__).parent.parent / "configs" / "sweeps"
 
@@ -51,20 +56,20 @@ def test_fmnist_cpu_grid():
     configs = expand(SWEEPS / "fmnist_cpu.toml")
     seed0 = [c for c in configs if c.mask.seed == 0]
     assert configs[:26] == seed0  # seed by seed: a partial sweep covers the grid once
-    by = {(c.model.kwargs["dim"], c.mask.strategy) for c in seed0}
-    assert {s for d, s in by if d == 64} == {"dense", "mask", "one_layer", "mp", "rp"}
-    assert {s for d, s in by if d == 128} >= {"random_prune", "magnitude_prune"}
-    assert sorted(c.mask.ratio for c in seed0 if c.mask.strategy == "rp"
-                  and c.model.kwargs["dim"] == 64) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    by = {(c.model.name, c.mask.strategy.name) for c in seed0}
+    assert {s for m, s in by if m == "convmixer_64_d4"} == {"dense", "mask", "one_layer", "mp",
+                                                             "rp"}
+    assert {s for m, s in by if m == "convmixer_128_d4"} >= {"random_prune", "magnitude_prune"}
+    assert sorted(c.mask.strategy.ratio for c in seed0 if isinstance(c.mask.strategy, pemn.RP)
+                  and c.model.name == "convmixer_64_d4") == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
     for c in seed0:
-        real_weights = c.mask.strategy in ("dense", "random_prune", "magnitude_prune")
+        real_weights = c.mask.strategy.name in ("dense", "random_prune", "magnitude_prune")
         assert c.optim.lr == (0.005 if real_weights else 0.05), c.name
-        assert c.model.kwargs == {"dim": c.model.kwargs["dim"], "depth": 4, "patch_size": 4,
-                                  "kernel_size": 5}
+        assert c.model.kwargs == {"patch_size": 4, "kernel_size": 5}
         assert (c.optim.epochs, c.optim.batch_size, c.data.dataset) == (3, 128, "fashion_mnist")
-    keeps = sorted(c.mask.keep_ratio for c in seed0 if c.mask.strategy == "random_prune")
-    assert keeps == pytest.approx([31 / 32 - cr for cr in (0.96, 0.94, 0.92, 0.90)])
-    assert "fashion_mnist-convmixer-w128-d4-random_prune-cr0.9-e3-s0" in {c.name for c in seed0}
+    crs = sorted(c.mask.strategy.cr for c in seed0 if isinstance(c.mask.strategy, RandomPrune))
+    assert crs == [0.90, 0.92, 0.94, 0.96]
+    assert "fashion_mnist-convmixer_128_d4-random_prune-cr0.9-e3-s0" in {c.name for c in seed0}
 
 
 def test_fig5_reuses_fig3_runs():
@@ -84,25 +89,31 @@ seeds = [3]
 lr = 0.1
 [grid]
 "optim.weight_decay" = [0.0, 0.1]
-mask.ratio = [0.5]
+mask.strategy.ratio = [0.5]
 ''')
     configs = expand(path)
     assert [c.optim.weight_decay for c in configs] == [0.0, 0.1]
-    assert all((c.model.name, c.optim.epochs, c.optim.lr, c.mask.ratio, c.mask.seed)
-               == ("mlp", 7, 0.1, 0.5, 3) for c in configs)
-    assert configs[0].name == configs[0].run_name() and configs[0].name.endswith("-weight_decay0")
+    assert all((c.model.name, c.optim.epochs, c.optim.lr, c.mask.strategy, c.mask.seed)
+               == ("mlp", 7, 0.1, pemn.RP(0.5), 3) for c in configs)
+    assert configs[0].name == "fashion_mnist-mlp-rp0.5-k0.5-e7-s3-weight_decay0"
 
 
-def test_points_and_cr_sugar(tmp_path):
-    path = _sweep(tmp_path, '''
+def test_points_and_strategy_tables(tmp_path):
+    recipe = _sweep(tmp_path, '[mask]\nstrategy = { name = "rp", ratio = 0.1 }\n', "recipe.toml")
+    path = _sweep(tmp_path, f'''
+base_config = "{recipe.name}"
 [[points]]
-"mask.strategy" = "magnitude_prune"
-"mask.cr" = 0.94
+"mask.strategy" = {{ name = "magnitude_prune", cr = 0.94 }}
 [[points]]
-mask = { strategy = "rp", ratio = 0.01 }
+mask = {{ strategy = {{ name = "rp", order = "permuted" }} }}
+[[points]]
+"mask.strategy.ratio" = 0.01
 ''')
-    prune, rp = expand(path)
-    assert prune.mask.keep_ratio == pytest.approx(0.02875) and rp.mask.ratio == 0.01
+    prune, permuted, rp = expand(path)
+    assert prune.mask.strategy == MagnitudePrune(0.94)  # a table replaces the recipe's whole
+    assert prune.mask.strategy.kept_fraction(prune.mask.keep_ratio) == pytest.approx(0.02875)
+    assert permuted.mask.strategy == pemn.RP(1e-3, "permuted")
+    assert rp.mask.strategy == pemn.RP(0.01)  # one argument of the recipe's strategy
 
 
 # ------------------------------------------------------------------------------------------
@@ -112,12 +123,12 @@ mask = { strategy = "rp", ratio = 0.01 }
 @pytest.mark.parametrize("text, match", [
     ("seed = [0]", "unknown sweep key 'seed'"),
     ("seeds = []", "non-empty list of ints"),
-    ('[grid]\n"mask.strategi" = ["rp"]', r"mask\.strategi.*did you mean 'mask\.strategy'"),
-    ('[grid]\nstrategy = [{ "mask.ratioo" = 0.1 }]', r"mask\.ratioo"),
+    ('[grid]\n"mask.strategi" = ["rp"]', r"mask\.strategi.*did you mean mask\.strategy"),
+    ('[grid]\nstrategy = [{ "mask.ratio" = 0.1 }]', r"unknown config key 'mask\.ratio'"),
     ("[base]\noptim.lrr = 0.1", r"optim\.lrr"),
     ('[grid]\n"optim.lr" = 0.1', "must be a non-empty list"),
-    ('[grid]\n"mask.cr" = [0.9]', "applies to the pruning baselines"),
-    ('[[points]]\n"mask.strategy" = "random_prune"\n"mask.cr" = 0.97', "out of reach"),
+    ('[grid]\n"mask.strategy" = [{ name = "rp", cr = 0.9 }]', "bad arguments for strategy 'rp'"),
+    ('[[points]]\n"mask.strategy" = { name = "random_prune", cr = 0.97 }', "31/32"),
     ('name = "{strategy}"\n[grid]\n"optim.lr" = [0.1, 0.2]', "both named"),
     ('[base]\nname = "x"', "name template"),
     ('name = "{nope}"', r"\{nope\}"),
@@ -131,9 +142,8 @@ def test_bad_sweep_files_raise(tmp_path, text, match):
 def test_changed_config_refuses_old_run_dir(tmp_path):
     path = _sweep(tmp_path, f'[base]\nout_dir = "{tmp_path}"\n"data.dataset" = "digits"\n')
     (cfg,) = expand(path)
-    (tmp_path / cfg.name).mkdir()
-    (tmp_path / cfg.name / "config.json").write_text(json.dumps({**to_dict(cfg), "optim": {
-        **to_dict(cfg)["optim"], "lr": 123.0}}))
+    cfg.optim.lr = 123.0
+    RunDir.of(cfg).write_config(cfg)
     with pytest.raises(ConfigError, match="optim.lr"):
         run_sweep(path)
 
@@ -147,14 +157,14 @@ seeds = [0, 1]
 [base]
 out_dir = "{out}"
 "data.dataset" = "digits"
-"model.name" = "convmixer"
+"model.name" = "convmixer_64_d4"
 "model.kwargs" = {{ dim = 8, depth = 1 }}
 "optim.epochs" = 1
 "optim.batch_size" = 64
 "optim.eval_batch_size" = 500
 [grid]
-strategy = [{{ "mask.strategy" = "rp", "mask.ratio" = 1e-2 }},
-            {{ "mask.strategy" = "random_prune", "mask.cr" = 0.9, "optim.lr" = 0.005 }}]
+strategy = [{{ "mask.strategy" = {{ name = "rp", ratio = 1e-2 }} }},
+            {{ "mask.strategy" = {{ name = "random_prune", cr = 0.9 }}, "optim.lr" = 0.005 }}]
 '''
 
 
@@ -165,112 +175,118 @@ def tiny_sweep(tmp_path_factory):
     return path, run_sweep(path)
 
 
-def test_tiny_sweep_writes_results(tiny_sweep):
-    path, csv_path = tiny_sweep
-    assert csv_path == path.parent / "runs" / "results.csv"
-    rows = _rows(csv_path)
-    assert len(rows) == 4 and list(rows[0]) == list(CSV_COLUMNS)
-    assert [(r["strategy"], r["seed"]) for r in rows] == [
-        ("rp", "0"), ("random_prune", "0"), ("rp", "1"), ("random_prune", "1")]
-    for r in rows:
-        p, u = int(r["P"]), int(r["U"])
-        # PEMN runs are packed, so their bytes are the real file; baselines use the formula.
-        assert r["bytes_source"] == ("artifact" if r["strategy"] == "rp" else "formula")
-        assert int(r["bytes"]) > -(-p // 8) + 4 * u
-        if r["strategy"] == "rp":
-            assert int(r["bytes"]) == (csv_path.parent / r["run"] / "model.pemn").stat().st_size
-        assert 0 <= float(r["best_test_acc"]) <= 100 and r["run"].startswith("digits-convmixer")
-    assert float(rows[1]["keep_ratio"]) == pytest.approx(0.06875)
-    assert float(rows[1]["CR"]) == pytest.approx(0.9, abs=0.01)  # per-layer rounding of kept
-
-
-def test_bytes_column_prefers_the_artifact(tiny_sweep, tmp_path):
-    path, _ = tiny_sweep
+def test_tiny_sweep_appends_one_line_per_run(tiny_sweep):
+    path, results = tiny_sweep
+    assert results == path.parent / "runs" / "results.jsonl"
+    records = read_records(results)
     configs = expand(path)
-    artifact = Path(configs[0].out_dir) / configs[0].name / "model.pemn"
-    artifact.write_bytes(b"x" * 1234)
-    try:
-        rows = _rows(collect_results(configs, tmp_path / "r.csv"))
-    finally:
-        artifact.unlink()
-    assert (rows[0]["bytes"], rows[0]["bytes_source"]) == ("1234", "artifact")
-    assert rows[1]["bytes_source"] == "formula"
+    assert [r["run"] for r in records] == [c.name for c in configs]
+    for r, cfg in zip(records, configs):
+        assert r["config"] == to_dict(cfg)  # the resolved config, as the run saved it
+        s, sizes = r["summary"], r["bytes"]
+        assert 0 <= s["best_test_acc"] <= 100
+        if isinstance(cfg.mask.strategy, pemn.RP):  # packed: the real file, by section
+            assert r["bytes_source"] == "artifact"
+            assert sizes["total"] == RunDir.of(cfg).artifact.stat().st_size
+            assert sum(v for k, v in sizes.items() if k != "total") == sizes["total"]
+        else:  # baselines have no artifact: the formula
+            assert (r["bytes_source"], list(sizes)) == ("formula", ["total"])
+            assert s["keep_ratio"] == pytest.approx(0.06875)
+            assert s["compression_ratio"] == pytest.approx(0.9, abs=0.01)  # kept per layer
 
 
-def test_second_sweep_does_not_retrain(tiny_sweep, caplog):
-    path, csv_path = tiny_sweep
+def test_csv_is_an_export_of_the_lines(tiny_sweep):
+    _, results = tiny_sweep
+    rows = _rows(results.with_suffix(".csv"))
+    assert len(rows) == 4 and list(rows[0]) == list(CSV_COLUMNS)
+    assert [(r["strategy"], r["label"], r["seed"]) for r in rows] == [
+        ("rp0.01", "RP 1e-2", "0"), ("random_prune-cr0.9", "Random @ CR 90 %", "0"),
+        ("rp0.01", "RP 1e-2", "1"), ("random_prune-cr0.9", "Random @ CR 90 %", "1")]
+    lines = read_records(results)
+    assert [int(r["bytes"]) for r in rows] == [line["bytes"]["total"] for line in lines]
+
+
+def test_second_sweep_does_not_retrain_or_repeat_lines(tiny_sweep, caplog):
+    path, results = tiny_sweep
     summaries = sorted((path.parent / "runs").glob("*/summary.json"))
     before = [s.stat().st_mtime_ns for s in summaries]
     with caplog.at_level(logging.INFO, logger="pemn.experiments.sweep"):
-        assert run_sweep(path) == csv_path
+        assert run_sweep(path) == results
     assert [s.stat().st_mtime_ns for s in summaries] == before
-    assert len(_rows(csv_path)) == 4
+    assert len(read_records(results)) == 4
     assert "[4/4]" in caplog.text and "done already" in caplog.text
 
 
-def test_collect_only_rewrites_results_without_training(tiny_sweep):
-    path, csv_path = tiny_sweep
-    csv_path.unlink()
+def test_collect_only_records_finished_runs_without_training(tiny_sweep, tmp_path):
+    path, results = tiny_sweep
     summaries = sorted((path.parent / "runs").glob("*/summary.json"))
     before = [s.stat().st_mtime_ns for s in summaries]
-    assert run_sweep(path, collect_only=True) == csv_path
-    assert len(_rows(csv_path)) == 4
+    other = tmp_path / "other.jsonl"
+    assert run_sweep(path, results=other, collect_only=True) == other
+    assert [r["run"] for r in read_records(other)] == [r["run"] for r in read_records(results)]
     assert [s.stat().st_mtime_ns for s in summaries] == before
+    assert record_results(expand(path), other) == 0  # nothing new to append
 
 
-def test_dry_run_and_limit(tiny_sweep, caplog):
+def test_describe_and_limit(tiny_sweep):
     path, _ = tiny_sweep
-    with caplog.at_level(logging.INFO, logger="pemn.experiments.sweep"):
-        run_sweep(path, dry_run=True, limit=3)
-    assert "3 runs (3 done, 0 to do)" in caplog.text
+    assert "3 runs (3 done, 0 to do)" in describe_sweep(path, limit=3)
 
 
 def test_plots_and_table_from_tiny_sweep(tiny_sweep, tmp_path):
-    _, csv_path = tiny_sweep
-    paths = plot_results(csv_path, tmp_path / "fig")
+    _, results = tiny_sweep
+    paths = plot_results(results, tmp_path / "fig")
     assert {p.name for p in paths} == {f"{s}.{e}" for s in ("fig3_unique_values",
                                        "fig45_compression_ratio", "fig45_kilobytes")
                                        for e in ("png", "svg")}
-    assert all(p.stat().st_size > 1000 for p in paths)
-    table = summary_table(csv_path).splitlines()
+    table = summary_table(results).splitlines()
     assert len(table) == 2 + 2  # header, rule, one row per (model, strategy) group
     assert "RP 1e-2" in table[2] and "Random @ CR 90 %" in table[3]
     assert all(row.rstrip(" |").endswith("2") for row in table[2:])  # n = 2 seeds
 
 
 # ------------------------------------------------------------------------------------------
-# Plots over a synthetic CSV with every strategy (no training)
+# Plots over synthetic results lines with every strategy (no training)
 # ------------------------------------------------------------------------------------------
 
-def _synthetic_csv(path: Path) -> Path:
-    strategies = [("dense", "", 0.5), ("mask", "", 0.5), ("one_layer", "", 0.5), ("mp", "", 0.5),
-                  *[("rp", r, 0.5) for r in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)],
-                  *[(s, "", 31 / 32 - cr) for s in ("random_prune", "magnitude_prune")
-                    for cr in (0.9, 0.92, 0.94, 0.96)]]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for dim in (64, 128):
-            for i, (s, ratio, keep) in enumerate(strategies):
-                for seed in (0, 1, 2):
-                    cr = 31 / 32 - keep if s in ("random_prune", "magnitude_prune") else 0.9
-                    w.writerow({"run": f"r{dim}{i}{seed}", "model": "convmixer", "dataset": "x",
-                                "model_kwargs": json.dumps({"dim": dim, "depth": 4}),
-                                "strategy": s, "ratio": ratio, "order": "copy",
-                                "keep_ratio": keep, "seed": seed, "epochs": 3, "lr": 0.05,
-                                "P": 1000, "U": 10, "CR": cr, "bytes": 2000 + 100 * i,
-                                "bytes_source": "formula", "best_test_acc": 80 + i + seed,
-                                "final_test_acc": 79 + i})
+STRATEGIES = [pemn.Dense(), pemn.Mask(), pemn.OneLayer(), pemn.MP(),
+              *[pemn.RP(r) for r in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)],
+              *[kind(cr) for kind in (RandomPrune, MagnitudePrune) for cr in (0.9, 0.92, 0.94,
+                                                                                0.96)]]
+
+
+def _synthetic_results(path: Path) -> Path:
+    lines = []
+    for dim in (64, 128):
+        for i, strategy in enumerate(STRATEGIES):
+            for seed in (0, 1, 2):
+                cfg = RunConfig(name=f"r{dim}-{i}-{seed}")
+                cfg.model.name, cfg.model.kwargs = "convmixer_64_d4", {"dim": dim}
+                cfg.mask.strategy, cfg.mask.seed = strategy, seed
+                summary = {"num_masked": 1000, "num_unique": 10, "compression_ratio": 0.9,
+                           "best_test_acc": 80 + i + seed, "final_test_acc": 79 + i}
+                lines.append({"run": cfg.name, "config": to_dict(cfg), "summary": summary,
+                              "bytes": {"total": 2000 + 100 * i}, "bytes_source": "formula"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
 
 @pytest.mark.parametrize("metric", ["best_test_acc", "final_test_acc"])
 def test_plots_and_table_cover_every_strategy(tmp_path, metric):
-    csv_path = _synthetic_csv(tmp_path / "results.csv")
-    paths = plot_results(csv_path, tmp_path / "fig", metric=metric, prefix="x_")
-    assert len(paths) == 6 and all(p.name.startswith("x_") and p.stat().st_size for p in paths)
-    table = summary_table(csv_path, metric=metric).splitlines()
-    assert len(table) == 2 + 2 * 17
-    assert "convmixer w64" in table[2] and "Dense" in table[2]
+    results = _synthetic_results(tmp_path / "results.jsonl")
+    paths = plot_results(results, tmp_path / "fig", metric=metric, prefix="x_")
+    assert len(paths) == 6 and all(p.name.startswith("x_") for p in paths)
+    table = summary_table(results, metric=metric).splitlines()
+    assert len(table) == 2 + 2 * len(STRATEGIES)
+    assert [row.split(" | ")[2] for row in table[2:2 + len(STRATEGIES)]] == [
+        s.label() for s in STRATEGIES]  # registry order, RP by ratio descending
+    assert "convmixer_64_d4 w64" in table[2]
     if metric == "best_test_acc":
         assert "81.00 ± 1.00 | 3" in table[2]  # seeds 0, 1, 2 -> 80, 81, 82
+
+
+def test_results_lines_are_checked(tmp_path):
+    bad = tmp_path / "r.jsonl"
+    bad.write_text('{"run": "x"}\n')
+    with pytest.raises(ValueError, match="not a pemn results line"):
+        read_records(bad)

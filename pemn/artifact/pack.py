@@ -27,7 +27,7 @@ from pemn.artifact.format import (
     write_container,
 )
 from pemn.fileio import atomic_write
-from pemn.fill import STRATEGIES, Dense, strategy_to_dict
+from pemn.fill import FILLS, Dense, strategy_to_dict
 from pemn.masking import current_mask
 from pemn.transform import masked_tensors
 
@@ -68,7 +68,7 @@ def _check_packable(model: nn.Module):
     if spec is None:
         raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
                             "keep_ratio, seed) before training and saving it")
-    if type(spec.strategy) not in STRATEGIES.values():
+    if type(spec.strategy) not in FILLS.values():
         raise ArtifactError(f"{type(spec.strategy).__name__} models have trained weights and "
                             "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP). "
                             "Save a baseline with torch.save(model.state_dict()) or export it")

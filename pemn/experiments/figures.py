@@ -1,8 +1,8 @@
-"""The paper's reported numbers (PEMN.md §9.1-9.3), as data for docs and summary tables.
+"""The paper's reported numbers (arXiv 2210.06699, Figs. 3-5), as data for docs and tables.
 
 All values are CIFAR-10 test accuracies in %, read from the paper's figure files (single runs,
-best test accuracy over epochs, PEMN.md §8.4). Strategy keys follow
-:func:`pemn.experiments.sweep.strategy_tag`: ``dense``, ``mask``, ``one_layer``, ``mp``,
+best test accuracy over epochs). Strategy keys are the strategies' tags
+(:meth:`pemn.fill.Strategy.tag`): ``dense``, ``mask``, ``one_layer``, ``mp``,
 ``rp0.1`` ... ``rp1e-05``, ``random_prune-cr0.9`` ... ``magnitude_prune-cr0.96`` (Minimum).
 Model keys are ``pemn`` model names.
 """
@@ -14,7 +14,7 @@ _FIG3_COLUMNS = ("dense", "mask", "one_layer", "mp", "rp0.1", "rp0.01", "rp0.001
                  "rp1e-05")
 _CRS = (0.9, 0.92, 0.94, 0.96)
 
-# Fig. 3 (PEMN.md §9.1): accuracy as the unique values shrink.
+# Fig. 3: accuracy as the unique values shrink.
 FIG3: dict[str, dict[str, float]] = {model: dict(zip(_FIG3_COLUMNS, accs)) for model, accs in {
     "convmixer_256_d6": (94.01, 89.43, 88.93, 88.98, 89.09, 88.96, 88.51, 85.36, 80.20),
     "convmixer_512_d6": (94.64, 91.88, 92.14, 92.04, 92.24, 92.16, 92.03, 90.54, 87.53),
@@ -34,7 +34,7 @@ def _compression(dense: float, random: tuple, minimum: tuple, ours: dict) -> dic
     return out
 
 
-# Fig. 4, CIFAR-10 half (PEMN.md §9.2). "Ours" = MP, RP 1e-1, RP 1e-2.
+# Fig. 4, CIFAR-10 half. "Ours" = MP, RP 1e-1, RP 1e-2.
 FIG4: dict[str, dict[str, float]] = {
     "resnet32": _compression(92.26, (84.07, 83.44, 82.01, 79.36), (84.16, 83.47, 81.25, 79.00),
                              {"mp": 86.29, "rp0.1": 86.65, "rp0.01": 86.41}),
@@ -42,7 +42,7 @@ FIG4: dict[str, dict[str, float]] = {
                              {"mp": 88.35, "rp0.1": 88.12, "rp0.01": 88.32}),
 }
 
-# Fig. 5 (PEMN.md §9.3): ConvMixer dim 256. "Ours" = RP 1e-1, 1e-2, 1e-3.
+# Fig. 5: ConvMixer dim 256. "Ours" = RP 1e-1, 1e-2, 1e-3.
 FIG5: dict[str, dict[str, float]] = {
     "convmixer_256_d6": _compression(94.01, (84.23, 83.16, 81.06, 76.80),
                                      (84.42, 83.35, 80.94, 77.29),

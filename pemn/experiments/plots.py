@@ -1,60 +1,56 @@
-"""Results CSV (from :func:`pemn.experiments.run_sweep`) -> paper-style figures and tables.
+"""Results lines (from :func:`pemn.experiments.run_sweep`) -> paper-style figures and tables.
 
-* Fig. 3 style (PEMN.md §9.1): test accuracy along Mask -> One-layer -> MP -> RP 1e-1 ... 1e-5,
-  one line per model, Dense as a dashed horizontal line in the same colour;
-* Fig. 4/5 style (§9.2-9.3): accuracy against the paper's compression ratio (%), PEMN (MP and
-  RP, the paper's "Ours") next to the Random and Minimum (magnitude) pruning baselines, one
-  panel per model that has baseline runs;
-* the same against kilobytes on disk (the CSV's ``bytes`` column / 1000, log scale).
+* Fig. 3 style (arXiv 2210.06699, Fig. 3): test accuracy along Mask -> One-layer -> MP -> RP
+  1e-1 ... 1e-5, one line per model, Dense as a dashed horizontal line in the same colour;
+* Fig. 4/5 style: accuracy against the paper's compression ratio (%), PEMN (MP and RP, the
+  paper's "Ours") next to the Random and Minimum (magnitude) pruning baselines, one panel per
+  model that has baseline runs;
+* the same against kilobytes on disk (the artifact's size, or the formula's for baselines).
 
 Every point is the mean over seeds with ± one standard deviation (sample std; 0 for one seed).
-Plots read only the CSV (STYLE.md §2.15).
+Plots read only the results lines: each holds the resolved config, parsed back into a
+``RunConfig``, so every strategy brings its own label and the numbers keep their JSON types.
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import math
 import statistics
 from pathlib import Path
 
+from pemn.baselines import PruneBaseline
+from pemn.config import RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
-from pemn.experiments.sweep import CSV_COLUMNS
+from pemn.experiments.sweep import read_records
+from pemn.fill import FILLS, MP, RP, STRATEGIES, Strategy
 
 __all__ = ["read_results", "group_results", "plot_results", "summary_table", "METRICS"]
 
 METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val")
-_NUMERIC = ("ratio", "keep_ratio", "seed", "epochs", "lr", "P", "U", "CR", "bytes",
-            "best_test_acc", "final_test_acc", "best_val_acc", "test_acc_at_best_val", "wall_s",
-            "images_per_s")
-_PEMN_ORDER = ("mask", "one_layer", "mp", "rp")  # Fig. 3's x axis, rp sorted by ratio desc
-_BASELINES = {"random_prune": "Random", "magnitude_prune": "Minimum"}
-_NAMES = {"dense": "Dense", "mask": "Mask", "one_layer": "One-layer", "mp": "MP", "rp": "RP"}
 
 
 # ------------------------------------------------------------------------------------------
 # Reading and grouping
 # ------------------------------------------------------------------------------------------
 
-def read_results(csv_path: str | Path) -> list[dict]:
-    """Rows of a results CSV with numbers as floats (ints where whole) and "" as None."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        missing = [c for c in ("run", "model", "strategy", "seed") if c not in row]
-        if missing:
-            raise ValueError(f"{csv_path} is not a pemn results CSV (no {missing}; expected "
-                             f"columns {', '.join(CSV_COLUMNS)})")
-        for key in _NUMERIC:
-            value = row.get(key) or None
-            row[key] = None if value is None else float(value)
-        row["kwargs"] = json.loads(row.get("model_kwargs") or "{}")
-    return rows
+def read_results(path: str | Path) -> list[dict]:
+    """One row per results line: its ``config`` (a RunConfig), ``summary`` and ``bytes``.
+
+    Raises:
+        ValueError: a line that is not a pemn results line.
+        ConfigError: a line whose config this pemn cannot read.
+    """
+    return [{**r, "config": from_dict(RunConfig, r["config"])} for r in read_records(path)]
+
+
+def _kwargs_key(cfg: RunConfig) -> str:
+    return json.dumps(cfg.model.kwargs, sort_keys=True)
 
 
 def _arch_labels(rows: list[dict]) -> dict[tuple, str]:
     """(model, kwargs json) -> a short label naming only the kwargs that vary in the file."""
-    archs = {(r["model"], r.get("model_kwargs") or "{}") for r in rows}
+    archs = {(r["config"].model.name, _kwargs_key(r["config"])) for r in rows}
     varying = {k for _, kw in archs for k, v in json.loads(kw).items()
                if len({json.dumps(json.loads(o).get(k)) for _, o in archs}) > 1}
     short = {"dim": "w", "depth": "d"}
@@ -76,9 +72,9 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
 
     Returns:
         One dict per group, in order of first appearance, with the group's keys (``dataset``,
-        ``arch`` label, ``model``, ``strategy``, ``ratio``, ``order``, ``keep_ratio``,
-        ``epochs``, ``lr``), ``P``, ``U``, ``CR``, ``bytes`` (mean), ``mean``, ``std``, ``min``,
-        ``max``, ``n`` and ``values``.
+        ``arch`` label, ``model``, ``strategy`` (the object), ``keep_ratio``, ``epochs``,
+        ``lr``), ``P``, ``U``, ``CR``, ``bytes`` (mean), ``mean``, ``std``, ``min``, ``max``,
+        ``n`` and ``values``.
 
     Raises:
         ValueError: an unknown metric or one that no row has.
@@ -88,20 +84,20 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
     labels = _arch_labels(rows)
     groups: dict[tuple, dict] = {}
     for r in rows:
-        if r[metric] is None:
+        cfg, s = r["config"], r["summary"]
+        if s.get(metric) is None:
             continue
-        ratio = r["ratio"] if r["strategy"] == "rp" else None
-        keep = r["keep_ratio"] if r["strategy"] in _BASELINES else None
-        order = r["order"] if r["strategy"] == "rp" else ""
-        arch = labels[(r["model"], r.get("model_kwargs") or "{}")]
-        key = (r["dataset"], arch, r["strategy"], ratio, order, keep, r["epochs"], r["lr"])
+        strategy = cfg.mask.strategy
+        arch = labels[(cfg.model.name, _kwargs_key(cfg))]
+        keep = strategy.kept_fraction(cfg.mask.keep_ratio)
+        key = (cfg.data.dataset, arch, strategy, keep, cfg.optim.epochs, cfg.optim.lr)
         g = groups.setdefault(key, {
-            "dataset": r["dataset"], "arch": arch, "model": r["model"],
-            "strategy": r["strategy"], "ratio": ratio, "order": order, "keep_ratio": keep,
-            "epochs": r["epochs"], "lr": r["lr"], "P": r["P"], "U": r["U"], "CR": r["CR"],
-            "values": [], "bytes_all": []})
-        g["values"].append(r[metric])
-        g["bytes_all"].append(r["bytes"])
+            "dataset": cfg.data.dataset, "arch": arch, "model": cfg.model.name,
+            "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
+            "lr": cfg.optim.lr, "P": s["num_masked"], "U": s["num_unique"],
+            "CR": s["compression_ratio"], "values": [], "bytes_all": []})
+        g["values"].append(s[metric])
+        g["bytes_all"].append(r["bytes"]["total"])
     if rows and not groups:
         raise ValueError(f"no row of the results has a value for {metric!r}")
     for g in groups.values():
@@ -111,26 +107,17 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
     return list(groups.values())
 
 
-def _ratio_text(ratio: float) -> str:
-    exp = math.log10(ratio)
-    return f"1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"{ratio:g}"
+def _sort_key(s: Strategy) -> tuple:
+    """Registry order (Dense, Mask, One-layer, MP, RP, baselines), then the least compressed
+    first: more kept weights (baselines: CR 90 % before 96 %), then larger numeric arguments
+    (RP 1e-1 before 1e-2)."""
+    args = tuple(-v if isinstance(v, (int, float)) else v for v in dataclasses.astuple(s))
+    return (list(STRATEGIES).index(s.name), -s.kept_fraction(1.0), args)
 
 
-def strategy_label(g: dict) -> str:
-    """"RP 1e-3", "RP 1e-3 (permuted)", "Random @ CR 90 %", "One-layer", ..."""
-    s = g["strategy"]
-    if s == "rp":
-        return f"RP {_ratio_text(g['ratio'])}" + (" (permuted)" if g["order"] == "permuted"
-                                                   else "")
-    if s in _BASELINES:
-        return f"{_BASELINES[s]} @ CR {100 * (31 / 32 - g['keep_ratio']):.3g} %"  # nominal
-    return _NAMES.get(s, s)
-
-
-def _sort_key(g: dict) -> tuple:
-    order = ("dense", *_PEMN_ORDER, *_BASELINES)
-    rank = order.index(g["strategy"]) if g["strategy"] in order else len(order)
-    return (rank, -(g["ratio"] or 0), g["order"], g["CR"] or 0)
+def _is_mask_fill(s: Strategy) -> bool:
+    """A point of Fig. 3's x axis: a weight fill behind a mask (not Dense, not a baseline)."""
+    return type(s) in FILLS.values() and s.stores_mask
 
 
 # ------------------------------------------------------------------------------------------
@@ -164,12 +151,11 @@ def _panels(plt, n: int, width: float = 5.0):
 
 def _fig3(plt, groups: list[dict], metric: str):
     """Accuracy along the strategy axis, one panel per (dataset, model family)."""
-    pemn = [g for g in groups if g["strategy"] in _PEMN_ORDER]
+    pemn = [g for g in groups if _is_mask_fill(g["strategy"])]
     if not pemn:
         return None
-    cats = sorted({(g["strategy"], g["ratio"], g["order"]): g for g in pemn}.values(),
-                  key=_sort_key)
-    xs = {(g["strategy"], g["ratio"], g["order"]): i for i, g in enumerate(cats)}
+    cats = sorted({g["strategy"] for g in pemn}, key=_sort_key)
+    xs = {s: i for i, s in enumerate(cats)}
     panels = sorted({(g["dataset"], g["model"].split("_")[0]) for g in pemn})
     fig, axes = _panels(plt, len(panels), width=max(5.0, 0.7 * len(cats) + 1.5))
     for ax, (dataset, family) in zip(axes, panels):
@@ -177,14 +163,14 @@ def _fig3(plt, groups: list[dict], metric: str):
                 and g["model"].split("_")[0] == family]
         for i, arch in enumerate(dict.fromkeys(g["arch"] for g in mine)):  # CSV order
             color = f"C{i % 10}"
-            line = sorted((g for g in mine if g["arch"] == arch and g["strategy"] in _PEMN_ORDER),
-                          key=_sort_key)
-            x = [xs[(g["strategy"], g["ratio"], g["order"])] for g in line]
+            line = sorted((g for g in mine if g["arch"] == arch and _is_mask_fill(g["strategy"])),
+                          key=lambda g: _sort_key(g["strategy"]))
+            x = [xs[g["strategy"]] for g in line]
             ax.errorbar(x, [g["mean"] for g in line], yerr=[g["std"] for g in line], color=color,
                         marker="o", ms=4, capsize=3, label=arch)
-            for g in (g for g in mine if g["arch"] == arch and g["strategy"] == "dense"):
+            for g in (g for g in mine if g["arch"] == arch and not g["strategy"].stores_mask):
                 ax.axhline(g["mean"], color=color, ls="--", lw=1, label=f"{arch} Dense")
-        ax.set_xticks(range(len(cats)), [strategy_label(g) for g in cats], rotation=45,
+        ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45,
                       ha="right")
         ax.set_title(f"{dataset}: {family}")
         ax.set_ylabel(f"test accuracy (%), {metric}")
@@ -197,28 +183,31 @@ def _fig3(plt, groups: list[dict], metric: str):
 
 def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: bool):
     """PEMN vs Random/Minimum baselines against a storage measure, one panel per model."""
-    keys = sorted({(g["dataset"], g["arch"]) for g in groups if g["strategy"] in _BASELINES})
+    keys = sorted({(g["dataset"], g["arch"]) for g in groups
+                   if isinstance(g["strategy"], PruneBaseline)})
     if not keys:
         return None
     fig, axes = _panels(plt, len(keys))
     for ax, (dataset, arch) in zip(axes, keys):
         mine = [g for g in groups if (g["dataset"], g["arch"]) == (dataset, arch)]
         # PEMN: the paper's "Ours" strategies (MP, RP), as points (several share CR ~ 96.87 %)
-        pemn = sorted((g for g in mine if g["strategy"] in ("mp", "rp")), key=_sort_key)
+        pemn = sorted((g for g in mine if isinstance(g["strategy"], (MP, RP))),
+                      key=lambda g: _sort_key(g["strategy"]))
         if pemn:
             ax.errorbar([x_of(g) for g in pemn], [g["mean"] for g in pemn],
                         yerr=[g["std"] for g in pemn], marker="o", ms=5, ls="none", capsize=3,
                         color="C0", label="PEMN")
         for i, g in enumerate(pemn):
-            ax.annotate(strategy_label(g), (x_of(g), g["mean"]), fontsize=6,
+            ax.annotate(g["strategy"].label(), (x_of(g), g["mean"]), fontsize=6,
                         xytext=(4, 4 - 8 * (i % 2)), textcoords="offset points")
-        for (s, label), marker, color in zip(_BASELINES.items(), ("s", "^"), ("C1", "C2")):
-            pts = sorted((g for g in mine if g["strategy"] == s), key=x_of)
-            if pts:
-                ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
-                            yerr=[g["std"] for g in pts], marker=marker, ms=4, capsize=3,
-                            color=color, label=label)
-        for g in (g for g in mine if g["strategy"] == "dense"):
+        kinds = dict.fromkeys(type(g["strategy"]) for g in mine
+                              if isinstance(g["strategy"], PruneBaseline))
+        for i, kind in enumerate(sorted(kinds, key=lambda k: list(STRATEGIES).index(k.name))):
+            pts = sorted((g for g in mine if type(g["strategy"]) is kind), key=x_of)
+            ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
+                        yerr=[g["std"] for g in pts], marker="s^vD"[i % 4], ms=4, capsize=3,
+                        color=f"C{i + 1}", label=kind.title)
+        for g in (g for g in mine if not g["strategy"].stores_mask):
             ax.axhline(g["mean"], color="k", ls="--", lw=1, label="Dense")
             if logx:
                 ax.plot([x_of(g)], [g["mean"]], "k*", ms=7)
@@ -242,16 +231,16 @@ def _log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_results(csv_path: str | Path, out_dir: str | Path, metric: str = "best_test_acc",
+def plot_results(results: str | Path, out_dir: str | Path, metric: str = "best_test_acc",
                  prefix: str = "") -> list[Path]:
-    """Write the paper-style figures for a results CSV as PNG and SVG.
+    """Write the paper-style figures for a results file as PNG and SVG.
 
     Files (each as ``.png`` and ``.svg``, only those the data supports):
     ``fig3_unique_values`` (needs Mask/One-layer/MP/RP rows), ``fig45_compression_ratio`` and
     ``fig45_kilobytes`` (need baseline rows), each prefixed by ``prefix``.
 
     Args:
-        csv_path: a results CSV written by :func:`pemn.experiments.run_sweep`.
+        results: a results JSONL written by :func:`pemn.experiments.run_sweep`.
         out_dir: created if missing.
         metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc`` or
             ``test_acc_at_best_val``.
@@ -260,7 +249,7 @@ def plot_results(csv_path: str | Path, out_dir: str | Path, metric: str = "best_
     Returns:
         The paths written.
     """
-    groups = group_results(read_results(csv_path), metric)
+    groups = group_results(read_results(results), metric)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -270,7 +259,7 @@ def plot_results(csv_path: str | Path, out_dir: str | Path, metric: str = "best_
             plt, groups, metric, lambda g: 100 * g["CR"], "paper compression ratio (%)", False),
         "fig45_kilobytes": _compression(
             plt, groups, metric, lambda g: g["bytes"] / 1000,
-            "size (kB: 1-bit masks + fp32 stored values + BN/biases)", True),
+            "size on disk (kB; baselines: 1-bit masks + fp32 kept values + BN)", True),
     }
     paths = []
     for stem, fig in figures.items():
@@ -284,34 +273,25 @@ def plot_results(csv_path: str | Path, out_dir: str | Path, metric: str = "best_
 # Table
 # ------------------------------------------------------------------------------------------
 
-def summary_table(csv_path: str | Path, metric: str = "best_test_acc") -> str:
+def summary_table(results: str | Path, metric: str = "best_test_acc") -> str:
     """A markdown table: mean ± std of ``metric`` per (model, strategy) group, with n seeds.
 
     A "paper" column with the paper's CIFAR-10 number is added when any group has one
     (:mod:`pemn.experiments.figures`).
     """
-    groups = group_results(read_results(csv_path), metric)
+    groups = group_results(read_results(results), metric)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
-    groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g)))
-    paper = [paper_accuracy(g["dataset"], g["model"], _tag(g)) for g in groups]
+    groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))
+    paper = [paper_accuracy(g["dataset"], g["model"], g["strategy"].tag()) for g in groups]
     head = ["dataset", "model", "strategy", "lr", "P", "U", "CR (%)", "kB",
             f"{metric} (%)", "n"] + (["paper (%)"] if any(p is not None for p in paper) else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, p in zip(groups, paper):
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
-        cells = [g["dataset"], g["arch"], strategy_label(g), f"{g['lr']:g}",
-                 f"{g['P']:,.0f}", f"{g['U']:,.0f}", f"{100 * g['CR']:.3f}",
+        cells = [g["dataset"], g["arch"], g["strategy"].label(), f"{g['lr']:g}",
+                 f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
                  f"{g['bytes'] / 1000:,.1f}", acc, str(g["n"])]
         if len(head) > len(cells):
             cells.append("" if p is None else f"{p:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _tag(g: dict) -> str:
-    """The strategy tag of :func:`pemn.experiments.sweep.strategy_tag` for a group."""
-    if g["strategy"] == "rp":
-        return f"rp{g['ratio']:g}{'p' if g['order'] == 'permuted' else ''}"
-    if g["strategy"] in _BASELINES:
-        return f"{g['strategy']}-cr{round(31 / 32 - g['keep_ratio'], 6):g}"
-    return g["strategy"]

@@ -1,4 +1,4 @@
-"""Model zoo (PEMN.md §6): plain ``nn.Module``s that know nothing about masks.
+"""Model zoo: plain ``nn.Module``s that know nothing about masks.
 
 One file per architecture family; every variant is registered by name::
 

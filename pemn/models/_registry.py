@@ -1,4 +1,4 @@
-"""Model registry: variant name -> constructor function (the timm / DiT pattern, STYLE.md §2.6).
+"""Model registry: variant name -> constructor function (the timm / DiT pattern).
 
 A variant is a function that only sets hyperparameters and forwards ``**kwargs`` to the model
 class; ``@register_model`` files it under the function's own name. The registry drives the CLI

@@ -1,16 +1,18 @@
 """ConvMixer (Trockman & Kolter, "Patches Are All You Need?", TMLR 2023), CIFAR form.
 
-Exactly the architecture of the official PEMN code (PEMN.md §6.1)::
+Exactly the architecture of the official PEMN code::
 
     Conv2d(in -> dim, kernel = stride = patch, bias=False) -> act -> BN
     depth x [ Residual(depthwise Conv2d(k, groups=dim, padding="same", bias=False) -> act -> BN)
               -> pointwise Conv2d(1x1, bias=False) -> act -> BN ]
     -> AdaptiveAvgPool2d(1) -> Flatten -> Linear(dim -> classes, bias=False)
 
-No layer has a bias, so the weights are exactly the masked values P of PEMN.md §5.3
+No layer has a bias, so the weights are exactly the masked values P of the paper's CR
 (dim 256, depth 6, 10 classes: 437,248). The network is input-size agnostic.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -34,25 +36,31 @@ class Residual(nn.Module):
 
 
 class ConvMixer(nn.Module):
-    """ConvMixer-``dim``/``depth`` with a ``kernel_size`` depthwise kernel and ``patch_size`` stem."""
+    """ConvMixer-``dim``/``depth`` with a ``kernel_size`` depthwise kernel and ``patch_size`` stem.
+
+    ``bn_affine=False`` makes every BatchNorm non-affine (no learned scale and shift), the
+    official PEMN code's ``--bn_type not-learn`` ablation.
+    """
 
     def __init__(self, dim: int, depth: int, kernel_size: int = 5, patch_size: int = 2,
-                 in_channels: int = 3, num_classes: int = 10, act: str = "gelu") -> None:
+                 in_channels: int = 3, num_classes: int = 10, act: str = "gelu",
+                 bn_affine: bool = True) -> None:
         super().__init__()
         if act not in _ACTIVATIONS:
             raise ValueError(f"act={act!r}: use one of {sorted(_ACTIVATIONS)}")
         act_layer = _ACTIVATIONS[act]
+        norm = functools.partial(nn.BatchNorm2d, affine=bn_affine)
         self.num_classes = num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, bias=False),
-            act_layer(), nn.BatchNorm2d(dim))
+            act_layer(), norm(dim))
         self.blocks = nn.Sequential(*[
             nn.Sequential(
                 Residual(nn.Sequential(
                     nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same", bias=False),
-                    act_layer(), nn.BatchNorm2d(dim))),
+                    act_layer(), norm(dim))),
                 nn.Conv2d(dim, dim, 1, bias=False),
-                act_layer(), nn.BatchNorm2d(dim))
+                act_layer(), norm(dim))
             for _ in range(depth)])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(dim, num_classes, bias=False)
@@ -66,12 +74,6 @@ class ConvMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-@register_model
-def convmixer(**kwargs) -> ConvMixer:
-    """Generic ConvMixer; defaults are the official argparse defaults (dim 256, depth 8)."""
-    return ConvMixer(**{"dim": 256, "depth": 8, **kwargs})
 
 
 @register_model

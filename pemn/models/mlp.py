@@ -1,6 +1,6 @@
 """Multilayer perceptron: flatten, then Linear + ReLU layers, then a Linear classifier.
 
-``mlp_paper`` is the worked example of PEMN.md §3.1 (paper Eq. 4-6): layer sizes
+``mlp_paper`` is the paper's worked example of One-layer (arXiv 2210.06699, Eq. 4-6): layer sizes
 [512, 100, 100, 100, 10], i.e. weight matrices 512x100, 100x100, 100x100, 100x10, where
 One-layer makes the first 100x100 layer the prototype of the second. ``mlp`` is a small
 classifier for 28x28 grayscale images (784 inputs). Every Linear has a bias.
@@ -47,5 +47,5 @@ def mlp(**kwargs) -> MLP:
 
 @register_model
 def mlp_paper(**kwargs) -> MLP:
-    """MLP 512-100-100-100-10: the One-layer worked example of PEMN.md §3.1."""
+    """MLP 512-100-100-100-10: the paper's One-layer worked example (Eq. 4-6)."""
     return MLP(**{"in_features": 512, "hidden": (100, 100, 100), **kwargs})

@@ -1,7 +1,7 @@
 """ResNet-50 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Table 1).
 
 The torchvision layout ("ResNet v1.5": the stride sits on the 3x3 conv of a bottleneck), written
-here without torchvision (PEMN.md §6.4)::
+here without torchvision::
 
     7x7 conv stride 2 -> BN -> ReLU -> 3x3 max-pool stride 2
     -> stages of 3, 4, 6, 3 bottlenecks (1x1 -> 3x3 -> 1x1, expansion 4, widths 64..512)
@@ -13,7 +13,8 @@ is the first 512x512x3x3 conv (2,359,296 values), the MP prototype.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,20 +30,21 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.bn3 = norm(out_channels)
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels))
+                norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -52,22 +54,27 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Bottleneck ResNet for ImageNet-style inputs; ``layers=(3, 4, 6, 3)`` is ResNet-50."""
+    """Bottleneck ResNet for ImageNet-style inputs; ``layers=(3, 4, 6, 3)`` is ResNet-50.
+
+    ``bn_affine=False`` makes every BatchNorm non-affine (the official PEMN code's
+    ``--bn_type not-learn`` ablation).
+    """
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), in_channels: int = 3,
-                 num_classes: int = 1000) -> None:
+                 num_classes: int = 1000, bn_affine: bool = True) -> None:
         super().__init__()
+        norm = functools.partial(nn.BatchNorm2d, affine=bn_affine)
         self.num_classes = num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64), nn.ReLU(),
+            norm(64), nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1))
         stages, channels = [], 64
         for i, num_blocks in enumerate(layers):
             width = 64 * 2**i
-            blocks = [Bottleneck(channels, width, 1 if i == 0 else 2)]
+            blocks = [Bottleneck(channels, width, 1 if i == 0 else 2, norm)]
             channels = width * Bottleneck.expansion
-            blocks += [Bottleneck(channels, width, 1) for _ in range(num_blocks - 1)]
+            blocks += [Bottleneck(channels, width, 1, norm) for _ in range(num_blocks - 1)]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(channels, num_classes)

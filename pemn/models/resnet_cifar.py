@@ -2,7 +2,7 @@
 
 A 3x3 conv ``in -> 16``, three stages of ``n = (depth - 2) / 6`` basic blocks with 16, 32 and 64
 channels (stride 2 at the start of stages 2 and 3), global average pooling and ``Linear(64 ->
-classes)`` (PEMN.md §6.2). All convolutions are bias-free; BN follows every conv.
+classes)``, as in the official PEMN code. All convolutions are bias-free; BN follows every conv.
 
 Shortcuts where the shape changes:
 
@@ -13,6 +13,9 @@ Shortcuts where the shape changes:
 The network is input-size agnostic (28x28 Fashion-MNIST works with ``in_channels=1``).
 """
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +43,13 @@ class PadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, option: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, option: str,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = norm(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             if option == "A":
@@ -53,7 +57,7 @@ class BasicBlock(nn.Module):
             else:
                 self.shortcut = nn.Sequential(
                     nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                    nn.BatchNorm2d(out_channels))
+                    norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -62,32 +66,37 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-``depth`` for 32x32 inputs; ``depth`` must be ``6n + 2`` (20, 32, 44, 56, 110...)."""
+    """ResNet-``depth`` for 32x32 inputs; ``depth`` must be ``6n + 2`` (20, 32, 44, 56, 110...).
+
+    ``bn_affine=False`` makes every BatchNorm non-affine (no learned scale and shift), the
+    official PEMN code's ``--bn_type not-learn`` ablation.
+    """
 
     def __init__(self, depth: int = 32, in_channels: int = 3, num_classes: int = 10,
-                 option: str = "A") -> None:
+                 option: str = "A", bn_affine: bool = True) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth={depth}: a CIFAR ResNet needs depth = 6n + 2, e.g. 20, 32, 56")
         if option not in ("A", "B"):
             raise ValueError(f"option={option!r}: use 'A' (zero-pad) or 'B' (1x1 projection)")
         n = (depth - 2) // 6
+        norm = functools.partial(nn.BatchNorm2d, affine=bn_affine)
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = self._stage(16, 16, n, 1, option)
-        self.layer2 = self._stage(16, 32, n, 2, option)
-        self.layer3 = self._stage(32, 64, n, 2, option)
+        self.bn1 = norm(16)
+        self.layer1 = self._stage(16, 16, n, 1, option, norm)
+        self.layer2 = self._stage(16, 32, n, 2, option, norm)
+        self.layer3 = self._stage(32, 64, n, 2, option, norm)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He init, as in the paper; BN keeps (1, 0)
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @staticmethod
-    def _stage(in_channels: int, out_channels: int, n: int, stride: int,
-               option: str) -> nn.Sequential:
-        blocks = [BasicBlock(in_channels, out_channels, stride, option)]
-        blocks += [BasicBlock(out_channels, out_channels, 1, option) for _ in range(n - 1)]
+    def _stage(in_channels: int, out_channels: int, n: int, stride: int, option: str,
+               norm: Callable[[int], nn.Module]) -> nn.Sequential:
+        blocks = [BasicBlock(in_channels, out_channels, stride, option, norm)]
+        blocks += [BasicBlock(out_channels, out_channels, 1, option, norm) for _ in range(n - 1)]
         return nn.Sequential(*blocks)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """A small Vision Transformer for CIFAR-sized inputs (Dosovitskiy et al., ICLR 2021).
 
 PEMN uses a ViT with depth 6/8 and hidden dim 256/512 on CIFAR-10 (Fig. 3) but gives no other
-detail and no code (PEMN.md §6.3, §11.2). Everything else here is OUR choice, a standard small
+detail and no code. Everything else here is OUR choice, a standard small
 CIFAR ViT:
 
 * patch embedding: ``Conv2d(in, dim, patch, stride=patch)`` with ``patch_size = 4``

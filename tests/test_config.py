@@ -1,0 +1,96 @@
+"""Config: every shipped config and sweep round-trips through its dict; strategy keys."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pemn
+from pemn.baselines import RandomPrune
+from pemn.config import (
+    ConfigError,
+    OptimConfig,
+    RunConfig,
+    flatten,
+    format_value,
+    from_dict,
+    load_config,
+    to_dict,
+    unflatten,
+)
+from pemn.experiments import expand
+from pemn.train import make_optimizer
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def _round_trip(cfg: RunConfig) -> RunConfig:
+    return from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg))))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_round_trip(path):
+    cfg = load_config(path)
+    assert _round_trip(cfg) == cfg
+    assert to_dict(cfg)["mask"]["strategy"]["name"] == cfg.mask.strategy.name
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_sweeps_round_trip(path):
+    configs = expand(path)
+    assert configs and all(_round_trip(c) == c for c in configs)
+
+
+def test_demo_config_is_rp_1e3():
+    cfg = load_config(CONFIGS / "fmnist_convmixer.toml")
+    assert cfg.mask.strategy == pemn.RP(1e-3) and cfg.optim.nesterov  # default unchanged
+
+
+@pytest.mark.parametrize("overrides, strategy", [
+    (["mask.strategy.ratio=0.01"], pemn.RP(0.01)),  # an argument of the file's strategy
+    (["mask.strategy=mp"], pemn.MP()),  # a bare name: that strategy's defaults
+    (['mask.strategy={name="random_prune", cr=0.92}'], RandomPrune(0.92)),
+    (["mask.strategy=mp", "mask.strategy={name='rp', order='permuted'}"],
+     pemn.RP(1e-3, "permuted")),
+])
+def test_strategy_overrides(tmp_path, overrides, strategy):
+    f = tmp_path / "c.toml"
+    f.write_text('[mask]\nstrategy = { name = "rp", ratio = 0.1 }\n')
+    assert load_config(f, overrides).mask.strategy == strategy
+
+
+def test_strategy_arguments_apply_to_the_default():
+    assert load_config(None, ["mask.strategy.order=permuted"]).mask.strategy == pemn.RP(
+        1e-3, "permuted")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["mask.ratio=0.1"], "unknown config key 'mask.ratio'"),
+    (["mask.strategy={name='rp', ratio=2}"], r"mask\.strategy: RP ratio must be in \(0, 1\]"),
+    (["mask.strategy=mp", "mask.strategy.ratio=0.1"], "'mask.strategy' is a value"),
+    (["mask.strategy={name='mp', ratio=0.1}"], "bad arguments for strategy 'mp'"),
+])
+def test_bad_strategy_configs(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_flatten_keeps_a_strategy_whole_and_merges_sections():
+    flat = flatten({"mask": {"strategy": {"name": "rp", "ratio": 0.1}, "seed": 1},
+                    "model": {"kwargs": {"dim": 64}}, "optim.lr": 0.5})
+    assert flat == {"mask.strategy": {"name": "rp", "ratio": 0.1}, "mask.seed": 1,
+                    "model.kwargs.dim": 64, "optim.lr": 0.5}
+    assert unflatten({"mask.strategy.ratio": 0.2, "mask.strategy": {"name": "rp"}}) == {
+        "mask": {"strategy": {"name": "rp", "ratio": 0.2}}}
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_sgd_nesterov_follows_the_config(nesterov):
+    opt = make_optimizer(torch.nn.Linear(2, 2), OptimConfig(optimizer="sgd", nesterov=nesterov))
+    assert opt.defaults["nesterov"] is nesterov
+
+
+def test_values_are_formatted_for_people():
+    assert format_value(0.1 * 3) == "0.3"  # not 0.30000000000000004
+    assert (format_value(1e-3), format_value(3), format_value(pemn.RP(1e-2))) == (
+        "0.001", "3", "RP 1e-2")
