@@ -1,9 +1,11 @@
 """The artifact commands end to end on a tiny trained run (pack, size, eval, export), and one
 clear line for every broken input."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +138,13 @@ def test_foreign_checkpoint_is_one_line(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save([1, 2, 3], path)
     _one_line_error(_pemn("eval", str(path), cwd=tmp_path, check=False), "not a pemn checkpoint")
+
+
+def test_setup_finds_unmet_requirements():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "deps_ok.py"
+    spec = importlib.util.spec_from_file_location("deps_ok", path)
+    deps_ok = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deps_ok)
+    assert deps_ok.missing(["pytest>=1", "pytest<1; python_version < '3'"]) == []
+    assert deps_ok.missing(["pytest<1"])[0].startswith("pytest<1 (have ")
+    assert deps_ok.missing(["no-such-distribution-for-pemn"]) == ["no-such-distribution-for-pemn"]
