@@ -5,8 +5,9 @@ requirement was added or re-pinned is brought up to date.
 """
 import importlib.metadata
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 try:
     from packaging.requirements import Requirement
