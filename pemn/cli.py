@@ -71,8 +71,15 @@ def cmd_info(args) -> int:
     else:
         width = max(map(len, info))
         for k, v in info.items():
-            print(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+            print(f"{k:<{width}}  {_for_people(v)}")
     return 0
+
+
+def _for_people(value) -> str:
+    """``80,128`` for counts, four significant digits for floats."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def cmd_eval(args) -> int:
@@ -86,30 +93,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _pack_output(args) -> Path:
-    """``-o``, else the run directory's artifact (next to a checkpoint file)."""
-    from pemn.run import RunDir
-
-    if args.output:
-        return Path(args.output)
-    source = Path(args.path)
-    out = RunDir(source if source.is_dir() else source.parent).artifact
-    if out == source:
-        raise ValueError(f"{source} is the default output itself; choose another with -o")
-    return out
-
-
 def cmd_pack(args) -> int:
-    from pemn.artifact import save
-    from pemn.data import dataset_info
-    from pemn.run import load_trained
+    from pemn.run import pack_trained
 
-    trained = load_trained(args.path)
-    out = _pack_output(args)
-    dataset = dataset_info(trained.dataset) if trained.dataset else None
-    num_bytes = save(trained.model, out, codec=args.codec, dataset=dataset)
-    name = getattr(trained.model, "model_args", {}).get("name", "model")
-    print(f"wrote {out}: {num_bytes:,} bytes ({name})")
+    out, num_bytes = pack_trained(args.path, args.output, codec=args.codec)
+    print(f"wrote {out}: {num_bytes:,} bytes")
     return 0
 
 
@@ -193,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ARTIFACT")
     pk.add_argument("-o", "--output", help="output file (default: model.pemn in the run "
                     "directory)")
-    pk.add_argument("--codec", default="auto", help="mask codec: auto (smallest), bits, rans")
+    pk.add_argument("--codec", default="auto", help="mask codec: auto (the smallest, mask by mask) or "
+                    "one of pemn.artifact.codec.list_codecs()")
     pk.set_defaults(fn=cmd_pack)
 
     sz = sub.add_parser("size", help="bytes per component, paper CR, and the usual alternatives")

@@ -27,7 +27,7 @@ from pemn.train import resolve_device, train
 from pemn.transform import apply_
 
 __all__ = ["run", "build_model", "model_from_config", "RunDir", "RunError", "Trained",
-           "load_trained", "load_model", "is_out_of_memory", "memory_text", "SUMMARY"]
+           "load_trained", "load_model", "pack_trained", "is_out_of_memory", "memory_text"]
 
 log = logging.getLogger(__name__)
 ARTIFACT_SUFFIX = ".pemn"
@@ -130,9 +130,6 @@ class RunDir:
 
     def write_metrics(self, history: list[dict]) -> None:
         atomic_write(self.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
-
-
-SUMMARY = RunDir.SUMMARY
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -301,14 +298,12 @@ class Trained:
     Args:
         model: the model, in eval mode.
         dataset: the dataset it was trained on, when the source names it.
-        data_root: where that dataset was read from ("" or None: its usual place).
-        config: the run's config (run directories and checkpoints only).
+        data_root: where that dataset was read from (None: its usual place).
     """
 
     model: nn.Module
     dataset: str | None
     data_root: str | None
-    config: RunConfig | None
 
 
 def _checkpoint_config(state: dict, path: Path) -> RunConfig:
@@ -351,14 +346,14 @@ def _from_checkpoint(path: Path, device, form: str) -> Trained:
     state = load_checkpoint(path, keys=MODEL_KEYS)
     cfg = _checkpoint_config(state, path)
     model = _in_form(_rebuild(state, cfg, path), form, device)
-    return Trained(model, cfg.data.dataset, cfg.data.root or None, cfg)
+    return Trained(model, cfg.data.dataset, cfg.data.root or None)
 
 
 def _from_artifact(path: Path, device, form: str) -> Trained:
     from pemn.artifact import load
     model = load(path, form=form, device=device)
     dataset = model.pemn_header.dataset or {}
-    return Trained(model, dataset.get("name"), None, None)
+    return Trained(model, dataset.get("name"), None)
 
 
 def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
@@ -399,3 +394,34 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
                form: str = "train") -> nn.Module:
     """The model of :func:`load_trained` alone (same arguments and errors)."""
     return load_trained(path, device=device, form=form).model
+
+
+def pack_trained(path: str | Path, out: str | Path | None = None, *,
+                 codec: str = "auto") -> tuple[Path, int]:
+    """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records
+    its dataset (so ``pemn eval`` needs no ``--dataset``).
+
+    Args:
+        path: a run directory, checkpoint or artifact.
+        out: the file to write; default: the run directory's artifact (for a checkpoint file,
+            the directory holding it).
+        codec: mask codec (see :func:`pemn.artifact.pack`).
+
+    Returns:
+        The path written and its size in bytes.
+
+    Raises:
+        RunError: the default output is ``path`` itself.
+        ArtifactError: a model that cannot be packed (e.g. a pruning baseline).
+        CheckpointError, DatasetError: as :func:`load_trained` and the dataset registry.
+    """
+    from pemn.artifact import save
+
+    path = Path(path)
+    out = Path(out) if out else RunDir(path if path.is_dir() else path.parent).artifact
+    if out == path:
+        raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
+                       f"output")
+    trained = load_trained(path)
+    dataset = dataset_info(trained.dataset) if trained.dataset else None
+    return out, save(trained.model, out, codec=codec, dataset=dataset)

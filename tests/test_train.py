@@ -14,6 +14,7 @@ import torch
 import pemn.train
 from pemn.config import ConfigError, OptimConfig, load_config
 from pemn.distributed import World
+from pemn.run import RunDir
 from pemn.train import evaluate, lr_at
 
 TINY = ["data.dataset=digits", "model.name=convmixer_128_d4", "model.kwargs={dim=16, depth=1}",
@@ -107,8 +108,8 @@ def test_info_prints_counts(tmp_path):
     assert info["num_masked"] == 437_248 and info["num_unique"] == 6_554
 
 
-def _metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _metrics(path):
+    return RunDir(path).read_metrics()
 
 
 def _strip_timing(rows):
@@ -121,7 +122,7 @@ def test_resume_after_kill_gives_same_metrics(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pemn.cli", "train", *args, "name=killed"],
                             cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    ckpt = RunDir(tmp_path / "killed").checkpoint
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -129,7 +130,7 @@ def test_resume_after_kill_gives_same_metrics(tmp_path):
     proc.wait()
     done = len(_metrics(tmp_path / "killed"))
     assert done < 6, "the run finished before it could be killed; make it longer"
-    assert not (tmp_path / "killed" / "summary.json").exists()
+    assert not RunDir(tmp_path / "killed").finished
     r = _pemn("train", "--resume", str(tmp_path / "killed"), "--no-progress", cwd=tmp_path)
     assert "test accuracy" in r.stdout
     assert _strip_timing(_metrics(tmp_path / "killed")) == _strip_timing(
@@ -172,7 +173,7 @@ def test_two_process_ddp_gives_identical_masks(tmp_path):
         assert torch.equal(m, rank1["masks"][name]), name
     # the 1438 digits are split between the ranks: 719 each, 32 per batch
     assert rank0["batches"] == 719 // 32
-    assert (tmp_path / "checkpoint.pt").exists() and len(_metrics(tmp_path)) == 2
+    assert RunDir(tmp_path).checkpoint.exists() and len(_metrics(tmp_path)) == 2
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.toml")),
@@ -189,4 +190,4 @@ def test_cli_under_torchrun(tmp_path):
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("test accuracy") == 1  # rank 0 alone reports
-    assert (tmp_path / "t" / "summary.json").exists()
+    assert RunDir(tmp_path / "t").finished
