@@ -12,8 +12,8 @@ Storage is counted as a 1-bit mask plus the fp32 kept values, so the paper's
 ``CR = 1 - (P + 32 U) / (32 P)`` with ``U = keep P`` gives ``keep = 31/32 - CR``
 (:meth:`PruneBaseline.kept_fraction`); ``pemn size`` also reports CSR.
 
-Adding a baseline is one dataclass (registered, with a ``title``) and one mask function
-(registered in ``_MASKS``).
+Adding a baseline is one dataclass (a registered ``PruneBaseline`` with a ``title``) and one
+mask function (decorated with ``_mask_of``).
 """
 from __future__ import annotations
 
@@ -80,6 +80,18 @@ class MagnitudePrune(PruneBaseline):
     title: ClassVar[str] = "Minimum"
 
 
+_MASKS: dict[type, Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]] = {}
+
+
+def _mask_of(cls: type[PruneBaseline]):
+    """Function decorator: ``fn(weight, keep, generator) -> {0, 1} mask`` prunes for ``cls``."""
+    def register(fn):
+        _MASKS[cls] = fn
+        return fn
+    return register
+
+
+@_mask_of(RandomPrune)
 def _random_mask(weight: torch.Tensor, keep: float, gen: torch.Generator) -> torch.Tensor:
     # The permutation is drawn on the CPU, so a seed gives the same mask on every device.
     n = weight.numel()
@@ -88,12 +100,9 @@ def _random_mask(weight: torch.Tensor, keep: float, gen: torch.Generator) -> tor
     return mask.index_fill_(0, idx, 1).view_as(weight)
 
 
+@_mask_of(MagnitudePrune)
 def _magnitude_mask(weight: torch.Tensor, keep: float, gen: torch.Generator) -> torch.Tensor:
     return topk_mask(weight, keep)
-
-
-_MASKS: dict[type, Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]] = {
-    RandomPrune: _random_mask, MagnitudePrune: _magnitude_mask}
 
 
 def prune_(model: nn.Module, strategy: PruneBaseline, keep_ratio: float = 0.0,

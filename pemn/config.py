@@ -39,7 +39,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "convmixer_128_d4"
-    kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. {"act": "relu"})
+    # passed to create_model, e.g. {"act": "relu"}; {"bn_affine": false}: BN without affine
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -6,10 +6,10 @@ small frozen dataclass registered under a name with :func:`register_strategy`; t
 it. A strategy owns its label (``"RP 1e-3"``), its tag for file names (``"rp0.001"``) and its
 storage count (:meth:`Strategy.num_stored`, the U of the paper's CR).
 
-``plan_fill`` turns a weight-fill strategy, a seed and the list of masked
-weight tensors into a :class:`FillPlan`: a few prototype vectors and, for every layer, which
-prototype serves it. Every layer then takes the *first* ``numel`` values of its prototype, which
-covers all strategies of the paper:
+``plan_fill`` turns a weight-fill strategy and the list of masked weight tensors into a
+:class:`FillPlan`: a few prototype vectors and, for every layer, which prototype serves it.
+Every layer then takes the *first* ``numel`` values of its prototype, which covers all
+strategies of the paper:
 
 =========  ======================================================  ===========================
 strategy   prototypes                                              unique values U
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # layer_values works on torch tensors; fill itself never need
 __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
     "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
-    "STRATEGIES", "FILLS",
+    "STRATEGIES", "FILLS", "register_planner",
 ]
 
 _PERMUTATION_STREAM = 2**32
@@ -51,9 +51,10 @@ _PERMUTATION_STREAM = 2**32
 class Strategy:
     """Base of every strategy; subclasses are frozen dataclasses, registered by name.
 
-    A subclass sets ``label`` (for people) or overrides :meth:`describe`, and may override
-    :meth:`tag`, :meth:`num_stored` and :meth:`kept_fraction`. ``name`` is set by
-    :func:`register_strategy`.
+    A subclass sets ``title`` (for people) and may override :meth:`label`, :meth:`tag`,
+    :meth:`num_stored` and :meth:`kept_fraction`; ``name`` is set by
+    :func:`register_strategy`. The default :meth:`num_stored` counts a weight fill's unique
+    values (:func:`plan_fill`).
     """
 
     name: ClassVar[str] = ""
@@ -86,8 +87,8 @@ def register_strategy(name: str, *, fill: bool = False):
 
     Args:
         name: the ``"name"`` of its dict form (``strategy = { name = "rp", ratio = 1e-3 }``).
-        fill: a weight fill built by ``pemn.apply_`` (it then needs a planner in ``_PLANNERS``
-            or is ``Dense``).
+        fill: a weight fill built by ``pemn.apply_``; it then needs a planner
+            (:func:`register_planner`), unless it is ``Dense``.
 
     Raises:
         ValueError: the name is taken.
@@ -299,11 +300,24 @@ class FillPlan:
         return [prototypes[src][: s.numel].view(s.shape) for src, s in zip(self.sources, specs)]
 
 
+_PLANNERS: dict[type, Callable[[Strategy, list[TensorSpec]], FillPlan]] = {}
+
+
+def register_planner(cls: type[Strategy]):
+    """Function decorator: ``fn(strategy, specs) -> FillPlan`` plans the fill of ``cls``."""
+    def register(fn):
+        _PLANNERS[cls] = fn
+        return fn
+    return register
+
+
+@register_planner(Mask)
 def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:
     protos = tuple(Prototype(i, s.numel, s.std) for i, s in enumerate(specs))
     return FillPlan(protos, tuple(range(len(specs))))
 
 
+@register_planner(OneLayer)
 def _plan_one_layer(strategy: OneLayer, specs: list[TensorSpec]) -> FillPlan:
     first_of_shape: dict[tuple[int, ...], int] = {}
     protos, sources = [], []
@@ -320,11 +334,13 @@ def _largest(specs: list[TensorSpec]) -> int:
     return max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
 
 
+@register_planner(MP)
 def _plan_mp(strategy: MP, specs: list[TensorSpec]) -> FillPlan:
     big = _largest(specs)
     return FillPlan((Prototype(big, specs[big].numel, specs[big].std),), (0,) * len(specs))
 
 
+@register_planner(RP)
 def _plan_rp(strategy: RP, specs: list[TensorSpec]) -> FillPlan:
     big = _largest(specs)
     d_max = specs[big].numel
@@ -332,11 +348,6 @@ def _plan_rp(strategy: RP, specs: list[TensorSpec]) -> FillPlan:
     proto = Prototype(big, num_unique, specs[big].std, tile_to=d_max,
                       permute=strategy.order == "permuted")
     return FillPlan((proto,), (0,) * len(specs))
-
-
-_PLANNERS: dict[type, Callable[..., FillPlan]] = {
-    Mask: _plan_mask, OneLayer: _plan_one_layer, MP: _plan_mp, RP: _plan_rp,
-}
 
 
 def plan_fill(strategy: Strategy, specs: list[TensorSpec]) -> FillPlan:
