@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pemn.checkpoint import load_checkpoint, save_checkpoint
-from pemn.config import OptimConfig
+from pemn.config import ConfigError, OptimConfig
 from pemn.distributed import World
 
 __all__ = ["lr_at", "train", "evaluate", "train_one_epoch", "resolve_device", "autocast_dtype"]
@@ -43,11 +43,27 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 
 def resolve_device(name: str, world: World) -> torch.device:
+    """The device ``optim.device`` names; "auto" is CUDA when present, else the CPU, and a bare
+    "cuda" is this process's GPU (``world.local_rank``).
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device this machine lacks.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"optim.device must be auto, cpu, cuda or cuda:N, got {name!r}") \
+            from None
+    if device.type != "cuda":
+        return device
+    if device.index is None:
         device = torch.device("cuda", world.local_rank)
+    if device.index >= torch.cuda.device_count():  # 0 without CUDA
+        raise ConfigError(f"optim.device {name!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s) for torch "
+                          f"{torch.__version__}; use optim.device=cpu or auto")
     return device
 
 
