@@ -456,6 +456,5 @@ def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
     """
     if type(cfg.mask.strategy) not in FILLS.values() or run_dir.artifact.exists():
         return
-    from pemn.artifact import save
-    from pemn.run import load_model
-    save(load_model(run_dir.path), run_dir.artifact)
+    from pemn.run import pack_trained
+    pack_trained(run_dir.path, run_dir.artifact)
