@@ -266,8 +266,7 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
     device = getattr(targets[0].module, targets[0].name).device
     protos = [torch.from_numpy(v).to(device) for v in prototypes]
     score_gen = torch.Generator().manual_seed(seed)
-    for t, spec, src in zip(targets, specs, plan.sources):
-        fixed = protos[src][: spec.numel].view(spec.shape)
+    for t, spec, fixed in zip(targets, specs, plan.layer_values(protos, specs)):
         scores = _init_scores(spec, score_gen)
         mask_tensor_(t.module, t.name, fixed, scores, keep_ratio)
         for _, module, name in t.aliases:

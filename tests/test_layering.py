@@ -38,7 +38,8 @@ ALLOWED = {
                  "pemn.models", "pemn.storage", "pemn.train", "pemn.transform", "pemn"),
     "pemn.experiments": ("pemn",),  # public names only; everything but the CLI
     "pemn.cli": ("pemn",),
-    "pemn": ("pemn.artifact", "pemn.fill", "pemn.storage", "pemn.transform"),  # __init__
+    "pemn": ("pemn.artifact", "pemn.baselines", "pemn.fill", "pemn.storage",
+             "pemn.transform"),  # __init__
 }
 
 

@@ -340,8 +340,8 @@ def _train_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
             raise ArtifactError(f"the skeleton ties {spec.ties} but the file ties {tied}")
         protos_t = [torch.from_numpy(v) for v in protos]
         with torch.no_grad():
-            for (module, name), fixed, mask in zip(_masked_modules(model, spec), plan_values(
-                    spec, protos_t), masks):
+            values = spec.plan.layer_values(protos_t, spec.tensors)
+            for (module, name), fixed, mask in zip(_masked_modules(model, spec), values, masks):
                 getattr(module, name + "_fixed").copy_(fixed)
                 scores = getattr(module, name + "_scores")
                 scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
@@ -357,18 +357,12 @@ def _masked_modules(model, spec):
         yield model.get_submodule(fqn), name
 
 
-def plan_values(spec, protos: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each masked layer's frozen values: a view of the first ``numel`` of its prototype."""
-    return [protos[src][: t.numel].view(t.shape) for t, src in zip(spec.tensors,
-                                                                     spec.plan.sources)]
-
-
 def _dense_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
     if not isinstance(strategy, Dense):
         spec = _Spec(header, strategy)
         with torch.no_grad():
-            for m, fixed, mask in zip(header.masked, plan_values(spec, [torch.from_numpy(v)
-                                                                        for v in protos]), masks):
+            values = spec.plan.layer_values([torch.from_numpy(v) for v in protos], spec.tensors)
+            for m, fixed, mask in zip(header.masked, values, masks):
                 model.get_parameter(m.name).copy_(fixed * mask)
         masked = {m.name: model.get_parameter(m.name) for m in header.masked}
         with torch.no_grad():  # an untied skeleton still gets every alias
@@ -402,7 +396,7 @@ def _packed_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
 
 
 class _Spec:
-    """The masked tensors and fill plan of a header, as ``plan_values`` reads them."""
+    """The masked tensors and fill plan a header describes."""
 
     def __init__(self, header: Header, strategy):
         self.tensors = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
