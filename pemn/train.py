@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pemn.checkpoint import load_checkpoint, save_checkpoint
+from pemn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pemn.config import ConfigError, OptimConfig
 from pemn.distributed import World
 
@@ -200,10 +200,14 @@ def _for_people(value) -> str:
 def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[dict]]:
     """Restore the last checkpoint; returns (epochs done, optimizer steps done, metrics)."""
     state = load_checkpoint(run_dir.checkpoint, keys=RESUME_KEYS)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_cpu"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {run_dir.checkpoint} does not fit this run: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     log.info("resumed %s at epoch %d", run_dir.path, state["epoch"])
     if world.is_main:  # the metrics file may hold a line the checkpoint does not: rewrite it
         run_dir.write_metrics(state["history"])

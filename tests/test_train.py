@@ -145,6 +145,20 @@ def test_existing_run_dir_needs_resume(tmp_path):
     assert "lr " in log and not re.search(r"\d\.\d{6,}", log), log  # floats for people
     r = _pemn("train", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "--resume" in r.stderr
+    # an unfinished run whose checkpoint was damaged: one line naming what is wrong
+    run_dir = RunDir(tmp_path / "r")
+    run_dir.summary.unlink()
+    state = torch.load(run_dir.checkpoint, weights_only=True)
+    for edit, match in [(lambda s: s.pop("optimizer"), "lacks 'optimizer'"),
+                        (lambda s: s["model"].popitem(), "does not fit this run")]:
+        damaged = {**state, "model": dict(state["model"])}
+        edit(damaged)
+        torch.save(damaged, run_dir.checkpoint)
+        r = _pemn("train", "--resume", str(run_dir.path), "--no-progress", cwd=tmp_path,
+                  check=False)
+        last = r.stderr.strip().splitlines()[-1]  # after the run's progress log
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert last.startswith("pemn: error: checkpoint") and match in last, r.stderr
 
 
 def test_world_from_env(monkeypatch):
