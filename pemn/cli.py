@@ -86,7 +86,7 @@ def cmd_eval(args) -> int:
     from pemn.evaluate import evaluate_path
 
     result = evaluate_path(args.path, split=args.split, data_root=args.data_root,
-                           dataset=args.dataset)
+                           dataset=args.dataset, form=args.form)
     print(json.dumps(result, indent=2) if args.json else
           f"{result['split']} accuracy {result['accuracy']:.2f} % on {result['num_images']} "
           f"images ({result['dataset']})")
@@ -96,7 +96,8 @@ def cmd_eval(args) -> int:
 def cmd_pack(args) -> int:
     from pemn.run import pack_trained
 
-    out, num_bytes = pack_trained(args.path, args.output, codec=args.codec)
+    out, num_bytes = pack_trained(args.path, args.output, codec=args.codec,
+                                  precision=args.precision, sign_with=args.sign_with)
     print(f"wrote {out}: {num_bytes:,} bytes")
     return 0
 
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "train"], default="test")
     e.add_argument("--data-root", help="where the dataset lives (default: its usual place)")
     e.add_argument("--dataset", help="dataset name (default: the one the source records)")
+    e.add_argument("--form", choices=["train", "dense", "packed"], default="train",
+                   help="in-memory form of a PEMN model: same accuracy, different memory "
+                   "(docs/PERFORMANCE.md)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
@@ -183,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory)")
     pk.add_argument("--codec", default="auto", help="mask codec: auto (the smallest, mask by mask) or "
                     "one of pemn.artifact.codec.list_codecs()")
+    pk.add_argument("--precision", choices=["exact", "fp16", "bf16"], default="exact",
+                    help="exact: bit-identical logits; fp16/bf16: BatchNorm folded into its "
+                    "affine and floats in 16 bits (a smaller file, logits within rounding)")
+    pk.add_argument("--sign-with", metavar="KEY", help="ed25519 private key (PEM) to sign the "
+                    "file with (docs/THREAT_MODEL.md)")
     pk.set_defaults(fn=cmd_pack)
 
     sz = sub.add_parser("size", help="bytes per component, paper CR, and the usual alternatives")

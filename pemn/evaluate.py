@@ -15,7 +15,8 @@ EVAL_BATCH_SIZE = 1000
 
 
 def evaluate_path(path: str | Path, split: str = "test", data_root: str | None = None,
-                  dataset: str | None = None, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+                  dataset: str | None = None, batch_size: int = EVAL_BATCH_SIZE,
+                  form: str = "train") -> dict:
     """Top-1 accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
 
     Args:
@@ -25,6 +26,8 @@ def evaluate_path(path: str | Path, split: str = "test", data_root: str | None =
             place).
         dataset: the dataset name (default: the one the source records).
         batch_size: images per forward pass.
+        form: the in-memory form to evaluate (``pemn.artifact.FORMS``); all give the same
+            accuracy for an exact file.
 
     Returns:
         ``path``, ``dataset``, ``split``, ``num_images`` and ``accuracy`` (in %).
@@ -36,7 +39,7 @@ def evaluate_path(path: str | Path, split: str = "test", data_root: str | None =
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    trained = load_trained(path)
+    trained = load_trained(path, form=form)
     dataset = dataset or trained.dataset
     if dataset is None:
         raise RunError(f"{path} does not record its dataset; pass --dataset "

@@ -396,8 +396,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
     return load_trained(path, device=device, form=form).model
 
 
-def pack_trained(path: str | Path, out: str | Path | None = None, *,
-                 codec: str = "auto") -> tuple[Path, int]:
+def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str = "auto",
+                 precision: str = "exact", sign_with=None) -> tuple[Path, int]:
     """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records
     its dataset (so ``pemn eval`` needs no ``--dataset``).
 
@@ -405,7 +405,7 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *,
         path: a run directory, checkpoint or artifact.
         out: the file to write; default: the run directory's artifact (for a checkpoint file,
             the directory holding it).
-        codec: mask codec (see :func:`pemn.artifact.pack`).
+        codec, precision, sign_with: as :func:`pemn.artifact.save`.
 
     Returns:
         The path written and its size in bytes.
@@ -424,4 +424,5 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *,
                        f"output")
     trained = load_trained(path)
     dataset = dataset_info(trained.dataset) if trained.dataset else None
-    return out, save(trained.model, out, codec=codec, dataset=dataset)
+    return out, save(trained.model, out, codec=codec, dataset=dataset, precision=precision,
+                     sign_with=sign_with)

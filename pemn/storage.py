@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from pemn.artifact import describe
+from pemn.artifact.format import FLOAT_DTYPES
 from pemn.fill import strategy_from_dict
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
@@ -172,12 +173,22 @@ def size_report(source) -> dict:
     others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
     num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
     norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
-    sizes = {"header": info["header_bytes"], "masks": info["section_bytes"]["masks"],
-             "prototype": info["section_bytes"]["prototype"], "norm": norm,
-             "other": info["section_bytes"]["tensors"] - norm, "total": info["file_bytes"]}
-    others_fp32 = sum(o["num_bytes"] for o in others)
-    others_fp16 = sum(o["num_bytes"] // 2 if o["dtype"] == "<f4" else o["num_bytes"]
-                      for o in others)
+    sections = info["section_bytes"]
+    sizes = {"header": info["header_bytes"], "masks": sections["masks"],
+             "prototype": sections["prototype"], "norm": norm,
+             "other": sections["tensors"] - norm,
+             "signature": info["file_bytes"] - info["header_bytes"] - sum(sections.values()),
+             "total": info["file_bytes"]}
+    # the same tensors in fp32 / fp16, whatever precision the file stores them in; a folded
+    # BatchNorm also had its running mean and variance (and an int64 counter)
+    floats = [(math.prod(o["shape"]), o["num_bytes"], o["dtype"] in FLOAT_DTYPES)
+              for o in others]
+    folded = sum(math.prod(o["shape"]) for o in others if o["name"].rpartition(".")[0]
+                 in header.folded_norms and o["name"].endswith(".weight"))
+    others_fp32 = sum(4 * n if f else b for n, b, f in floats) + 8 * folded \
+        + 8 * len(header.folded_norms)
+    others_fp16 = sum(2 * n if f else b for n, b, f in floats) + 4 * folded \
+        + 8 * len(header.folded_norms)
     dense = not strategy_from_dict(header.strategy).stores_mask
     codecs: dict[str, int] = {}
     for m in masks:
@@ -197,6 +208,7 @@ def size_report(source) -> dict:
         "file_compression_ratio": 0.0 if dense else 1 - sizes["total"] / (4 * num_masked),
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_fp16),
+        "folded_norms": len(header.folded_norms), "signed_by": info["signed_by"],
     }
 
 
@@ -216,11 +228,16 @@ def format_size_table(report: dict) -> str:
         "",
         f"{'component':<40}{'bytes':>14}{'% of file':>11}",
     ]
-    parts = [("header (preamble + JSON)", b["header"]), (f"masks ({codecs})", b["masks"]),
-             ("prototype values", b["prototype"]), ("norm layers (affine + running stats)",
-                                                    b["norm"]),
-             ("other tensors (biases, unmasked, ...)", b["other"]), ("total on disk", total)]
-    rows += [f"  {name:<38}{n:>14,}{100 * n / total:>10.2f}%" for name, n in parts]
+    norm = "norm layers (folded affine)" if report["folded_norms"] else \
+        "norm layers (affine + running stats)"
+    parts = [("header (preamble + zlib JSON)", b["header"]), (f"masks ({codecs})", b["masks"]),
+             ("prototype values", b["prototype"]), (norm, b["norm"]),
+             ("other tensors (biases, unmasked, ...)", b["other"]),
+             ("signature (ed25519)", b["signature"]), ("total on disk", total)]
+    rows += [f"  {name:<38}{n:>14,}{100 * n / total:>10.2f}%" for name, n in parts
+             if n or not name.startswith("signature")]
+    rows.append(f"  signed by ed25519 key {report['signed_by']} (check it with "
+                "pemn.load(..., verify_key=KEY))" if report["signed_by"] else "  not signed")
     rows += [
         "",
         f"  {'mask entropy bound sum n*H(k/n)/8':<38}{report['mask_entropy_bytes']:>14,.0f}",

@@ -51,6 +51,23 @@ def test_pack_size_and_eval_agree(run_dir):
     assert from_ckpt["accuracy"] == from_file["accuracy"]
 
 
+def test_compact_signed_pack_then_size_and_eval_in_every_form(run_dir, tmp_path):
+    pytest.importorskip("cryptography")
+    from pemn.artifact import signing
+
+    public = signing.generate_key(tmp_path / "author.key")
+    out = tmp_path / "small.pemn"
+    _pemn("pack", str(run_dir.path), "-o", str(out), "--precision", "fp16", "--sign-with",
+          str(tmp_path / "author.key"), cwd=tmp_path)
+    table = _pemn("size", str(out), cwd=tmp_path).stdout
+    assert "norm layers (folded affine)" in table and f"signed by ed25519 key {public}" in table
+    exact = json.loads(_pemn("eval", str(run_dir.path), "--json", cwd=tmp_path).stdout)
+    for form in ("train", "dense", "packed"):
+        result = json.loads(_pemn("eval", str(out), "--form", form, "--json", cwd=tmp_path).stdout)
+        assert abs(result["accuracy"] - exact["accuracy"]) <= 1.0, form  # 16-bit rounding
+    assert pemn.load(out, verify_key=public) is not None
+
+
 def test_checkpoint_stores_model_args_and_needs_no_dataset(run_dir, tmp_path):
     state = torch.load(run_dir.checkpoint, weights_only=True)
     assert state["model_args"] == {"name": "convmixer_128_d4", "kwargs": {

@@ -204,3 +204,31 @@ def test_whole_header_replaced(i, value):
 def test_unmutated_files_load(i):
     check(_FILES[i], i)
     assert unpack(_FILES[i]) is not None
+
+
+# ------------------------------------------------------------------------------------------
+# Re-sealed structured edits: plausible values, digests recomputed. Checksums cannot catch
+# these; the property is a refusal or a model that loads (docs/THREAT_MODEL.md), never another
+# exception. Signatures are what catches them (tests/test_artifact_threats.py).
+# ------------------------------------------------------------------------------------------
+
+plausible = st.sampled_from([0, 1, 2, -1, 3, 4, 64, 0.5, 1e-9, 1.0, "gelu", "relu", "bits",
+                             "huffman-gaps", "rans", "mp", "rp", "mask", "<f2", "|b1", True,
+                             None, [], [1], [2, 2]])
+
+
+def check_resealed(data: bytes) -> None:
+    try:
+        model = unpack(data)
+    except ArtifactError:
+        return
+    with torch.no_grad():
+        assert torch.isfinite(model(_X)).all()
+
+
+@fuzz(0.15)
+@given(which, path_index, plausible)
+def test_resealed_structured_edit(i, index, value):
+    header, payload = header_and_payload(_FILES[i])
+    _replace(header, _HEADER_PATHS[i][index % len(_HEADER_PATHS[i])], value)
+    check_resealed(seal(json.dumps(header).encode(), payload))
