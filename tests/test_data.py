@@ -268,16 +268,23 @@ def test_out_of_memory_is_a_dataset_error(tmp_path, monkeypatch):
 def test_mutated_idx_files_raise_only_dataset_errors(tmp_path, gz):
     good = idx_bytes(np.arange(60, dtype=np.uint8).reshape(3, 4, 5))
     good = gzip.compress(good) if gz else good
-    path, rng = tmp_path / "images", np.random.default_rng(0)
-    for _ in range(300):
-        data = bytearray(good)
-        for i in rng.integers(0, len(data), rng.integers(1, 4)):
-            data[i] = rng.integers(0, 256)
-        path.write_bytes(bytes(data[:rng.integers(0, len(data) + 1)]))
+    for path in _mutants(good, tmp_path / "images"):
         try:
             load_idx_images(path)
         except DatasetError:
             pass
+
+
+def _mutants(good: bytes, path, count: int = 300):
+    """Write ``count`` copies of ``good`` with 1-3 random bytes changed and a random cut to
+    ``path``, one at a time; yields the path after each write."""
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[i] = rng.integers(0, 256)
+        path.write_bytes(bytes(data[:rng.integers(0, len(data) + 1)]))
+        yield path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,12 +407,7 @@ def test_cifar_special_and_oversized_files(tmp_path, monkeypatch):
 
 def test_mutated_cifar_pickles_raise_only_dataset_errors(tmp_path):
     good = py2_pickle(cifar_batch(2, [b"labels"], 10, seed=0))
-    path, rng = tmp_path / "batch", np.random.default_rng(0)
-    for _ in range(300):
-        data = bytearray(good)
-        for i in rng.integers(0, len(data), rng.integers(1, 4)):
-            data[i] = rng.integers(0, 256)
-        path.write_bytes(bytes(data[:rng.integers(0, len(data) + 1)]))
+    for path in _mutants(good, tmp_path / "batch"):
         try:
             read_cifar_batch(path)
         except DatasetError:
