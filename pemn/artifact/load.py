@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from pemn.artifact.pack import dtype_code, torch_dtype
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
 from pemn.masking import current_mask, num_kept
 from pemn.models import create_model
-from pemn.transform import apply_
+from pemn.transform import apply_, masked_tensors
 
 __all__ = ["load", "unpack", "describe", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
 
@@ -246,21 +247,20 @@ def _finite(values: np.ndarray, what: str) -> None:
         raise ArtifactError(f"{what} holds NaN or infinite values")
 
 
-def _prototypes(header: Header, plan, section: memoryview) -> list[np.ndarray]:
-    """Every prototype vector: stored, or regenerated; checked against its SHA-256."""
+_GENERATOR_MISMATCH = ("regenerated weights differ from the ones that were trained (generator "
+                       "{file} in the file, {here} here); refusing to load a different model. "
+                       "Re-save on the training machine with store_prototype=True")
+
+
+def _stored_prototypes(header: Header, plan, section: memoryview) -> list[np.ndarray] | None:
+    """The stored prototype vectors, checked against their SHA-256; None when regenerated."""
     counts = tuple(p.numel for p in plan.prototypes)
     if len(header.prototype_sha256) != len(counts):
         raise ArtifactError("the number of prototype digests does not match the strategy")
     if not header.prototype_stored:
         if header.prototype_counts or len(section):
             raise ArtifactError("prototype section is present but marked as not stored")
-        full = plan.generate(header.seed)
-        if [rng.sha256_f32(v) for v in full] != list(header.prototype_sha256):
-            raise ArtifactError(
-                f"regenerated weights differ from the ones that were trained (generator "
-                f"{header.generator} in the file, {rng.GENERATOR_ID} here); refusing to load a "
-                "different model. Re-save on the training machine with store_prototype=True")
-        return full
+        return None
     if header.prototype_counts != counts or len(section) != 4 * sum(counts):
         raise ArtifactError(f"stored prototype lengths {list(header.prototype_counts)[:8]} do "
                             f"not match the strategy's {list(counts)[:8]}")
@@ -272,6 +272,16 @@ def _prototypes(header: Header, plan, section: memoryview) -> list[np.ndarray]:
         raise ArtifactError("stored prototype values do not match their SHA-256 in the header; "
                             "the file is corrupt")
     return full
+
+
+def _check_regenerated(header: Header, digests) -> None:
+    if list(digests) != list(header.prototype_sha256):
+        raise ArtifactError(_GENERATOR_MISMATCH.format(file=header.generator,
+                                                       here=rng.GENERATOR_ID))
+
+
+def _specs(header: Header) -> list[TensorSpec]:
+    return [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
 
 
 def _read_tensors(header: Header, section: memoryview) -> dict[str, torch.Tensor]:
@@ -297,11 +307,32 @@ def _read_tensors(header: Header, section: memoryview) -> dict[str, torch.Tensor
 # Forms
 # ------------------------------------------------------------------------------------------
 
-def _fill(model: nn.Module, tensors: dict[str, torch.Tensor], skip=()) -> None:
+@dataclass
+class _Payload:
+    """A checked file, ready to fill a skeleton: ``plan`` and ``stored`` are None for Dense;
+    ``stored`` is None too when the prototypes are to be regenerated from the seed."""
+
+    header: Header
+    strategy: object
+    plan: object
+    masks: list[torch.Tensor]
+    stored: list[np.ndarray] | None
+    tensors: dict[str, torch.Tensor]
+
+    def prototypes(self) -> list[torch.Tensor]:
+        """The prototype vectors: stored, or regenerated once and checked."""
+        full = self.stored
+        if full is None:
+            full = self.plan.generate(self.header.seed)
+            _check_regenerated(self.header, [rng.sha256_f32(v) for v in full])
+        return [torch.from_numpy(v) for v in full]
+
+
+def _fill(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Copy each stored tensor (and its tied aliases) into the model's state, in place."""
     with torch.no_grad():
         for name, t in model.state_dict(keep_vars=True).items():
-            if name in tensors and name not in skip:
+            if name in tensors:
                 t.copy_(tensors[name])
 
 
@@ -325,82 +356,77 @@ def _escape_glob(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
-def _train_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
-    names = [m.name for m in header.masked]
-    apply_(model, strategy, keep_ratio=header.keep_ratio, seed=header.seed,
+def _train_form(model: nn.Module, p: _Payload) -> nn.Module:
+    """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores."""
+    header, names = p.header, [m.name for m in p.header.masked]
+    apply_(model, p.strategy, keep_ratio=header.keep_ratio, seed=header.seed,
            include=[_escape_glob(n) for n in names] if names else None)
     spec = model.pemn_spec
-    if not isinstance(strategy, Dense):
-        specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
-        if spec.tensors != specs:
+    if p.plan is not None:
+        if spec.tensors != _specs(header):
             raise ArtifactError("apply_ selects other tensors than the file lists; register "
                                 "the same maskable layers (pemn.register_maskable) as at save")
         tied = {a: t for a, t in header.ties if t in names}
         if spec.ties != tied:
             raise ArtifactError(f"the skeleton ties {spec.ties} but the file ties {tied}")
-        protos_t = [torch.from_numpy(v) for v in protos]
-        with torch.no_grad():
-            values = spec.plan.layer_values(protos_t, spec.tensors)
-            for (module, name), fixed, mask in zip(_masked_modules(model, spec), values, masks):
-                getattr(module, name + "_fixed").copy_(fixed)
-                scores = getattr(module, name + "_scores")
-                scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
-                if not torch.equal(current_mask(module, name).cpu(), mask):
-                    raise ArtifactError(f"mask of {name} cannot be reproduced by top-k")
-    _fill_stored(model, header, tensors)
+        if p.stored is None:
+            _check_regenerated(header, spec.prototype_sha256)
+        _set_masks(model, spec, p)
+    _fill_stored(model, header, p.tensors)
     return model
 
 
-def _masked_modules(model, spec):
-    for t in spec.tensors:
-        fqn, _, name = t.name.rpartition(".")
-        yield model.get_submodule(fqn), name
+def _set_masks(model: nn.Module, spec, p: _Payload) -> None:
+    layers = list(masked_tensors(model))
+    with torch.no_grad():
+        if p.stored is not None:  # a stored prototype replaces what apply_ generated
+            for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
+                    [torch.from_numpy(v) for v in p.stored], spec.tensors)):
+                getattr(module, name + "_fixed").copy_(fixed)
+        for (fqn, module, name), mask in zip(layers, p.masks):
+            scores = getattr(module, name + "_scores")
+            scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
+            if not torch.equal(current_mask(module, name).cpu(), mask):
+                raise ArtifactError(f"mask of {fqn}.{name} cannot be reproduced by top-k")
 
 
-def _dense_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
-    if not isinstance(strategy, Dense):
-        spec = _Spec(header, strategy)
+def _dense_form(model: nn.Module, p: _Payload) -> nn.Module:
+    """A plain model: each masked weight is ``fixed * mask``, written into the skeleton."""
+    if p.plan is not None:
+        header = p.header
+        values = p.plan.layer_values(p.prototypes(), _specs(header))
         with torch.no_grad():
-            values = spec.plan.layer_values([torch.from_numpy(v) for v in protos], spec.tensors)
-            for m, fixed, mask in zip(header.masked, values, masks):
+            for m, fixed, mask in zip(header.masked, values, p.masks):
                 model.get_parameter(m.name).copy_(fixed * mask)
-        masked = {m.name: model.get_parameter(m.name) for m in header.masked}
-        with torch.no_grad():  # an untied skeleton still gets every alias
-            for alias, target in header.ties:
+            masked = {m.name: model.get_parameter(m.name) for m in header.masked}
+            for alias, target in header.ties:  # an untied skeleton still gets every alias
                 if target in masked and model.get_parameter(alias) is not masked[target]:
                     model.get_parameter(alias).copy_(masked[target])
-    _fill_stored(model, header, tensors)
+    _fill_stored(model, p.header, p.tensors)
     return model
 
 
-def _packed_form(model, header, strategy, masks, protos, tensors) -> nn.Module:
-    _fill_stored(model, header, tensors)
-    if isinstance(strategy, Dense):
+def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
+    """Bits + prototype per layer, the weight rebuilt in every forward (no cache)."""
+    _fill_stored(model, p.header, p.tensors)
+    if p.plan is None:
         return model
-    spec = _Spec(header, strategy)
     device = next(iter(model.state_dict().values())).device
     # One tensor per prototype, shared by its layers; copy-order RP keeps only its drawn values.
-    shared = [torch.from_numpy(p.drawn(v, header.seed) if p.tile_to > p.numel and not p.permute
-                               else v).to(device) for v, p in zip(protos, spec.plan.prototypes)]
+    shared = [(torch.from_numpy(proto.drawn(v.numpy(), p.header.seed))
+               if proto.tile_to > proto.numel and not proto.permute else v).to(device)
+              for v, proto in zip(p.prototypes(), p.plan.prototypes)]
     owners = {}
-    for m, src, mask in zip(header.masked, spec.plan.sources, masks):
+    for m, src, mask in zip(p.header.masked, p.plan.sources, p.masks):
         fqn, _, name = m.name.rpartition(".")
         module = model.get_submodule(fqn)
         pack_module_(module, name, shared[src], mask.to(device))
         owners[m.name] = (module, name)
-    for alias, target in header.ties:
+    for alias, target in p.header.ties:
         if target in owners:
             fqn, _, name = alias.rpartition(".")
             share_packed_(model.get_submodule(fqn), name, *owners[target])
     return model
-
-
-class _Spec:
-    """The masked tensors and fill plan a header describes."""
-
-    def __init__(self, header: Header, strategy):
-        self.tensors = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
-        self.plan = plan_fill(strategy, self.tensors)
 
 
 _FORM_BUILDERS = {"train": _train_form, "dense": _dense_form, "packed": _packed_form}
@@ -450,15 +476,15 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
     if dense == bool(header.masked):
         raise ArtifactError("a Dense artifact has no masks and every other strategy has one "
                             "mask per masked tensor")
-    masks, protos = _decode_masks(header, sections["masks"]), []
     if dense and (len(sections["masks"]) or len(sections["prototype"])):
         raise ArtifactError("a Dense artifact must have empty masks and prototype sections")
-    if not dense:
-        specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
-        protos = _prototypes(header, plan_fill(strategy, specs), sections["prototype"])
-    tensors = _read_tensors(header, sections["tensors"])
+    plan = None if dense else plan_fill(strategy, _specs(header))
+    payload = _Payload(header, strategy, plan, _decode_masks(header, sections["masks"]),
+                       None if dense else _stored_prototypes(header, plan,
+                                                             sections["prototype"]),
+                       _read_tensors(header, sections["tensors"]))
     skeleton = _skeleton(header, model, meta, form, device)
-    out = _FORM_BUILDERS[form](skeleton, header, strategy, masks, protos, tensors)
+    out = _FORM_BUILDERS[form](skeleton, payload)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
         del out.pemn_spec
     out.pemn_header = header
@@ -569,7 +595,7 @@ def _describe(data: bytes) -> dict:
     version, d, sections, header_bytes, signature = read_container(data)
     header, _ = _parse_header(version, d)
     strategy = strategy_from_dict(header.strategy)
-    specs = [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+    specs = _specs(header)
     norms = _norm_names(header)
     return {
         "header": header,
