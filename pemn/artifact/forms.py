@@ -93,7 +93,7 @@ def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch
 def share_packed_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
     """Make tied ``module.<name>`` read the packed tensor of ``owner.<owner_name>``."""
     source = owner.parametrizations[owner_name]
-    values = source[0].values
-    pack_module_(module, name, values, torch.zeros(source[0].shape, dtype=torch.bool,
-                                                   device=values.device))
-    module.parametrizations[name].original0 = source.original0
+    getattr(module, name).requires_grad_(False)
+    weight = PackedWeight(source[0].values, source.original0, source[0].shape)
+    parametrize.register_parametrization(module, name, weight, unsafe=True)
+    module.parametrizations[name].original0 = source.original0  # one Parameter, as tied
