@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class OptimConfig:
     batch_size: int = 128  # global batch (split across DDP ranks)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 0.05  # peak learning rate
+    score_lr_scale: float = 1.0  # the mask scores' lr is lr * this (a byte-neutral lever)
     schedule: str = "triangular"  # triangular (ConvMixer: 0 -> lr@40% -> lr/20@80% -> 0) | cosine
     warmup_epochs: float = 0.0  # cosine only: linear warm-up
     weight_decay: float = 0.005
@@ -281,6 +283,8 @@ def validate(cfg: RunConfig) -> None:
                           f"{cfg.mask.keep_ratio}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
+    if not (cfg.optim.score_lr_scale > 0 and math.isfinite(cfg.optim.score_lr_scale)):
+        raise ConfigError(f"optim.score_lr_scale must be > 0, got {cfg.optim.score_lr_scale}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.optim.lr <= 0:

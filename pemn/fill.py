@@ -122,9 +122,48 @@ class Dense(Strategy):
         return sum(s.numel for s in specs)
 
 
+def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> None:
+    value = getattr(strategy, field)
+    if value not in choices:
+        raise ValueError(f"{strategy.title} {field} must be one of {list(choices)}, "
+                         f"got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fill(Strategy):
+    """A weight fill of random values; ``values`` is a byte-neutral lever (docs/METHOD.md).
+
+    Args:
+        values: ``"normal"`` draws kaiming-normal values (the paper); ``"signed_constant"``
+            keeps only their signs, times the same std: every value of a prototype is
+            ``+-std`` (edge-popup's "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1).
+    """
+
+    values: Literal["normal", "signed_constant"] = "normal"
+
+    def __post_init__(self):
+        _check_choice(self, "values", ("normal", "signed_constant"))
+
+    def _levers(self) -> list[tuple[str, str]]:
+        """(label suffix, tag suffix) of each lever that is on."""
+        return [(" +signed", "-sc")] if self.values == "signed_constant" else []
+
+    def label(self) -> str:
+        return self._base_label() + "".join(text for text, _ in self._levers())
+
+    def tag(self) -> str:
+        return self._base_tag() + "".join(tag for _, tag in self._levers())
+
+    def _base_label(self) -> str:
+        return self.title
+
+    def _base_tag(self) -> str:
+        return self.name
+
+
 @register_strategy("mask", fill=True)
 @dataclass(frozen=True)
-class Mask(Strategy):
+class Mask(_Fill):
     """Edge-popup: every layer has its own independent random weights."""
 
     title: ClassVar[str] = "Mask"
@@ -132,15 +171,37 @@ class Mask(Strategy):
 
 @register_strategy("one_layer", fill=True)
 @dataclass(frozen=True)
-class OneLayer(Strategy):
+class OneLayer(_Fill):
     """One prototype tensor per distinct weight shape, shared by all layers of that shape."""
 
     title: ClassVar[str] = "One-layer"
 
 
+@dataclass(frozen=True, kw_only=True)
+class _SharedFill(_Fill):
+    """A fill whose one prototype serves every layer (MP, RP).
+
+    Args:
+        scale: ``"largest"`` gives every layer the values at the largest layer's kaiming std
+            (the official code); ``"layer"`` rescales each layer's slice to its own std
+            ``sqrt(2 / fan_in)``: one factor per layer, computed from the shapes, so nothing
+            more is stored.
+    """
+
+    scale: Literal["largest", "layer"] = "largest"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice(self, "scale", ("largest", "layer"))
+
+    def _levers(self) -> list[tuple[str, str]]:
+        own = [(" +layer-std", "-ls")] if self.scale == "layer" else []
+        return super()._levers() + own
+
+
 @register_strategy("mp", fill=True)
 @dataclass(frozen=True)
-class MP(Strategy):
+class MP(_SharedFill):
     """Max-layer padding: every layer takes the first values of the largest layer."""
 
     title: ClassVar[str] = "MP"
@@ -148,7 +209,7 @@ class MP(Strategy):
 
 @register_strategy("rp", fill=True)
 @dataclass(frozen=True)
-class RP(Strategy):
+class RP(_SharedFill):
     """Random-vector padding: a vector of ``int(d_max * ratio) + 1`` values tiled over each layer.
 
     Args:
@@ -165,14 +226,14 @@ class RP(Strategy):
                 or not 0 < self.ratio <= 1:
             raise ValueError(f"RP ratio must be in (0, 1] (e.g. 1e-3), got {self.ratio!r}; "
                              "use MP() for ratio 1")
-        if self.order not in ("copy", "permuted"):
-            raise ValueError(f"RP order must be 'copy' or 'permuted', got {self.order!r}")
+        _check_choice(self, "order", ("copy", "permuted"))
+        super().__post_init__()
 
-    def label(self) -> str:
+    def _base_label(self) -> str:
         return f"RP {_ratio_text(self.ratio)}" + (" (permuted)" if self.order == "permuted"
                                                   else "")
 
-    def tag(self) -> str:
+    def _base_tag(self) -> str:
         return f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
 
 
@@ -250,6 +311,14 @@ class Prototype:
     std: float
     tile_to: int = 0  # > numel: tile the drawn values to this length (RP)
     permute: bool = False
+    signed: bool = False  # keep only the signs of the draws: every value is +-std
+
+    def draw(self, seed: int) -> np.ndarray:
+        """The drawn values (before tiling): kaiming-normal, or their signs times ``std``."""
+        values = rng.normal(seed, self.stream, self.numel, self.std)
+        if self.signed:
+            values = np.where(values >= 0, self.std, -self.std).astype(np.float32)
+        return values
 
     def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
         """The drawn values -> the full prototype vector (RP tiling and permutation)."""
@@ -275,15 +344,19 @@ class FillPlan:
 
     prototypes: tuple[Prototype, ...]
     sources: tuple[int, ...]
+    scales: tuple[float, ...] = ()  # per layer, a float32 factor on its slice; () = all 1
 
     @property
     def num_unique(self) -> int:
         return sum(p.numel for p in self.prototypes)
 
+    def scale(self, layer: int) -> float:
+        """The factor on layer ``layer``'s slice of its prototype (1.0 unless ``scale="layer"``)."""
+        return self.scales[layer] if self.scales else 1.0
+
     def generate(self, seed: int) -> list[np.ndarray]:
         """Regenerate every prototype as a float32 vector (bit-identical on any machine)."""
-        return [p.expand(rng.normal(seed, p.stream, p.numel, p.std), seed)
-                for p in self.prototypes]
+        return [p.expand(p.draw(seed), seed) for p in self.prototypes]
 
     def layer_values(self, prototypes: Sequence[torch.Tensor],
                      specs: Sequence[TensorSpec]) -> list[torch.Tensor]:
@@ -295,9 +368,14 @@ class FillPlan:
             specs: the masked tensors, in the order the plan was made for.
 
         Returns:
-            One tensor per spec, a view into its prototype (no copy).
+            One tensor per spec: a view into its prototype (no copy), or, for a layer with a
+            scale other than 1, its own scaled copy.
         """
-        return [prototypes[src][: s.numel].view(s.shape) for src, s in zip(self.sources, specs)]
+        out = []
+        for i, (src, s) in enumerate(zip(self.sources, specs)):
+            view = prototypes[src][: s.numel].view(s.shape)
+            out.append(view if self.scale(i) == 1.0 else view * self.scale(i))
+        return out
 
 
 _PLANNERS: dict[type, Callable[[Strategy, list[TensorSpec]], FillPlan]] = {}
@@ -313,7 +391,8 @@ def register_planner(cls: type[Strategy]):
 
 @register_planner(Mask)
 def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:
-    protos = tuple(Prototype(i, s.numel, s.std) for i, s in enumerate(specs))
+    signed = strategy.values == "signed_constant"
+    protos = tuple(Prototype(i, s.numel, s.std, signed=signed) for i, s in enumerate(specs))
     return FillPlan(protos, tuple(range(len(specs))))
 
 
@@ -324,7 +403,8 @@ def _plan_one_layer(strategy: OneLayer, specs: list[TensorSpec]) -> FillPlan:
     for i, s in enumerate(specs):
         if s.shape not in first_of_shape:
             first_of_shape[s.shape] = len(protos)
-            protos.append(Prototype(i, s.numel, s.std))
+            protos.append(Prototype(i, s.numel, s.std,
+                                    signed=strategy.values == "signed_constant"))
         sources.append(first_of_shape[s.shape])
     return FillPlan(tuple(protos), tuple(sources))
 
@@ -334,10 +414,20 @@ def _largest(specs: list[TensorSpec]) -> int:
     return max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
 
 
+def _shared_plan(strategy: _SharedFill, specs: list[TensorSpec], proto: Prototype) -> FillPlan:
+    """One prototype for every layer, with per-layer scales if ``strategy.scale == "layer"``."""
+    scales = ()
+    if strategy.scale == "layer":  # float32 factors, so every machine multiplies the same
+        scales = tuple(float(np.float32(s.std / proto.std)) for s in specs)
+    return FillPlan((proto,), (0,) * len(specs), scales)
+
+
 @register_planner(MP)
 def _plan_mp(strategy: MP, specs: list[TensorSpec]) -> FillPlan:
     big = _largest(specs)
-    return FillPlan((Prototype(big, specs[big].numel, specs[big].std),), (0,) * len(specs))
+    proto = Prototype(big, specs[big].numel, specs[big].std,
+                      signed=strategy.values == "signed_constant")
+    return _shared_plan(strategy, specs, proto)
 
 
 @register_planner(RP)
@@ -346,8 +436,9 @@ def _plan_rp(strategy: RP, specs: list[TensorSpec]) -> FillPlan:
     d_max = specs[big].numel
     num_unique = min(int(d_max * strategy.ratio) + 1, d_max)
     proto = Prototype(big, num_unique, specs[big].std, tile_to=d_max,
-                      permute=strategy.order == "permuted")
-    return FillPlan((proto,), (0,) * len(specs))
+                      permute=strategy.order == "permuted",
+                      signed=strategy.values == "signed_constant")
+    return _shared_plan(strategy, specs, proto)
 
 
 def plan_fill(strategy: Strategy, specs: list[TensorSpec]) -> FillPlan:

@@ -84,11 +84,19 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD or AdamW over the trainable parameters; mask scores get ``lr * score_lr_scale``.
+
+    Each group's ``lr_scale`` multiplies the scheduled lr (see :func:`train_one_epoch`).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scores = [p for n, p in named if n.endswith("_scores")]
+    others = [p for n, p in named if not n.endswith("_scores")]
+    groups = [{"params": ps, "lr_scale": scale}
+              for ps, scale in ((others, 1.0), (scores, cfg.score_lr_scale)) if ps]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _autocast(device, dtype):
@@ -155,7 +163,7 @@ def train_one_epoch(model, loader, opt, scaler, cfg: OptimConfig, step: int, tot
     for x, y in loader:
         step += 1
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
+            group["lr"] = lr_at(step, total_steps, cfg) * group.get("lr_scale", 1.0)
         with _autocast(x.device, amp_dtype):
             loss = nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)

@@ -61,11 +61,13 @@ class PackedWeight(nn.Module):
     parametrization's only stored tensor (``parametrizations.<name>.original0``).
     """
 
-    def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...]):
+    def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...],
+                 scale: float = 1.0):
         super().__init__()
         self.register_buffer("values", values, persistent=False)
         self.shape = tuple(shape)
         self.numel = math.prod(self.shape)
+        self.scale = scale  # the layer's factor on its prototype slice (MP/RP scale="layer")
         self._bits = bits
 
     def right_inverse(self, weight: torch.Tensor):
@@ -80,13 +82,16 @@ class PackedWeight(nn.Module):
         whole = n - n % period
         weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
         weight[whole:].mul_(values[: n - whole])
+        if self.scale != 1.0:
+            weight.mul_(self.scale)
         return weight.view(self.shape)
 
 
-def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor,
+                 scale: float = 1.0) -> None:
     """Replace ``module.<name>`` by a :class:`PackedWeight` over ``values`` and ``mask``."""
     getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape))
+    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape), scale)
     parametrize.register_parametrization(module, name, weight, unsafe=True)
 
 
@@ -94,6 +99,6 @@ def share_packed_(module: nn.Module, name: str, owner: nn.Module, owner_name: st
     """Make tied ``module.<name>`` read the packed tensor of ``owner.<owner_name>``."""
     source = owner.parametrizations[owner_name]
     getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(source[0].values, source.original0, source[0].shape)
+    weight = PackedWeight(source[0].values, source.original0, source[0].shape, source[0].scale)
     parametrize.register_parametrization(module, name, weight, unsafe=True)
     module.parametrizations[name].original0 = source.original0  # one Parameter, as tied

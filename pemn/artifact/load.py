@@ -417,10 +417,10 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
                if proto.tile_to > proto.numel and not proto.permute else v).to(device)
               for v, proto in zip(p.prototypes(), p.plan.prototypes)]
     owners = {}
-    for m, src, mask in zip(p.header.masked, p.plan.sources, p.masks):
+    for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
         fqn, _, name = m.name.rpartition(".")
         module = model.get_submodule(fqn)
-        pack_module_(module, name, shared[src], mask.to(device))
+        pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i))
         owners[m.name] = (module, name)
     for alias, target in p.header.ties:
         if target in owners:

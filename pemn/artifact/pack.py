@@ -81,21 +81,23 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     if [f"{f}.{n}" if f else n for f, _, n in layers] != [t.name for t in spec.tensors]:
         raise ArtifactError("the masked tensors no longer match model.pemn_spec; was the model "
                             "modified after pemn.apply_?")
-    protos: list[np.ndarray | None] = [None] * len(spec.plan.prototypes)
-    for (_, module, name), ts, src in zip(layers, spec.tensors, spec.plan.sources):
+    plan = spec.plan
+    protos: list[np.ndarray | None] = [None] * len(plan.prototypes)
+    for i, ((_, module, name), ts, src) in enumerate(zip(layers, spec.tensors, plan.sources)):
         fixed = getattr(module, name + "_fixed").detach().cpu()
         if fixed.dtype != torch.float32:
             raise ArtifactError(f"{ts.name} is {fixed.dtype}; call model.float() before saving")
-        proto = spec.plan.prototypes[src]
-        if ts.numel == max(proto.numel, proto.tile_to):  # this layer holds the whole prototype
+        proto = plan.prototypes[src]
+        # A layer that holds the whole prototype unscaled gives its values.
+        if ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
             protos[src] = fixed.reshape(-1).numpy()
     for i, values in enumerate(protos):
         if values is None or rng.sha256_f32(values) != spec.prototype_sha256[i]:
             raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
                                 "they must stay as pemn.apply_ generated them")
-    for (_, module, name), ts, src in zip(layers, spec.tensors, spec.plan.sources):
-        fixed = getattr(module, name + "_fixed").detach().cpu().reshape(-1)
-        if not torch.equal(fixed, torch.from_numpy(protos[src][: ts.numel])):
+    expected = plan.layer_values([torch.from_numpy(v) for v in protos], spec.tensors)
+    for (_, module, name), ts, want in zip(layers, spec.tensors, expected):
+        if not torch.equal(getattr(module, name + "_fixed").detach().cpu(), want):
             raise ArtifactError(f"the frozen weights of {ts.name} were modified after apply_")
     return protos
 
