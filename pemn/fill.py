@@ -77,6 +77,10 @@ class Strategy:
         """U: the fp32 values stored for the masked tensors ``specs`` (the paper's CR count)."""
         return plan_fill(self, list(specs)).num_unique
 
+    def gain_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The shape of a learned gain on a masked tensor of ``shape``; None: no gain."""
+        return None
+
 
 STRATEGIES: dict[str, type[Strategy]] = {}  # every strategy by name, in registration order
 FILLS: dict[str, type[Strategy]] = {}  # those that ``pemn.apply_`` builds (weight fills)
@@ -137,16 +141,30 @@ class _Fill(Strategy):
         values: ``"normal"`` draws kaiming-normal values (the paper); ``"signed_constant"``
             keeps only their signs, times the same std: every value of a prototype is
             ``+-std`` (edge-popup's "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1).
+        gain: ``"none"``; ``"layer"`` or ``"channel"`` learn one multiplier per masked tensor
+            or per output channel (dim 0), initialised to 1 and stored with the other
+            tensors (biprop's alpha, there computed rather than learned).
     """
 
     values: Literal["normal", "signed_constant"] = "normal"
+    gain: Literal["none", "layer", "channel"] = "none"
 
     def __post_init__(self):
         _check_choice(self, "values", ("normal", "signed_constant"))
+        _check_choice(self, "gain", ("none", "layer", "channel"))
+
+    def gain_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        if self.gain == "none":
+            return None
+        ones = (1,) * (len(shape) - 1)
+        return (1, *ones) if self.gain == "layer" else (shape[0], *ones)
 
     def _levers(self) -> list[tuple[str, str]]:
         """(label suffix, tag suffix) of each lever that is on."""
-        return [(" +signed", "-sc")] if self.values == "signed_constant" else []
+        out = [(" +signed", "-sc")] if self.values == "signed_constant" else []
+        if self.gain != "none":
+            out.append((f" +gain/{self.gain}", f"-g{self.gain[0]}"))
+        return out
 
     def label(self) -> str:
         return self._base_label() + "".join(text for text, _ in self._levers())

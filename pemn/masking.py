@@ -8,9 +8,11 @@ tensor, and the scores are trained with edge-popup's straight-through estimator 
 A masked tensor ``name`` of a module is stored as two new entries:
 
 * ``{name}_fixed``: a buffer with the frozen random values (never trained);
-* ``{name}_scores``: a Parameter with one learnable score per value.
+* ``{name}_scores``: a Parameter with one learnable score per value;
 
-and ``module.{name}`` becomes a computed attribute ``fixed * topk_mask(|scores|)``. It is
+(plus ``{name}_gain``, a learned multiplier per tensor or per output channel, when the strategy
+asks for one) and ``module.{name}`` becomes a computed attribute
+``[gain *] fixed * topk_mask(|scores|)``. It is
 injected as a property of a dynamically created subclass of the module's own class (the
 mechanism of ``torch.nn.utils.parametrize``), so the module stays an instance of its torch class,
 its ``forward`` is untouched (``nn.MultiheadAttention`` reads ``in_proj_weight`` and
@@ -372,11 +374,14 @@ def _masked_property(name: str) -> property:
         keep = module._pemn_keep_ratio
         state = _state(scores)
         if torch.is_grad_enabled() and scores.requires_grad:
-            return _MaskedWeight.apply(fixed, scores, keep, state)
-        if module.training:
+            weight = _MaskedWeight.apply(fixed, scores, keep, state)
+        elif module.training:
             with torch.no_grad():
-                return _masked_values(fixed, scores, keep, state)
-        return _eval_weight(fixed, scores, keep, state)
+                weight = _masked_values(fixed, scores, keep, state)
+        else:
+            weight = _eval_weight(fixed, scores, keep, state)
+        gain = module._parameters.get(name + "_gain")
+        return weight if gain is None else weight * gain
 
     return property(get)
 
@@ -407,11 +412,17 @@ def is_masked(module: nn.Module) -> bool:
 
 
 def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torch.Tensor,
-                 keep_ratio: float) -> None:
-    """Turn ``module.<name>`` (a Parameter) into frozen ``fixed`` values masked by ``scores``."""
+                 keep_ratio: float, gain: torch.Tensor | None = None) -> None:
+    """Turn ``module.<name>`` (a Parameter) into frozen ``fixed`` values masked by ``scores``.
+
+    With a ``gain`` (broadcastable to the weight), the weight is ``gain * fixed * mask`` and
+    the gain is a learned Parameter ``{name}_gain``.
+    """
     param = module._parameters.pop(name)
     module.register_buffer(name + "_fixed", fixed.to(param.device, param.dtype))
     module.register_parameter(name + "_scores", nn.Parameter(scores.to(param.device, param.dtype)))
+    if gain is not None:
+        module.register_parameter(name + "_gain", nn.Parameter(gain.to(param.device, param.dtype)))
     names = masked_names(module) + (name,)
     module._pemn_names = names
     module._pemn_keep_ratio = keep_ratio
@@ -423,6 +434,7 @@ def unmask_tensor_(module: nn.Module, name: str) -> None:
     with torch.no_grad():
         value = getattr(module, name).detach().clone()
     del module._buffers[name + "_fixed"], module._parameters[name + "_scores"]
+    module._parameters.pop(name + "_gain", None)
     names = tuple(n for n in masked_names(module) if n != name)
     base = module._pemn_base
     module.__class__ = _masked_class(base, names) if names else base

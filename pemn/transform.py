@@ -268,7 +268,9 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
     score_gen = torch.Generator().manual_seed(seed)
     for t, spec, fixed in zip(targets, specs, plan.layer_values(protos, specs)):
         scores = _init_scores(spec, score_gen)
-        mask_tensor_(t.module, t.name, fixed, scores, keep_ratio)
+        gain_shape = strategy.gain_shape(spec.shape)
+        gain = None if gain_shape is None else torch.ones(gain_shape)
+        mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain)
         for _, module, name in t.aliases:
             _tie(module, name, t.module, t.name, keep_ratio)
     model.pemn_spec = PemnSpec(strategy, keep_ratio, seed, specs, plan,
@@ -282,6 +284,9 @@ def _tie(module: nn.Module, name: str, owner: nn.Module, owner_name: str, keep: 
     scores = getattr(owner, owner_name + "_scores")
     mask_tensor_(module, name, fixed, scores.detach(), keep)
     module._parameters[name + "_scores"] = scores  # one Parameter: the tie holds in training
+    gain = owner._parameters.get(owner_name + "_gain")
+    if gain is not None:
+        module._parameters[name + "_gain"] = gain
 
 
 def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:

@@ -48,8 +48,11 @@ def _model(strategy, keep_ratio):
 
 
 _X = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
-# A stored RP prototype + raw bits, and a regenerated Mask prototype + rANS-coded masks.
-_MODELS = [_model(pemn.RP(ratio=0.01, order="permuted"), 0.5), _model(pemn.Mask(), 0.1)]
+# A stored RP prototype + raw bits, a regenerated Mask prototype + entropy-coded masks, and
+# RP with every lever (per-layer scales, signed constants, learned per-channel gains).
+_MODELS = [_model(pemn.RP(ratio=0.01, order="permuted"), 0.5), _model(pemn.Mask(), 0.1),
+           _model(pemn.RP(ratio=0.01, scale="layer", values="signed_constant", gain="channel"),
+                  0.3)]
 _FILES = [pack(m) for m in _MODELS]
 
 

@@ -62,9 +62,10 @@ class PackedWeight(nn.Module):
     """
 
     def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...],
-                 scale: float = 1.0):
+                 scale: float = 1.0, gain: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("values", values, persistent=False)
+        self.register_buffer("gain", gain, persistent=False)  # the learned gain, if any
         self.shape = tuple(shape)
         self.numel = math.prod(self.shape)
         self.scale = scale  # the layer's factor on its prototype slice (MP/RP scale="layer")
@@ -84,14 +85,15 @@ class PackedWeight(nn.Module):
         weight[whole:].mul_(values[: n - whole])
         if self.scale != 1.0:
             weight.mul_(self.scale)
-        return weight.view(self.shape)
+        weight = weight.view(self.shape)
+        return weight if self.gain is None else weight.mul_(self.gain)
 
 
 def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
     """Replace ``module.<name>`` by a :class:`PackedWeight` over ``values`` and ``mask``."""
     getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape), scale)
+    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape), scale, gain)
     parametrize.register_parametrization(module, name, weight, unsafe=True)
 
 
@@ -99,6 +101,7 @@ def share_packed_(module: nn.Module, name: str, owner: nn.Module, owner_name: st
     """Make tied ``module.<name>`` read the packed tensor of ``owner.<owner_name>``."""
     source = owner.parametrizations[owner_name]
     getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(source[0].values, source.original0, source[0].shape, source[0].scale)
+    weight = PackedWeight(source[0].values, source.original0, source[0].shape, source[0].scale,
+                          source[0].gain)
     parametrize.register_parametrization(module, name, weight, unsafe=True)
     module.parametrizations[name].original0 = source.original0  # one Parameter, as tied

@@ -161,11 +161,23 @@ def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
 
 
+def _gain_names(header: Header) -> set[str]:
+    """Names a learned gain of a masked tensor (or of a tied alias) takes in the file."""
+    masked = {m.name for m in header.masked}
+    return {n + "_gain" for n in masked | {a for a, t in header.ties if t in masked}}
+
+
 def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str) -> None:
-    """Every name and shape of the file against the skeleton; one error, first bad tensor."""
+    """Every name and shape of the file against the skeleton; one error, first bad tensor.
+
+    Learned gains belong to the masked tensors (a skeleton has none); :func:`_gains` checks
+    them.
+    """
     expected = {m.name: m.shape for m in header.masked}
     expected.update({t.name: t.shape for t in header.tensors})
     expected.update({alias: expected[target] for alias, target in header.ties})
+    for name in _gain_names(header):
+        expected.pop(name, None)
     for fqn in header.folded_norms:  # statistics a folded file does not store
         prefix = f"{fqn}." if fqn else ""
         channels = expected.get(prefix + "weight")
@@ -280,6 +292,22 @@ def _check_regenerated(header: Header, digests) -> None:
                                                        here=rng.GENERATOR_ID))
 
 
+def _gains(header: Header, strategy, tensors: dict[str, torch.Tensor]) -> list:
+    """Each masked tensor's learned gain (None without one), checked against the strategy."""
+    out = []
+    for m in header.masked:
+        shape, value = strategy.gain_shape(m.shape), tensors.get(m.name + "_gain")
+        if shape is None and value is not None:
+            raise ArtifactError(f"the file holds a gain for {m.name} but its strategy has none")
+        if shape is not None and (value is None or tuple(value.shape) != shape
+                                  or not value.is_floating_point()):
+            got = "none" if value is None else f"{list(value.shape)} {value.dtype}"
+            raise ArtifactError(f"{m.name} needs a float gain of shape {list(shape)}; the file "
+                                f"holds {got}")
+        out.append(value)
+    return out
+
+
 def _specs(header: Header) -> list[TensorSpec]:
     return [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
 
@@ -318,6 +346,7 @@ class _Payload:
     masks: list[torch.Tensor]
     stored: list[np.ndarray] | None
     tensors: dict[str, torch.Tensor]
+    gains: list  # per masked tensor, its learned gain or None
 
     def prototypes(self) -> list[torch.Tensor]:
         """The prototype vectors: stored, or regenerated once and checked."""
@@ -396,8 +425,10 @@ def _dense_form(model: nn.Module, p: _Payload) -> nn.Module:
         header = p.header
         values = p.plan.layer_values(p.prototypes(), _specs(header))
         with torch.no_grad():
-            for m, fixed, mask in zip(header.masked, values, p.masks):
-                model.get_parameter(m.name).copy_(fixed * mask)
+            for m, fixed, mask, gain in zip(header.masked, values, p.masks, p.gains):
+                weight = fixed * mask
+                model.get_parameter(m.name).copy_(weight if gain is None
+                                                  else weight * gain.to(weight.dtype))
             masked = {m.name: model.get_parameter(m.name) for m in header.masked}
             for alias, target in header.ties:  # an untied skeleton still gets every alias
                 if target in masked and model.get_parameter(alias) is not masked[target]:
@@ -420,7 +451,9 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
     for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
         fqn, _, name = m.name.rpartition(".")
         module = model.get_submodule(fqn)
-        pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i))
+        gain = p.gains[i]
+        pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),
+                     None if gain is None else gain.to(device, shared[src].dtype))
         owners[m.name] = (module, name)
     for alias, target in p.header.ties:
         if target in owners:
@@ -479,10 +512,11 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
     if dense and (len(sections["masks"]) or len(sections["prototype"])):
         raise ArtifactError("a Dense artifact must have empty masks and prototype sections")
     plan = None if dense else plan_fill(strategy, _specs(header))
+    tensors = _read_tensors(header, sections["tensors"])
     payload = _Payload(header, strategy, plan, _decode_masks(header, sections["masks"]),
                        None if dense else _stored_prototypes(header, plan,
                                                              sections["prototype"]),
-                       _read_tensors(header, sections["tensors"]))
+                       tensors, _gains(header, strategy, tensors))
     skeleton = _skeleton(header, model, meta, form, device)
     out = _FORM_BUILDERS[form](skeleton, payload)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
