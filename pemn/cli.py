@@ -143,10 +143,10 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     from pemn.experiments import plot_results, summary_table
 
-    for path in plot_results(args.results_csv, args.out_dir, metric=args.metric):
+    for path in plot_results(args.results, args.out_dir, metric=args.metric):
         print(path)
     if args.table:
-        print(summary_table(args.results_csv, metric=args.metric))
+        print(summary_table(args.results, metric=args.metric))
     return 0
 
 
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
 
     pl = sub.add_parser("plot", help="figures (PNG + SVG) from a sweep's results.jsonl")
-    pl.add_argument("results_csv", metavar="RESULTS_JSONL")
+    pl.add_argument("results", metavar="RESULTS_JSONL", nargs="+",
+                    help="one or more results files, read as one")
     pl.add_argument("-o", "--out-dir", required=True)
     pl.add_argument("--metric", default="best_test_acc",
                     choices=["best_test_acc", "final_test_acc", "test_acc_at_best_val"])

@@ -237,8 +237,8 @@ def test_plots_and_table_from_tiny_sweep(tiny_sweep, tmp_path):
     _, results = tiny_sweep
     paths = plot_results(results, tmp_path / "fig")
     assert {p.name for p in paths} == {f"{s}.{e}" for s in ("fig3_unique_values",
-                                       "fig45_compression_ratio", "fig45_kilobytes")
-                                       for e in ("png", "svg")}
+                                       "fig45_compression_ratio", "fig45_kilobytes",
+                                       "frontier_bytes") for e in ("png", "svg")}
     table = summary_table(results).splitlines()
     assert len(table) == 2 + 2  # header, rule, one row per (model, strategy) group
     assert "RP 1e-2" in table[2] and "Random @ CR 90 %" in table[3]
@@ -275,7 +275,7 @@ def _synthetic_results(path: Path) -> Path:
 def test_plots_and_table_cover_every_strategy(tmp_path, metric):
     results = _synthetic_results(tmp_path / "results.jsonl")
     paths = plot_results(results, tmp_path / "fig", metric=metric, prefix="x_")
-    assert len(paths) == 6 and all(p.name.startswith("x_") for p in paths)
+    assert len(paths) == 8 and all(p.name.startswith("x_") for p in paths)
     table = summary_table(results, metric=metric).splitlines()
     assert len(table) == 2 + 2 * len(STRATEGIES)
     assert [row.split(" | ")[2] for row in table[2:2 + len(STRATEGIES)]] == [
@@ -290,3 +290,28 @@ def test_results_lines_are_checked(tmp_path):
     bad.write_text('{"run": "x"}\n')
     with pytest.raises(ValueError, match="not a pemn results line"):
         read_records(bad)
+
+
+def test_levers_score_lr_and_depth_keep_their_own_rows_across_results_files(tmp_path):
+    def line(name, strategy, seed, acc, score_lr=1.0, depth=4):
+        cfg = RunConfig(name=name)
+        cfg.model.kwargs = {"depth": depth}
+        cfg.mask.strategy, cfg.mask.seed, cfg.optim.score_lr_scale = strategy, seed, score_lr
+        summary = {"num_masked": 1000, "num_unique": 10, "compression_ratio": 0.9,
+                   "best_test_acc": acc, "final_test_acc": acc}
+        return json.dumps({"run": name, "config": to_dict(cfg), "summary": summary,
+                           "bytes": {"total": 3000}, "bytes_source": "artifact"}) + "\n"
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(line("a0", pemn.RP(1e-3), 0, 80) + line("a1", pemn.RP(1e-3), 1, 82))
+    b.write_text(line("b0", pemn.RP(1e-3), 0, 70, score_lr=0.3)
+                 + line("b1", pemn.RP(1e-3, gain="channel"), 0, 90)
+                 + line("b2", pemn.RP(1e-3), 0, 60, depth=8))
+    table = summary_table([a, b]).splitlines()[2:]
+    rows = {r.split(" | ")[2]: r for r in table}
+    assert set(rows) == {"RP 1e-3", "RP 1e-3 (score lr x0.3)", "RP 1e-3 +gain/channel",
+                         "RP 1e-3, depth 8"}
+    assert "81.00 ± 1.41 | 2" in rows["RP 1e-3"]
+    paths = plot_results([a, b], tmp_path / "fig")
+    assert {p.name for p in paths} == {"fig3_unique_values.png", "fig3_unique_values.svg",
+                                       "frontier_bytes.png", "frontier_bytes.svg"}

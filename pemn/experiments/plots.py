@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Sequence
 
 from pemn.baselines import PruneBaseline
 from pemn.config import RunConfig, from_dict
@@ -25,7 +26,8 @@ from pemn.experiments.figures import paper_accuracy
 from pemn.experiments.sweep import read_records
 from pemn.fill import FILLS, MP, RP, STRATEGIES, Strategy
 
-__all__ = ["read_results", "group_results", "plot_results", "summary_table", "METRICS"]
+__all__ = ["read_results", "group_results", "plot_results", "summary_table", "series_label",
+           "METRICS"]
 
 METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val")
 
@@ -34,14 +36,20 @@ METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val")
 # Reading and grouping
 # ------------------------------------------------------------------------------------------
 
-def read_results(path: str | Path) -> list[dict]:
+def read_results(paths: str | Path | Sequence[str | Path]) -> list[dict]:
     """One row per results line: its ``config`` (a RunConfig), ``summary`` and ``bytes``.
+
+    Args:
+        paths: one results file, or several (sweeps that share a recipe are read as one).
 
     Raises:
         ValueError: a line that is not a pemn results line.
         ConfigError: a line whose config this pemn cannot read.
     """
-    return [{**r, "config": from_dict(RunConfig, r["config"])} for r in read_records(path)]
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return [{**r, "config": from_dict(RunConfig, r["config"])}
+            for path in paths for r in read_records(path)]
 
 
 def _kwargs_key(cfg: RunConfig) -> str:
@@ -63,6 +71,12 @@ def _arch_labels(rows: list[dict]) -> dict[tuple, str]:
     return labels
 
 
+def _zoo_depth(name: str) -> int | None:
+    """``convmixer_128_d4`` -> 4: the depth a zoo name spells, if it spells one."""
+    tail = name.rpartition("_d")[2]
+    return int(tail) if tail.isdigit() else None
+
+
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -72,9 +86,9 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
 
     Returns:
         One dict per group, in order of first appearance, with the group's keys (``dataset``,
-        ``arch`` label, ``model``, ``strategy`` (the object), ``keep_ratio``, ``epochs``,
-        ``lr``), ``P``, ``U``, ``CR``, ``bytes`` (mean), ``mean``, ``std``, ``min``, ``max``,
-        ``n`` and ``values``.
+        ``arch`` label, ``model``, ``depth``, ``strategy`` (the object), ``keep_ratio``,
+        ``epochs``, ``lr``, ``score_lr_scale``), ``P``, ``U``, ``CR``, ``bytes`` (mean),
+        ``mean``, ``std``, ``min``, ``max``, ``n`` and ``values``.
 
     Raises:
         ValueError: an unknown metric or one that no row has.
@@ -90,11 +104,14 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
         strategy = cfg.mask.strategy
         arch = labels[(cfg.model.name, _kwargs_key(cfg))]
         keep = strategy.kept_fraction(cfg.mask.keep_ratio)
-        key = (cfg.data.dataset, arch, strategy, keep, cfg.optim.epochs, cfg.optim.lr)
+        key = (cfg.data.dataset, arch, strategy, keep, cfg.optim.epochs, cfg.optim.lr,
+               cfg.optim.score_lr_scale)
         g = groups.setdefault(key, {
             "dataset": cfg.data.dataset, "arch": arch, "model": cfg.model.name,
+            "depth": cfg.model.kwargs.get("depth", _zoo_depth(cfg.model.name)),
             "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
-            "lr": cfg.optim.lr, "P": s["num_masked"], "U": s["num_unique"],
+            "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
+            "P": s["num_masked"], "U": s["num_unique"],
             "CR": s["compression_ratio"], "values": [], "bytes_all": []})
         g["values"].append(s[metric])
         g["bytes_all"].append(r["bytes"]["total"])
@@ -222,6 +239,47 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
     return fig
 
 
+def series_label(g: dict) -> str:
+    """A frontier line: the strategy with its levers, plus what else sets it apart."""
+    label = g["strategy"].label()
+    if g["score_lr_scale"] != 1.0:
+        label += f" (score lr x{g['score_lr_scale']:g})"
+    if g["depth"] not in (None, 4):
+        label += f", depth {g['depth']}"
+    return label
+
+
+def _frontier(plt, groups: list[dict], metric: str):
+    """Accuracy against actual bytes (log axis), one line per strategy, one panel per dataset.
+
+    A line joins the points of one strategy that differ only in size (width, keep ratio).
+    """
+    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
+    series = {(g["dataset"], series_label(g)) for g in groups}
+    if len(series) < 2:
+        return None
+    fig, axes = _panels(plt, len(datasets), width=7.0)
+    for ax, dataset in zip(axes, datasets):
+        mine = [g for g in groups if g["dataset"] == dataset]
+        names = sorted({series_label(g) for g in mine},
+                       key=lambda n: min(_sort_key(g["strategy"]) for g in mine
+                                         if series_label(g) == n))
+        for i, name in enumerate(names):
+            pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
+            ax.errorbar([g["bytes"] / 1000 for g in pts], [g["mean"] for g in pts],
+                        yerr=[g["std"] for g in pts], marker="os^vDP*Xhp<>"[i % 12], ms=4,
+                        capsize=3, color=f"C{i % 10}", ls="--" if "depth" in name else "-",
+                        label=name)
+        _log_axis(ax)
+        ax.set_title(f"{dataset}: accuracy against actual bytes")
+        ax.set_xlabel("file size (kB, log scale)")
+        ax.set_ylabel(f"test accuracy (%), {metric}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def _log_axis(ax) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -231,16 +289,17 @@ def _log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_results(results: str | Path, out_dir: str | Path, metric: str = "best_test_acc",
-                 prefix: str = "") -> list[Path]:
+def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 metric: str = "best_test_acc", prefix: str = "") -> list[Path]:
     """Write the paper-style figures for a results file as PNG and SVG.
 
     Files (each as ``.png`` and ``.svg``, only those the data supports):
     ``fig3_unique_values`` (needs Mask/One-layer/MP/RP rows), ``fig45_compression_ratio`` and
-    ``fig45_kilobytes`` (need baseline rows), each prefixed by ``prefix``.
+    ``fig45_kilobytes`` (need baseline rows), ``frontier_bytes`` (needs two strategies or
+    more), each prefixed by ``prefix``.
 
     Args:
-        results: a results JSONL written by :func:`pemn.experiments.run_sweep`.
+        results: results JSONL written by :func:`pemn.experiments.run_sweep` (one or several).
         out_dir: created if missing.
         metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc`` or
             ``test_acc_at_best_val``.
@@ -260,6 +319,7 @@ def plot_results(results: str | Path, out_dir: str | Path, metric: str = "best_t
         "fig45_kilobytes": _compression(
             plt, groups, metric, lambda g: g["bytes"] / 1000,
             "size on disk (kB; baselines: 1-bit masks + fp32 kept values + BN)", True),
+        "frontier_bytes": _frontier(plt, groups, metric),
     }
     paths = []
     for stem, fig in figures.items():
@@ -273,8 +333,12 @@ def plot_results(results: str | Path, out_dir: str | Path, metric: str = "best_t
 # Table
 # ------------------------------------------------------------------------------------------
 
-def summary_table(results: str | Path, metric: str = "best_test_acc") -> str:
+def summary_table(results: str | Path | Sequence[str | Path],
+                  metric: str = "best_test_acc") -> str:
     """A markdown table: mean ± std of ``metric`` per (model, strategy) group, with n seeds.
+
+    The strategy column carries the levers (:func:`series_label`), so rows that differ only
+    in the score learning rate or the depth stay apart.
 
     A "paper" column with the paper's CIFAR-10 number is added when any group has one
     (:mod:`pemn.experiments.figures`).
@@ -288,7 +352,7 @@ def summary_table(results: str | Path, metric: str = "best_test_acc") -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, p in zip(groups, paper):
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
-        cells = [g["dataset"], g["arch"], g["strategy"].label(), f"{g['lr']:g}",
+        cells = [g["dataset"], g["arch"], series_label(g), f"{g['lr']:g}",
                  f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
                  f"{g['bytes'] / 1000:,.1f}", acc, str(g["n"])]
         if len(head) > len(cells):
