@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pemn import baselines, fill, stats
+from pemn import baselines, competitors, fill, stats
 from pemn.checkpoint import CheckpointError, load_checkpoint
 from pemn.config import ConfigError, ModelConfig, RunConfig, from_dict, to_dict
 from pemn.data import dataset_info, load_dataset, split_validation
@@ -173,7 +173,8 @@ def build_model(cfg: RunConfig, in_channels: int, num_classes: int) -> torch.nn.
     return build(model, m.strategy, keep_ratio=m.keep_ratio, seed=m.seed)
 
 
-_BUILDERS = {baselines.PruneBaseline: baselines.prune_, fill.Strategy: apply_}
+_BUILDERS = {baselines.PruneBaseline: baselines.prune_,
+             competitors.TrainedWeights: competitors.compete_, fill.Strategy: apply_}
 
 
 def model_from_config(cfg: RunConfig) -> nn.Module:

@@ -23,6 +23,7 @@ ALLOWED = {
     "pemn.artifact": ("pemn.artifact", "pemn.transform", "pemn.fill", "pemn.rng",
                       "pemn.masking", "pemn.models", "pemn.fileio"),
     "pemn.baselines": ("pemn.masking", "pemn.transform", "pemn.fill"),
+    "pemn.competitors": ("pemn.masking", "pemn.transform", "pemn.fill", "pemn.artifact"),
     "pemn.storage": ("pemn.artifact", "pemn.fill", "pemn.transform", "pemn.masking",
                      "pemn.baselines"),
     "pemn.checkpoint": ("pemn.fileio",),
@@ -33,13 +34,13 @@ ALLOWED = {
     "pemn.evaluate": ("pemn.artifact", "pemn.checkpoint", "pemn.data", "pemn.distributed",
                       "pemn.models", "pemn.run", "pemn.train", "pemn.transform", "pemn.config",
                       "pemn.baselines", "pemn.fill"),
-    "pemn.run": ("pemn.artifact", "pemn.baselines", "pemn.checkpoint", "pemn.config",
-                 "pemn.data", "pemn.distributed", "pemn.evaluate", "pemn.fileio", "pemn.fill",
+    "pemn.run": ("pemn.artifact", "pemn.baselines", "pemn.competitors", "pemn.checkpoint",
+                 "pemn.config", "pemn.data", "pemn.distributed", "pemn.evaluate", "pemn.fileio", "pemn.fill",
                  "pemn.models", "pemn.storage", "pemn.train", "pemn.transform", "pemn"),
     "pemn.experiments": ("pemn",),  # public names only; everything but the CLI
     "pemn.cli": ("pemn",),
-    "pemn": ("pemn.artifact", "pemn.baselines", "pemn.fill", "pemn.storage",
-             "pemn.transform"),  # __init__
+    "pemn": ("pemn.artifact", "pemn.baselines", "pemn.competitors", "pemn.fill",
+             "pemn.storage", "pemn.transform"),  # __init__
 }
 
 

@@ -1,0 +1,366 @@
+"""Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
+
+The competitor strategies of :mod:`pemn.competitors` train ordinary weights and store them in a
+few bits each. The numerics they train with live here, next to the byte formats, so that the
+forward pass and the file agree bit for bit: a layer computes with :func:`dequantize` of
+:func:`quantize` (or :func:`debinarize` of :func:`binarize`), and a loader rebuilds exactly that
+tensor from the stored integers and scales.
+
+"Per output channel" means per index of dim 0, torch's layout of Conv and Linear weights. Every
+scale is rounded to float16 *before* it is used, in training too, so two bytes per channel store
+it exactly.
+
+Encodings of one tensor of ``n`` values over ``rows = shape[0]`` channels (``k`` kept values for
+the sparse ones), all little-endian; a file records the encoding's name per tensor:
+
+==================  =======================================================================
+``int8``            ``rows`` float16 scales, then ``n`` int8 codes in C order (-127..127)
+``int4``            ``rows`` float16 scales, then ``ceil(n / 2)`` bytes: code ``2i`` in the low
+                    nibble of byte ``i``, code ``2i + 1`` in the high one, two's complement
+                    (-7..7), a zero nibble pads an odd ``n``
+``sign``            ``rows`` float16 scales (alpha = mean of ``|w|`` per channel), then the
+                    ``ceil(n / 8)`` bytes of :func:`pemn.artifact.bitpack.pack_bits` of
+                    ``w >= 0`` (weight = +alpha where the bit is 1, -alpha where it is 0)
+``<codec>+f32``     the exact-k mask coded by mask codec ``<codec>`` (:mod:`.codec`, e.g.
+                    ``bits+f32``, ``huffman-gaps+f32``), then the ``k`` kept values as float32
+                    in C order
+``csr-f32``         CSR over ``rows`` rows of ``n / rows`` columns: ``k`` float32 values, ``k``
+                    column indices, ``rows + 1`` row pointers; each index array in the smallest
+                    unsigned width of 1, 2 or 4 bytes that holds its largest possible value
+                    (``columns - 1``, resp. ``k``)
+==================  =======================================================================
+
+Canonical forms, checked on decode so that a loaded model retrains into the same weights: a
+channel with a positive scale uses the extreme code (``max |q| = 2**(bits-1) - 1``), a channel
+with scale 0 has only zero codes and, for ``sign``, only 1 bits. Scales are finite and not
+negative; stored values are finite.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pemn.artifact.bitpack import pack_bits, unpack_bits
+from pemn.artifact.codec import choose_codec, get_codec, list_codecs
+from pemn.artifact.format import ArtifactError
+
+__all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
+           "get_encoding", "sparse_encoding", "TrainedStrategy", "register_trained",
+           "trained_strategy", "SPARSE_FORMATS"]
+
+_FP16_MAX = 65504.0
+
+
+def _rows(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)
+
+
+def _per_row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``(rows,)`` vector shaped to broadcast over ``like``'s other dims."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _fp16_scale(v: torch.Tensor) -> torch.Tensor:
+    """Round to float16 (its largest finite value at most) and compute on in float32."""
+    return v.clamp(max=_FP16_MAX).half().float()
+
+
+def quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-channel quantization: ``q = round(w / s)`` with ``s = max|w| / qmax``.
+
+    Args:
+        w: a weight, ``(out, ...)``.
+        bits: 8 or 4 (``qmax`` 127 or 7).
+
+    Returns:
+        ``q`` (int8, ``w``'s shape, in ``[-qmax, qmax]``) and ``s`` (float32 ``(out,)``, every
+        value a float16 number; 0 for an all-zero channel).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach()
+    scale = _fp16_scale(_rows(w).abs().amax(1) / qmax)
+    divisor = _per_row(torch.where(scale > 0, scale, torch.ones_like(scale)), w)
+    q = torch.round(w / divisor).clamp_(-qmax, qmax) * _per_row(scale > 0, w)
+    return q.to(torch.int8), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weight ``q * s`` of :func:`quantize` (what the layer computes with)."""
+    return q.to(torch.float32) * _per_row(scale, q)
+
+
+def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary weights as in BWN/XNOR-Net (Rastegari et al. 2016): ``sign(w)`` and one scale
+    ``alpha = mean |w|`` per output channel.
+
+    Returns:
+        ``signs`` (bool, ``w``'s shape: True where ``w >= 0``, and everywhere in a channel
+        whose alpha is 0) and ``alpha`` (float32 ``(out,)``, float16 numbers).
+    """
+    w = w.detach()
+    alpha = _fp16_scale(_rows(w).abs().mean(1))
+    return (w >= 0) | _per_row(alpha == 0, w), alpha
+
+
+def debinarize(signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The float32 weight ``+alpha`` where ``signs`` is True, ``-alpha`` elsewhere."""
+    a = _per_row(alpha, signs)
+    return torch.where(signs, a, -a)
+
+
+# ------------------------------------------------------------------------------------------
+# Byte formats
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Encoding:
+    """One byte format of a trained tensor.
+
+    Args:
+        name: stored in the file per tensor; never reuse a name for another format.
+        encode: ``(latent weight, bool mask or None) -> bytes``; the layer computes with what
+            :attr:`decode` returns.
+        decode: ``(bytes, shape, k) -> (float32 weight, bool mask or None)``; raises
+            ArtifactError on anything but the canonical encoding of some weight.
+        sparse: the tensor keeps ``k`` of its values (the others are 0) and stores a mask.
+    """
+
+    name: str
+    encode: Callable[[torch.Tensor, torch.Tensor | None], bytes]
+    decode: Callable[[bytes, tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor | None]]
+    sparse: bool = False
+
+
+ENCODINGS: dict[str, Encoding] = {}
+SPARSE_FORMATS = ("mask", "csr")  # pack(sparse_format=...): a coded mask + values, or CSR
+
+
+def get_encoding(name: str) -> Encoding:
+    """The encoding called ``name``; ArtifactError if unknown (names come from files)."""
+    if name not in ENCODINGS:
+        raise ArtifactError(f"unknown weight encoding {str(name)[:40]!r}; known: "
+                            f"{sorted(ENCODINGS)}")
+    return ENCODINGS[name]
+
+
+def _register(encoding: Encoding) -> None:
+    ENCODINGS[encoding.name] = encoding
+
+
+def _scales(data: bytes, rows: int, what: str) -> torch.Tensor:
+    """``rows`` float16 scales at the start of ``data``: finite, not negative."""
+    raw = np.frombuffer(data, dtype="<f2", count=rows)
+    if not np.isfinite(raw).all() or np.signbit(raw).any():
+        raise ArtifactError(f"{what}: a per-channel scale is negative, NaN or infinite")
+    return torch.from_numpy(raw.astype(np.float32))
+
+
+def _fp16_bytes(v: torch.Tensor) -> bytes:
+    return v.detach().cpu().numpy().astype("<f2").tobytes()
+
+
+def _expect_length(data: bytes, size: int, what: str) -> None:
+    if len(data) != size:
+        raise ArtifactError(f"{what}: {len(data)} bytes, the shape needs {size}")
+
+
+def _check_canonical(codes: torch.Tensor, scale: torch.Tensor, top: int, what: str) -> None:
+    """Positive-scale channels reach ``|code| = top``; zero-scale channels hold only 0."""
+    peak = _rows(codes).abs().amax(1) if codes.numel() else torch.zeros_like(scale)
+    if bool(((scale > 0) & (peak != top)).any() | ((scale == 0) & (peak != 0)).any()):
+        raise ArtifactError(f"{what}: codes and scales are not what the quantizer writes")
+
+
+def _int_encoding(bits: int) -> Encoding:
+    qmax = 2 ** (bits - 1) - 1
+    name = f"int{bits}"
+
+    def encode(latent: torch.Tensor, mask) -> bytes:
+        q, scale = quantize(latent, bits)
+        codes = q.cpu().reshape(-1).numpy().astype(np.int8)
+        if bits == 4:
+            nibbles = (codes & 0xF).astype(np.uint8)
+            if nibbles.size % 2:
+                nibbles = np.append(nibbles, np.uint8(0))
+            codes = nibbles[0::2] | (nibbles[1::2] << 4)
+        return _fp16_bytes(scale) + codes.tobytes()
+
+    def decode(data: bytes, shape: tuple[int, ...], k: int):
+        n, rows = math.prod(shape), shape[0]
+        body = n if bits == 8 else (n + 1) // 2
+        _expect_length(data, 2 * rows + body, name)
+        scale = _scales(data, rows, name)
+        raw = np.frombuffer(data, dtype=np.int8 if bits == 8 else np.uint8, offset=2 * rows)
+        if bits == 4:
+            if n % 2 and raw[-1] >> 4:
+                raise ArtifactError(f"{name}: the padding nibble is not zero")
+            nibbles = np.stack([raw & 0xF, raw >> 4], axis=1).reshape(-1)[:n].astype(np.int8)
+            raw = np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+        q = torch.from_numpy(raw.copy()).view(shape)
+        wide = q.to(torch.int16)  # int8's abs(-128) overflows
+        if bool((wide.abs() > qmax).any()):
+            raise ArtifactError(f"{name}: a code is outside [-{qmax}, {qmax}]")
+        _check_canonical(wide, scale, qmax, name)
+        return dequantize(q, scale), None
+
+    return Encoding(name, encode, decode)
+
+
+def _sign_encode(latent: torch.Tensor, mask) -> bytes:
+    signs, alpha = binarize(latent)
+    return _fp16_bytes(alpha) + pack_bits(signs.cpu())
+
+
+def _sign_decode(data: bytes, shape: tuple[int, ...], k: int):
+    n, rows = math.prod(shape), shape[0]
+    _expect_length(data, 2 * rows + (n + 7) // 8, "sign")
+    alpha = _scales(data, rows, "sign")
+    try:
+        signs = unpack_bits(data[2 * rows:], n).view(shape)
+    except ValueError as e:
+        raise ArtifactError(f"sign: {e}") from None
+    if bool((_rows(~signs).any(1) & (alpha == 0)).any()):
+        raise ArtifactError("sign: a channel with alpha 0 has negative signs")
+    return debinarize(signs, alpha), None
+
+
+def _kept_values(latent: torch.Tensor, mask: torch.Tensor) -> bytes:
+    flat = latent.detach().cpu().reshape(-1)[mask.cpu().reshape(-1)]
+    return flat.numpy().astype("<f4").tobytes()
+
+
+def _values(data: bytes, k: int, what: str) -> torch.Tensor:
+    values = np.frombuffer(data, dtype="<f4", count=k).astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ArtifactError(f"{what}: a stored value is NaN or infinite")
+    return torch.from_numpy(values)
+
+
+def _scatter(shape: tuple[int, ...], mask: torch.Tensor, values: torch.Tensor):
+    weight = torch.zeros(math.prod(shape), dtype=torch.float32)
+    weight[mask] = values
+    return weight.view(shape), mask.view(shape)
+
+
+def _mask_encoding(codec: str) -> Encoding:
+    name = f"{codec}+f32"
+
+    def encode(latent: torch.Tensor, mask: torch.Tensor) -> bytes:
+        return get_codec(codec).encode(mask.bool()) + _kept_values(latent, mask.bool())
+
+    def decode(data: bytes, shape: tuple[int, ...], k: int):
+        n = math.prod(shape)
+        if not 0 <= k <= n or len(data) < 4 * k:
+            raise ArtifactError(f"{name}: {len(data)} bytes cannot hold {k} of {n} values")
+        split = len(data) - 4 * k
+        try:
+            mask = get_codec(codec).decode(data[:split], n, k)
+        except ValueError as e:
+            raise ArtifactError(f"{name}: {e}") from None
+        return _scatter(shape, mask, _values(data[split:], k, name))
+
+    return Encoding(name, encode, decode, sparse=True)
+
+
+def _index_width(largest: int) -> str:
+    """The smallest unsigned little-endian dtype holding ``largest``."""
+    return next(code for code, top in (("|u1", 2**8), ("<u2", 2**16), ("<u4", 2**32))
+                if largest < top)
+
+
+def _csr_layout(shape: tuple[int, ...], k: int) -> tuple[int, int, str, str]:
+    rows = shape[0]
+    cols = math.prod(shape) // rows if rows else 0
+    return rows, cols, _index_width(max(cols - 1, 0)), _index_width(k)
+
+
+def _csr_encode(latent: torch.Tensor, mask: torch.Tensor) -> bytes:
+    mask = _rows(mask.bool().cpu())
+    k = int(mask.count_nonzero())
+    rows, cols, col_dtype, ptr_dtype = _csr_layout(tuple(latent.shape), k)
+    columns = torch.nonzero(mask)[:, 1].numpy()  # row-major: sorted by row, then column
+    pointers = np.concatenate([[0], np.cumsum(mask.sum(1).numpy())])
+    return (_kept_values(latent, mask) + columns.astype(col_dtype).tobytes()
+            + pointers.astype(ptr_dtype).tobytes())
+
+
+def _csr_decode(data: bytes, shape: tuple[int, ...], k: int):
+    n = math.prod(shape)
+    rows, cols, col_dtype, ptr_dtype = _csr_layout(shape, k)
+    col_bytes, ptr_bytes = np.dtype(col_dtype).itemsize, np.dtype(ptr_dtype).itemsize
+    if not 0 <= k <= n:
+        raise ArtifactError(f"csr-f32: {k} kept values in a tensor of {n}")
+    _expect_length(data, 4 * k + col_bytes * k + ptr_bytes * (rows + 1), "csr-f32")
+    columns = np.frombuffer(data, col_dtype, k, 4 * k).astype(np.int64)
+    pointers = np.frombuffer(data, ptr_dtype, rows + 1, (4 + col_bytes) * k).astype(np.int64)
+    if pointers[0] != 0 or pointers[-1] != k or (np.diff(pointers) < 0).any():
+        raise ArtifactError("csr-f32: row pointers must rise from 0 to the kept count")
+    row_of = np.repeat(np.arange(rows), np.diff(pointers))
+    flat = row_of * cols + columns
+    if (columns >= cols).any() or (np.diff(flat) <= 0).any():
+        raise ArtifactError("csr-f32: column indices must be in range and rise within a row")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(flat)] = True
+    return _scatter(shape, mask, _values(data, k, "csr-f32"))
+
+
+_register(_int_encoding(8))
+_register(_int_encoding(4))
+_register(Encoding("sign", _sign_encode, _sign_decode))
+_register(Encoding("csr-f32", _csr_encode, _csr_decode, sparse=True))
+for _codec in list_codecs():
+    if not get_codec(_codec).legacy:
+        _register(_mask_encoding(_codec))
+
+
+def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
+    """The encoding of a sparse tensor: ``"csr-f32"``, or its mask codec (``"auto"``: the
+    smallest, as for PEMN masks) followed by ``"+f32"``."""
+    if sparse_format not in SPARSE_FORMATS:
+        raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
+                            f"{SPARSE_FORMATS}")
+    if sparse_format == "csr":
+        return "csr-f32"
+    name = f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
+    if name not in ENCODINGS:
+        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
+                            f"of {[e[:-4] for e in ENCODINGS if e.endswith('+f32')]}")
+    return name
+
+
+# ------------------------------------------------------------------------------------------
+# Strategies with trained weights (registered by pemn.competitors)
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainedStrategy:
+    """How the artifact stores a strategy whose layers train their own weights.
+
+    Args:
+        encoding: ``strategy -> "int8" | "int4" | "sign" | "sparse"`` (a sparse tensor's
+            encoding is chosen by :func:`sparse_encoding`).
+        build: ``(model, strategy, keep_ratio, seed) -> model``, the strategy's builder: a
+            loader re-applies it to a skeleton (the ``train`` form). Every tensor it lists in
+            ``model.pemn_spec.tensors`` holds its latent weight as ``<name>_orig`` (and a
+            sparse one its mask as ``<name>_mask``), as ``torch.nn.utils.prune`` lays them out.
+    """
+
+    encoding: Callable
+    build: Callable
+
+
+_TRAINED: dict[type, TrainedStrategy] = {}
+
+
+def register_trained(cls: type, *, encoding: Callable, build: Callable) -> None:
+    """File a strategy class whose models the artifact can store (see :class:`TrainedStrategy`)."""
+    _TRAINED[cls] = TrainedStrategy(encoding, build)
+
+
+def trained_strategy(strategy) -> TrainedStrategy | None:
+    """How ``strategy`` is stored, if it trains its own weights; None for weight fills."""
+    return _TRAINED.get(type(strategy))
