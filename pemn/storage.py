@@ -8,8 +8,8 @@ the same keep ratio. Baseline formats, per masked tensor viewed as a matrix of
 ``rows = shape[0]`` rows with ``nnz = num_kept`` non-zeros (all sizes in bytes):
 
 - fp32 / fp16 dense: ``4 n`` / ``2 n`` (fp16 also halves the other float tensors);
-- CSR fp32 (as in Deep Compression, Han et al. 2016): fp32 values, int32 column indices and int32 row
-  pointers, ``4 nnz + 4 nnz + 4 (rows + 1)``;
+- CSR fp32 (as in Deep Compression, Han et al. 2016): fp32 values, int32 column indices and
+  int32 row pointers, ``4 nnz + 4 nnz + 4 (rows + 1)``;
 - the paper's CSR accounting (its section 4.3): ``p (1 - r)`` fp32 values plus
   ``2 p (1 - r)`` 32-bit positions, i.e. ``12 nnz``;
 - bitmask + fp32 values (compressed-tensors): ``ceil(n / 8) + 4 nnz + 4 rows`` (int32 row
@@ -17,6 +17,11 @@ the same keep ratio. Baseline formats, per masked tensor viewed as a matrix of
 
 Each baseline total adds the other tensors (BN, biases, unmasked layers) in fp32, exactly as an
 artifact stores them, and no header.
+
+The competitor strategies (:mod:`pemn.competitors`) are priced by real files too:
+:func:`storage_readings` packs a model in each storage reading (for ``Sparse``: a coded mask +
+fp32 values, a 1-bit bitmap + fp32 values, CSR, and the kept values alone) and returns the
+byte counts of what decodes back to the model.
 """
 from __future__ import annotations
 
@@ -25,14 +30,14 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from pemn.artifact import describe
+from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
 from pemn.fill import strategy_from_dict
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
            "formula_bytes",
            "csr_fp32_bytes", "paper_csr_bytes", "bitmask_fp32_bytes", "size_report",
-           "format_size_table"]
+           "format_size_table", "storage_readings"]
 
 
 def paper_compression_ratio(num_masked: int, num_unique: int) -> float:
@@ -152,7 +157,9 @@ def size_report(source) -> dict:
         - ``bytes``: ``header`` (preamble + JSON), ``masks``, ``prototype``, ``norm`` (BN /
           LayerNorm / GroupNorm affine and running statistics), ``other`` (biases, unmasked
           layers, embeddings, counters; for ``Dense`` also every weight) and ``total``, the
-          real file size, which is their exact sum;
+          real file size, which is their exact sum; a file with trained weights
+          (:mod:`pemn.competitors`) also has ``weights``, its encoded tensors, which then count
+          as the masked ones (P, the baselines; ``weight_encodings``: encoding -> count);
         - ``mask_bitmap_bytes`` (``sum ceil(n/8)``) and ``mask_entropy_bytes`` (``sum n H(k/n)
           / 8``): what the masks cost raw and at best;
         - ``paper_bytes`` = ``ceil(P/8) + 4U`` and ``paper_compression_ratio`` (the paper's CR,
@@ -168,7 +175,7 @@ def size_report(source) -> dict:
         pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
     """
     info = describe(source)
-    header, masks = info["header"], info["masks"]
+    header, masks = info["header"], info["masks"] + info["encoded"]
     masked_names = {m["name"] for m in masks}
     others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
     num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
@@ -177,6 +184,7 @@ def size_report(source) -> dict:
     sizes = {"header": info["header_bytes"], "masks": sections["masks"],
              "prototype": sections["prototype"], "norm": norm,
              "other": sections["tensors"] - norm,
+             **({"weights": sections["weights"]} if "weights" in sections else {}),
              "signature": info["file_bytes"] - info["header_bytes"] - sum(sections.values()),
              "total": info["file_bytes"]}
     # the same tensors in fp32 / fp16, whatever precision the file stores them in; a folded
@@ -191,12 +199,16 @@ def size_report(source) -> dict:
         + 8 * len(header.folded_norms)
     dense = not strategy_from_dict(header.strategy).stores_mask
     codecs: dict[str, int] = {}
-    for m in masks:
+    encodings: dict[str, int] = {}
+    for m in info["masks"]:
         codecs[m["codec"]] = codecs.get(m["codec"], 0) + 1
+    for e in info["encoded"]:
+        encodings[e["encoding"]] = encodings.get(e["encoding"], 0) + 1
     return {
         "architecture": header.model["name"] if header.model else "(not a zoo model)",
         "strategy": header.strategy, "keep_ratio": header.keep_ratio, "num_masked": num_masked,
         "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
+        "weight_encodings": encodings,
         "bytes": sizes,
         "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not dense else 0,
         "mask_entropy_bytes": sum(mask_entropy_bytes(m["numel"], m["num_kept"]) for m in masks),
@@ -205,7 +217,8 @@ def size_report(source) -> dict:
                                                                              num_unique),
         "dense_fp32_bytes": 4 * num_masked,
         "model_fp32_bytes": 4 * num_masked + others_fp32,
-        "file_compression_ratio": 0.0 if dense else 1 - sizes["total"] / (4 * num_masked),
+        "file_compression_ratio": 0.0 if dense and not info["encoded"]
+        else 1 - sizes["total"] / (4 * num_masked),
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_fp16),
         "folded_norms": len(header.folded_norms), "signed_by": info["signed_by"],
@@ -221,6 +234,7 @@ def format_size_table(report: dict) -> str:
     """A fixed-width, human-readable table of a :func:`size_report` (for ``pemn size``)."""
     b, total = report["bytes"], report["bytes"]["total"]
     codecs = ", ".join(f"{n} x{c}" for n, c in report["mask_codecs"].items()) or "none"
+    encodings = ", ".join(f"{n} x{c}" for n, c in report.get("weight_encodings", {}).items())
     rows = [
         f"{report['architecture']}  {_strategy_text(report['strategy'])}  "
         f"keep_ratio={report['keep_ratio']}  P={report['num_masked']:,}  "
@@ -231,11 +245,12 @@ def format_size_table(report: dict) -> str:
     norm = "norm layers (folded affine)" if report["folded_norms"] else \
         "norm layers (affine + running stats)"
     parts = [("header (preamble + zlib JSON)", b["header"]), (f"masks ({codecs})", b["masks"]),
+             (f"trained weights ({encodings})", b.get("weights", 0)),
              ("prototype values", b["prototype"]), (norm, b["norm"]),
              ("other tensors (biases, unmasked, ...)", b["other"]),
              ("signature (ed25519)", b["signature"]), ("total on disk", total)]
     rows += [f"  {name:<38}{n:>14,}{100 * n / total:>10.2f}%" for name, n in parts
-             if n or not name.startswith("signature")]
+             if n or not name.startswith(("signature", "trained"))]
     rows.append(f"  signed by ed25519 key {report['signed_by']} (check it with "
                 "pemn.load(..., verify_key=KEY))" if report["signed_by"] else "  not signed")
     rows += [
@@ -260,3 +275,33 @@ def format_size_table(report: dict) -> str:
              for k, v in report["baselines"].items()]
     rows.append(f"  {'this artifact':<38}{total:>14,}{1:>10.2f}x")
     return "\n".join(rows)
+
+
+def storage_readings(model: nn.Module, precision: str = "exact", **save_args) -> dict[str, int]:
+    """Real bytes of ``model`` packed as ``pemn.save`` would, in every storage reading.
+
+    Args:
+        model: a model ``pemn.save`` accepts (a weight fill or a competitor strategy).
+        precision: as ``pemn.save`` (``"fp16"``: BatchNorm folded, other floats in 16 bits).
+        save_args: more arguments of ``pemn.save`` (``dataset``, ``metadata``), so that the
+            readings hold the same header as the file they are compared with.
+
+    Returns:
+        ``total``: the file ``pemn.save(model, path, precision=precision)`` writes. For a
+        ``Sparse`` model also ``mask_fp32`` (= ``total``: each mask by the smallest codec, then
+        the fp32 kept values), ``bitmap_fp32`` (a 1-bit mask + fp32 values: the paper's
+        reading), ``csr`` (fp32 values + column indices + row pointers, each index array in
+        the smallest of 1, 2, 4 bytes that fits) and ``values_only`` (the ``mask_fp32`` file
+        less its mask bytes: CR read as sparsity, no index cost; the one reading that does not
+        decode). Every reading includes the header, the dense ends and the other tensors.
+    """
+    data = pack(model, precision=precision, **save_args)
+    out = {"total": len(data)}
+    encoded = describe(data)["encoded"]
+    if any(e["num_kept"] < e["numel"] or e["encoding"].endswith("+f32") for e in encoded):
+        out.update(
+            mask_fp32=len(data),
+            bitmap_fp32=len(pack(model, precision=precision, codec="bits", **save_args)),
+            csr=len(pack(model, precision=precision, sparse_format="csr", **save_args)),
+            values_only=len(data) - sum(e["num_bytes"] - 4 * e["num_kept"] for e in encoded))
+    return out

@@ -281,7 +281,7 @@ def small_artifact():
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d[:30], "shorter than the 48-byte preamble"),
     (lambda d: b"GIF89a.." + d[8:], "wrong magic"),
-    (lambda d: d[:8] + struct.pack("<I", 3) + d[12:], "unsupported artifact format version 3"),
+    (lambda d: d[:8] + struct.pack("<I", 4) + d[12:], "unsupported artifact format version 4"),
     (lambda d: d[:12] + struct.pack("<I", 2**32 - 1) + d[16:], "header length 4294967295"),
     (lambda d: d[:60] + bytes([d[60] ^ 1]) + d[61:], "header checksum mismatch"),
     (lambda d: d[:-1] + bytes([d[-1] ^ 0x80]), "payload checksum mismatch"),

@@ -2,19 +2,24 @@
 training, binary weights; their configs, what their effective weights look like after training,
 and their real bytes (pemn/artifact/weights.py) decoding back to the same logits."""
 import math
+import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pemn
+from pemn.artifact import ArtifactError, describe, pack, unpack
+from pemn.artifact import format as fmt
 from pemn.artifact.weights import binarize, debinarize, dequantize, quantize
 from pemn.competitors import Binary, Quantized, Sparse, compete_, erk_counts
 from pemn.config import RunConfig, from_dict
+from pemn.experiments import read_records, run_sweep
 from pemn.fill import strategy_from_dict, strategy_to_dict
 from pemn.masking import num_kept
 from pemn.models import create_model
-from pemn.run import build_model
+from pemn.run import RunDir, build_model
+from pemn.storage import format_size_table, size_report, storage_readings
 
 FAMILIES = [Quantized(bits=8), Quantized(bits=4), Binary(), Sparse(),
             Sparse(density=0.2, allocation="uniform"),
@@ -200,3 +205,261 @@ def test_numerics_are_canonical():
     signs, alpha = binarize(w)
     assert alpha[1] == 0 and signs[1].all() and signs[2].all()  # alpha 0: all signs +1
     assert torch.equal(debinarize(signs, alpha)[0], torch.tensor([0.3, -0.3, 0.3]).half().float())
+
+
+# ------------------------------------------------------------------------------------------
+# Real bytes: the artifact (format 3) decodes back to the same eval logits
+# ------------------------------------------------------------------------------------------
+
+X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+
+
+def trained(strategy) -> torch.nn.Module:
+    """One training step, then BN statistics that are not the identity."""
+    model = tiny(strategy)
+    train_step(model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=repr)
+def family(request):
+    model = trained(request.param)
+    return request.param, model, pack(model)
+
+
+def test_round_trip_is_bit_identical_in_train_and_dense_forms(family, tmp_path):
+    strategy, model, data = family
+    assert fmt.read_container(data).version == 3
+    for form in ("train", "dense"):
+        assert torch.equal(logits(unpack(data, form=form)), logits(model)), form
+    skeleton = create_model("convmixer_64_d4", dim=16, in_channels=1, num_classes=10)
+    pemn.save(model, tmp_path / "m.pemn")
+    loaded = pemn.load(tmp_path / "m.pemn", model=skeleton)
+    assert loaded is skeleton and torch.equal(logits(loaded), logits(model))
+    assert loaded.pemn_spec.strategy == strategy  # the train form keeps training
+    assert pack(loaded) == data  # and stores the very same bytes again
+    train_step(loaded)
+
+
+def test_fp16_folds_norms_and_is_stable(family):
+    strategy, model, data = family
+    small = pack(model, precision="fp16")
+    assert len(small) < len(data) and fmt.read_container(small).header["folded_norms"]
+    loaded = unpack(small)
+    assert torch.allclose(logits(loaded), logits(model), atol=1e-2)
+    assert pack(loaded, precision="fp16") == small  # the fp16 model is what the file holds
+
+
+def test_packed_form_is_refused(family):
+    with pytest.raises(ArtifactError, match="packed form"):
+        unpack(family[2], form="packed")
+
+
+def _weights(data: bytes) -> list[dict]:
+    return describe(data)["encoded"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_bytes_are_codes_plus_fp16_scales(bits):
+    model = trained(Quantized(bits=bits))
+    entries = _weights(pack(model))
+    assert [e["name"] for e in entries] == [t.name for t in model.pemn_spec.tensors]
+    for e in entries:
+        codes = e["numel"] if bits == 8 else -(-e["numel"] // 2)
+        assert (e["encoding"], e["num_bytes"]) == (f"int{bits}", codes + 2 * e["shape"][0])
+
+
+def test_binary_bytes_are_sign_bits_plus_fp16_alpha():
+    for e in _weights(pack(trained(Binary()))):
+        assert (e["encoding"], e["num_bytes"]) == ("sign", -(-e["numel"] // 8) + 2 * e["shape"][0])
+
+
+def test_sparse_readings_are_real_files():
+    model = trained(Sparse(density=0.1))
+    readings = storage_readings(model)
+    mask_file = pack(model)
+    csr_file = pack(model, sparse_format="csr")
+    bitmap_file = pack(model, codec="bits")
+    assert readings == {"total": len(mask_file), "mask_fp32": len(mask_file),
+                        "bitmap_fp32": len(bitmap_file), "csr": len(csr_file),
+                        "values_only": readings["values_only"]}
+    for data in (csr_file, bitmap_file):
+        assert torch.equal(logits(unpack(data)), logits(model))
+    kept = sum(e["num_kept"] for e in _weights(mask_file))
+    assert kept == pemn.stats(model).num_unique
+    mask_bytes = sum(e["num_bytes"] - 4 * e["num_kept"] for e in _weights(mask_file))
+    assert readings["values_only"] == len(mask_file) - mask_bytes > 0
+    assert {e["encoding"] for e in _weights(bitmap_file)} == {"bits+f32"}
+    # dim 16, 1x1 convs: 16 columns fit one byte per index, row pointers too (k < 256)
+    pointwise = [e for e in _weights(csr_file) if e["shape"][2:] == (1, 1)]
+    assert pointwise and all(e["num_bytes"] == 4 * e["num_kept"] + e["num_kept"] + 17
+                             for e in pointwise)
+    assert storage_readings(trained(Quantized(bits=4))).keys() == {"total"}
+
+
+def test_pemn_files_stay_format_2():
+    model = pemn.apply_(create_model("convmixer_64_d4", dim=16, in_channels=1), pemn.RP())
+    c = fmt.read_container(pack(model))
+    assert c.version == 2 and "encoded" not in c.header and "weights" not in c.sections
+
+
+def test_size_report_prices_the_weights(family):
+    _, model, data = family
+    report = size_report(data)
+    b = report["bytes"]
+    assert b["weights"] == len(fmt.read_container(data).sections["weights"]) > 0
+    assert sum(v for k, v in b.items() if k != "total") == b["total"] == len(data)
+    assert report["num_masked"] == sum(t.numel for t in model.pemn_spec.tensors)
+    assert "trained weights" in format_size_table(report)
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile bytes: every bad encoding is one ArtifactError
+# ------------------------------------------------------------------------------------------
+
+def _edited(data: bytes, edit_payload=None, edit_header=None) -> bytes:
+    """Change the weights section and/or header, then re-seal (valid checksums)."""
+    c = fmt.read_container(data)
+    header = c.header
+    sections = {name: bytearray(v) for name, v in c.sections.items()}
+    if edit_payload:
+        edit_payload(sections["weights"], header["encoded"])
+    if edit_header:
+        edit_header(header)
+    return fmt.seal(header, b"".join(bytes(sections[n]) for n, *_ in header["sections"]))
+
+
+def _scale_offset(entries, i: int = 0) -> int:
+    return sum(e[4] for e in entries[:i])
+
+
+def _set_code(value: int):
+    def edit(w, entries):  # first entry: rows fp16 scales, then the codes
+        w[_scale_offset(entries) + 2 * entries[0][1][0]] = value
+    return edit
+
+
+def _set_scale(value: float):
+    def edit(w, entries):
+        w[0:2] = torch.tensor([value], dtype=torch.float16).view(torch.uint8).numpy().tobytes()
+    return edit
+
+
+@pytest.mark.parametrize("strategy, edit, match", [
+    (Quantized(bits=8), _set_code(0x80), "outside"),  # -128
+    (Quantized(bits=4), _set_code(0x88), "outside"),  # nibble -8
+    (Quantized(bits=8), _set_scale(float("nan")), "scale"),
+    (Quantized(bits=8), _set_scale(-1.0), "scale"),
+    (Quantized(bits=8), _set_scale(0.0), "not what the quantizer writes"),
+    (Binary(), _set_scale(float("inf")), "scale"),
+    (Binary(), _set_scale(0.0), "alpha 0"),
+])
+def test_bad_codes_and_scales_are_refused(strategy, edit, match):
+    data = pack(trained(strategy))
+    with pytest.raises(ArtifactError, match=match):
+        unpack(_edited(data, edit))
+
+
+def test_bad_sparse_payloads_are_refused():
+    model = trained(Sparse(density=0.2))
+    csr = pack(model, sparse_format="csr")
+
+    def pointers(w, entries):
+        w[entries[0][4] - 1] ^= 0x7F  # the last row pointer
+    with pytest.raises(ArtifactError, match="row pointers"):
+        unpack(_edited(csr, pointers))
+
+    def columns(w, entries):
+        k = entries[0][3]
+        w[4 * k] = 200  # the first column index, past the 16 columns
+    with pytest.raises(ArtifactError, match="column"):
+        unpack(_edited(csr, columns))
+
+    def nan_value(w, entries):
+        w[entries[0][4] - 4:entries[0][4]] = b"\x00\x00\xc0\x7f"  # last kept value of 1st
+    with pytest.raises(ArtifactError, match="NaN"):
+        unpack(_edited(pack(model), nan_value))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda h: h["encoded"][0].__setitem__(2, "sign"), "does not use"),
+    (lambda h: h["encoded"][0].__setitem__(2, "int9"), "unknown weight encoding"),
+    (lambda h: h["encoded"][0].__setitem__(4, h["encoded"][0][4] + 1), "add up"),
+    (lambda h: h["encoded"][0].__setitem__(3, 1), "stores them all"),
+    (lambda h: h["encoded"].pop(), "does not hold|not have|add up"),
+    (lambda h: h.update(encoded=[]), "encoded weights"),
+    (lambda h: h["pemn"].update(strategy={"name": "rp", "ratio": 0.01}), "encoded weights"),
+    (lambda h: h["pemn"].update(strategy={"name": "quantized", "bits": 5}), "8 or 4"),
+    (lambda h: h.update(format_version=2), "section table"),  # sealed as version 2
+    (lambda h: h["encoded"][0].__setitem__(1, [0, 4]), "output channel"),
+])
+def test_hostile_headers_are_refused(edit, match):
+    data = pack(trained(Quantized(bits=4)))
+    with pytest.raises(ArtifactError, match=match):
+        unpack(_edited(data, edit_header=edit))
+
+
+def test_preamble_and_header_versions_must_agree():
+    data = _edited(pack(trained(Binary())), edit_header=lambda h: h.update(format_version=2))
+    with pytest.raises(ArtifactError, match="does not match"):
+        unpack(data[:8] + struct.pack("<I", 3) + data[12:])  # the header digest still holds
+
+
+def test_version_2_file_may_not_hold_trained_weights():
+    data = pack(trained(Binary()))
+    c = fmt.read_container(data)
+    header = {**c.header, "format_version": 2}
+    tensors = bytes(c.sections["tensors"])
+    header["sections"] = [["masks", 0, 0], ["prototype", 0, 0], ["tensors", 0, len(tensors)]]
+    with pytest.raises(ArtifactError, match="encoded weights"):
+        unpack(fmt.seal(header, tensors))
+
+
+# ------------------------------------------------------------------------------------------
+# A sweep packs every family and records its storage readings
+# ------------------------------------------------------------------------------------------
+
+SWEEP = '''
+[base]
+out_dir = "{out}"
+"data.dataset" = "digits"
+"model.name" = "convmixer_64_d4"
+"model.kwargs" = {{ dim = 8, depth = 1 }}
+"optim.epochs" = 1
+"optim.batch_size" = 64
+"optim.eval_batch_size" = 500
+"optim.lr" = 0.005
+[grid]
+"mask.strategy" = [{{ name = "sparse", density = 0.2 }}, {{ name = "quantized", bits = 4 }},
+                   {{ name = "binary" }}]
+'''
+
+
+def test_sweep_packs_competitors_and_records_readings(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP.format(out=tmp_path / "runs"))
+    records = read_records(run_sweep(path))
+    assert [r["config"]["mask"]["strategy"]["name"] for r in records] == ["sparse", "quantized",
+                                                                          "binary"]
+    for r in records:
+        artifact = RunDir(tmp_path / "runs" / r["run"]).artifact
+        assert r["bytes_source"] == "artifact"
+        assert r["bytes"]["total"] == artifact.stat().st_size == r["readings"]["exact"]["total"]
+        assert r["readings"]["fp16"]["total"] < r["readings"]["exact"]["total"]
+    sparse = records[0]["readings"]
+    for precision in ("exact", "fp16"):
+        keys = sparse[precision]
+        assert keys.keys() == {"total", "mask_fp32", "bitmap_fp32", "csr", "values_only"}
+        assert keys["values_only"] < keys["mask_fp32"]

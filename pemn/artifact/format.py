@@ -6,11 +6,11 @@ masked tensor, and every other ``state_dict`` entry (norm layers, biases, embedd
 weights) as raw little-endian numbers. No code is stored: a loader fills an architecture the
 caller builds (``load(path, model=MyNet())``), or, for zoo models, the one named in the header.
 
-Layout, format version 2 (all integers little-endian)::
+Layout, format versions 2 and 3 (all integers little-endian)::
 
     offset  size  field
     0       8     magic b"\\x89PEMN\\r\\n\\x1a" (PNG-style: catches text-mode and 7-bit damage)
-    8       4     format version, uint32 (= 2)
+    8       4     format version, uint32 (2, or 3 for a file with encoded weights)
     12      4     header length H in bytes, uint32, at most 16 MiB
     16      32    SHA-256 of the H header bytes (raw digest)
     48      H     header: zlib-compressed UTF-8 JSON object (below; at most 16 MiB inflated)
@@ -19,7 +19,8 @@ Layout, format version 2 (all integers little-endian)::
 
 Header keys (``tests/test_artifact.py`` checks every writer field is documented here):
 
-- ``format`` = ``"pemn-artifact"``, ``format_version`` = 2 (the same as the binary field).
+- ``format`` = ``"pemn-artifact"``, ``format_version`` = 2 or 3 (the same as the binary field).
+  A writer uses 3 only for a file with ``encoded`` weights, so a PEMN file stays version 2.
 - ``model``: ``{"name": str, "kwargs": {...}}`` for a ``pemn.models`` zoo model, else ``null``.
 - ``pemn``: ``strategy`` (``pemn.fill.strategy_to_dict``), ``keep_ratio`` (kept fraction),
   ``seed``, ``generator`` (``pemn.rng.GENERATOR_ID``) and ``prototype_sha256``: the SHA-256
@@ -28,6 +29,10 @@ Header keys (``tests/test_artifact.py`` checks every writer field is documented 
 - ``masked``: ``[[name, [shape...], fan_in, codec, num_kept, num_bytes], ...]``, the masked
   tensors in module order (``fan_in`` 0: torch's layout); empty for ``Dense``. ``codec`` is a
   name from :mod:`pemn.artifact.codec`.
+- ``encoded`` (version 3 only): ``[[name, [shape...], encoding, num_kept, num_bytes], ...]``,
+  the trained weights of a strategy of ``pemn.competitors`` in module order, each in an
+  encoding of :mod:`pemn.artifact.weights` (``int8``, ``int4``, ``sign``, ``<codec>+f32``,
+  ``csr-f32``); ``num_kept`` is the count of stored values (all of them unless sparse).
 - ``prototype``: ``{"stored": bool, "num_values": [int, ...]}``; when stored, the section
   holds the values drawn for each prototype (before RP tiling/permutation), float32.
 - ``tensors``: ``[[name, dtype, [shape...]], ...]``, every other ``state_dict`` entry, in
@@ -42,7 +47,9 @@ Header keys (``tests/test_artifact.py`` checks every writer field is documented 
   ``std``, ``class_names``), or ``null``.
 - ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
 - ``sections``: ``[[name, offset, length], ...]`` with ``name`` in ``masks``, ``prototype``,
-  ``tensors`` (that order), offsets relative to the payload start, contiguous from 0.
+  ``tensors`` (that order; version 3: ``masks``, ``prototype``, ``weights``, ``tensors``),
+  offsets relative to the payload start, contiguous from 0. ``weights`` holds the ``encoded``
+  tensors back to back.
 - ``payload_sha256``: SHA-256 (hex) of the whole payload.
 - ``written_by``: ``{"pemn": version, "torch": version}``, informational only.
 
@@ -67,13 +74,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor",
+           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor", "EncodedTensor",
            "StoredTensor", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
            "write_container", "read_container", "seal", "upgrade_v1"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest; PEMN files without encoded weights are still written as 2
+READ_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
@@ -81,7 +88,8 @@ MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() h
 MAX_TENSORS = 16_384  # masked + other tensors (ResNet-152 has about 1,000)
 MAX_NDIM = 8
 MAX_METADATA_BYTES = 64 * 2**10
-SECTION_NAMES = ("masks", "prototype", "tensors")
+SECTION_NAMES = ("masks", "prototype", "weights", "tensors")  # version 3
+_SECTIONS = {2: ("masks", "prototype", "tensors"), 3: SECTION_NAMES}
 # dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
 DTYPES = {"<f4": 4, "<f2": 2, "bf16": 2, "<f8": 8, "<i8": 8, "<i4": 4, "<i2": 2, "|i1": 1,
           "|u1": 1, "|b1": 1}
@@ -104,6 +112,21 @@ class MaskedTensor:
     shape: tuple[int, ...]
     fan_in: int
     codec: str
+    num_kept: int
+    num_bytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One trained weight in an encoding of :mod:`pemn.artifact.weights` (version 3)."""
+
+    name: str
+    shape: tuple[int, ...]
+    encoding: str
     num_kept: int
     num_bytes: int
 
@@ -148,22 +171,26 @@ class Header:
     dataset: dict | None = None
     metadata: dict = field(default_factory=dict)
     written_by: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    encoded: tuple[EncodedTensor, ...] = ()
+    format_version: int = 2
 
     @property
     def num_elements(self) -> int:
-        """Values the file describes: masked weights plus every stored tensor."""
-        return sum(m.numel for m in self.masked) + sum(t.numel for t in self.tensors)
+        """Values the file describes: masked and encoded weights plus every stored tensor."""
+        return sum(m.numel for m in self.masked) + sum(t.numel for t in self.tensors) \
+            + sum(e.numel for e in self.encoded)
 
     @property
     def names(self) -> list[str]:
-        """Every ``state_dict`` name the file fills (masked, stored and tied aliases)."""
-        return ([m.name for m in self.masked] + [t.name for t in self.tensors]
-                + [alias for alias, _ in self.ties])
+        """Every ``state_dict`` name the file fills (masked, encoded, stored, tied aliases)."""
+        return ([m.name for m in self.masked] + [e.name for e in self.encoded]
+                + [t.name for t in self.tensors] + [alias for alias, _ in self.ties])
 
     def to_json(self) -> dict:
+        encoded = {"encoded": [[e.name, list(e.shape), e.encoding, e.num_kept, e.num_bytes]
+                               for e in self.encoded]} if self.format_version >= 3 else {}
         return {
-            "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": self.model,
+            "format": "pemn-artifact", "format_version": self.format_version, "model": self.model,
             "pemn": {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "seed": self.seed,
                      "generator": self.generator,
                      "prototype_sha256": list(self.prototype_sha256)},
@@ -174,6 +201,7 @@ class Header:
             "tensors": [[t.name, t.dtype, list(t.shape)] for t in self.tensors],
             "ties": [list(t) for t in self.ties], "folded_norms": list(self.folded_norms),
             "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
+            **encoded,
         }
 
     @classmethod
@@ -181,8 +209,9 @@ class Header:
         """Validate every field's type and range (no allocation, no architecture needed)."""
         if not isinstance(d, dict) or d.get("format") != "pemn-artifact":
             raise ArtifactError("header.format is not 'pemn-artifact'")
-        if d.get("format_version") != FORMAT_VERSION or isinstance(d["format_version"], bool):
-            raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
+        version = d.get("format_version")
+        if isinstance(version, bool) or version not in _SECTIONS:
+            raise ArtifactError(f"header.format_version must be one of {list(_SECTIONS)}")
         pemn = _field(d, "pemn", dict)
         proto = _field(d, "prototype", dict)
         header = cls(
@@ -202,6 +231,9 @@ class Header:
             dataset=_optional_json(d, "dataset"),
             metadata=_optional_json(d, "metadata") or {},
             written_by=_optional_json(d, "written_by") or {},
+            encoded=tuple(_encoded(e, i) for i, e in enumerate(_list(d, "encoded")))
+            if version >= 3 else (),
+            format_version=version,
         )
         _check_consistency(header)
         return header
@@ -334,6 +366,18 @@ def _masked(entry, i: int) -> MaskedTensor:
                         _count(entry[5], f"mask bytes of {name[:80]!r}", 2**62))
 
 
+def _encoded(entry, i: int) -> EncodedTensor:
+    if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[2], str)):
+        raise ArtifactError(f"encoded[{i}] must be [name, shape, encoding, num_kept, num_bytes]")
+    name = _name(entry[0], f"encoded[{i}] name")
+    shape = _shape(entry[1], f"encoded tensor {name[:80]!r}")
+    if not shape or not shape[0]:
+        raise ArtifactError(f"encoded tensor {name[:80]!r} needs at least one output channel")
+    kept = _count(entry[3], f"kept count of {name[:80]!r}", math.prod(shape))
+    return EncodedTensor(name, shape, _short_str(entry[2], f"encoded[{i}] encoding", 32), kept,
+                         _count(entry[4], f"encoded bytes of {name[:80]!r}", 2**62))
+
+
 def _stored(entry, i: int) -> StoredTensor:
     if not (isinstance(entry, list) and len(entry) == 3 and entry[1] in DTYPES):
         raise ArtifactError(f"tensors[{i}] must be [name, dtype, shape] with a dtype in "
@@ -377,7 +421,7 @@ def _check_consistency(h: Header) -> None:
                                 "does not store")
     if h.num_elements > MAX_ELEMENTS:
         raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
-    if len(h.masked) + len(h.tensors) > MAX_TENSORS:
+    if len(h.masked) + len(h.tensors) + len(h.encoded) > MAX_TENSORS:
         raise ArtifactError(f"more than {MAX_TENSORS} tensors in one artifact")
 
 
@@ -386,26 +430,38 @@ def _check_consistency(h: Header) -> None:
 # ------------------------------------------------------------------------------------------
 
 def write_container(header: Header, sections: dict[str, bytes]) -> bytes:
-    """Serialise ``header`` (completed with the section table and payload hash) and sections."""
+    """Serialise ``header`` (completed with the section table and payload hash) and sections.
+
+    The sections of the header's format version are written; any other must be empty.
+    """
+    names = _SECTIONS[header.format_version]
+    if any(sections[n] for n in sections if n not in names):
+        raise ArtifactError(f"format version {header.format_version} has no section for "
+                            f"{[n for n in sections if n not in names and sections[n]]}")
     table, offset = [], 0
-    for name in SECTION_NAMES:
+    for name in names:
         table.append([name, offset, len(sections[name])])
         offset += len(sections[name])
     d = {**header.to_json(), "sections": table}
-    return seal(d, b"".join(sections[name] for name in SECTION_NAMES))
+    return seal(d, b"".join(sections[name] for name in names))
 
 
 def seal(header_json: dict, payload: bytes) -> bytes:
     """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set.
 
-    The only writer of the container layout; tests use it to re-seal deliberate edits.
+    The preamble carries the header's ``format_version`` (2 or 3; anything else: the newest,
+    which a reader then refuses as a mismatch). The only writer of the container layout;
+    tests use it to re-seal deliberate edits.
     """
+    version = header_json.get("format_version") if isinstance(header_json, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version not in _SECTIONS:
+        version = FORMAT_VERSION
     d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
     text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
         raise ArtifactError(f"header of {len(text)} bytes exceeds the {MAX_HEADER_BYTES} limit")
     packed = zlib.compress(text, 9)
-    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(packed), hashlib.sha256(packed).digest())
+    preamble = _PREAMBLE.pack(MAGIC, version, len(packed), hashlib.sha256(packed).digest())
     return preamble + packed + payload
 
 
@@ -487,7 +543,7 @@ def _inflate(raw: bytes) -> bytes:
 
 
 def _section_table(d: dict, version: int) -> list:
-    names = ["masks", "prototype", "other"] if version == 1 else list(SECTION_NAMES)
+    names = ["masks", "prototype", "other"] if version == 1 else list(_SECTIONS[version])
     table = _field(d, "sections", list)
     if [s[0] if isinstance(s, list) and s else None for s in table] != names:
         raise ArtifactError(f"section table must list {names} in that order")
@@ -546,6 +602,6 @@ def upgrade_v1(d: dict, other_layout) -> Header:
     masked = [[t[0], t[1], 0, *m] if isinstance(t, list) and isinstance(m, list) else None
               for t, m in zip(tensors, masks)]
     stored = [[k, "|b1" if c == "|u1" else c, list(s)] for k, c, s in other_layout]
-    v2 = {**d, "format_version": FORMAT_VERSION, "masked": masked, "tensors": stored,
+    v2 = {**d, "format_version": 2, "masked": masked, "tensors": stored,
           "ties": [], "dataset": None, "metadata": {}}
     return Header.from_json(v2)

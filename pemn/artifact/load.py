@@ -38,6 +38,7 @@ from pemn.artifact.format import (
 )
 from pemn.artifact.forms import pack_module_, share_packed_
 from pemn.artifact.pack import dtype_code, torch_dtype
+from pemn.artifact.weights import get_encoding, trained_strategy
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
 from pemn.masking import current_mask, num_kept
 from pemn.models import create_model
@@ -146,8 +147,12 @@ def _v1_layout(meta: nn.Module, d: dict) -> list:
 
 def _parse_header(version: int, d: dict) -> tuple[Header, nn.Module | None]:
     """The typed header, and for version 1 the meta model that named its tensors."""
-    if version == 2:
-        return Header.from_json(d), None
+    if version >= 2:
+        header = Header.from_json(d)
+        if header.format_version != version:
+            raise ArtifactError(f"header.format_version {header.format_version} does not match "
+                                f"the file's version {version}")
+        return header, None
     from pemn.artifact.format import _model  # the zoo name is the only way to read version 1
     model_args = _model(d)
     if model_args is None:
@@ -174,6 +179,7 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
     them.
     """
     expected = {m.name: m.shape for m in header.masked}
+    expected.update({e.name: e.shape for e in header.encoded})
     expected.update({t.name: t.shape for t in header.tensors})
     expected.update({alias: expected[target] for alias, target in header.ties})
     for name in _gain_names(header):
@@ -212,7 +218,7 @@ def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None, f
     if header.model is None:
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
                             "architecture yourself and pass it: pemn.load(path, model=MyNet())")
-    num = len(header.masked) + len(header.tensors) + len(header.ties)
+    num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
     meta = meta or _build_meta(header.model, num)
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
     return _allocate(meta, header, form, device)
@@ -505,6 +511,10 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
     if version == 1:
         sections["tensors"] = sections.pop("other")
     strategy = strategy_from_dict(header.strategy)
+    if trained_strategy(strategy) is not None or header.encoded:
+        out = _trained_model(header, strategy, sections, model, meta, form, device)
+        out.pemn_header = header
+        return out.eval()
     dense = isinstance(strategy, Dense)
     if dense == bool(header.masked):
         raise ArtifactError("a Dense artifact has no masks and every other strategy has one "
@@ -523,6 +533,63 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
         del out.pemn_spec
     out.pemn_header = header
     return out.eval()
+
+
+# ------------------------------------------------------------------------------------------
+# Trained weights (the strategies of pemn.competitors): encoded tensors, no masks or seed
+# ------------------------------------------------------------------------------------------
+
+def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tensor, object]]:
+    """Each encoded tensor as (float32 weight, bool mask or None), checked against the
+    strategy's encoding."""
+    if sum(e.num_bytes for e in header.encoded) != len(section):
+        raise ArtifactError("encoded byte lengths do not add up to the weights section")
+    family = trained_strategy(strategy).encoding(strategy)
+    out, offset = [], 0
+    for e in header.encoded:
+        encoding = get_encoding(e.encoding)
+        if (family == "sparse") != encoding.sparse or (family != "sparse"
+                                                       and e.encoding != family):
+            raise ArtifactError(f"{e.name} is stored as {e.encoding}, which a {strategy.name} "
+                                f"model does not use")
+        if not encoding.sparse and e.num_kept != e.numel:
+            raise ArtifactError(f"{e.name} keeps {e.num_kept} of {e.numel} values, but "
+                                f"{e.encoding} stores them all")
+        out.append(encoding.decode(bytes(section[offset:offset + e.num_bytes]), e.shape,
+                                   e.num_kept))
+        offset += e.num_bytes
+    return out
+
+
+def _trained_model(header: Header, strategy, sections, model, meta, form: str,
+                   device) -> nn.Module:
+    """A skeleton filled with decoded weights; the ``train`` form re-applies the strategy."""
+    trained = trained_strategy(strategy)
+    if trained is None or not header.encoded or header.masked or header.prototype_stored \
+            or len(sections["masks"]) or len(sections["prototype"]):
+        raise ArtifactError("encoded weights, and no masks or prototype, are what a file of a "
+                            "strategy with trained weights holds, and only such a file")
+    if form == "packed":
+        raise ArtifactError(f"the packed form rebuilds PEMN masks; load a {strategy.name} "
+                            "artifact in the 'train' or 'dense' form")
+    weights = _decode_weights(header, strategy, sections["weights"])
+    tensors = _read_tensors(header, sections["tensors"])
+    skeleton = _skeleton(header, model, meta, form, device)
+    with torch.no_grad():
+        for e, (weight, _) in zip(header.encoded, weights):
+            skeleton.get_parameter(e.name).copy_(weight)
+    if form == "train":  # the Parameters above become the latent weights: the same values
+        trained.build(skeleton, strategy, header.keep_ratio, header.seed)
+        if [t.name for t in skeleton.pemn_spec.tensors] != [e.name for e in header.encoded]:
+            raise ArtifactError(f"{strategy.name} compresses other tensors of this skeleton "
+                                "than the file lists")
+        with torch.no_grad():
+            for e, (_, mask) in zip(header.encoded, weights):
+                if mask is not None:
+                    fqn, _, name = e.name.rpartition(".")
+                    getattr(skeleton.get_submodule(fqn), name + "_mask").copy_(mask)
+    _fill_stored(skeleton, header, tensors)
+    return skeleton
 
 
 def _wrap(e: BaseException) -> ArtifactError:
@@ -618,7 +685,7 @@ def _norm_names(header: Header) -> set[str] | None:
     """Names of the norm layers' tensors, from the zoo architecture checked against the file."""
     if header.model is None:
         return None
-    num = len(header.masked) + len(header.tensors) + len(header.ties)
+    num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
     meta = _build_meta(header.model, num)
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
     return {f"{fqn}.{k}" if fqn else k for fqn, m in meta.named_modules()
@@ -643,10 +710,19 @@ def _describe(data: bytes) -> dict:
         "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
                     "num_bytes": t.num_bytes, "is_norm": _is_norm(t.name, norms)}
                    for t in header.tensors],
-        "num_unique": 0 if isinstance(strategy, Dense) else plan_fill(strategy,
-                                                                      specs).num_unique,
+        "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
+                     "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.num_bytes}
+                    for e in header.encoded],
+        "num_unique": _num_unique(header, strategy, specs),
         "signed_by": signature.public_key.hex() if signature else None,
     }
+
+
+def _num_unique(header: Header, strategy, specs) -> int:
+    """U: a weight fill's unique values, or the values a trained-weights file stores."""
+    if header.encoded or trained_strategy(strategy) is not None:
+        return sum(e.num_kept for e in header.encoded)
+    return 0 if isinstance(strategy, Dense) else plan_fill(strategy, specs).num_unique
 
 
 def describe(source) -> dict:
@@ -659,8 +735,10 @@ def describe(source) -> dict:
         ``header`` (the typed :class:`Header`), ``format_version``, ``file_bytes``,
         ``header_bytes`` (preamble + header), ``section_bytes`` per section, ``masks`` (per
         masked tensor: name, shape, numel, num_kept, codec, num_bytes), ``others`` (per stored
-        tensor: name, dtype, shape, num_bytes, is_norm), ``num_unique`` (U) and
-        ``signed_by`` (the signer's public key in hex, not verified; None if unsigned).
+        tensor: name, dtype, shape, num_bytes, is_norm), ``encoded`` (per trained weight of
+        a version-3 file: name, shape, numel, num_kept, encoding, num_bytes), ``num_unique``
+        (U: for encoded weights, the values stored) and ``signed_by`` (the signer's public
+        key in hex, not verified; None if unsigned).
 
     Raises:
         ArtifactError: as :func:`load`.

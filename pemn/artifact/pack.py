@@ -21,10 +21,17 @@ from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
 from pemn.artifact.format import (
     ArtifactError,
+    EncodedTensor,
     Header,
     MaskedTensor,
     StoredTensor,
     write_container,
+)
+from pemn.artifact.weights import (
+    SPARSE_FORMATS,
+    get_encoding,
+    sparse_encoding,
+    trained_strategy,
 )
 from pemn.fileio import atomic_write
 from pemn.fill import FILLS, Dense, strategy_to_dict
@@ -68,10 +75,11 @@ def _check_packable(model: nn.Module):
     if spec is None:
         raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
                             "keep_ratio, seed) before training and saving it")
-    if type(spec.strategy) not in FILLS.values():
+    if type(spec.strategy) not in FILLS.values() and trained_strategy(spec.strategy) is None:
         raise ArtifactError(f"{type(spec.strategy).__name__} models have trained weights and "
-                            "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP). "
-                            "Save a baseline with torch.save(model.state_dict()) or export it")
+                            "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP) "
+                            "and the competitors (Sparse, Quantized, Binary). Save a baseline "
+                            "with torch.save(model.state_dict()) or export it")
     return spec
 
 
@@ -132,7 +140,7 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
     """``(name, tensor)`` of every state_dict entry but the masks' machinery, each stored once,
     and the ties: later names that hold a tensor already listed."""
     masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in ("_fixed", "_scores")}
+    machinery = {n + s for n in masked for s in ("_fixed", "_scores", "_orig", "_mask")}
     if isinstance(spec.strategy, Dense):
         machinery = set()
     entries, ties, first = [], [], {}
@@ -145,6 +153,33 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
             first[id(t)] = name
             entries.append((name, t))
     return entries, ties
+
+
+def _encode_weights(model: nn.Module, spec, codec: str,
+                    sparse_format: str) -> tuple[list[EncodedTensor], bytes]:
+    """Each trained tensor (latent ``<name>_orig``, sparse mask ``<name>_mask``) encoded."""
+    family = trained_strategy(spec.strategy).encoding(spec.strategy)
+    entries, chunks = [], []
+    for ts in spec.tensors:
+        fqn, _, name = ts.name.rpartition(".")
+        module = model.get_submodule(fqn)
+        latent, mask = getattr(module, name + "_orig", None), getattr(module, name + "_mask",
+                                                                        None)
+        if not isinstance(latent, torch.Tensor) or tuple(latent.shape) != ts.shape \
+                or (family == "sparse") != isinstance(mask, torch.Tensor):
+            parts = f"{name}_orig" + (f", {name}_mask" if family == "sparse" else "")
+            raise ArtifactError(f"{ts.name} is not laid out as {spec.strategy.name} left it "
+                                f"({parts})")
+        if latent.dtype != torch.float32:
+            raise ArtifactError(f"{ts.name} is {latent.dtype}; call model.float() before saving")
+        k = int(mask.count_nonzero()) if family == "sparse" else ts.numel
+        encoding = sparse_encoding(sparse_format, codec, ts.numel, k) if family == "sparse" \
+            else family
+        data = get_encoding(encoding).encode(latent.detach(), None if mask is None
+                                             else mask.bool())
+        entries.append(EncodedTensor(ts.name, ts.shape, encoding, k, len(data)))
+        chunks.append(data)
+    return entries, b"".join(chunks)
 
 
 PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -214,7 +249,8 @@ def _version(package: str) -> str:
 
 
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
-         metadata: dict | None = None, dataset=None, precision: str = "exact") -> bytes:
+         metadata: dict | None = None, dataset=None, precision: str = "exact",
+         sparse_format: str = "mask") -> bytes:
     """Serialise a PEMN model into artifact bytes (layout: :mod:`pemn.artifact.format`).
 
     Args:
@@ -232,6 +268,10 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             training can resume); ``"fp16"`` / ``"bf16"`` fold eval-mode BatchNorm into its
             affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
             eval logits within 16-bit rounding (BN running statistics restart if fine-tuned).
+        sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
+            ``codec``, then the kept float32 values) or ``"csr"`` (values, column indices, row
+            pointers). Models of ``pemn.competitors`` store their weights as
+            :mod:`pemn.artifact.weights` encodes them, in a format-3 file.
 
     Returns:
         The file bytes.
@@ -241,10 +281,16 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             cannot store, non-JSON metadata, or an unknown ``codec``.
     """
     spec = _check_packable(model)
-    dense = isinstance(spec.strategy, Dense)
-    sections = {"masks": b"", "prototype": b""}
-    masked, stored, counts = [], False, ()
-    if not dense:
+    if sparse_format not in SPARSE_FORMATS:
+        raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
+                            f"{list(SPARSE_FORMATS)}")
+    trained = trained_strategy(spec.strategy) is not None
+    dense = isinstance(spec.strategy, Dense) or trained  # no masks, no prototype
+    sections = {"masks": b"", "prototype": b"", "weights": b""}
+    masked, stored, counts, encoded = [], False, (), []
+    if trained:
+        encoded, sections["weights"] = _encode_weights(model, spec, codec, sparse_format)
+    elif not dense:
         protos = _check_fixed(model, spec)
         masked, sections["masks"] = _encode_masks(model, spec, codec)
         stored, counts, sections["prototype"] = _prototype_section(protos, spec, store_prototype)
@@ -263,14 +309,16 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         tensors=tuple(StoredTensor(k, dtype_code(k, v), tuple(v.shape)) for k, v in others),
         ties=tuple(ties), folded_norms=folded, dataset=_dataset_header(dataset),
         metadata=_json_object(metadata, "metadata") or {},
-        written_by={"pemn": _version("pemn"), "torch": torch.__version__})
+        written_by={"pemn": _version("pemn"), "torch": torch.__version__},
+        encoded=tuple(encoded), format_version=3 if trained else 2)
     sections["tensors"] = b"".join(_raw_bytes(v) for _, v in others)
     return write_container(Header.from_json(header.to_json()), sections)
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
          store_prototype: bool | None = None, metadata: dict | None = None,
-         dataset=None, precision: str = "exact", sign_with=None) -> int:
+         dataset=None, precision: str = "exact", sign_with=None,
+         sparse_format: str = "mask") -> int:
     """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
 
     ``sign_with``: an ed25519 private key (or its PEM file) to sign the file with
@@ -283,7 +331,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
         29105
     """
     data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
-                dataset=dataset, precision=precision)
+                dataset=dataset, precision=precision, sparse_format=sparse_format)
     if sign_with is not None:
         from pemn.artifact.signing import sign
         data = sign(data, sign_with)

@@ -52,7 +52,9 @@ now asks for, the sweep stops rather than mix results.
 ``summary.json``) and ``bytes`` (the packed artifact by section, ``header``, ``masks``,
 ``prototype``, ``norm``, ``other`` and ``total``, with ``bytes_source = "artifact"``; for
 pruning baselines, which have no artifact, ``total`` by :func:`pemn.storage.formula_bytes` and
-``bytes_source = "formula"``). :func:`export_csv` writes a flat CSV of it.
+``bytes_source = "formula"``), and ``readings``: the packed model in every storage reading at
+``exact`` and ``fp16`` precision (:func:`result_record`; the competitor strategies of
+``pemn.competitors`` are packed too). :func:`export_csv` writes a flat CSV of it.
 
 Example::
 
@@ -75,6 +77,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pemn.artifact.weights import trained_strategy
 from pemn.config import (
     ConfigError,
     RunConfig,
@@ -90,7 +93,7 @@ from pemn.distributed import World
 from pemn.fileio import atomic_write
 from pemn.fill import FILLS
 from pemn.run import RunDir, run
-from pemn.storage import Stats, formula_bytes, size_report
+from pemn.storage import Stats, formula_bytes, size_report, storage_readings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -292,11 +295,29 @@ def _bytes(summary: dict, run_dir: RunDir) -> tuple[dict, str]:
     return {"total": formula_bytes(stats)}, "formula"
 
 
+def _readings(run_dir: RunDir) -> dict:
+    """The artifact's model packed in each storage reading, ``exact`` and ``fp16`` (real
+    bytes, :func:`pemn.storage.storage_readings`); empty without an artifact."""
+    if not run_dir.artifact.is_file():
+        return {}
+    from pemn.artifact import load
+    model = load(run_dir.artifact)
+    header = model.pemn_header  # the same dataset and metadata as the file
+    return {precision: storage_readings(model, precision, dataset=header.dataset,
+                                        metadata=header.metadata)
+            for precision in ("exact", "fp16")}
+
+
 def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
-    """The results line of a finished run: its name, resolved config, metrics and bytes."""
+    """The results line of a finished run: its name, resolved config, metrics and bytes.
+
+    ``readings`` holds every storage reading of the packed model at both precisions, e.g.
+    ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``; a ``Sparse`` run also has
+    ``mask_fp32``, ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
+    """
     sizes, source = _bytes(summary, run_dir)
     return {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": sizes,
-            "bytes_source": source}
+            "bytes_source": source, "readings": _readings(run_dir)}
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -451,10 +472,13 @@ def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | 
 def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
     """Write the run's ``.pemn`` artifact, so the results hold real bytes on disk.
 
-    Only weight fills have an artifact format; the pruning baselines' kept weights are
-    trained values, so their bytes come from :func:`pemn.storage.formula_bytes`.
+    Weight fills and the competitor strategies (:mod:`pemn.competitors`) have an artifact
+    format; the paper's pruning baselines do not, so their bytes come from
+    :func:`pemn.storage.formula_bytes`.
     """
-    if type(cfg.mask.strategy) not in FILLS.values() or run_dir.artifact.exists():
+    strategy = cfg.mask.strategy
+    packable = type(strategy) in FILLS.values() or trained_strategy(strategy) is not None
+    if not packable or run_dir.artifact.exists():
         return
     from pemn.run import pack_trained
     pack_trained(run_dir.path, run_dir.artifact)
