@@ -8,6 +8,7 @@ import torch
 import pemn
 from pemn.artifact import ArtifactError, describe, load, pack, unpack
 from pemn.artifact import format as fmt
+from pemn.competitors import compete_
 from pemn.models import create_model
 
 
@@ -56,6 +57,22 @@ def test_keep_ratio_one_masks_of_zero_bytes_are_bounded(rp_file):
             m[1], m[3], m[4], m[5] = [4096, 4096], "bits", 4096 * 4096, 0
     message = _bounded(lambda: unpack(_edit(rp_file, dense_masks)))
     assert "max_elements" in message
+
+
+@pytest.fixture(scope="module")
+def sparse_file():
+    """Format 3: a coded mask + fp32 values per tensor (pemn.competitors.Sparse)."""
+    return pack(compete_(create_model("convmixer_64_d4", in_channels=1), pemn.Sparse(0.1)))
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_tiny_file_claiming_huge_encoded_weights_is_refused(sparse_file, kept):
+    """An empty (or one-value) sparse tensor of 2**30 weights costs a few bytes: refused by
+    the values-per-byte limit before any decoding."""
+    def huge(h):
+        h["encoded"][0][1], h["encoded"][0][3] = [2**14, 2**15, 2], kept
+    message = _bounded(lambda: unpack(_edit(sparse_file, huge)))
+    assert "values" in message
 
 
 @pytest.mark.parametrize("edit, outcome", [
