@@ -22,7 +22,8 @@ dense weights, stored like every other tensor) is True by default for ``Sparse``
 the others, whose every maskable weight is quantized or binarized. Layers are the ones
 ``pemn.apply_`` would mask. Each layer keeps its latent weight as ``<name>_orig`` (and a sparse
 one its mask as ``<name>_mask``), the layout of ``torch.nn.utils.prune``; a forward pre-hook
-sets ``<name>`` to the effective weight before every forward, in training and in eval. What is
+sets ``<name>`` to the effective weight before every forward, in training and in eval, and a
+forward hook detaches it afterwards (so the model can be deep-copied between steps). What is
 stored and how bytes are counted: docs/METHOD.md, section 6.
 """
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from pemn.artifact.weights import binarize, debinarize, dequantize, quantize, register_trained
 from pemn.fill import Strategy, TensorSpec, register_strategy
@@ -260,21 +260,33 @@ def _binary(w: torch.Tensor) -> torch.Tensor:
 
 
 class _Effective:
-    """Forward pre-hook: ``module.<name> = fn(module.<name>_orig)`` before every forward."""
+    """Forward pre-hook: ``module.<name> = fn(<name>_orig)``, or ``<name>_orig * <name>_mask``
+    for a sparse layer, before every forward."""
 
-    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None):
         self.name, self.fn = name, fn
 
     def __call__(self, module: nn.Module, inputs) -> None:
-        setattr(module, self.name, self.fn(getattr(module, self.name + "_orig")))
+        weight = getattr(module, self.name + "_orig")
+        mask = getattr(module, self.name + "_mask", None)
+        setattr(module, self.name, self.fn(weight) if mask is None else weight * mask)
+
+    def detach(self, module: nn.Module, inputs, output) -> None:
+        # Forward hook: the graph keeps what backward needs; the attribute left on the module
+        # is a plain tensor, so the model can be deep-copied between steps.
+        setattr(module, self.name, getattr(module, self.name).detach())
 
 
-def _reparametrize(module: nn.Module, name: str, fn) -> None:
+def _reparametrize(module: nn.Module, name: str, fn=None, mask: torch.Tensor | None = None):
     weight = module._parameters.pop(name)
     module.register_parameter(name + "_orig", weight)
+    if mask is not None:
+        module.register_buffer(name + "_mask", mask)
     hook = _Effective(name, fn)
-    hook(module, ())
+    with torch.no_grad():
+        hook(module, ())
     module.register_forward_pre_hook(hook)
+    module.register_forward_hook(hook.detach)
 
 
 _LAYERS: dict[type, Callable] = {}
@@ -304,7 +316,7 @@ def _binarized(strategy: Binary, layers, seed: int) -> None:
 def _sparse(strategy: Sparse, layers, seed: int) -> None:
     masks = _sparse_masks(strategy, [getattr(m, n) for m, n in layers], seed)
     for (module, name), mask in zip(layers, masks):
-        prune.custom_from_mask(module, name, mask)
+        _reparametrize(module, name, mask=mask)
 
 
 def _chosen(model: nn.Module, dense_ends: bool) -> list[tuple[str, nn.Module, str]]:

@@ -1,6 +1,7 @@
 """The competitor families (pemn/competitors.py): sparse from scratch with ERK, quantization-aware
 training, binary weights; their configs, what their effective weights look like after training,
 and their real bytes (pemn/artifact/weights.py) decoding back to the same logits."""
+import copy
 import math
 import struct
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import pemn
-from pemn.artifact import ArtifactError, describe, pack, unpack
+from pemn.artifact import ArtifactError, describe, export, pack, unpack
 from pemn.artifact import format as fmt
 from pemn.artifact.weights import binarize, debinarize, dequantize, quantize
 from pemn.competitors import Binary, Quantized, Sparse, compete_, erk_counts
@@ -251,6 +252,18 @@ def test_round_trip_is_bit_identical_in_train_and_dense_forms(family, tmp_path):
     assert loaded.pemn_spec.strategy == strategy  # the train form keeps training
     assert pack(loaded) == data  # and stores the very same bytes again
     train_step(loaded)
+
+
+def test_export_and_deepcopy_after_training(family, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    _, model, _ = family
+    train_step(model)  # a forward with gradients left the effective weights on the modules
+    copy.deepcopy(model)
+    model.eval()
+    export(model, tmp_path / "m.safetensors")
+    plain = create_model("convmixer_64_d4", dim=16, in_channels=1, num_classes=10)
+    plain.load_state_dict(safetensors.load_file(tmp_path / "m.safetensors"))
+    assert torch.equal(logits(plain), logits(model))
 
 
 def test_fp16_folds_norms_and_is_stable(family):
