@@ -15,7 +15,7 @@ from pemn.artifact import format as fmt
 from pemn.artifact.weights import binarize, debinarize, dequantize, quantize
 from pemn.competitors import Binary, Quantized, Sparse, compete_, erk_counts
 from pemn.config import RunConfig, from_dict
-from pemn.experiments import read_records, run_sweep
+from pemn.experiments import plot_results, read_records, run_sweep, summary_table
 from pemn.fill import strategy_from_dict, strategy_to_dict
 from pemn.masking import num_kept
 from pemn.models import create_model
@@ -275,6 +275,20 @@ def test_fp16_folds_norms_and_is_stable(family):
     assert pack(loaded, precision="fp16") == small  # the fp16 model is what the file holds
 
 
+@pytest.mark.parametrize("arch, strategy, shape", [
+    ("vit_tiny", Sparse(density=0.05), (2, 3, 32, 32)),
+    ("resnet20", Binary(), (2, 3, 32, 32)),
+    ("mlp", Quantized(bits=4), (2, 1, 28, 28)),
+], ids=["vit_tiny", "resnet20", "mlp"])
+def test_round_trip_on_other_architectures(arch, strategy, shape):
+    torch.manual_seed(0)
+    model = compete_(create_model(arch), strategy).eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    data = pack(model)
+    with torch.no_grad():
+        assert torch.equal(unpack(data)(x), model(x))
+
+
 def test_packed_form_is_refused(family):
     with pytest.raises(ArtifactError, match="packed form"):
         unpack(family[2], form="packed")
@@ -476,3 +490,7 @@ def test_sweep_packs_competitors_and_records_readings(tmp_path):
         keys = sparse[precision]
         assert keys.keys() == {"total", "mask_fp32", "bitmap_fp32", "csr", "values_only"}
         assert keys["values_only"] < keys["mask_fp32"]
+    results = tmp_path / "runs" / "results.jsonl"
+    assert any(p.name.startswith("frontier_bytes") for p in plot_results(results, tmp_path))
+    table = summary_table(results)
+    assert all(label in table for label in ("Sparse ERK @ 20 %", "Int4 QAT", "Binary (BWN)"))
