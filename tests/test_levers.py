@@ -17,7 +17,6 @@ from pemn.fill import MP, RP, Mask, OneLayer, TensorSpec, plan_fill, strategy_fr
 from pemn.models import create_model
 from pemn.train import make_optimizer, train_one_epoch
 from pemn.transform import masked_tensors
-
 from tests.test_fuzz_artifact import header_and_payload, seal
 
 _SPECS = [TensorSpec("stem", (16, 1, 4, 4)), TensorSpec("dw", (16, 1, 5, 5)),
