@@ -143,10 +143,11 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     from pemn.experiments import plot_results, summary_table
 
-    for path in plot_results(args.results, args.out_dir, metric=args.metric):
+    for path in plot_results(args.results, args.out_dir, metric=args.metric,
+                             precision=args.precision):
         print(path)
     if args.table:
-        print(summary_table(args.results, metric=args.metric))
+        print(summary_table(args.results, metric=args.metric, precision=args.precision))
     return 0
 
 
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--metric", default="best_test_acc",
                     choices=["best_test_acc", "final_test_acc", "test_acc_at_best_val"])
     pl.add_argument("--table", action="store_true", help="also print a markdown summary table")
+    pl.add_argument("--precision", default="exact", choices=["exact", "fp16"],
+                    help="price every run by its exact (fp32) or fp16 file")
     pl.set_defaults(fn=cmd_plot)
     return p
 

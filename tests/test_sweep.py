@@ -315,3 +315,27 @@ def test_levers_score_lr_and_depth_keep_their_own_rows_across_results_files(tmp_
     paths = plot_results([a, b], tmp_path / "fig")
     assert {p.name for p in paths} == {"fig3_unique_values.png", "fig3_unique_values.svg",
                                        "frontier_bytes.png", "frontier_bytes.svg"}
+
+
+def test_runs_are_priced_by_the_chosen_precision_with_sparse_readings(tmp_path):
+    lines = []
+    for seed, (exact, fp16) in enumerate([(5000, 3000), (5002, 3002)]):
+        cfg = RunConfig(name=f"s{seed}")
+        cfg.mask.strategy, cfg.mask.seed = pemn.Sparse(density=0.1), seed
+        summary = {"num_masked": 1000, "num_unique": 100, "compression_ratio": 0.5,
+                   "best_test_acc": 80.0, "final_test_acc": 80.0}
+        readings = {"exact": {"total": exact}, "fp16": {"total": fp16, "csr": 4000,
+                                                        "values_only": 2000}}
+        lines.append(json.dumps({"run": cfg.name, "config": to_dict(cfg), "summary": summary,
+                                 "bytes": {"total": exact}, "bytes_source": "artifact",
+                                 "readings": readings}) + "\n")
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(lines))
+    [row] = summary_table(path, precision="fp16").splitlines()[2:]
+    assert " | 3.0 | 4.0 | 2.0 | 80.00 ± 0.00 | 2 |" in row  # kB, CSR, values only
+    [row] = summary_table(path).splitlines()[2:]
+    assert " | 5.0 | " in row and "4.0" not in row  # exact files carry no sparse readings
+    old = tmp_path / "old.jsonl"  # a line recorded before readings existed
+    old.write_text(lines[0].replace(', "readings": {', ', "x": {'))
+    with pytest.raises(ValueError, match="no fp16 reading"):
+        summary_table(old, precision="fp16")

@@ -81,7 +81,24 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]:
+READINGS = ("exact", "fp16")  # the precision a frontier prices every file at
+
+
+def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
+    """The run's file bytes at ``precision`` and its other storage readings there."""
+    if precision == "exact" and "exact" not in r.get("readings", {}):
+        return r["bytes"]["total"], {}
+    try:
+        readings = r["readings"][precision]
+    except KeyError:
+        raise ValueError(f"run {r['run']} has no {precision} reading; record it again with "
+                         "this pemn (delete the results file, then pemn sweep --collect)") \
+            from None
+    return readings["total"], {k: v for k, v in readings.items() if k != "total"}
+
+
+def group_results(rows: list[dict], metric: str = "best_test_acc",
+                  precision: str = "exact") -> list[dict]:
     """Mean and std of ``metric`` over seeds for each (dataset, model, strategy, ...) group.
 
     Returns:
@@ -90,11 +107,20 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
         ``epochs``, ``lr``, ``score_lr_scale``), ``P``, ``U``, ``CR``, ``bytes`` (mean),
         ``mean``, ``std``, ``min``, ``max``, ``n`` and ``values``.
 
+    Args:
+        precision: which file each run is priced by: ``"exact"`` (fp32, as packed by the
+            sweep) or ``"fp16"`` (BatchNorm folded, floats in 16 bits); the other storage
+            readings of that precision (sparse runs: ``csr``, ``values_only``, ...) are
+            averaged into ``readings``.
+
     Raises:
-        ValueError: an unknown metric or one that no row has.
+        ValueError: an unknown metric or precision, a metric that no row has, or a run
+            without a reading at ``precision``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if precision not in READINGS:
+        raise ValueError(f"precision must be one of {READINGS}, got {precision!r}")
     labels = _arch_labels(rows)
     groups: dict[tuple, dict] = {}
     for r in rows:
@@ -112,15 +138,20 @@ def group_results(rows: list[dict], metric: str = "best_test_acc") -> list[dict]
             "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
             "P": s["num_masked"], "U": s["num_unique"],
-            "CR": s["compression_ratio"], "values": [], "bytes_all": []})
+            "CR": s["compression_ratio"], "values": [], "bytes_all": [], "readings_all": []})
+        total, readings = _file_bytes(r, precision)
         g["values"].append(s[metric])
-        g["bytes_all"].append(r["bytes"]["total"])
+        g["bytes_all"].append(total)
+        g["readings_all"].append(readings)
     if rows and not groups:
         raise ValueError(f"no row of the results has a value for {metric!r}")
     for g in groups.values():
         v = g["values"]
+        readings = g.pop("readings_all")
         g.update(mean=statistics.fmean(v), std=_std(v), min=min(v), max=max(v), n=len(v),
-                 bytes=statistics.fmean(g.pop("bytes_all")))
+                 bytes=statistics.fmean(g.pop("bytes_all")),
+                 readings={k: statistics.fmean(x[k] for x in readings)
+                           for k in set.intersection(*(set(x) for x in readings))})
     return list(groups.values())
 
 
@@ -249,7 +280,10 @@ def series_label(g: dict) -> str:
     return label
 
 
-def _frontier(plt, groups: list[dict], metric: str):
+_READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
+
+
+def _frontier(plt, groups: list[dict], metric: str, precision: str):
     """Accuracy against actual bytes (log axis), one line per strategy, one panel per dataset.
 
     A line joins the points of one strategy that differ only in size (width, keep ratio).
@@ -266,13 +300,18 @@ def _frontier(plt, groups: list[dict], metric: str):
                                          if series_label(g) == n))
         for i, name in enumerate(names):
             pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
+            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, capsize=3, color=f"C{i % 10}")
             ax.errorbar([g["bytes"] / 1000 for g in pts], [g["mean"] for g in pts],
-                        yerr=[g["std"] for g in pts], marker="os^vDP*Xhp<>"[i % 12], ms=4,
-                        capsize=3, color=f"C{i % 10}", ls="--" if "depth" in name else "-",
-                        label=name)
+                        yerr=[g["std"] for g in pts], ls="--" if "depth" in name else "-",
+                        label=name, **style)
+            for reading, ls in (("csr", ":"), ("values_only", "-.")):  # sparse: other readings
+                if all(reading in g["readings"] for g in pts):
+                    ax.errorbar([g["readings"][reading] / 1000 for g in pts],
+                                [g["mean"] for g in pts], yerr=[g["std"] for g in pts], ls=ls,
+                                mfc="none", label=f"{name}, {_READING_NAMES[reading]}", **style)
         _log_axis(ax)
         ax.set_title(f"{dataset}: accuracy against actual bytes")
-        ax.set_xlabel("file size (kB, log scale)")
+        ax.set_xlabel(f"file size (kB, log scale; {precision} files)")
         ax.set_ylabel(f"test accuracy (%), {metric}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
@@ -290,7 +329,8 @@ def _log_axis(ax) -> None:
 
 
 def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
-                 metric: str = "best_test_acc", prefix: str = "") -> list[Path]:
+                 metric: str = "best_test_acc", prefix: str = "",
+                 precision: str = "exact") -> list[Path]:
     """Write the paper-style figures for a results file as PNG and SVG.
 
     Files (each as ``.png`` and ``.svg``, only those the data supports):
@@ -304,11 +344,12 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
         metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc`` or
             ``test_acc_at_best_val``.
         prefix: prepended to every file name.
+        precision: the files that price every run (:func:`group_results`).
 
     Returns:
         The paths written.
     """
-    groups = group_results(read_results(results), metric)
+    groups = group_results(read_results(results), metric, precision)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -319,7 +360,7 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
         "fig45_kilobytes": _compression(
             plt, groups, metric, lambda g: g["bytes"] / 1000,
             "size on disk (kB; baselines: 1-bit masks + fp32 kept values + BN)", True),
-        "frontier_bytes": _frontier(plt, groups, metric),
+        "frontier_bytes": _frontier(plt, groups, metric, precision),
     }
     paths = []
     for stem, fig in figures.items():
@@ -334,27 +375,32 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
 # ------------------------------------------------------------------------------------------
 
 def summary_table(results: str | Path | Sequence[str | Path],
-                  metric: str = "best_test_acc") -> str:
+                  metric: str = "best_test_acc", precision: str = "exact") -> str:
     """A markdown table: mean ± std of ``metric`` per (model, strategy) group, with n seeds.
 
     The strategy column carries the levers (:func:`series_label`), so rows that differ only
-    in the score learning rate or the depth stay apart.
+    in the score learning rate or the depth stay apart; sparse runs add their CSR and
+    values-only readings in kB.
 
     A "paper" column with the paper's CIFAR-10 number is added when any group has one
     (:mod:`pemn.experiments.figures`).
     """
-    groups = group_results(read_results(results), metric)
+    groups = group_results(read_results(results), metric, precision)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
     groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))
     paper = [paper_accuracy(g["dataset"], g["model"], g["strategy"].tag()) for g in groups]
+    other = [k for k in _READING_NAMES if any(k in g["readings"] for g in groups)]
     head = ["dataset", "model", "strategy", "lr", "P", "U", "CR (%)", "kB",
-            f"{metric} (%)", "n"] + (["paper (%)"] if any(p is not None for p in paper) else [])
+            *(f"kB {_READING_NAMES[k]}" for k in other), f"{metric} (%)", "n"] \
+        + (["paper (%)"] if any(p is not None for p in paper) else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g, p in zip(groups, paper):
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
+        readings = [f"{g['readings'][k] / 1000:,.1f}" if k in g["readings"] else ""
+                    for k in other]
         cells = [g["dataset"], g["arch"], series_label(g), f"{g['lr']:g}",
                  f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
-                 f"{g['bytes'] / 1000:,.1f}", acc, str(g["n"])]
+                 f"{g['bytes'] / 1000:,.1f}", *readings, acc, str(g["n"])]
         if len(head) > len(cells):
             cells.append("" if p is None else f"{p:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
