@@ -29,7 +29,8 @@ from pemn.fill import FILLS, MP, RP, STRATEGIES, Strategy
 __all__ = ["read_results", "group_results", "plot_results", "summary_table", "series_label",
            "METRICS"]
 
-METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val")
+# best_val_acc picks hyperparameters (runs with data.val_fraction > 0); the others report.
+METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val", "best_val_acc")
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,8 +342,8 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
     Args:
         results: results JSONL written by :func:`pemn.experiments.run_sweep` (one or several).
         out_dir: created if missing.
-        metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc`` or
-            ``test_acc_at_best_val``.
+        metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc``,
+            ``test_acc_at_best_val`` or ``best_val_acc`` (to choose a learning rate).
         prefix: prepended to every file name.
         precision: the files that price every run (:func:`group_results`).
 
