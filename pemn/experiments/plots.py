@@ -173,6 +173,11 @@ def _is_mask_fill(s: Strategy) -> bool:
 # Figures
 # ------------------------------------------------------------------------------------------
 
+def _accuracy_label(metric: str) -> str:
+    kind = "validation" if metric == "best_val_acc" else "test"
+    return f"{kind} accuracy (%), {metric}"
+
+
 def _pyplot():
     import matplotlib
 
@@ -222,7 +227,7 @@ def _fig3(plt, groups: list[dict], metric: str):
         ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45,
                       ha="right")
         ax.set_title(f"{dataset}: {family}")
-        ax.set_ylabel(f"test accuracy (%), {metric}")
+        ax.set_ylabel(_accuracy_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Accuracy as unique values shrink (mean ± std over seeds)")
@@ -264,7 +269,7 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
             _log_axis(ax)
         ax.set_title(f"{dataset}: {arch}")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test accuracy (%), {metric}")
+        ax.set_ylabel(_accuracy_label(metric))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -313,7 +318,7 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
         _log_axis(ax)
         ax.set_title(f"{dataset}: accuracy against actual bytes")
         ax.set_xlabel(f"file size (kB, log scale; {precision} files)")
-        ax.set_ylabel(f"test accuracy (%), {metric}")
+        ax.set_ylabel(_accuracy_label(metric))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.tight_layout()
