@@ -396,7 +396,7 @@ def summary_table(results: str | Path | Sequence[str | Path],
     groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))
     paper = [paper_accuracy(g["dataset"], g["model"], g["strategy"].tag()) for g in groups]
     other = [k for k in _READING_NAMES if any(k in g["readings"] for g in groups)]
-    head = ["dataset", "model", "strategy", "lr", "P", "U", "CR (%)", "kB",
+    head = ["dataset", "model", "strategy", "keep", "lr", "P", "U", "CR (%)", "kB",
             *(f"kB {_READING_NAMES[k]}" for k in other), f"{metric} (%)", "n"] \
         + (["paper (%)"] if any(p is not None for p in paper) else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -404,7 +404,8 @@ def summary_table(results: str | Path | Sequence[str | Path],
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
         readings = [f"{g['readings'][k] / 1000:,.1f}" if k in g["readings"] else ""
                     for k in other]
-        cells = [g["dataset"], g["arch"], series_label(g), f"{g['lr']:g}",
+        cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}",
+                 f"{g['lr']:g}",
                  f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
                  f"{g['bytes'] / 1000:,.1f}", *readings, acc, str(g["n"])]
         if len(head) > len(cells):
