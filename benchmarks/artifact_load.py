@@ -30,8 +30,9 @@ from pemn.artifact import load, save
 from pemn.models import create_model
 from pemn.storage import size_report
 
-CASES = [("rp_1e-3_keep_0.5", pemn.RP(ratio=1e-3), 0.5), ("mask_keep_0.5", pemn.Mask(), 0.5),
-         ("rp_1e-3_keep_0.1", pemn.RP(ratio=1e-3), 0.1)]
+CASES = [("rp_1e-3_keep_0.5", pemn.RP(ratio=1e-3, order="copy"), 0.5),
+         ("mask_keep_0.5", pemn.Mask(), 0.5),
+         ("rp_1e-3_keep_0.1", pemn.RP(ratio=1e-3, order="copy"), 0.1)]
 
 
 def _trained(strategy, keep_ratio):

@@ -31,7 +31,7 @@ from pemn.train import evaluate
 
 def _packed_model(directory: str) -> torch.nn.Module:
     model = create_model("convmixer_128_d4", in_channels=1)
-    pemn.apply_(model, pemn.RP(ratio=1e-3), seed=0)
+    pemn.apply_(model, pemn.RP(ratio=1e-3, order="copy"), seed=0)
     path = Path(directory) / "demo.pemn"
     pemn.artifact.save(model.eval(), path)
     return pemn.artifact.load(path)

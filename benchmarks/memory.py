@@ -42,8 +42,8 @@ from pemn.models import create_model
 _R50 = [(1, (3, 224, 224)), (1, (3, 112, 112)), (64, (3, 112, 112))]
 CASES = {
     "resnet50-mask": ("resnet50", {}, pemn.Mask(), _R50),
-    "resnet50-rp1e-3": ("resnet50", {}, pemn.RP(ratio=1e-3), _R50),
-    "vit_512_d8-rp1e-3": ("vit_512_d8", {}, pemn.RP(ratio=1e-3), [(1, (3, 32, 32)),
+    "resnet50-rp1e-3": ("resnet50", {}, pemn.RP(ratio=1e-3, order="copy"), _R50),
+    "vit_512_d8-rp1e-3": ("vit_512_d8", {}, pemn.RP(ratio=1e-3, order="copy"), [(1, (3, 32, 32)),
                                                                    (64, (3, 32, 32))]),
 }
 FORMS = ("dense_reference", *pemn.artifact.FORMS)

@@ -30,7 +30,8 @@ CASES = {
     "resnet50_64px": ("resnet50", {"num_classes": 100}, (3, 64, 64), 32),
     "vit_tiny": ("vit_tiny", {}, (3, 32, 32), 64),
 }
-VARIANTS = {"dense": pemn.Dense(), "mask": pemn.Mask(), "rp1e-3": pemn.RP(ratio=1e-3),
+VARIANTS = {"dense": pemn.Dense(), "mask": pemn.Mask(),
+            "rp1e-3": pemn.RP(ratio=1e-3, order="copy"),
             "mask_no_select": pemn.Mask()}
 
 

@@ -216,7 +216,9 @@ def held_bytes(model: nn.Module) -> int:
 
 
 def test_forms_bytes_and_logits():
-    model = pemn.apply_(create_model("resnet20"), pemn.RP(ratio=1e-3), seed=1).eval()
+    # copy order: the packed form holds only the short vector (permuted holds d_max floats)
+    model = pemn.apply_(create_model("resnet20"), pemn.RP(ratio=1e-3, order="copy"),
+                        seed=1).eval()
     data = pack(model)
     dense_bytes = held_bytes(create_model("resnet20"))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -22,7 +22,8 @@ def _edit(data: bytes, edit) -> bytes:
 
 @pytest.fixture(scope="module")
 def rp_file():
-    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1), pemn.RP(ratio=0.01))
+    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1),
+                        pemn.RP(ratio=0.01, order="copy"))
     return pack(model)
 
 

@@ -43,7 +43,7 @@ def test_shipped_sweeps_round_trip(path):
 
 def test_demo_config_is_rp_1e3():
     cfg = load_config(CONFIGS / "fmnist_convmixer.toml")
-    assert cfg.mask.strategy == pemn.RP(1e-3) and cfg.optim.nesterov  # default unchanged
+    assert cfg.mask.strategy == pemn.RP(1e-3, order="copy") and cfg.optim.nesterov
 
 
 @pytest.mark.parametrize("overrides, strategy", [

@@ -95,8 +95,8 @@ def test_mp_uses_prefixes_of_the_largest_layer():
 
 
 def test_rp_permuted_has_same_values_in_other_order():
-    copy = pemn.apply_(create_model("convmixer_64_d4"), pemn.RP(ratio=0.01))
-    perm = pemn.apply_(create_model("convmixer_64_d4"), pemn.RP(ratio=0.01, order="permuted"))
+    copy = pemn.apply_(create_model("convmixer_64_d4"), pemn.RP(ratio=0.01, order="copy"))
+    perm = pemn.apply_(create_model("convmixer_64_d4"), pemn.RP(ratio=0.01))  # the default
     a, b = (m.blocks[0][1].weight_fixed.flatten() for m in (copy, perm))
     assert not torch.equal(a, b)
     assert set(torch.unique(b).tolist()) <= set(torch.unique(a).tolist()) | set(
@@ -113,9 +113,9 @@ def test_rp_permuted_has_same_values_in_other_order():
     (pemn.Mask(), "Mask", "mask"),
     (pemn.OneLayer(), "One-layer", "one_layer"),
     (pemn.MP(), "MP", "mp"),
-    (pemn.RP(1e-3), "RP 1e-3", "rp0.001"),
-    (pemn.RP(0.01, "permuted"), "RP 1e-2 (permuted)", "rp0.01p"),
-    (pemn.RP(0.25), "RP 0.25", "rp0.25"),
+    (pemn.RP(1e-3), "RP 1e-3", "rp0.001p"),  # permuted, the default
+    (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01"),
+    (pemn.RP(0.25), "RP 0.25", "rp0.25p"),
     (RandomPrune(0.9), "Random @ CR 90 %", "random_prune-cr0.9"),
     (MagnitudePrune(0.96), "Minimum @ CR 96 %", "magnitude_prune-cr0.96"),
 ])

@@ -111,11 +111,12 @@ def test_levers_pack_and_load_exactly_in_every_form(strategy, tmp_path):
 def test_levers_are_byte_neutral_except_the_gains():
     sizes = {s.tag(): len(pack(_trained(s, steps=0)))
              for s in (RP(1e-3), RP(1e-3, scale="layer"), RP(1e-3, values="signed_constant"),
-                       RP(1e-3, gain="layer"))}
-    base = sizes["rp0.001"]
+                       RP(1e-3, gain="layer"), RP(1e-3, "copy"))}
+    base = sizes["rp0.001p"]
+    assert abs(sizes["rp0.001"] - base) <= 16  # the order costs no bytes either
     # the header spells the strategy's fields, so a lever costs at most a few header bytes
-    assert abs(sizes["rp0.001-ls"] - base) <= 16 and abs(sizes["rp0.001-sc"] - base) <= 16
-    assert 0 < sizes["rp0.001-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + its header line
+    assert abs(sizes["rp0.001p-ls"] - base) <= 16 and abs(sizes["rp0.001p-sc"] - base) <= 16
+    assert 0 < sizes["rp0.001p-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header line
 
 
 def test_gain_stays_tied_across_aliases(tmp_path):
@@ -171,9 +172,10 @@ def test_bad_lever_values_name_the_field(bad, match):
 
 def test_labels_and_tags_name_every_lever():
     s = RP(1e-3, "permuted", scale="layer", values="signed_constant", gain="channel")
-    assert s.label() == "RP 1e-3 (permuted) +signed +gain/channel +layer-std"
+    assert s.label() == "RP 1e-3 +signed +gain/channel +layer-std"
     assert s.tag() == "rp0.001p-sc-gc-ls"
-    assert RP(1e-3).tag() == "rp0.001" and Mask().label() == "Mask"  # defaults: unchanged
+    assert RP(1e-3, "copy").label() == "RP 1e-3 (copy)" and RP(1e-3, "copy").tag() == "rp0.001"
+    assert Mask().label() == "Mask" and Mask().tag() == "mask"  # defaults add nothing
 
 
 def test_the_score_lr_scale_applies_to_scores_only():
