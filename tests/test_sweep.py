@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import pemn
+import pemn.experiments.sweep as sweep_module
 from pemn.baselines import MagnitudePrune, RandomPrune
 from pemn.config import ConfigError, RunConfig, to_dict
 from pemn.experiments import (
@@ -146,6 +147,23 @@ def test_changed_config_refuses_old_run_dir(tmp_path):
     RunDir.of(cfg).write_config(cfg)
     with pytest.raises(ConfigError, match="optim.lr"):
         run_sweep(path)
+
+
+def test_a_strategy_option_added_later_does_not_orphan_a_run_dir(tmp_path):
+    path = _sweep(tmp_path, f'[base]\nout_dir = "{tmp_path}"\n"data.dataset" = "digits"\n'
+                            '"mask.strategy" = { name = "rp", ratio = 0.01, order = "copy" }\n')
+    (cfg,) = expand(path)
+    run_dir = RunDir.of(cfg)
+    run_dir.write_config(cfg)
+    written = json.loads(run_dir.config.read_text())
+    del written["mask"]["strategy"]["gain"]  # as written before the gain option existed
+    run_dir.config.write_text(json.dumps(written))
+    assert "1 runs (0 done, 1 to do)" in describe_sweep(path)
+    sweep_module._check_existing(cfg, run_dir)  # no error: the same run
+    written["mask"]["strategy"]["order"] = "permuted"
+    run_dir.config.write_text(json.dumps(written))
+    with pytest.raises(ConfigError, match="mask.strategy"):
+        sweep_module._check_existing(cfg, run_dir)
 
 
 # ------------------------------------------------------------------------------------------

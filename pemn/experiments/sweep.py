@@ -390,12 +390,18 @@ def export_csv(results: str | Path, csv_path: str | Path) -> Path:
 def _check_existing(cfg: RunConfig, run_dir: RunDir) -> None:
     """Refuse to resume or reuse a run directory that was made by a different config.
 
-    Only keys present on both sides are compared, so a config field added to ``pemn`` later
-    does not orphan finished runs.
+    Only keys present on both sides are compared, and the recorded config is read through this
+    pemn first (its strategy gains the fields added since, at their defaults), so a config
+    field or a strategy option added to ``pemn`` later does not orphan finished runs.
     """
     if not run_dir.started:
         return
-    old, new = flatten(run_dir.config_dict()), flatten(to_dict(cfg))
+    recorded = run_dir.config_dict()
+    try:
+        recorded = to_dict(from_dict(RunConfig, recorded))
+    except (ConfigError, ValueError, TypeError):
+        pass  # compared as written: any difference is reported below
+    old, new = flatten(recorded), flatten(to_dict(cfg))
     diff = sorted(k for k in old.keys() & new.keys()
                   if k not in _IGNORED_KEYS and old[k] != new[k])
     if diff:
