@@ -58,16 +58,17 @@ def _kwargs_key(cfg: RunConfig) -> str:
 
 
 def _arch_labels(rows: list[dict]) -> dict[tuple, str]:
-    """(model, kwargs json) -> a short label naming only the kwargs that vary in the file."""
+    """(model, kwargs json) -> a label naming the kwargs that vary in the file, and width and
+    depth whenever the kwargs set them."""
     archs = {(r["config"].model.name, _kwargs_key(r["config"])) for r in rows}
     varying = {k for _, kw in archs for k, v in json.loads(kw).items()
                if len({json.dumps(json.loads(o).get(k)) for _, o in archs}) > 1}
-    short = {"dim": "w", "depth": "d"}
+    short = {"dim": "w", "depth": "d"}  # always shown when set: they override the name's
     labels = {}
     for model, kw in archs:
         kwargs = json.loads(kw)
         tags = [f"{short[k]}{kwargs[k]}" if k in short else f"{k}={kwargs[k]}"
-                for k in sorted(varying) if k in kwargs]
+                for k in sorted(varying | (short.keys() & kwargs.keys())) if k in kwargs]
         labels[(model, kw)] = " ".join([model, *tags])
     return labels
 
