@@ -165,3 +165,14 @@ def test_setup_finds_unmet_requirements():
     assert deps_ok.missing(["pytest>=1", "pytest<1; python_version < '3'"]) == []
     assert deps_ok.missing(["pytest<1"])[0].startswith("pytest<1 (have ")
     assert deps_ok.missing(["no-such-distribution-for-pemn"]) == ["no-such-distribution-for-pemn"]
+
+
+def test_closed_stdout_is_not_an_error(tmp_path):
+    """`pemn info ... | head -1`: the reader leaves early; pemn exits 0 without a message."""
+    proc = subprocess.Popen([sys.executable, "-m", "pemn.cli", "info", "data.dataset=digits",
+                             "model.kwargs={dim=16, depth=1}"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # nobody reads: the first print meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0, err
+    assert err == "", err
