@@ -255,10 +255,14 @@ def test_version_1_files_still_load(name):
                     generator=torch.Generator().manual_seed(expected["input_seed"]))
     info = describe(FIXTURES / name)
     assert info["format_version"] == 1
-    for form in pemn.artifact.FORMS:
-        with torch.no_grad():
-            y = load(FIXTURES / name, form=form)(x)
-        assert torch.equal(y, torch.tensor(expected["logits"])), form
+    with torch.no_grad():
+        logits = {form: load(FIXTURES / name, form=form)(x) for form in pemn.artifact.FORMS}
+    # The weights are regenerated bit for bit (load checks their SHA-256), and on one machine
+    # every form gives the same logits. The recorded logits come from another CPU, whose conv
+    # kernels may round differently (seen: 4e-8 apart, Intel here vs AMD there).
+    for form, y in logits.items():
+        assert torch.equal(y, logits["dense"]), form
+        torch.testing.assert_close(y, torch.tensor(expected["logits"]), rtol=0, atol=1e-6)
 
 
 def test_header_records_dataset_and_metadata(tmp_path):
