@@ -144,11 +144,11 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     from pemn.experiments import plot_results, summary_table
 
-    for path in plot_results(args.results, args.out_dir, metric=args.metric,
-                             precision=args.precision):
+    chosen = dict(metric=args.metric, precision=args.precision, series=args.series or ())
+    for path in plot_results(args.results, args.out_dir, **chosen):
         print(path)
     if args.table:
-        print(summary_table(args.results, metric=args.metric, precision=args.precision))
+        print(summary_table(args.results, **chosen))
     return 0
 
 
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--table", action="store_true", help="also print a markdown summary table")
     pl.add_argument("--precision", default="exact", choices=["exact", "fp16"],
                     help="price every run by its exact (fp32) or fp16 file")
+    pl.add_argument("--series", action="append", metavar="GLOB",
+                    help="only the series whose label (as in the legend) matches; repeatable, "
+                         "e.g. --series 'RP 1e-3*' --series 'Int8*'")
     pl.set_defaults(fn=cmd_plot)
     return p
 

@@ -357,3 +357,15 @@ def test_runs_are_priced_by_the_chosen_precision_with_sparse_readings(tmp_path):
     old.write_text(lines[0].replace(', "readings": {', ', "x": {'))
     with pytest.raises(ValueError, match="no fp16 reading"):
         summary_table(old, precision="fp16")
+
+
+def test_series_globs_choose_the_rows_and_name_the_choices_when_none_match(tmp_path):
+    results = _synthetic_results(tmp_path / "results.jsonl")
+    table = summary_table(results, series=["RP 1e-3", "Random*"]).splitlines()[2:]
+    assert {row.split(" | ")[2] for row in table} == {
+        "RP 1e-3", *(RandomPrune(cr).label() for cr in (0.9, 0.92, 0.94, 0.96))}
+    paths = plot_results(results, tmp_path / "fig", series=["RP*"])
+    assert {p.name for p in paths} == {"fig3_unique_values.png", "fig3_unique_values.svg",
+                                       "frontier_bytes.png", "frontier_bytes.svg"}
+    with pytest.raises(ValueError, match="no series matches.*'RP 1e-1'"):
+        summary_table(results, series=["Int8*"])

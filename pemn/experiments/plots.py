@@ -14,6 +14,7 @@ Plots read only the results lines: each holds the resolved config, parsed back i
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import statistics
@@ -100,7 +101,7 @@ def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
 
 
 def group_results(rows: list[dict], metric: str = "best_test_acc",
-                  precision: str = "exact") -> list[dict]:
+                  precision: str = "exact", series: Sequence[str] = ()) -> list[dict]:
     """Mean and std of ``metric`` over seeds for each (dataset, model, strategy, ...) group.
 
     Returns:
@@ -114,10 +115,13 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
             sweep) or ``"fp16"`` (BatchNorm folded, floats in 16 bits); the other storage
             readings of that precision (sparse runs: ``csr``, ``values_only``, ...) are
             averaged into ``readings``.
+        series: glob patterns over the series labels (:func:`series_label`, as the legend
+            and the table's strategy column spell them, e.g. ``"RP 1e-3*"``); only groups
+            that match one are kept. Empty: every group.
 
     Raises:
-        ValueError: an unknown metric or precision, a metric that no row has, or a run
-            without a reading at ``precision``.
+        ValueError: an unknown metric or precision, a metric that no row has, a run
+            without a reading at ``precision``, or ``series`` that match no group.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -154,7 +158,18 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
                  bytes=statistics.fmean(g.pop("bytes_all")),
                  readings={k: statistics.fmean(x[k] for x in readings)
                            for k in set.intersection(*(set(x) for x in readings))})
-    return list(groups.values())
+    return _matching(list(groups.values()), series)
+
+
+def _matching(groups: list[dict], series: Sequence[str]) -> list[dict]:
+    if not series:
+        return groups
+    kept = [g for g in groups if any(fnmatch.fnmatchcase(series_label(g), p) for p in series)]
+    if groups and not kept:
+        names = sorted({series_label(g) for g in groups})
+        raise ValueError(f"no series matches {list(series)}; the results have: "
+                         + ", ".join(repr(n) for n in names))
+    return kept
 
 
 def _sort_key(s: Strategy) -> tuple:
@@ -337,7 +352,7 @@ def _log_axis(ax) -> None:
 
 def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
                  metric: str = "best_test_acc", prefix: str = "",
-                 precision: str = "exact") -> list[Path]:
+                 precision: str = "exact", series: Sequence[str] = ()) -> list[Path]:
     """Write the paper-style figures for a results file as PNG and SVG.
 
     Files (each as ``.png`` and ``.svg``, only those the data supports):
@@ -352,11 +367,12 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
             ``test_acc_at_best_val`` or ``best_val_acc`` (to choose a learning rate).
         prefix: prepended to every file name.
         precision: the files that price every run (:func:`group_results`).
+        series: only the series that match these globs (:func:`group_results`).
 
     Returns:
         The paths written.
     """
-    groups = group_results(read_results(results), metric, precision)
+    groups = group_results(read_results(results), metric, precision, series)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -382,7 +398,8 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
 # ------------------------------------------------------------------------------------------
 
 def summary_table(results: str | Path | Sequence[str | Path],
-                  metric: str = "best_test_acc", precision: str = "exact") -> str:
+                  metric: str = "best_test_acc", precision: str = "exact",
+                  series: Sequence[str] = ()) -> str:
     """A markdown table: mean ± std of ``metric`` per (model, strategy) group, with n seeds.
 
     The strategy column carries the levers (:func:`series_label`), so rows that differ only
@@ -390,9 +407,9 @@ def summary_table(results: str | Path | Sequence[str | Path],
     values-only readings in kB.
 
     A "paper" column with the paper's CIFAR-10 number is added when any group has one
-    (:mod:`pemn.experiments.figures`).
+    (:mod:`pemn.experiments.figures`). ``series``: as :func:`group_results`.
     """
-    groups = group_results(read_results(results), metric, precision)
+    groups = group_results(read_results(results), metric, precision, series)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
     groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))
     paper = [paper_accuracy(g["dataset"], g["model"], g["strategy"].tag()) for g in groups]
