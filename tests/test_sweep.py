@@ -369,3 +369,19 @@ def test_series_globs_choose_the_rows_and_name_the_choices_when_none_match(tmp_p
                                        "frontier_bytes.png", "frontier_bytes.svg"}
     with pytest.raises(ValueError, match="no series matches.*'RP 1e-1'"):
         summary_table(results, series=["Int8*"])
+
+
+def test_one_strategy_on_two_model_families_is_two_series(tmp_path):
+    lines = []
+    for model, acc in (("convmixer_64_d4", 80), ("vit_tiny", 70)):
+        cfg = RunConfig(name=model)
+        cfg.model.name, cfg.mask.strategy = model, pemn.RP(1e-3)
+        summary = {"num_masked": 1000, "num_unique": 10, "compression_ratio": 0.9,
+                   "best_test_acc": acc, "final_test_acc": acc}
+        lines.append(json.dumps({"run": model, "config": to_dict(cfg), "summary": summary,
+                                 "bytes": {"total": 3000}, "bytes_source": "artifact"}) + "\n")
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(lines))
+    rows = summary_table(results).splitlines()[2:]
+    assert [r.split(" | ")[2] for r in rows] == ["RP 1e-3, convmixer", "RP 1e-3, vit"]
+    assert summary_table(results, series=["*vit"]).count("\n") == 2  # header, rule, one row

@@ -80,6 +80,11 @@ def _zoo_depth(name: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def _family(name: str) -> str:
+    """``vit_tiny`` -> ``vit``, ``convmixer_128_d4`` -> ``convmixer``: the zoo family."""
+    return name.split("_", 1)[0]
+
+
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -128,6 +133,8 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
     if precision not in READINGS:
         raise ValueError(f"precision must be one of {READINGS}, got {precision!r}")
     labels = _arch_labels(rows)
+    # ViT and ConvMixer rows in one file are different series even with the same strategy
+    families = {_family(r["config"].model.name) for r in rows}
     groups: dict[tuple, dict] = {}
     for r in rows:
         cfg, s = r["config"], r["summary"]
@@ -143,6 +150,7 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
             "depth": cfg.model.kwargs.get("depth", _zoo_depth(cfg.model.name)),
             "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
+            "family": _family(cfg.model.name) if len(families) > 1 else None,
             "P": s["num_masked"], "U": s["num_unique"],
             "CR": s["compression_ratio"], "values": [], "bytes_all": [], "readings_all": []})
         total, readings = _file_bytes(r, precision)
@@ -299,6 +307,8 @@ def series_label(g: dict) -> str:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
         label += f", depth {g['depth']}"
+    if g.get("family"):
+        label += f", {g['family']}"
     return label
 
 
