@@ -44,4 +44,6 @@ def build(*a, **kw):
 
 
 R.build_model = build
-sys.exit(main(["train", "configs/fmnist_convmixer.toml", "out_dir=runs", "name=boundary_ties"]))
+# The main job as it was then: the paper's RP (copy order, normal values), not today's defaults.
+sys.exit(main(["train", "configs/fmnist_convmixer.toml", "out_dir=runs", "name=boundary_ties",
+               'mask.strategy={name="rp", ratio=1e-3, order="copy", values="normal"}']))

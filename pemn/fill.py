@@ -126,6 +126,12 @@ class Dense(Strategy):
         return sum(s.numel for s in specs)
 
 
+def _since(default, *, before):
+    """A field whose default changed: ``default`` for new strategies, ``before`` for a stored one
+    that does not name it (written before the field existed; see :func:`strategy_from_dict`)."""
+    return dataclasses.field(default=default, metadata={"absent": before})
+
+
 def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(strategy, field)
     if value not in choices:
@@ -138,15 +144,18 @@ class _Fill(Strategy):
     """A weight fill of random values; ``values`` is a byte-neutral lever (docs/METHOD.md).
 
     Args:
-        values: ``"normal"`` draws kaiming-normal values (the paper); ``"signed_constant"``
-            keeps only their signs, times the same std: every value of a prototype is
-            ``+-std`` (edge-popup's "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1).
+        values: ``"signed_constant"`` (the default) keeps only the signs of the kaiming-normal
+            draws, times the same std: every value of a prototype is ``+-std`` (edge-popup's
+            "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1); it gained about one point
+            on Mask and RP at no cost in bytes (docs/RESULTS.md). ``"normal"`` keeps the
+            kaiming-normal values themselves (the paper); a stored strategy that does not name
+            ``values`` was written before the option existed and means ``"normal"``.
         gain: ``"none"``; ``"layer"`` or ``"channel"`` learn one multiplier per masked tensor
             or per output channel (dim 0), initialised to 1 and stored with the other
             tensors (biprop's alpha, there computed rather than learned).
     """
 
-    values: Literal["normal", "signed_constant"] = "normal"
+    values: Literal["normal", "signed_constant"] = _since("signed_constant", before="normal")
     gain: Literal["none", "layer", "channel"] = "none"
 
     def __post_init__(self):
@@ -159,18 +168,24 @@ class _Fill(Strategy):
         ones = (1,) * (len(shape) - 1)
         return (1, *ones) if self.gain == "layer" else (shape[0], *ones)
 
+    def _choices(self) -> list[str]:
+        """The choices, in brackets after the title, that differ from the defaults."""
+        return ["normal"] if self.values == "normal" else []
+
     def _levers(self) -> list[tuple[str, str]]:
-        """(label suffix, tag suffix) of each lever that is on."""
-        out = [(" +signed", "-sc")] if self.values == "signed_constant" else []
-        if self.gain != "none":
-            out.append((f" +gain/{self.gain}", f"-g{self.gain[0]}"))
-        return out
+        """(label suffix, tag suffix) of each added lever that is on."""
+        return [(f" +gain/{self.gain}", f"-g{self.gain[0]}")] if self.gain != "none" else []
 
     def label(self) -> str:
-        return self._base_label() + "".join(text for text, _ in self._levers())
+        choices = self._choices()
+        return (self._base_label() + (f" ({', '.join(choices)})" if choices else "")
+                + "".join(text for text, _ in self._levers()))
 
     def tag(self) -> str:
-        return self._base_tag() + "".join(tag for _, tag in self._levers())
+        # Run directories keep their names: "-sc" marks signed constants, the option that
+        # came later, whichever value is the default.
+        signed = "-sc" if self.values == "signed_constant" else ""
+        return self._base_tag() + signed + "".join(tag for _, tag in self._levers())
 
     def _base_label(self) -> str:
         return self.title
@@ -242,7 +257,7 @@ class RP(_SharedFill):
     """
 
     ratio: float = 1e-3
-    order: Literal["copy", "permuted"] = "permuted"
+    order: Literal["copy", "permuted"] = _since("permuted", before="copy")
 
     def __post_init__(self):
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
@@ -252,8 +267,11 @@ class RP(_SharedFill):
         _check_choice(self, "order", ("copy", "permuted"))
         super().__post_init__()
 
-    def _base_label(self) -> str:  # names the order only where it is not the default
-        return f"RP {_ratio_text(self.ratio)}" + (" (copy)" if self.order == "copy" else "")
+    def _base_label(self) -> str:
+        return f"RP {_ratio_text(self.ratio)}"
+
+    def _choices(self) -> list[str]:
+        return (["copy"] if self.order == "copy" else []) + super()._choices()
 
     def _base_tag(self) -> str:  # run directories: stable names, "p" since copy came first
         return f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
@@ -267,8 +285,15 @@ def strategy_to_dict(strategy: Strategy) -> dict:
     return {"name": strategy.name, **dataclasses.asdict(strategy)}
 
 
-def strategy_from_dict(d: dict) -> Strategy:
+def strategy_from_dict(d: dict, *, stored: bool = False) -> Strategy:
     """Inverse of :func:`strategy_to_dict`; unknown names list the valid ones.
+
+    Args:
+        d: ``{"name": ..., **fields}``; a field it leaves out takes its default, ...
+        stored: ... unless ``d`` was written by pemn (an artifact header, a run's config, a
+            results line). Those name every field their writer knew, so a field they lack
+            was added later and takes the value that gives the old behaviour
+            (``values="normal"``), never a default that changed since.
 
     Raises:
         ValueError: not a table, an unknown name, or bad arguments for that strategy.
@@ -281,8 +306,12 @@ def strategy_from_dict(d: dict) -> Strategy:
         raise ValueError(f"a strategy table needs a name, one of {sorted(STRATEGIES)}; got {d!r}")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    if stored:
+        d = {**{f.name: f.metadata["absent"] for f in dataclasses.fields(cls)
+                if "absent" in f.metadata}, **d}
     try:
-        return STRATEGIES[name](**d)
+        return cls(**d)
     except TypeError as e:
         raise ValueError(f"bad arguments for strategy {name!r}: {e}") from None
 

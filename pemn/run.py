@@ -102,7 +102,7 @@ class RunDir:
 
     def read_config(self) -> RunConfig:
         """The stored config (raises RunError as :meth:`config_dict`, ConfigError if invalid)."""
-        return from_dict(RunConfig, self.config_dict())
+        return from_dict(RunConfig, self.config_dict(), stored=True)
 
     def write_config(self, cfg: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ class Trained:
 
 def _checkpoint_config(state: dict, path: Path) -> RunConfig:
     try:
-        return from_dict(RunConfig, state["config"])
+        return from_dict(RunConfig, state["config"], stored=True)
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
                               f"{e}") from None

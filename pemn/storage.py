@@ -197,7 +197,7 @@ def size_report(source) -> dict:
         + 8 * len(header.folded_norms)
     others_fp16 = sum(2 * n if f else b for n, b, f in floats) + 4 * folded \
         + 8 * len(header.folded_norms)
-    dense = not strategy_from_dict(header.strategy).stores_mask
+    dense = not strategy_from_dict(header.strategy, stored=True).stores_mask
     codecs: dict[str, int] = {}
     encodings: dict[str, int] = {}
     for m in info["masks"]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end and offline: set up, find Fashion-MNIST (installing Debian's
-# dataset-fashion-mnist when root), train PEMN (RP 1e-3, ConvMixer-128/4), pack the model into a
-# .pemn file and print test accuracy, P, U and sizes. Extra arguments are config overrides,
+# dataset-fashion-mnist when root), train PEMN (RP 1e-3, ConvMixer-128/4), pack the model into
+# an exact .pemn file and a compact one (fp16, BatchNorm folded), evaluate the compact file and
+# print its test accuracy, P, U and sizes. Extra arguments are config overrides,
 # e.g. `bash scripts/demo.sh optim.epochs=1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +26,8 @@ run=runs/demo-$(date +%Y%m%d-%H%M%S)
 .venv/bin/pemn train configs/fmnist_convmixer.toml data.dataset=$dataset \
   out_dir=runs name="$(basename "$run")" "$@"
 .venv/bin/pemn pack "$run" -o "$run/model.pemn"
-.venv/bin/pemn size "$run/model.pemn"
+.venv/bin/pemn pack "$run" -o "$run/model-fp16.pemn" --precision fp16
+echo "== the compact file as shipped (model.pemn keeps the exact fp32 state, to train further)"
+.venv/bin/pemn eval "$run/model-fp16.pemn"
+.venv/bin/pemn size "$run/model-fp16.pemn"
 echo "== wall time, set-up included: $(( $(date +%s) - start )) s; run directory: $run"

@@ -41,9 +41,10 @@ def test_shipped_sweeps_round_trip(path):
     assert configs and all(_round_trip(c) == c for c in configs)
 
 
-def test_demo_config_is_rp_1e3():
+def test_demo_config_is_rp_1e3_in_the_defaults():
     cfg = load_config(CONFIGS / "fmnist_convmixer.toml")
-    assert cfg.mask.strategy == pemn.RP(1e-3, order="copy") and cfg.optim.nesterov
+    assert cfg.mask.strategy == pemn.RP(1e-3) and cfg.optim.nesterov
+    assert cfg.mask.strategy.values == "signed_constant" and cfg.mask.strategy.order == "permuted"
 
 
 @pytest.mark.parametrize("overrides, strategy", [

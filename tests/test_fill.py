@@ -44,8 +44,9 @@ CR_TABLE = [
 ]
 
 
-def _strategy(key):
-    return {"one_layer": pemn.OneLayer(), "mp": pemn.MP()}.get(key) or pemn.RP(ratio=key)
+def _strategy(key):  # the paper's strategies: normal values (signed constants repeat values)
+    return ({"one_layer": pemn.OneLayer(values="normal"), "mp": pemn.MP(values="normal")}.get(key)
+            or pemn.RP(ratio=key, values="normal"))
 
 
 def _unique_fixed_values(model) -> int:
@@ -71,7 +72,7 @@ def test_rp_1e5_is_a_single_scalar():
 
 
 def test_mask_strategy_has_all_weights_unique():
-    model = pemn.apply_(create_model("convmixer_64_d4"), pemn.Mask())
+    model = pemn.apply_(create_model("convmixer_64_d4"), pemn.Mask(values="normal"))
     s = pemn.stats(model)
     assert s.num_unique == s.num_masked
     assert s.num_masked - 1e-8 * s.num_masked**2 <= _unique_fixed_values(model) <= s.num_masked
@@ -110,12 +111,14 @@ def test_rp_permuted_has_same_values_in_other_order():
 
 @pytest.mark.parametrize("strategy, label, tag", [
     (pemn.Dense(), "Dense", "dense"),
-    (pemn.Mask(), "Mask", "mask"),
-    (pemn.OneLayer(), "One-layer", "one_layer"),
-    (pemn.MP(), "MP", "mp"),
-    (pemn.RP(1e-3), "RP 1e-3", "rp0.001p"),  # permuted, the default
-    (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01"),
-    (pemn.RP(0.25), "RP 0.25", "rp0.25p"),
+    (pemn.Mask(), "Mask", "mask-sc"),  # signed constants, the default
+    (pemn.Mask(values="normal"), "Mask (normal)", "mask"),
+    (pemn.OneLayer(), "One-layer", "one_layer-sc"),
+    (pemn.MP(values="normal"), "MP (normal)", "mp"),
+    (pemn.RP(1e-3), "RP 1e-3", "rp0.001p-sc"),  # permuted, the default
+    (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01-sc"),
+    (pemn.RP(1e-3, "copy", values="normal"), "RP 1e-3 (copy, normal)", "rp0.001"),  # the paper's
+    (pemn.RP(0.25, values="normal"), "RP 0.25 (normal)", "rp0.25p"),
     (RandomPrune(0.9), "Random @ CR 90 %", "random_prune-cr0.9"),
     (MagnitudePrune(0.96), "Minimum @ CR 96 %", "magnitude_prune-cr0.96"),
 ])

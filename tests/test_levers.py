@@ -12,9 +12,11 @@ from torch import nn
 import pemn
 from pemn import rng
 from pemn.artifact import ArtifactError, pack, unpack
-from pemn.config import ConfigError, OptimConfig, RunConfig, validate
-from pemn.fill import MP, RP, Mask, OneLayer, TensorSpec, plan_fill, strategy_from_dict
+from pemn.config import ConfigError, OptimConfig, RunConfig, from_dict, to_dict, validate
+from pemn.fill import (MP, RP, Mask, OneLayer, TensorSpec, plan_fill, strategy_from_dict,
+                       strategy_to_dict)
 from pemn.models import create_model
+from pemn.run import RunDir
 from pemn.train import make_optimizer, train_one_epoch
 from pemn.transform import masked_tensors
 from tests.test_fuzz_artifact import header_and_payload, seal
@@ -110,13 +112,13 @@ def test_levers_pack_and_load_exactly_in_every_form(strategy, tmp_path):
 
 def test_levers_are_byte_neutral_except_the_gains():
     sizes = {s.tag(): len(pack(_trained(s, steps=0)))
-             for s in (RP(1e-3), RP(1e-3, scale="layer"), RP(1e-3, values="signed_constant"),
+             for s in (RP(1e-3, values="normal"), RP(1e-3, scale="layer"), RP(1e-3),
                        RP(1e-3, gain="layer"), RP(1e-3, "copy"))}
     base = sizes["rp0.001p"]
-    assert abs(sizes["rp0.001"] - base) <= 16  # the order costs no bytes either
+    assert abs(sizes["rp0.001-sc"] - base) <= 16  # the order costs no bytes either
     # the header spells the strategy's fields, so a lever costs at most a few header bytes
-    assert abs(sizes["rp0.001p-ls"] - base) <= 16 and abs(sizes["rp0.001p-sc"] - base) <= 16
-    assert 0 < sizes["rp0.001p-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header line
+    assert abs(sizes["rp0.001p-sc-ls"] - base) <= 16 and abs(sizes["rp0.001p-sc"] - base) <= 16
+    assert 0 < sizes["rp0.001p-sc-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header
 
 
 def test_gain_stays_tied_across_aliases(tmp_path):
@@ -172,10 +174,35 @@ def test_bad_lever_values_name_the_field(bad, match):
 
 def test_labels_and_tags_name_every_lever():
     s = RP(1e-3, "permuted", scale="layer", values="signed_constant", gain="channel")
-    assert s.label() == "RP 1e-3 +signed +gain/channel +layer-std"
+    assert s.label() == "RP 1e-3 +gain/channel +layer-std"
     assert s.tag() == "rp0.001p-sc-gc-ls"
-    assert RP(1e-3, "copy").label() == "RP 1e-3 (copy)" and RP(1e-3, "copy").tag() == "rp0.001"
-    assert Mask().label() == "Mask" and Mask().tag() == "mask"  # defaults add nothing
+    paper = RP(1e-3, "copy", values="normal")
+    assert paper.label() == "RP 1e-3 (copy, normal)" and paper.tag() == "rp0.001"
+    assert Mask().label() == "Mask"  # labels name what differs from the defaults
+
+
+def test_a_stored_strategy_without_a_later_field_keeps_its_old_behaviour():
+    # Files, run configs and results lines written before `values` existed do not name it:
+    # they were made with normal values, whatever the default is now.
+    old = {"name": "rp", "ratio": 1e-3, "order": "copy"}
+    assert strategy_from_dict(old).values == "signed_constant"  # a user's config: the default
+    assert strategy_from_dict(old, stored=True) == RP(1e-3, "copy", values="normal")
+    assert strategy_from_dict({"name": "rp", "ratio": 1e-3}, stored=True).order == "copy"
+    assert strategy_from_dict({"name": "mask"}, stored=True) == Mask(values="normal")
+    named = {"name": "mask", "values": "signed_constant"}
+    assert strategy_from_dict(named, stored=True) == Mask()  # a named field is read as written
+    assert strategy_to_dict(Mask())["values"] == "signed_constant"  # new records name it
+
+
+def test_stored_configs_read_a_missing_field_as_before(tmp_path):
+    record = to_dict(RunConfig())
+    del record["mask"]["strategy"]["values"]  # as a run directory from before the option
+    assert from_dict(RunConfig, record).mask.strategy.values == "signed_constant"
+    assert from_dict(RunConfig, record, stored=True).mask.strategy.values == "normal"
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config.write_text(json.dumps(record))
+    assert run.read_config().mask.strategy.values == "normal"
 
 
 def test_the_score_lr_scale_applies_to_scores_only():

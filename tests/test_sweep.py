@@ -96,7 +96,7 @@ mask.strategy.ratio = [0.5]
     assert [c.optim.weight_decay for c in configs] == [0.0, 0.1]
     assert all((c.model.name, c.optim.epochs, c.optim.lr, c.mask.strategy, c.mask.seed)
                == ("mlp", 7, 0.1, pemn.RP(0.5), 3) for c in configs)
-    assert configs[0].name == "fashion_mnist-mlp-rp0.5p-k0.5-e7-s3-weight_decay0"
+    assert configs[0].name == "fashion_mnist-mlp-rp0.5p-sc-k0.5-e7-s3-weight_decay0"
 
 
 def test_points_and_strategy_tables(tmp_path):
@@ -218,8 +218,8 @@ def test_csv_is_an_export_of_the_lines(tiny_sweep):
     rows = _rows(results.with_suffix(".csv"))
     assert len(rows) == 4 and list(rows[0]) == list(CSV_COLUMNS)
     assert [(r["strategy"], r["label"], r["seed"]) for r in rows] == [
-        ("rp0.01p", "RP 1e-2", "0"), ("random_prune-cr0.9", "Random @ CR 90 %", "0"),
-        ("rp0.01p", "RP 1e-2", "1"), ("random_prune-cr0.9", "Random @ CR 90 %", "1")]
+        ("rp0.01p-sc", "RP 1e-2", "0"), ("random_prune-cr0.9", "Random @ CR 90 %", "0"),
+        ("rp0.01p-sc", "RP 1e-2", "1"), ("random_prune-cr0.9", "Random @ CR 90 %", "1")]
     lines = read_records(results)
     assert [int(r["bytes"]) for r in rows] == [line["bytes"]["total"] for line in lines]
 

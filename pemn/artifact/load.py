@@ -510,7 +510,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
                             "max_elements to load a model this large or this sparse")
     if version == 1:
         sections["tensors"] = sections.pop("other")
-    strategy = strategy_from_dict(header.strategy)
+    strategy = strategy_from_dict(header.strategy, stored=True)
     if trained_strategy(strategy) is not None or header.encoded:
         out = _trained_model(header, strategy, sections, model, meta, form, device)
         out.pemn_header = header
@@ -695,7 +695,7 @@ def _norm_names(header: Header) -> set[str] | None:
 def _describe(data: bytes) -> dict:
     version, d, sections, header_bytes, signature = read_container(data)
     header, _ = _parse_header(version, d)
-    strategy = strategy_from_dict(header.strategy)
+    strategy = strategy_from_dict(header.strategy, stored=True)
     specs = _specs(header)
     norms = _norm_names(header)
     return {

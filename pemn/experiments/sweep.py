@@ -361,7 +361,7 @@ def record_results(configs: list[RunConfig], path: str | Path) -> int:
 
 def csv_row(record: dict) -> dict:
     """One flat :data:`CSV_COLUMNS` row of a results line."""
-    cfg, s = from_dict(RunConfig, record["config"]), record["summary"]
+    cfg, s = from_dict(RunConfig, record["config"], stored=True), record["summary"]
     strategy = cfg.mask.strategy
     return {"run": record["run"], "dataset": cfg.data.dataset, "model": cfg.model.name,
             "model_kwargs": json.dumps(cfg.model.kwargs, sort_keys=True, separators=(",", ":")),
@@ -391,14 +391,15 @@ def _check_existing(cfg: RunConfig, run_dir: RunDir) -> None:
     """Refuse to resume or reuse a run directory that was made by a different config.
 
     Only keys present on both sides are compared, and the recorded config is read through this
-    pemn first (its strategy gains the fields added since, at their defaults), so a config
-    field or a strategy option added to ``pemn`` later does not orphan finished runs.
+    pemn first (as a stored config: its strategy gains the fields added since, at the values
+    that give its old behaviour), so a config field or a strategy option added to ``pemn``
+    later does not orphan finished runs.
     """
     if not run_dir.started:
         return
     recorded = run_dir.config_dict()
     try:
-        recorded = to_dict(from_dict(RunConfig, recorded))
+        recorded = to_dict(from_dict(RunConfig, recorded, stored=True))
     except (ConfigError, ValueError, TypeError):
         pass  # compared as written: any difference is reported below
     old, new = flatten(recorded), flatten(to_dict(cfg))
