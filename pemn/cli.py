@@ -27,7 +27,7 @@ def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from pemn.config import load_config
+    from pemn.config import ConfigError, load_config
     from pemn.distributed import World
     from pemn.run import RunDir, run
 
@@ -36,6 +36,10 @@ def cmd_train(args) -> int:
         cfg.out_dir, cfg.name = str(Path(args.resume).parent), Path(args.resume).name
     else:
         cfg = load_config(*_split_overrides(args.config_and_overrides))
+        if args.resume and RunDir.of(cfg).path.resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume}, but the config trains in "
+                              f"{RunDir.of(cfg).path}; pass the run directory alone "
+                              f"(pemn train --resume {args.resume}) or set out_dir and name")
     summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
     if World.from_env().is_main:  # under torchrun, one summary
         _print_summary(summary)

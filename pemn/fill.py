@@ -250,7 +250,7 @@ class RP(_SharedFill):
         order: ``"permuted"`` (the default) shuffles the tiled vector once with a seeded
             permutation (the official ``rand`` mode, there unseeded); ``"copy"`` tiles the
             vector as is (the official default). Plain tiling makes every row of a layer a
-            shifted copy of the last; shuffling breaks that pattern and gained 1.2 points at
+            shifted copy of the last; shuffling breaks that pattern and gained 0.7-1.2 points at
             RP 1e-3 on Fashion-MNIST at no cost in bytes (docs/RESULTS.md). Its price is
             memory in the ``packed`` load form: the whole tiled vector (``d_max`` floats) is
             held instead of the short one.

@@ -17,7 +17,7 @@ from torch import nn
 
 from pemn import baselines, competitors, fill, stats
 from pemn.checkpoint import CheckpointError, load_checkpoint
-from pemn.config import ConfigError, ModelConfig, RunConfig, from_dict, to_dict
+from pemn.config import ConfigError, ModelConfig, RunConfig, flatten, from_dict, to_dict
 from pemn.data import dataset_info, load_dataset, split_validation
 from pemn.data.loader import AugmentConfig, BatchLoader
 from pemn.distributed import World, setup, teardown
@@ -214,12 +214,45 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     return train_loader, evals
 
 
+# Keys that may differ between a run directory and the config that continues it.
+_RESUMABLE_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
+
+
+def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
+    """Refuse to continue or reuse a run directory that was made by a different config.
+
+    Only keys present on both sides are compared, and the recorded config is read through this
+    pemn first (as a stored config: its strategy gains the fields added since, at the values
+    that give its old behaviour), so a config field or a strategy option added to ``pemn``
+    later does not orphan finished runs, and a run made with normal values is never continued
+    as one with signed constants.
+
+    Raises:
+        ConfigError: the configs differ; the message names the keys and ends with ``remedy``.
+    """
+    if not run_dir.started:
+        return
+    recorded = run_dir.config_dict()
+    try:
+        recorded = to_dict(from_dict(RunConfig, recorded, stored=True))
+    except (ConfigError, ValueError, TypeError):
+        pass  # compared as written: any difference is reported below
+    old, new = flatten(recorded), flatten(to_dict(cfg))
+    diff = sorted(k for k in old.keys() & new.keys()
+                  if k not in _RESUMABLE_KEYS and old[k] != new[k])
+    if diff:
+        raise ConfigError(f"{run_dir.path} was made with a different config ({', '.join(diff)}: "
+                          f"{[old.get(k) for k in diff]} there, {[new.get(k) for k in diff]} "
+                          f"now); {remedy}")
+
+
 def _prepare_dir(run_dir: RunDir, cfg: RunConfig, resume: bool, world: World) -> None:
     started = run_dir.started
     world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
     if started and not resume:
         raise RunError(f"run directory {run_dir.path} already exists; pass --resume to continue "
                        f"it or choose another name (name=...)")
+    check_same_config(cfg, run_dir, "delete it or choose another name (name=...)")
     if world.is_main and not started:
         run_dir.write_config(cfg)
     world.barrier()

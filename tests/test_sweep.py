@@ -1,5 +1,6 @@
 """Sweeps: grid expansion of the shipped sweep files, errors, a tiny real sweep, plots, table."""
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,9 +22,11 @@ from pemn.experiments import (
     summary_table,
 )
 from pemn.models import list_models
-from pemn.run import RunDir
+from pemn.experiments.sweep import csv_row
+from pemn.run import RunDir, check_same_config
 
-SWEEPS = Path(__file__).parent.parent / "configs" / "sweeps"
+ROOT = Path(__file__).parent.parent
+SWEEPS = ROOT / "configs" / "sweeps"
 
 
 def _sweep(tmp_path, text: str, name: str = "sweep.toml") -> Path:
@@ -151,19 +154,33 @@ def test_changed_config_refuses_old_run_dir(tmp_path):
 
 def test_a_strategy_option_added_later_does_not_orphan_a_run_dir(tmp_path):
     path = _sweep(tmp_path, f'[base]\nout_dir = "{tmp_path}"\n"data.dataset" = "digits"\n'
-                            '"mask.strategy" = { name = "rp", ratio = 0.01, order = "copy" }\n')
+                            '"mask.strategy" = { name = "rp", ratio = 0.01, order = "copy", '
+                            'values = "normal" }\n')
     (cfg,) = expand(path)
     run_dir = RunDir.of(cfg)
     run_dir.write_config(cfg)
     written = json.loads(run_dir.config.read_text())
-    del written["mask"]["strategy"]["gain"]  # as written before the gain option existed
+    for field in ("gain", "values"):  # as written before these options existed
+        del written["mask"]["strategy"][field]
     run_dir.config.write_text(json.dumps(written))
     assert "1 runs (0 done, 1 to do)" in describe_sweep(path)
-    sweep_module._check_existing(cfg, run_dir)  # no error: the same run
+    check_same_config(cfg, run_dir, "")  # no error: the same run
+    signed = dataclasses.replace(cfg.mask.strategy, values="signed_constant")
+    with pytest.raises(ConfigError, match="mask.strategy.*'normal'.*'signed_constant'"):
+        check_same_config(dataclasses.replace(cfg, mask=dataclasses.replace(
+            cfg.mask, strategy=signed)), run_dir, "")  # today's default is another run
     written["mask"]["strategy"]["order"] = "permuted"
     run_dir.config.write_text(json.dumps(written))
     with pytest.raises(ConfigError, match="mask.strategy"):
-        sweep_module._check_existing(cfg, run_dir)
+        check_same_config(cfg, run_dir, "")
+
+
+def test_results_lines_from_before_an_option_keep_their_labels():
+    # A line of the committed CPU grid, written before `values` existed.
+    rp = next(r for r in read_records(ROOT / "docs/results/fmnist_cpu.jsonl")
+              if r["config"]["mask"]["strategy"] == {"name": "rp", "ratio": 0.001, "order": "copy"})
+    row = csv_row(rp)
+    assert (row["strategy"], row["label"]) == ("rp0.001", "RP 1e-3 (copy, normal)")
 
 
 # ------------------------------------------------------------------------------------------

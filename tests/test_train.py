@@ -145,6 +145,12 @@ def test_existing_run_dir_needs_resume(tmp_path):
     assert "lr " in log and not re.search(r"\d\.\d{6,}", log), log  # floats for people
     r = _pemn("train", *args, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "--resume" in r.stderr
+    # continuing it under another config, or another directory than the config's, is refused
+    for extra, resume, match in [(["optim.lr=0.5"], "r", "was made with a different config"),
+                                 ([], "elsewhere", "but the config trains in")]:
+        r = _pemn("train", *args[:-1], *extra, "--resume", str(tmp_path / resume),
+                  "--no-progress", cwd=tmp_path, check=False)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
     # an unfinished run whose checkpoint was damaged: one line naming what is wrong
     run_dir = RunDir(tmp_path / "r")
     run_dir.summary.unlink()

@@ -92,7 +92,7 @@ from pemn.data import dataset_info
 from pemn.distributed import World
 from pemn.fileio import atomic_write
 from pemn.fill import FILLS
-from pemn.run import RunDir, run
+from pemn.run import RunDir, check_same_config, run
 from pemn.storage import Stats, formula_bytes, size_report, storage_readings
 
 if sys.version_info >= (3, 11):
@@ -115,9 +115,6 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
 _NAMED_KEYS = {"data.dataset", "model.name", "mask.strategy", "mask.keep_ratio", "optim.epochs",
                "mask.seed", "optim.seed"}
 # differences in these keys do not make an existing run directory a different run
-_IGNORED_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
-
-
 @dataclasses.dataclass
 class Sweep:
     """A parsed sweep file: base config keys and the override sets to cross with seeds."""
@@ -387,30 +384,6 @@ def export_csv(results: str | Path, csv_path: str | Path) -> Path:
 # Running
 # ------------------------------------------------------------------------------------------
 
-def _check_existing(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Refuse to resume or reuse a run directory that was made by a different config.
-
-    Only keys present on both sides are compared, and the recorded config is read through this
-    pemn first (as a stored config: its strategy gains the fields added since, at the values
-    that give its old behaviour), so a config field or a strategy option added to ``pemn``
-    later does not orphan finished runs.
-    """
-    if not run_dir.started:
-        return
-    recorded = run_dir.config_dict()
-    try:
-        recorded = to_dict(from_dict(RunConfig, recorded, stored=True))
-    except (ConfigError, ValueError, TypeError):
-        pass  # compared as written: any difference is reported below
-    old, new = flatten(recorded), flatten(to_dict(cfg))
-    diff = sorted(k for k in old.keys() & new.keys()
-                  if k not in _IGNORED_KEYS and old[k] != new[k])
-    if diff:
-        raise ConfigError(f"{run_dir.path} was made with a different config ({', '.join(diff)}: "
-                          f"{[old.get(k) for k in diff]} there, {[new.get(k) for k in diff]} "
-                          f"now); delete it or change the sweep's name template")
-
-
 def describe_sweep(path: str | Path, limit: int | None = None) -> str:
     """The plan of a sweep: one line per run (done or to do) and a size estimate."""
     configs = expand(path)[:limit]
@@ -457,7 +430,7 @@ def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | 
     main = World.from_env().is_main  # under torchrun only rank 0 writes results
     for i, cfg in enumerate(configs, 1):
         run_dir = RunDir.of(cfg)
-        _check_existing(cfg, run_dir)
+        check_same_config(cfg, run_dir, "delete it or change the sweep's name template")
         if run_dir.finished:
             log.info("[%d/%d] %s: done already, best %.2f %%", i, len(configs), cfg.name,
                      run_dir.read_summary()["best_test_acc"])
