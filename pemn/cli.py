@@ -36,9 +36,10 @@ def cmd_train(args) -> int:
         cfg.out_dir, cfg.name = str(Path(args.resume).parent), Path(args.resume).name
     else:
         cfg = load_config(*_split_overrides(args.config_and_overrides))
-        if args.resume and RunDir.of(cfg).path.resolve() != Path(args.resume).resolve():
+        trains_in = RunDir.of(cfg).path
+        if args.resume and trains_in.resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume}, but the config trains in "
-                              f"{RunDir.of(cfg).path}; pass the run directory alone "
+                              f"{trains_in}; pass the run directory alone "
                               f"(pemn train --resume {args.resume}) or set out_dir and name")
     summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
     if World.from_env().is_main:  # under torchrun, one summary

@@ -32,7 +32,7 @@ from torch import nn
 
 from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
-from pemn.fill import strategy_from_dict, strategy_to_dict
+from pemn.fill import strategy_to_dict
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
            "formula_bytes",
@@ -197,7 +197,7 @@ def size_report(source) -> dict:
         + 8 * len(header.folded_norms)
     others_fp16 = sum(2 * n if f else b for n, b, f in floats) + 4 * folded \
         + 8 * len(header.folded_norms)
-    dense = not strategy_from_dict(header.strategy, stored=True).stores_mask
+    dense = not info["strategy"].stores_mask
     codecs: dict[str, int] = {}
     encodings: dict[str, int] = {}
     for m in info["masks"]:
@@ -206,8 +206,7 @@ def size_report(source) -> dict:
         encodings[e["encoding"]] = encodings.get(e["encoding"], 0) + 1
     return {
         "architecture": header.model["name"] if header.model else "(not a zoo model)",
-        # as this pemn reads it: a field the writer did not know shows its old value
-        "strategy": strategy_to_dict(strategy_from_dict(header.strategy, stored=True)),
+        "strategy": strategy_to_dict(info["strategy"]),  # as this pemn reads the header
         "keep_ratio": header.keep_ratio, "num_masked": num_masked,
         "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
         "weight_encodings": encodings,

@@ -700,6 +700,7 @@ def _describe(data: bytes) -> dict:
     norms = _norm_names(header)
     return {
         "header": header,
+        "strategy": strategy,
         "format_version": version,
         "file_bytes": len(data),
         "header_bytes": header_bytes,
@@ -732,7 +733,9 @@ def describe(source) -> dict:
         source: a path, artifact bytes, or a PEMN model (packed in memory first).
 
     Returns:
-        ``header`` (the typed :class:`Header`), ``format_version``, ``file_bytes``,
+        ``header`` (the typed :class:`Header`), ``strategy`` (its strategy, read as a
+        stored one: a field the writer did not know has its old value), ``format_version``,
+        ``file_bytes``,
         ``header_bytes`` (preamble + header), ``section_bytes`` per section, ``masks`` (per
         masked tensor: name, shape, numel, num_kept, codec, num_bytes), ``others`` (per stored
         tensor: name, dtype, shape, num_bytes, is_norm), ``encoded`` (per trained weight of

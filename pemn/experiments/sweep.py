@@ -114,7 +114,8 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
 # strategy's arguments (its tag holds them)
 _NAMED_KEYS = {"data.dataset", "model.name", "mask.strategy", "mask.keep_ratio", "optim.epochs",
                "mask.seed", "optim.seed"}
-# differences in these keys do not make an existing run directory a different run
+
+
 @dataclasses.dataclass
 class Sweep:
     """A parsed sweep file: base config keys and the override sets to cross with seeds."""
