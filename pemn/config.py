@@ -125,13 +125,13 @@ def format_value(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _strategy(value: Any, key: str, default: Strategy, stored: bool) -> Strategy:
+def _strategy(value: Any, key: str, default: Strategy) -> Strategy:
     if isinstance(value, str):  # a bare name: that strategy's defaults
         value = {"name": value}
     elif isinstance(value, dict) and "name" not in value:  # arguments of the default strategy
         value = {**strategy_to_dict(default), **value}
     try:
-        return strategy_from_dict(value, stored=stored)
+        return strategy_from_dict(value)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
 
@@ -148,12 +148,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls, data: dict, prefix: str = "", *, stored: bool = False):
-    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise.
-
-    ``stored``: ``data`` is a config pemn wrote (a run directory, a checkpoint, a results
-    line), so its strategy is read as :func:`pemn.fill.strategy_from_dict` reads stored ones.
-    """
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a table, got {data!r}")
     hints = get_type_hints(cls)
@@ -168,10 +164,9 @@ def from_dict(cls, data: dict, prefix: str = "", *, stored: bool = False):
                               f"{', '.join(prefix + n for n in names)}")
         typ = hints[key]
         if typ is Strategy:
-            kwargs[key] = _strategy(value, full, cls.__dataclass_fields__[key].default_factory(),
-                                    stored)
+            kwargs[key] = _strategy(value, full, cls.__dataclass_fields__[key].default_factory())
         elif dataclasses.is_dataclass(typ):
-            kwargs[key] = from_dict(typ, value, full + ".", stored=stored)
+            kwargs[key] = from_dict(typ, value, full + ".")
         else:
             kwargs[key] = _coerce(value, typ, full)
     return cls(**kwargs)

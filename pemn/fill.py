@@ -126,12 +126,6 @@ class Dense(Strategy):
         return sum(s.numel for s in specs)
 
 
-def _since(default, *, before):
-    """A field whose default changed: ``default`` for new strategies, ``before`` for a stored one
-    that does not name it (written before the field existed; see :func:`strategy_from_dict`)."""
-    return dataclasses.field(default=default, metadata={"absent": before})
-
-
 def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(strategy, field)
     if value not in choices:
@@ -148,14 +142,13 @@ class _Fill(Strategy):
             draws, times the same std: every value of a prototype is ``+-std`` (edge-popup's
             "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1); it gained about one point
             on Mask and RP at no cost in bytes (docs/RESULTS.md). ``"normal"`` keeps the
-            kaiming-normal values themselves (the paper); a stored strategy that does not name
-            ``values`` was written before the option existed and means ``"normal"``.
+            kaiming-normal values themselves (the paper).
         gain: ``"none"``; ``"layer"`` or ``"channel"`` learn one multiplier per masked tensor
             or per output channel (dim 0), initialised to 1 and stored with the other
             tensors (biprop's alpha, there computed rather than learned).
     """
 
-    values: Literal["normal", "signed_constant"] = _since("signed_constant", before="normal")
+    values: Literal["normal", "signed_constant"] = "signed_constant"
     gain: Literal["none", "layer", "channel"] = "none"
 
     def __post_init__(self):
@@ -257,7 +250,7 @@ class RP(_SharedFill):
     """
 
     ratio: float = 1e-3
-    order: Literal["copy", "permuted"] = _since("permuted", before="copy")
+    order: Literal["copy", "permuted"] = "permuted"
 
     def __post_init__(self):
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
@@ -285,15 +278,11 @@ def strategy_to_dict(strategy: Strategy) -> dict:
     return {"name": strategy.name, **dataclasses.asdict(strategy)}
 
 
-def strategy_from_dict(d: dict, *, stored: bool = False) -> Strategy:
+def strategy_from_dict(d: dict) -> Strategy:
     """Inverse of :func:`strategy_to_dict`; unknown names list the valid ones.
 
     Args:
-        d: ``{"name": ..., **fields}``; a field it leaves out takes its default, ...
-        stored: ... unless ``d`` was written by pemn (an artifact header, a run's config, a
-            results line). Those name every field their writer knew, so a field they lack
-            was added later and takes the value that gives the old behaviour
-            (``values="normal"``), never a default that changed since.
+        d: ``{"name": ..., **fields}``; a field it leaves out takes its default.
 
     Raises:
         ValueError: not a table, an unknown name, or bad arguments for that strategy.
@@ -306,12 +295,8 @@ def strategy_from_dict(d: dict, *, stored: bool = False) -> Strategy:
         raise ValueError(f"a strategy table needs a name, one of {sorted(STRATEGIES)}; got {d!r}")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    cls = STRATEGIES[name]
-    if stored:
-        d = {**{f.name: f.metadata["absent"] for f in dataclasses.fields(cls)
-                if "absent" in f.metadata}, **d}
     try:
-        return cls(**d)
+        return STRATEGIES[name](**d)
     except TypeError as e:
         raise ValueError(f"bad arguments for strategy {name!r}: {e}") from None
 

@@ -102,7 +102,7 @@ class RunDir:
 
     def read_config(self) -> RunConfig:
         """The stored config (raises RunError as :meth:`config_dict`, ConfigError if invalid)."""
-        return from_dict(RunConfig, self.config_dict(), stored=True)
+        return from_dict(RunConfig, self.config_dict())
 
     def write_config(self, cfg: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -222,10 +222,8 @@ def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
     """Refuse to continue or reuse a run directory that was made by a different config.
 
     Only keys present on both sides are compared, and the recorded config is read through this
-    pemn first (as a stored config: its strategy gains the fields added since, at the values
-    that give its old behaviour), so a config field or a strategy option added to ``pemn``
-    later does not orphan finished runs, and a run made with normal values is never continued
-    as one with signed constants.
+    pemn first (fields it lacks take today's defaults), so a config field or a strategy option
+    added to ``pemn`` later does not orphan finished runs.
 
     Raises:
         ConfigError: the configs differ; the message names the keys and ends with ``remedy``.
@@ -234,7 +232,7 @@ def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
         return
     recorded = run_dir.config_dict()
     try:
-        recorded = to_dict(from_dict(RunConfig, recorded, stored=True))
+        recorded = to_dict(from_dict(RunConfig, recorded))
     except (ConfigError, ValueError, TypeError):
         pass  # compared as written: any difference is reported below
     old, new = flatten(recorded), flatten(to_dict(cfg))
@@ -342,7 +340,7 @@ class Trained:
 
 def _checkpoint_config(state: dict, path: Path) -> RunConfig:
     try:
-        return from_dict(RunConfig, state["config"], stored=True)
+        return from_dict(RunConfig, state["config"])
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
                               f"{e}") from None

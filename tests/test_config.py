@@ -95,3 +95,24 @@ def test_values_are_formatted_for_people():
     assert format_value(0.1 * 3) == "0.3"  # not 0.30000000000000004
     assert (format_value(1e-3), format_value(3), format_value(pemn.RP(1e-2))) == (
         "0.001", "3", "RP 1e-2")
+
+
+RESULTS = Path(__file__).parent.parent / "docs" / "results"
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.jsonl")), ids=lambda p: p.name)
+def test_committed_results_name_every_strategy_field(path):
+    # A stored strategy reads with today's defaults: a line that left a field out would change
+    # meaning the day that field's default changes (as values and order once did).
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        for stored in (record["config"]["mask"]["strategy"], record["summary"]["strategy"]):
+            assert stored == to_dict(from_dict(RunConfig, record["config"]))["mask"]["strategy"]
+
+
+def test_the_paper_lines_of_the_cpu_grid_read_as_normal_values_in_copy_order():
+    lines = [json.loads(line) for line in (RESULTS / "fmnist_cpu.jsonl").read_text().splitlines()]
+    fills = [from_dict(RunConfig, r["config"]).mask.strategy for r in lines]
+    fills = [s for s in fills if s.name in ("mask", "one_layer", "mp", "rp")]
+    assert len(fills) == 48 and all(s.values == "normal" for s in fills)
+    assert all(s.order == "copy" for s in fills if s.name == "rp")

@@ -12,11 +12,10 @@ from torch import nn
 import pemn
 from pemn import rng
 from pemn.artifact import ArtifactError, pack, unpack
-from pemn.config import ConfigError, OptimConfig, RunConfig, from_dict, to_dict, validate
+from pemn.config import ConfigError, OptimConfig, RunConfig, validate
 from pemn.fill import (MP, RP, Mask, OneLayer, TensorSpec, plan_fill, strategy_from_dict,
                        strategy_to_dict)
 from pemn.models import create_model
-from pemn.run import RunDir
 from pemn.train import make_optimizer, train_one_epoch
 from pemn.transform import masked_tensors
 from tests.test_fuzz_artifact import header_and_payload, seal
@@ -181,28 +180,10 @@ def test_labels_and_tags_name_every_lever():
     assert Mask().label() == "Mask"  # labels name what differs from the defaults
 
 
-def test_a_stored_strategy_without_a_later_field_keeps_its_old_behaviour():
-    # Files, run configs and results lines written before `values` existed do not name it:
-    # they were made with normal values, whatever the default is now.
+def test_a_strategy_without_a_field_takes_its_default_wherever_it_was_written():
     old = {"name": "rp", "ratio": 1e-3, "order": "copy"}
-    assert strategy_from_dict(old).values == "signed_constant"  # a user's config: the default
-    assert strategy_from_dict(old, stored=True) == RP(1e-3, "copy", values="normal")
-    assert strategy_from_dict({"name": "rp", "ratio": 1e-3}, stored=True).order == "copy"
-    assert strategy_from_dict({"name": "mask"}, stored=True) == Mask(values="normal")
-    named = {"name": "mask", "values": "signed_constant"}
-    assert strategy_from_dict(named, stored=True) == Mask()  # a named field is read as written
+    assert strategy_from_dict(old) == RP(1e-3, "copy", values="signed_constant")
     assert strategy_to_dict(Mask())["values"] == "signed_constant"  # new records name it
-
-
-def test_stored_configs_read_a_missing_field_as_before(tmp_path):
-    record = to_dict(RunConfig())
-    del record["mask"]["strategy"]["values"]  # as a run directory from before the option
-    assert from_dict(RunConfig, record).mask.strategy.values == "signed_constant"
-    assert from_dict(RunConfig, record, stored=True).mask.strategy.values == "normal"
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    run.config.write_text(json.dumps(record))
-    assert run.read_config().mask.strategy.values == "normal"
 
 
 def test_the_score_lr_scale_applies_to_scores_only():

@@ -34,10 +34,9 @@ from pemn.artifact.format import (
     ArtifactError,
     Header,
     read_container,
-    upgrade_v1,
 )
 from pemn.artifact.forms import pack_module_, share_packed_
-from pemn.artifact.pack import dtype_code, torch_dtype
+from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import get_encoding, trained_strategy
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
 from pemn.masking import current_mask, num_kept
@@ -132,34 +131,13 @@ def _build_meta(model_args: dict, num_entries: int) -> nn.Module:
         return create_model(model_args["name"], **model_args["kwargs"])
 
 
-def _v1_layout(meta: nn.Module, d: dict) -> list:
-    """A version-1 file's other tensors: every state_dict entry but the masked ones."""
-    masked = set() if not d.get("masks") else {t[0] for t in d.get("tensors", [])
-                                               if isinstance(t, list) and t}
-    layout = []
-    for k, v in meta.state_dict().items():
-        if k in masked:
-            continue
-        code = dtype_code(k, v) if v.dtype != torch.bool else "|u1"
-        layout.append((k, code, tuple(v.shape)))
-    return layout
-
-
-def _parse_header(version: int, d: dict) -> tuple[Header, nn.Module | None]:
-    """The typed header, and for version 1 the meta model that named its tensors."""
-    if version >= 2:
-        header = Header.from_json(d)
-        if header.format_version != version:
-            raise ArtifactError(f"header.format_version {header.format_version} does not match "
-                                f"the file's version {version}")
-        return header, None
-    from pemn.artifact.format import _model  # the zoo name is the only way to read version 1
-    model_args = _model(d)
-    if model_args is None:
-        raise ArtifactError("a version-1 artifact must name its zoo model")
-    num = len(d.get("tensors") or []) + int((d.get("other") or {}).get("num_tensors") or 0)
-    meta = _build_meta(model_args, num)
-    return upgrade_v1(d, _v1_layout(meta, d)), meta
+def _parse_header(version: int, d: dict) -> Header:
+    """The typed header, whose version must be the preamble's."""
+    header = Header.from_json(d)
+    if header.format_version != version:
+        raise ArtifactError(f"header.format_version {header.format_version} does not match "
+                            f"the file's version {version}")
+    return header
 
 
 def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -204,7 +182,7 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
                             f"which {what} does not have")
 
 
-def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None, form: str,
+def _skeleton(header: Header, model: nn.Module | None, form: str,
               device: torch.device) -> nn.Module:
     """The caller's skeleton (moved to ``device``), or the zoo model allocated from meta."""
     if model is not None:
@@ -219,7 +197,7 @@ def _skeleton(header: Header, model: nn.Module | None, meta: nn.Module | None, f
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
                             "architecture yourself and pass it: pemn.load(path, model=MyNet())")
     num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
-    meta = meta or _build_meta(header.model, num)
+    meta = _build_meta(header.model, num)
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
     return _allocate(meta, header, form, device)
 
@@ -502,17 +480,15 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
         from pemn.artifact.signing import verify
         verify(data, verify_key)
     version, sections = container.version, container.sections
-    header, meta = _parse_header(version, container.header)
+    header = _parse_header(version, container.header)
     limit = _element_limit(max_elements, len(data))
     if header.num_elements > limit:
         raise ArtifactError(f"the file describes {header.num_elements:,} values, more than "
                             f"max_elements={limit:,} ({len(data):,} bytes); pass a larger "
                             "max_elements to load a model this large or this sparse")
-    if version == 1:
-        sections["tensors"] = sections.pop("other")
-    strategy = strategy_from_dict(header.strategy, stored=True)
+    strategy = strategy_from_dict(header.strategy)
     if trained_strategy(strategy) is not None or header.encoded:
-        out = _trained_model(header, strategy, sections, model, meta, form, device)
+        out = _trained_model(header, strategy, sections, model, form, device)
         out.pemn_header = header
         return out.eval()
     dense = isinstance(strategy, Dense)
@@ -527,7 +503,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
                        None if dense else _stored_prototypes(header, plan,
                                                              sections["prototype"]),
                        tensors, _gains(header, strategy, tensors))
-    skeleton = _skeleton(header, model, meta, form, device)
+    skeleton = _skeleton(header, model, form, device)
     out = _FORM_BUILDERS[form](skeleton, payload)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
         del out.pemn_spec
@@ -561,7 +537,7 @@ def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tenso
     return out
 
 
-def _trained_model(header: Header, strategy, sections, model, meta, form: str,
+def _trained_model(header: Header, strategy, sections, model, form: str,
                    device) -> nn.Module:
     """A skeleton filled with decoded weights; the ``train`` form re-applies the strategy."""
     trained = trained_strategy(strategy)
@@ -574,7 +550,7 @@ def _trained_model(header: Header, strategy, sections, model, meta, form: str,
                             "artifact in the 'train' or 'dense' form")
     weights = _decode_weights(header, strategy, sections["weights"])
     tensors = _read_tensors(header, sections["tensors"])
-    skeleton = _skeleton(header, model, meta, form, device)
+    skeleton = _skeleton(header, model, form, device)
     with torch.no_grad():
         for e, (weight, _) in zip(header.encoded, weights):
             skeleton.get_parameter(e.name).copy_(weight)
@@ -662,7 +638,7 @@ def read_header(source) -> Header:
         source, DEFAULT_MAX_ELEMENTS)
     try:
         container = read_container(data)
-        return _parse_header(container.version, container.header)[0]
+        return _parse_header(container.version, container.header)
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:
@@ -694,8 +670,8 @@ def _norm_names(header: Header) -> set[str] | None:
 
 def _describe(data: bytes) -> dict:
     version, d, sections, header_bytes, signature = read_container(data)
-    header, _ = _parse_header(version, d)
-    strategy = strategy_from_dict(header.strategy, stored=True)
+    header = _parse_header(version, d)
+    strategy = strategy_from_dict(header.strategy)
     specs = _specs(header)
     norms = _norm_names(header)
     return {
@@ -704,8 +680,7 @@ def _describe(data: bytes) -> dict:
         "format_version": version,
         "file_bytes": len(data),
         "header_bytes": header_bytes,
-        "section_bytes": {("tensors" if k == "other" else k): len(v)
-                          for k, v in sections.items()},
+        "section_bytes": {k: len(v) for k, v in sections.items()},
         "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
                    "codec": m.codec, "num_bytes": m.num_bytes} for m in header.masked],
         "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,

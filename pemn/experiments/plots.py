@@ -50,7 +50,7 @@ def read_results(paths: str | Path | Sequence[str | Path]) -> list[dict]:
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    return [{**r, "config": from_dict(RunConfig, r["config"], stored=True)}
+    return [{**r, "config": from_dict(RunConfig, r["config"])}
             for path in paths for r in read_records(path)]
 
 

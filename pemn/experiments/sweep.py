@@ -359,7 +359,7 @@ def record_results(configs: list[RunConfig], path: str | Path) -> int:
 
 def csv_row(record: dict) -> dict:
     """One flat :data:`CSV_COLUMNS` row of a results line."""
-    cfg, s = from_dict(RunConfig, record["config"], stored=True), record["summary"]
+    cfg, s = from_dict(RunConfig, record["config"]), record["summary"]
     strategy = cfg.mask.strategy
     return {"run": record["run"], "dataset": cfg.data.dataset, "model": cfg.model.name,
             "model_kwargs": json.dumps(cfg.model.kwargs, sort_keys=True, separators=(",", ":")),
