@@ -1,5 +1,6 @@
 """Training loop, config handling, resume after kill -9, and a 2-process DDP run."""
 import json
+import math
 import os
 import re
 import signal
@@ -41,6 +42,23 @@ def test_cosine_schedule_with_warmup():
     assert lr_at(5, 100, cfg) == pytest.approx(0.05)
     assert lr_at(10, 100, cfg) == pytest.approx(0.1)
     assert lr_at(100, 100, cfg) == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("t", [0.3, 1.75, 4.2, 7.5, 9.9])  # epochs, between the knots
+def test_cosine_schedule_between_the_knots(t):
+    cfg = OptimConfig(epochs=10, lr=0.1, schedule="cosine", warmup_epochs=1)
+    expected = 0.1 * t if t < 1 else 0.05 * (1 + math.cos(math.pi * (t - 1) / 9))
+    assert lr_at(round(t * 100), 1000, cfg) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("t, expected", [
+    (1.0, 0.05 / 4),  # rising: 0 at epoch 0 -> lr at 40 % (epoch 4)
+    (6.0, 0.05 - 0.5 * (0.05 - 0.0025)),  # falling: lr -> lr / 20 at 80 % (epoch 8)
+    (9.5, 0.0025 / 4),  # lr / 20 -> 0 at the end
+])
+def test_triangular_schedule_between_the_knots(t, expected):
+    cfg = OptimConfig(epochs=10, lr=0.05, schedule="triangular")
+    assert lr_at(round(t * 10), 100, cfg) == pytest.approx(expected, rel=1e-12)
 
 
 def test_cpu_eval_keeps_activations_small(monkeypatch):
