@@ -122,6 +122,21 @@ def test_ste_passes_gradient_unchanged():
     assert layer.weight_scores.grad[dropped].abs().sum() > 0
 
 
+def test_ste_gradient_by_hand():
+    """fixed (0.5, -2), scores (0.3, -0.1), keep 1 of 2: w_eff = (0.5, 0). For x = (1, 3) and
+    L = y**2: y = 0.5, dL/dw_eff = 2y x = (1, 3), so dL/ds = dL/dw_eff * fixed * sign(s) =
+    (1 * 0.5 * 1, 3 * -2 * -1) = (0.5, 6): the dropped weight gets its gradient too."""
+    layer = nn.Linear(2, 1, bias=False)
+    pemn.apply_(nn.Sequential(layer), pemn.Mask(), keep_ratio=0.5)
+    with torch.no_grad():
+        layer.weight_fixed.copy_(torch.tensor([[0.5, -2.0]]))
+        layer.weight_scores.copy_(torch.tensor([[0.3, -0.1]]))
+    y = layer(torch.tensor([[1.0, 3.0]]))
+    assert y.item() == 0.5
+    y.pow(2).sum().backward()
+    assert layer.weight_scores.grad.tolist() == [[0.5, 6.0]]
+
+
 def test_scores_change_weights_never_change():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
                           nn.Linear(8 * 6 * 6, 4))
