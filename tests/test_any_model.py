@@ -112,6 +112,19 @@ def test_gpt2_every_conv1d_masked_and_the_tie_kept():
     assert spec.fan_in == spec.shape[0] == 32
 
 
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_values_follow_each_fan_in_and_every_score_gets_a_gradient(name):
+    """Signed constants are +-sqrt(2 / fan_in), fan_in worked out here by layer type: GPT-2's
+    Conv1D stores (in, out), torch's layers (out, in, *kernel)."""
+    model = pemn.apply_(BUILDERS[name](), pemn.Mask())
+    model(**_inputs(name)).logits.float().pow(2).mean().backward()
+    for path, module, tensor in pemn.masked_tensors(model):
+        fixed, scores = (getattr(module, tensor + s) for s in ("_fixed", "_scores"))
+        fan_in = fixed.shape[0] if name == "gpt2" else fixed[0].numel()
+        assert torch.allclose(fixed.abs(), torch.tensor((2 / fan_in) ** 0.5)), path
+        assert bool(scores.grad.isfinite().all() & scores.grad.ne(0).any()), path
+
+
 def test_gpt2_tied_embedding_masked_once_and_stays_tied(tmp_path):
     model = pemn.apply_(_gpt2(), pemn.RP(ratio=0.1), include="*")
     assert model.pemn_spec.ties == {"lm_head.weight": "transformer.wte.weight"}
