@@ -1,0 +1,93 @@
+"""What the figures draw: the points, error bars and reference lines, read back from the axes.
+
+tests/test_sweep.py checks which files a sweep's plots write; these check their content, from
+results lines whose means and standard deviations are worked out by hand.
+"""
+import json
+import math
+
+import pytest
+
+import pemn
+from pemn.baselines import MagnitudePrune, RandomPrune
+from pemn.config import RunConfig, to_dict
+from pemn.experiments import plots
+
+pytest.importorskip("matplotlib")
+
+MODEL = "convmixer_64_d4"
+# strategy -> (accuracy per seed, file bytes per seed, the paper's CR)
+RUNS = {
+    pemn.Dense(): ([90.0, 90.0], [40_000, 40_000], 0.0),
+    pemn.Mask(): ([80.0, 82.0], [9_000, 9_000], 0.5),
+    pemn.MP(): ([78.0, 78.0], [6_000, 6_000], 0.95),
+    pemn.RP(1e-1): ([75.0, 77.0], [3_000, 3_200], 0.96),
+    RandomPrune(0.9): ([70.0, 74.0], [8_000, 8_000], 0.9),
+    MagnitudePrune(0.9): ([72.0, 72.0], [8_000, 8_000], 0.9),
+}
+
+
+@pytest.fixture
+def drawn(tmp_path, monkeypatch):
+    """plot_results over RUNS; returns {figure stem: its axes} instead of writing files."""
+    lines = []
+    for i, (strategy, (accs, sizes, cr)) in enumerate(RUNS.items()):
+        for seed, (acc, size) in enumerate(zip(accs, sizes)):
+            cfg = RunConfig(name=f"r{i}-{seed}")
+            cfg.model.name, cfg.mask.strategy, cfg.mask.seed = MODEL, strategy, seed
+            summary = {"num_masked": 1000, "num_unique": 10, "compression_ratio": cr,
+                       "best_test_acc": acc, "final_test_acc": acc - 1}
+            lines.append({"run": cfg.name, "config": to_dict(cfg), "summary": summary,
+                          "bytes": {"total": size}, "bytes_source": "artifact"})
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, _dir, stem: figures.update({stem: fig}) or [])
+    plots.plot_results(results, tmp_path / "fig")
+    return {stem: [ax for ax in fig.axes if ax.get_visible()] for stem, fig in figures.items()}
+
+
+def _series(ax) -> dict[str, tuple[list, list, list]]:
+    """label -> (x, y, half error bar) of each errorbar drawn on ``ax``."""
+    out = {}
+    for c in ax.containers:
+        x, y = (list(v) for v in zip(*c.lines[0].get_xydata()))
+        bars = [abs(s[1][1] - s[0][1]) / 2 for s in c.lines[2][0].get_segments()]
+        out[c.get_label()] = (x, y, bars)
+    return out
+
+
+def _hlines(ax) -> dict[str, float]:
+    return {line.get_label(): line.get_ydata()[0] for line in ax.lines
+            if len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]}
+
+
+def test_fig3_draws_each_strategys_mean_and_std_and_dense_as_a_line(drawn):
+    [ax] = drawn["fig3_unique_values"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Mask", "MP", "RP 1e-1"]
+    x, y, err = _series(ax)[MODEL]
+    assert (x, y) == ([0, 1, 2], [81.0, 78.0, 76.0])
+    assert err == pytest.approx([math.sqrt(2), 0.0, math.sqrt(2)])  # sample std of 2 seeds
+    assert _hlines(ax)[f"{MODEL} Dense"] == 90.0
+
+
+def test_compression_figures_put_pemn_and_baselines_at_their_cr_and_bytes(drawn):
+    [ax] = drawn["fig45_compression_ratio"]
+    s = _series(ax)
+    assert s["PEMN"][:2] == ([95.0, 96.0], [78.0, 76.0])  # MP, RP: the paper's "Ours"
+    assert s["Random"][:2] == ([90.0], [72.0]) and s["Random"][2] == pytest.approx([2 * 2**.5])
+    assert s[MagnitudePrune.title][:2] == ([90.0], [72.0])
+    assert _hlines(ax)["Dense"] == 90.0
+    [ax] = drawn["fig45_kilobytes"]
+    s = _series(ax)
+    assert s["PEMN"][:2] == ([6.0, 3.1], [78.0, 76.0])  # mean bytes / 1000
+    assert s["Random"][:2] == ([8.0], [72.0])
+
+
+def test_frontier_draws_one_line_per_strategy_at_its_file_size(drawn):
+    [ax] = drawn["frontier_bytes"]
+    s = {label: xy[:2] for label, xy in _series(ax).items()}
+    assert s == {"Dense": ([40.0], [90.0]), "Mask": ([9.0], [81.0]), "MP": ([6.0], [78.0]),
+                 "RP 1e-1": ([3.1], [76.0]), "Random @ CR 90 %": ([8.0], [72.0]),
+                 MagnitudePrune(0.9).label(): ([8.0], [72.0])}
+    assert ax.get_xscale() == "log"
