@@ -335,14 +335,14 @@ def test_shapes_are_checked_before_building(small_artifact):
     header = header_of(small_artifact)
     header["model"]["kwargs"]["dim"] = 65536
     data = reseal(small_artifact, header)
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match=r"is \[65536, 1, 2, 2\] in convmixer_64_d4 but "):
         describe(data)
 
 
 def test_lower_level_errors_are_wrapped(small_artifact):
     header = header_of(small_artifact)
     header["model"]["kwargs"]["name"] = "x"  # create_model(name, name=...): a TypeError
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match=r"invalid artifact \(TypeError\): create_model"):
         unpack(reseal(small_artifact, header))
     with pytest.raises(ArtifactError, match="cannot read artifact"):
         load("/nonexistent/model.pemn")
