@@ -161,8 +161,11 @@ def test_fashion_mnist_from_root(tmp_path):
     assert ds.name == "fashion_mnist" and ds.mean == (0.2860,) and ds.std == (0.3530,)
 
 
-@pytest.mark.parametrize("corrupt", ["bad_magic", "wrong_ndim", "truncated", "garbage", "bad_gzip"])
-def test_idx_malformed_raises(tmp_path, corrupt):
+@pytest.mark.parametrize("corrupt, match", [
+    ("bad_magic", "is not an IDX file"), ("wrong_ndim", "magic 0x00000801, expected 0x00000803"),
+    ("truncated", "holds 2,342 data bytes but its header"), ("garbage", "is not an IDX file"),
+    ("bad_gzip", "holds fewer data bytes than its header")])
+def test_idx_malformed_raises(tmp_path, corrupt, match):
     good = idx_bytes(np.zeros((3, 28, 28), np.uint8))
     data = {
         "bad_magic": b"\x08\x03\x00\x00" + good[4:],
@@ -173,7 +176,7 @@ def test_idx_malformed_raises(tmp_path, corrupt):
     }[corrupt]
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(data)
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(DatasetError, match=match) as e:
         load_idx_images(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
@@ -190,7 +193,7 @@ def test_fashion_mnist_default_dirs(tmp_path, monkeypatch):
     import pemn.data.datasets as data
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(DatasetError, match="fashion_mnist not found in") as e:
         load_dataset("fashion_mnist")
     assert str(tmp_path / "system") in str(e.value)
     assert str(tmp_path / "data" / "fashion_mnist") in str(e.value)
@@ -201,7 +204,7 @@ def test_fashion_mnist_default_dirs(tmp_path, monkeypatch):
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(DatasetError, match="fashion_mnist not found in") as e:
         load_dataset("fashion_mnist", root=tmp_path / "nowhere")
     msg = str(e.value)
     assert "sudo apt-get install dataset-fashion-mnist" in msg
@@ -419,7 +422,7 @@ def test_mutated_cifar_pickles_raise_only_dataset_errors(tmp_path):
     ("cifar100", "cifar-100-python.tar.gz", "cifar-100-python"),
 ])
 def test_missing_cifar_says_how_to_get_it(tmp_path, name, archive, folder):
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(DatasetError, match=f"{folder} not found: download") as e:
         load_dataset(name, root=tmp_path)
     msg = str(e.value)
     assert archive in msg and str(tmp_path.resolve() / folder) in msg and "\n" not in msg
@@ -642,7 +645,7 @@ def test_split_validation(tmp_path):
     assert len(rows) == 50  # disjoint, and together the whole training set
     _, (vx2, _) = split_validation(ds, 0.2, seed=3)
     assert torch.equal(vx, vx2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
         split_validation(ds, 1.0)
 
 
@@ -774,7 +777,7 @@ def test_invalid_augment_values_raise(kwargs):
 
 
 def test_unknown_augment_key_raises():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'cutout'"):
         AugmentConfig(cutout=8)
     assert AugmentConfig(randaugment=[2, 9]).randaugment == (2, 9)
 
