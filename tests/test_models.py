@@ -162,15 +162,15 @@ def test_list_models_and_info() -> None:
     assert info["family"] == "convmixer" and "ConvMixer-256/6" in info["description"]
 
 
-@pytest.mark.parametrize("build", [
-    lambda: create_model("convmixer_64_d4", act="tanh"),
-    lambda: create_model("resnet20", option="C"),
-    lambda: create_model("resnet20", depth=21),
-    lambda: create_model("vit_tiny", img_size=30),
-    lambda: create_model("vit_tiny", num_heads=3),
+@pytest.mark.parametrize("build, match", [
+    (lambda: create_model("convmixer_64_d4", act="tanh"), "act='tanh': use one of"),
+    (lambda: create_model("resnet20", option="C"), "option='C': use 'A'"),
+    (lambda: create_model("resnet20", depth=21), "depth=21: a CIFAR ResNet needs"),
+    (lambda: create_model("vit_tiny", img_size=30), "img_size=30 is not a multiple"),
+    (lambda: create_model("vit_tiny", num_heads=3), "dim=64 is not a multiple of num_heads=3"),
 ])
-def test_bad_hyperparameters_raise(build) -> None:
-    with pytest.raises(ValueError):
+def test_bad_hyperparameters_raise(build, match) -> None:
+    with pytest.raises(ValueError, match=match):
         build()
 
 
