@@ -79,31 +79,40 @@ def _ln(s: np.ndarray) -> np.ndarray:
     return e * _LN2 + 2.0 * t * acc
 
 
-def _normal_f64(seed: int, stream: int, n: int) -> np.ndarray:
-    out = np.empty(n, dtype=np.float64)
-    filled, pair = 0, 0
-    while filled < n:
-        num_pairs = max(64, int((n - filled) * 0.66) + 64)  # acceptance is pi/4 per pair
-        words = uniform_words(seed, stream, 2 * pair, 2 * num_pairs)
-        uv = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0
-        u, v = uv[0::2], uv[1::2]
-        s = u * u + v * v
-        ok = (s > 0.0) & (s < 1.0)
-        u, v, s = u[ok], v[ok], s[ok]
-        f = np.sqrt(-2.0 * _ln(s) / s)
-        values = np.stack([u * f, v * f], axis=1).reshape(-1)  # u0, v0, u1, v1, ...
-        take = min(len(values), n - filled)
-        out[filled : filled + take] = values[:take]
-        filled += take
-        pair += num_pairs
-    return out
+_CHUNK_PAIRS = 1 << 16  # pairs drawn per step: ~6 MB of float64 temporaries whatever n is
+
+
+def _polar(seed: int, stream: int, pair: int, num_pairs: int) -> np.ndarray:
+    """The accepted normals of pairs ``pair .. pair+num_pairs-1`` of a stream, in order."""
+    words = uniform_words(seed, stream, 2 * pair, 2 * num_pairs)
+    uv = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0
+    u, v = uv[0::2], uv[1::2]
+    s = u * u + v * v
+    ok = (s > 0.0) & (s < 1.0)
+    u, v, s = u[ok], v[ok], s[ok]
+    f = np.sqrt(-2.0 * _ln(s) / s)
+    return np.stack([u * f, v * f], axis=1).reshape(-1)  # u0, v0, u1, v1, ...
 
 
 def normal(seed: int, stream: int, n: int, std: float = 1.0) -> np.ndarray:
-    """``n`` float32 values ~ N(0, std**2) of stream ``stream``; identical on every machine."""
+    """``n`` float32 values ~ N(0, std**2) of stream ``stream``; identical on every machine.
+
+    Drawn in chunks of at most ``_CHUNK_PAIRS`` pairs, each scaled in float64 and rounded once
+    into the output: the bytes do not depend on the chunk size (the prefix property), and the
+    memory is the float32 output plus one chunk's temporaries.
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return (_normal_f64(seed, stream, n) * float(std)).astype(np.float32)
+    out = np.empty(n, dtype=np.float32)
+    filled, pair = 0, 0
+    while filled < n:
+        num_pairs = min(_CHUNK_PAIRS, int((n - filled) * 0.66) + 64)  # acceptance: pi/4
+        values = _polar(seed, stream, pair, num_pairs)
+        take = min(len(values), n - filled)
+        out[filled:filled + take] = values[:take] * float(std)  # float64 -> float32, rounded
+        filled += take
+        pair += num_pairs
+    return out
 
 
 def permutation(seed: int, stream: int, n: int) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Compress any model: transformers models built from small configs, a model of our own with a
-custom maskable layer, tied parameters, the three load forms, version-1 files, hostile paths."""
+custom maskable layer, tied parameters, the three load forms, hostile paths."""
 import json
 import os
 import subprocess
@@ -16,7 +16,6 @@ from pemn.artifact import format as fmt
 from pemn.masking import cached_tensors
 from pemn.models import create_model
 
-FIXTURES = Path(__file__).parent / "fixtures"
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
@@ -258,25 +257,8 @@ def test_dense_form_is_a_plain_model():
 
 
 # ------------------------------------------------------------------------------------------
-# Version-1 files and what the header records
+# What the header records
 # ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["v1_convmixer_rp.pemn", "v1_mlp_mask_keep02.pemn"])
-def test_version_1_files_still_load(name):
-    expected = json.loads((FIXTURES / "v1_expected.json").read_text())[name]
-    x = torch.randn(expected["input_shape"],
-                    generator=torch.Generator().manual_seed(expected["input_seed"]))
-    info = describe(FIXTURES / name)
-    assert info["format_version"] == 1
-    with torch.no_grad():
-        logits = {form: load(FIXTURES / name, form=form)(x) for form in pemn.artifact.FORMS}
-    # The weights are regenerated bit for bit (load checks their SHA-256), and on one machine
-    # every form gives the same logits. The recorded logits come from another CPU, whose conv
-    # kernels may round differently (seen: 4e-8 apart, Intel here vs AMD there).
-    for form, y in logits.items():
-        assert torch.equal(y, logits["dense"]), form
-        torch.testing.assert_close(y, torch.tensor(expected["logits"]), rtol=0, atol=1e-6)
-
 
 def test_header_records_dataset_and_metadata(tmp_path):
     model = pemn.apply_(create_model("mlp_paper"), pemn.RP(ratio=0.1))

@@ -144,7 +144,7 @@ def test_codec_choice_raw_bits_at_half_entropy_coded_when_sparse():
     assert len(sparse_data) < len(pack(sparse, codec="bits"))
     assert torch.equal(logits(unpack(sparse_data), "convmixer_64_d4"),
                        logits(sparse, "convmixer_64_d4"))
-    for codec in ("zip", "rans"):  # unknown, and the legacy codec kept to read old files
+    for codec in ("zip", "rans"):  # unknown; "rans" was a legacy codec, removed
         with pytest.raises(ArtifactError, match=f"mask codec '{codec}' cannot write new files"):
             pack(half, codec=codec)
 

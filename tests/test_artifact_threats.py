@@ -1,5 +1,9 @@
 """Hostile artifacts that are well formed: small files that demand huge work, re-sealed edits
 (valid checksums, other meaning), and signatures, the one thing that catches the latter."""
+import hashlib
+import json
+import struct
+import time
 import tracemalloc
 
 import pytest
@@ -27,18 +31,40 @@ def rp_file():
     return pack(model)
 
 
-def _bounded(fn, megabytes=300):
-    """Run ``fn``, which must raise ArtifactError, within a traced-memory budget (numpy and
-    Python allocations are traced; the refusal must come before any large one)."""
+def _bounded(fn, megabytes=300, seconds=2.0, error=ArtifactError):
+    """Run ``fn``, which must raise ``error``, within the bounds of docs/THREAT_MODEL.md: a
+    traced-memory budget (numpy and Python allocations are traced; the refusal must come
+    before any large one) and a time budget."""
     tracemalloc.start()
+    start = time.perf_counter()
     try:
-        with pytest.raises(ArtifactError) as err:
+        with pytest.raises(error) as err:
             fn()
     finally:
+        elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peak < megabytes * 2**20
+    assert peak < megabytes * 2**20 and elapsed < seconds, (peak, elapsed)
     return str(err.value)
+
+
+def test_version_1_is_refused_before_its_header_is_used(rp_file):
+    """Issue 23 (1): a 624-byte version-1 file with ``depth=65536`` and
+    ``other.num_tensors=10**12`` ran 76 s and took 2.6 GB; version 1 is no longer read."""
+    header = json.dumps({"format": "pemn-artifact", "format_version": 1,
+                         "model": {"name": "convmixer_64_d4", "kwargs": {"depth": 65536}},
+                         "other": {"num_tensors": 10**12}, "sections": []}).encode()
+    data = fmt.MAGIC + struct.pack("<II", 1, len(header)) + hashlib.sha256(header).digest() \
+        + header
+    for read in (unpack, describe, pemn.artifact.read_header):
+        assert "unsupported artifact format version 1" in _bounded(lambda: read(data))
+
+
+def test_legacy_rans_masks_are_refused(rp_file):
+    """Issue 23 (8): the legacy rANS decoder kept a 274-KB file busy for 12 s; it is gone."""
+    def rans(h):
+        h["masked"][0][3] = "rans"
+    assert "unknown mask codec 'rans'" in _bounded(lambda: unpack(_edit(rp_file, rans)))
 
 
 def test_tiny_file_claiming_huge_sparse_masks_is_refused(rp_file):

@@ -158,7 +158,7 @@ def test_decode_checks_count(name):
             codec.decode(data, n, k)
 
 
-@pytest.mark.parametrize("name", HUFFMAN + ["rans"])
+@pytest.mark.parametrize("name", HUFFMAN)
 def test_all_or_nothing_is_empty(name):
     codec = get_codec(name)
     assert codec.encode(torch.zeros(100, dtype=torch.bool)) == b""
@@ -171,11 +171,6 @@ def test_all_or_nothing_is_empty(name):
 # ------------------------------------------------------------------------------------------
 # pinned formats: artifacts store these bytes, so they must never change under their names
 # ------------------------------------------------------------------------------------------
-
-def test_rans_format_is_frozen():
-    data = get_codec("rans").encode(hashed_mask(4096, 400))
-    assert (len(data), hashlib.sha256(data).hexdigest()[:16]) == (242, "c5b746231dc52279")
-
 
 @pytest.mark.parametrize("name, hex_bytes", [("huffman-bytes", "2de9eb940dff7f"),
                                              ("huffman-gaps", "b0873d7cf8ff0f")])
@@ -196,7 +191,7 @@ def test_huffman_format_is_frozen(name, n, k, size, digest):
 
 
 def test_registry():
-    assert list_codecs()[0] == "bits" and set(CURRENT + ["rans"]) <= set(list_codecs())
+    assert list_codecs()[0] == "bits" and set(CURRENT) == set(list_codecs())
     with pytest.raises(CodecError):
         get_codec("zip")
     with pytest.raises(ValueError):
@@ -237,12 +232,6 @@ def test_chosen_codec_is_smallest_current(n, keep):
     mask = exact_k_mask(n, k, seed=5)
     sizes = {name: len(get_codec(name).encode(mask)) for name in CURRENT}
     assert sizes[choose_codec(n, k)] <= min(sizes.values()) + 2
-
-
-def test_legacy_rans_is_never_chosen():
-    for n in (100, 10_000, 1 << 20):
-        for k in (0, 1, n // 100, n // 10, n // 3, n // 2):
-            assert choose_codec(n, k) in CURRENT
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,6 +18,26 @@ def test_same_bytes_twice_and_prefix_property():
 def test_streams_and_seeds_differ():
     a, b, c = rng.normal(0, 0, 100), rng.normal(0, 1, 100), rng.normal(1, 0, 100)
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_chunked_is_bit_identical(monkeypatch):
+    """The chunk size is an implementation detail: any chunking gives the same bytes."""
+    whole = rng.normal(4, 2, 50_001, std=0.3)
+    monkeypatch.setattr(rng, "_CHUNK_PAIRS", 7)
+    assert rng.normal(4, 2, 50_001, std=0.3).tobytes() == whole.tobytes()
+
+
+def test_memory_is_the_output_plus_one_chunk():
+    """Issue 23: regenerating took ~64 bytes per value (float64 over the whole tensor); now
+    the float32 output (4 bytes per value) plus one chunk's temporaries."""
+    n = 1 << 22  # 16 MiB of output
+    tracemalloc.start()
+    try:
+        rng.normal(0, 1, n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * n + 16 * 2**20
 
 
 def test_fresh_process_gives_identical_bytes():

@@ -3,7 +3,7 @@
 A PEMN mask keeps exactly ``k`` of ``n`` weights (the top-k of the learned scores), and the
 artifact header stores ``n``, ``k`` and the codec name. An exact-k mask holds at most
 ``log2 C(n, k) ~= n H(k/n)`` bits, ``H`` the binary entropy: 1 bit per weight at PEMN's
-``k = n/2``, but only 0.469 at ``k = n/10``. Four codecs are registered; a name is never reused
+``k = n/2``, but only 0.469 at ``k = n/10``. Three codecs are registered; a name is never reused
 for another byte format. Masks with ``k == 0`` or ``k == n`` take 0 bytes in every codec but
 ``"bits"``.
 
@@ -12,12 +12,7 @@ for another byte format. Masks with ``k == 0`` or ``k == n`` take 0 bytes in eve
   code. The smaller for ``k/n`` near 1/2 (but ``"bits"`` at 1/2 itself).
 - ``"huffman-gaps"``: the runs of the minority value, Huffman-coded. The smaller for sparse
   (or nearly full) masks.
-- ``"rans"`` (legacy): the packed bytes under a static range-ANS coder (Duda, arXiv 1311.2540).
-  It decodes in pure Python, a byte at a time (``benchmarks/results/codec.json``: 40 to 90
-  times slower than the Huffman codecs at 2**20 and 25M bits), so it is kept only to read old
-  files: :func:`choose_codec` never picks it.
-
-:func:`choose_codec` picks, per tensor, the smallest expected size among the non-legacy codecs:
+:func:`choose_codec` picks, per tensor, the smallest expected size among the codecs:
 ``"bits"`` at ``k = n/2`` and for tiny masks, a Huffman codec elsewhere: within 1 % of
 ``n H(k/n) / 8`` for ``n >= 64k`` (``benchmarks/results/codec.json``, part ``sizes``).
 
@@ -63,9 +58,8 @@ least significant first, zero-padded to a byte.
 it cannot decode into a mask of exactly ``k`` ones: memory and ``zlib`` errors are wrapped. It
 first refuses data shorter than the shortest honest encoding of any exact-k mask of that
 ``(n, k)`` (:meth:`MaskCodec.min_num_bytes`: every symbol costs at least the shortest code
-length; for ``"rans"``, a lower bound from its largest frequency), so a tiny file cannot
-claim a large dense mask. Decoding then takes O(n + len(data)) time, with a small constant
-for every codec but the legacy ``"rans"``, and memory for the n-byte bool mask plus at most about
+length), so a tiny file cannot claim a large dense mask. Decoding then takes O(n + len(data))
+time, with a small constant, and memory for the n-byte bool mask plus at most about
 n/8 bytes (``"bits"``, ``"huffman-bytes"``) or n/2 bytes (``"huffman-gaps"``: its symbol stream,
 at most ``m + n / E + 1`` bytes), and a few MB of per-chunk temporaries. For ``2**28`` bits,
 ``benchmarks/results/codec.json`` (part ``bound``, from ``benchmarks/codec.py`` on a 2-core
@@ -83,11 +77,9 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import math
 import operator
 import zlib
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Callable
 
@@ -121,7 +113,6 @@ class MaskCodec:
             here) and may raise the errors of ``_DECODE_ERRORS`` (wrapped here).
         size_fn: ``(n, k) -> expected bytes`` of a random exact-k mask (for :func:`choose_codec`).
         min_size_fn: ``(n, k) -> bytes`` no honest encoding of an exact-k mask is shorter than.
-        legacy: kept to read old files only; :func:`choose_codec` never picks it.
     """
 
     name: str
@@ -129,7 +120,6 @@ class MaskCodec:
     decode_fn: Callable[[bytes, int, int], torch.Tensor]
     size_fn: Callable[[int, int], int]
     min_size_fn: Callable[[int, int], int]
-    legacy: bool = False
 
     def encode(self, mask: torch.Tensor) -> bytes:
         """Encode a bool mask of any shape, flattened in C order. ``k`` is its number of ones."""
@@ -201,14 +191,13 @@ def list_codecs() -> list[str]:
 
 
 def choose_codec(n: int, k: int) -> str:
-    """The non-legacy codec with the smallest expected size for an exact-k mask of ``n``
+    """The codec with the smallest expected size for an exact-k mask of ``n``
     elements; ties go to the earlier registered (``"bits"`` first).
 
     ``"bits"`` at ``k = n/2`` (PEMN's default) and for tiny masks, ``"huffman-bytes"`` near
     ``k = n/2`` and when ``k`` is 0 or ``n`` (0 bytes), ``"huffman-gaps"`` for sparse masks.
     """
-    current = [codec for codec in _CODECS.values() if not codec.legacy]
-    return min(current, key=lambda codec: codec.expected_num_bytes(n, k)).name
+    return min(_CODECS.values(), key=lambda codec: codec.expected_num_bytes(n, k)).name
 
 
 def _check_counts(n: int, k: int) -> tuple[int, int]:
@@ -548,98 +537,3 @@ def _gaps_min_size(n: int, k: int) -> int:
 
 register_codec(MaskCodec(name="huffman-gaps", encode_fn=_gaps_encode, decode_fn=_gaps_decode,
                          size_fn=_gaps_size, min_size_fn=_gaps_min_size))
-
-
-# ------------------------------------------------------------------------------------------
-# "rans" (legacy, read-only use): static range-ANS over the packed bytes
-# ------------------------------------------------------------------------------------------
-# Format, fixed under this name: frequencies are integers summing to 2**24, computed from
-# (n, k) with exact integer arithmetic, freq[s] = max(1, floor(2**24 k^c (n-k)^(8-c) / n^8)) for
-# a byte s with c ones, and the remainder goes to the first most frequent byte value. The coder
-# state lives in [2**40, 2**48), starts at 2**40 and renormalises a byte at a time. The payload
-# is the final state (6 bytes, big endian) followed by the renormalisation bytes in decoding
-# order. Each byte is one symbol, of probability p^c (1 - p)^(8 - c) with p = k / n.
-
-_PREC_BITS = 24  # symbol frequencies sum to 2**24
-_TOTAL = 1 << _PREC_BITS
-_STATE_LOW = 1 << 40  # state in [2**40, 2**48); 16 bits above _TOTAL make rounding loss tiny
-_STATE_BYTES = 6
-
-
-@functools.lru_cache(maxsize=256)
-def _rans_table(n: int, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Integer frequencies (256,) summing to ``_TOTAL`` and their cumulative sums (257,)."""
-    per_count = [max(1, _TOTAL * k**c * (n - k) ** (8 - c) // n**8) for c in range(9)]
-    freq = [per_count[c] for c in _POPCOUNT.tolist()]
-    top = freq.index(max(freq))
-    freq[top] += _TOTAL - sum(freq)  # |remainder| <= 256, and the top byte has >= _TOTAL / 256
-    assert freq[top] > 0
-    return tuple(freq), tuple(itertools.accumulate(freq, initial=0))
-
-
-def _rans_encode(flat: torch.Tensor, k: int) -> bytes:
-    n = flat.numel()
-    if k in (0, n):
-        return b""
-    freq, cum = _rans_table(n, k)
-    limit = [((_STATE_LOW >> _PREC_BITS) << 8) * f for f in freq]  # renormalise when x >= limit
-    x, out = _STATE_LOW, bytearray()
-    for s in reversed(pack_bits(flat)):  # ANS is last-in first-out: encode backwards
-        while x >= limit[s]:
-            out.append(x & 0xFF)
-            x >>= 8
-        q, r = divmod(x, freq[s])
-        x = (q << _PREC_BITS) + r + cum[s]
-    out.reverse()
-    return x.to_bytes(_STATE_BYTES, "big") + bytes(out)
-
-
-def _rans_decode(data: bytes, n: int, k: int) -> torch.Tensor:
-    if k in (0, n):
-        return _constant_mask(data, n, k)
-    num_symbols = packed_num_bytes(n)
-    # each symbol emits at most 3 bytes (24-bit frequencies), so longer data is garbage
-    if len(data) > _STATE_BYTES + 3 * num_symbols:
-        raise CodecError(f"rans data for n={n} cannot be {len(data)} bytes long")
-    freq, cum = _rans_table(n, k)
-    x, pos = int.from_bytes(data[:_STATE_BYTES], "big"), _STATE_BYTES
-    out = bytearray(num_symbols)
-    try:
-        for i in range(num_symbols):
-            slot = x & (_TOTAL - 1)
-            s = bisect_right(cum, slot) - 1
-            x = freq[s] * (x >> _PREC_BITS) + slot - cum[s]
-            while x < _STATE_LOW:  # each pass consumes a byte, so this ends
-                x = (x << 8) | data[pos]
-                pos += 1
-            out[i] = s
-    except IndexError:
-        raise CodecError(f"rans data for n={n} is truncated") from None
-    if x != _STATE_LOW or pos != len(data):
-        raise CodecError("rans data is corrupt (final state or length mismatch)")
-    return unpack_bits(out, n)  # also rejects non-zero padding bits
-
-
-def _rans_size(n: int, k: int) -> int:
-    if k in (0, n):
-        return 0
-    freq, _ = _rans_table(n, k)
-    p = k / n
-    bits_per_symbol = sum(p**c * (1 - p) ** (8 - c) * math.log2(_TOTAL / f)
-                          for c, f in zip(_POPCOUNT.tolist(), freq))
-    return math.ceil(packed_num_bytes(n) * bits_per_symbol / 8) + _STATE_BYTES
-
-
-def _rans_min_size(n: int, k: int) -> int:
-    """Each symbol multiplies the state by at least ``_TOTAL / max(freq)``, less a rounding of
-    under 2**-15 bits, and the state starts at 2**40 and ends below 2**48: so the payload holds
-    at least ``num_symbols * (log2(_TOTAL / max(freq)) - 2**-14) - 8`` bits after the state.
-    A margin of 2 bytes absorbs float rounding, which could otherwise differ across machines."""
-    if k in (0, n):
-        return 0
-    bits = math.log2(_TOTAL / max(_rans_table(n, k)[0])) - 2**-14
-    return _STATE_BYTES + max(0, math.floor((packed_num_bytes(n) * bits - 8) / 8) - 2)
-
-
-register_codec(MaskCodec(name="rans", encode_fn=_rans_encode, decode_fn=_rans_decode,
-                         size_fn=_rans_size, min_size_fn=_rans_min_size, legacy=True))

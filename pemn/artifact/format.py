@@ -59,9 +59,8 @@ can edit a file and recompute them. Every field's type and range is checked befo
 allocated, and every stored float must be finite; what a well-formed, re-sealed file *means*
 (another activation, other mask bits) cannot be checked without a key (see docs/THREAT_MODEL.md).
 
-Version 1 files (an uncompressed header with a ``model`` name and a layout digest instead of
-the ``tensors`` list) are still read: :func:`upgrade_v1` turns their header into version 2 once
-the zoo architecture has told it the tensor names.
+Only versions 2 and 3 are read; a file of any other version (version 1 had an uncompressed
+header) is refused with one line naming its version.
 """
 from __future__ import annotations
 
@@ -76,11 +75,10 @@ from typing import NamedTuple
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
            "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor", "EncodedTensor",
            "StoredTensor", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
-           "write_container", "read_container", "seal", "upgrade_v1"]
+           "write_container", "read_container", "seal"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
 FORMAT_VERSION = 3  # the newest; PEMN files without encoded weights are still written as 2
-READ_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
@@ -475,7 +473,7 @@ class Signature(NamedTuple):
 
 class Container(NamedTuple):
     version: int
-    header: dict  # JSON; validated by Header.from_json (version 2) or upgrade_v1
+    header: dict  # JSON; validated by Header.from_json
     sections: dict[str, memoryview]
     header_bytes: int  # preamble + stored header
     signature: Signature | None
@@ -501,21 +499,21 @@ def read_container(data: bytes) -> Container:
     if magic != MAGIC:
         raise ArtifactError("not a PEMN artifact: wrong magic bytes (expected a file written by "
                             "pemn.artifact.save)")
-    if version not in READ_VERSIONS:
+    if version not in _SECTIONS:
         raise ArtifactError(f"unsupported artifact format version {version}; this pemn reads "
-                            f"versions {READ_VERSIONS} (upgrade pemn to read newer files)")
+                            f"versions {list(_SECTIONS)} only (re-save the model with it)")
     if header_len > MAX_HEADER_BYTES or PREAMBLE_BYTES + header_len > len(data):
         raise ArtifactError(f"header length {header_len} does not fit the {len(data)}-byte file "
                             f"(limit {MAX_HEADER_BYTES}); the file is truncated or corrupt")
     raw = bytes(data[PREAMBLE_BYTES:PREAMBLE_BYTES + header_len])
     if hashlib.sha256(raw).digest() != header_digest:
         raise ArtifactError("header checksum mismatch: the file is corrupt")
-    d = _parse_json(raw if version == 1 else _inflate(raw))
+    d = _parse_json(_inflate(raw))
     start = PREAMBLE_BYTES + header_len
     table = _section_table(d, version)
     end = start + table[-1][1] + table[-1][2]
     signature = None
-    if version > 1 and len(data) == end + SIGNATURE_BYTES and \
+    if len(data) == end + SIGNATURE_BYTES and \
             data[end:end + len(SIGNATURE_MAGIC)] == SIGNATURE_MAGIC:
         block = bytes(data[end + len(SIGNATURE_MAGIC):])
         signature = Signature(block[:32], block[32:], end)
@@ -543,7 +541,7 @@ def _inflate(raw: bytes) -> bytes:
 
 
 def _section_table(d: dict, version: int) -> list:
-    names = ["masks", "prototype", "other"] if version == 1 else list(_SECTIONS[version])
+    names = list(_SECTIONS[version])
     table = _field(d, "sections", list)
     if [s[0] if isinstance(s, list) and s else None for s in table] != names:
         raise ArtifactError(f"section table must list {names} in that order")
@@ -572,36 +570,3 @@ def _parse_json(text: bytes) -> dict:
     if not isinstance(header, dict):
         raise ArtifactError(f"header must be a JSON object, got {type(header).__name__}")
     return header
-
-
-# ------------------------------------------------------------------------------------------
-# Version 1: same preamble, uncompressed header, BN layout as a digest
-# ------------------------------------------------------------------------------------------
-
-def upgrade_v1(d: dict, other_layout) -> Header:
-    """A version-1 header as version 2, given the zoo model's other tensors.
-
-    Args:
-        d: the version-1 JSON header.
-        other_layout: ``[(name, dtype_code, shape), ...]`` of the architecture's other tensors,
-            in ``state_dict`` order, with version 1's dtype codes (``"|u1"`` meant bool).
-
-    Raises:
-        ArtifactError: if the layout digest of the file does not match the architecture.
-    """
-    if d.get("format_version") != 1 or isinstance(d.get("format_version"), bool):
-        raise ArtifactError("header.format_version must be 1")
-    other = _field(d, "other", dict)
-    text = "\n".join(f"{k}:{c}:{','.join(map(str, s))}" for k, c, s in other_layout)
-    if (_field(other, "num_tensors", int, "other") != len(other_layout)
-            or hashlib.sha256(text.encode()).hexdigest() != other.get("layout_sha256")):
-        raise ArtifactError("the stored BN/other tensors do not match the architecture")
-    tensors, masks = _list(d, "tensors"), _list(d, "masks")
-    if masks and len(masks) != len(tensors):
-        raise ArtifactError(f"{len(masks)} masks for {len(tensors)} masked tensors")
-    masked = [[t[0], t[1], 0, *m] if isinstance(t, list) and isinstance(m, list) else None
-              for t, m in zip(tensors, masks)]
-    stored = [[k, "|b1" if c == "|u1" else c, list(s)] for k, c, s in other_layout]
-    v2 = {**d, "format_version": 2, "masked": masked, "tensors": stored,
-          "ties": [], "dataset": None, "metadata": {}}
-    return Header.from_json(v2)

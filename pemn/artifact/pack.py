@@ -111,10 +111,9 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
 
 
 def _encode_masks(model: nn.Module, spec, codec: str) -> tuple[list[MaskedTensor], bytes]:
-    current = [c for c in list_codecs() if not get_codec(c).legacy]
-    if codec != "auto" and codec not in current:
+    if codec != "auto" and codec not in list_codecs():
         raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
-                            f"of {current}")
+                            f"of {list_codecs()}")
     entries, chunks = [], []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
@@ -256,8 +255,8 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     Args:
         model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
         codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size
-            among the current codecs (``pemn.artifact.codec.choose_codec``: raw bits at keep
-            0.5, Huffman-coded when sparser); the legacy ``"rans"`` is read-only.
+            (``pemn.artifact.codec.choose_codec``: raw bits at keep 0.5, Huffman-coded when
+            sparser).
         store_prototype: store the prototype values instead of regenerating them from the
             seed; ``None`` (auto) stores them when they take at most
             ``STORE_PROTOTYPE_MAX_BYTES`` (1 KB), e.g. RP 1e-3. ``Dense`` stores all weights.

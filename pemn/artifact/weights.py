@@ -313,8 +313,7 @@ _register(_int_encoding(4))
 _register(Encoding("sign", _sign_encode, _sign_decode))
 _register(Encoding("csr-f32", _csr_encode, _csr_decode, sparse=True))
 for _codec in list_codecs():
-    if not get_codec(_codec).legacy:
-        _register(_mask_encoding(_codec))
+    _register(_mask_encoding(_codec))
 
 
 def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
