@@ -15,6 +15,11 @@ how to get them. Every reader failure, hostile files included, is a :class:`Data
 | ``cifar100``      | 50k/10k 3x32x32  | 100     | root/cifar-100-python                          |
 | ``tiny_imagenet`` | 100k/10k 3x64x64 | 200     | root/tiny-imagenet-200 (test = official val)   |
 | ``digits``        | 1438/359 1x8x8   | 10      | bundled with scikit-learn                      |
+| ``folder``        | yours, resized   | folders | root/<class>/*.png, *.jpg (or train/, test/)   |
+| ``npz``           | yours, uint8     | labels  | the .npz file root                             |
+
+``folder`` and ``npz`` read their classes, mean and std from the files (the training split);
+``load_dataset("folder", root, channels=1, image_size=28)`` converts the images.
 """
 from __future__ import annotations
 
@@ -25,14 +30,15 @@ from .registry import (
     Dataset,
     DatasetInfo,
     dataset_info,
-    dataset_shape,
     list_datasets,
     load_dataset,
     register_dataset,
+    register_files_dataset,
     split_validation,
 )
 
 __all__ = [
     "AugmentConfig", "BatchLoader", "Dataset", "DatasetError", "DatasetInfo", "dataset_info",
-    "dataset_shape", "list_datasets", "load_dataset", "register_dataset", "split_validation",
+    "list_datasets", "load_dataset", "register_dataset", "register_files_dataset",
+    "split_validation",
 ]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits
+from .folder import load_folder
 from .idx import load_idx_splits
-from .registry import DatasetInfo, register_dataset
+from .npz import load_npz
+from .registry import DatasetInfo, register_dataset, register_files_dataset
 from .tiny_imagenet import load_tiny_imagenet
 
 __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_SYSTEM_DIR"]
@@ -85,3 +87,7 @@ def _tiny_imagenet(root):
 @register_dataset(DIGITS)
 def _digits(root):
     return load_digits()
+
+
+register_files_dataset("folder")(load_folder)
+register_files_dataset("npz")(load_npz)

@@ -4,6 +4,10 @@ A dataset is registered once with its metadata and a reader ``fn(root) -> (train
 train_labels, test_images, test_labels)``. The metadata answers questions that need no file
 (channels, classes, image size, number of training images, normalisation), so a model can be
 built or a sweep budgeted without reading the data.
+
+A dataset of your own (an image folder, an ``.npz``) is registered without metadata, by
+:func:`register_files_dataset`: its reader ``fn(root, channels, image_size) -> Dataset`` finds
+the classes, mean and std in the files, so :func:`dataset_info` reads them (through a cache).
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ import torch
 
 from .errors import DatasetError, reader_errors
 
-__all__ = ["Dataset", "DatasetInfo", "dataset_info", "dataset_shape", "list_datasets",
-           "load_dataset", "register_dataset", "split_validation"]
+__all__ = ["Dataset", "DatasetInfo", "dataset_info", "list_datasets",
+           "load_dataset", "register_dataset", "register_files_dataset", "split_validation"]
 
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Reader = Callable[[str | Path | None], Splits]
@@ -115,16 +119,27 @@ class Dataset:
                 f"test={tuple(self.test_images.shape)}, num_classes={self.num_classes})")
 
 
-_REGISTRY: dict[str, tuple[DatasetInfo, Reader]] = {}
+# name -> (metadata, reader); metadata None: a dataset described by its files
+_REGISTRY: dict[str, tuple[DatasetInfo | None, Callable]] = {}
 
 
 def register_dataset(info: DatasetInfo):
     """Decorator: register ``fn(root) -> (train_images, train_labels, test_images, test_labels)``
     under ``info.name``; ``root=None`` means the dataset's default location."""
-    def wrap(fn: Reader) -> Reader:
-        if info.name in _REGISTRY:
-            raise ValueError(f"dataset {info.name!r} is already registered")
-        _REGISTRY[info.name] = (info, fn)
+    return _register(info.name, info)
+
+
+def register_files_dataset(name: str):
+    """Decorator: register ``fn(root, channels=0, image_size=0) -> Dataset``, a dataset whose
+    metadata is read from the files at ``root`` (required); 0 leaves a size to the reader."""
+    return _register(name, None)
+
+
+def _register(name: str, info: DatasetInfo | None):
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = (info, fn)
         return fn
     return wrap
 
@@ -134,33 +149,44 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The registered metadata of ``name``, without reading any file.
+def dataset_info(name: str, root: str | Path | None = None, **options: int) -> DatasetInfo:
+    """The metadata of ``name``: the registered one, without reading any file, or, for a
+    dataset described by its files, the one :func:`load_dataset` finds in them.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones).
+        DatasetError: as :func:`load_dataset`, for a dataset described by its files, or
+            ``options`` a registered dataset does not have.
 
     Example:
         >>> dataset_info("cifar10").class_names[:2]
         ('airplane', 'automobile')
     """
+    info = _entry(name, options)[0]
+    return load_dataset(name, root, **options).info if info is None else info
+
+
+def _entry(name: str, options: dict) -> tuple[DatasetInfo | None, Callable]:
+    """The registry entry of ``name``, refusing ``options`` a registered dataset lacks."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
-    return _REGISTRY[name][0]
+    info = _REGISTRY[name][0]
+    for key, value in options.items() if info is not None else ():
+        if value and value != getattr(info, key):  # only a folder converts its images
+            raise DatasetError(f"{name} images have {key} = {getattr(info, key)}, not data.{key}"
+                               f" = {value}; only the folder dataset converts images")
+    return _REGISTRY[name]
 
 
-def dataset_shape(name: str) -> tuple[int, int]:
-    """``(channels, num_classes)`` of a registered dataset, without loading it."""
-    info = dataset_info(name)
-    return info.channels, info.num_classes
-
-
-def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
+def load_dataset(name: str, root: str | Path | None = None, **options: int) -> Dataset:
     """Load a registered dataset into memory.
 
     Args:
         name: one of :func:`list_datasets`.
-        root: folder holding the files; None uses the dataset's default location.
+        root: folder holding the files; None uses the dataset's default location (a dataset
+            described by its files has none).
+        **options: ``channels`` and ``image_size``: what the images must have (0: any); the
+            folder dataset converts its images to them.
 
     Returns:
         The :class:`Dataset`.
@@ -175,9 +201,15 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
         >>> ds.train_images.shape
         torch.Size([60000, 1, 28, 28])
     """
-    info = dataset_info(name)
+    info, reader = _entry(name, options)
+    if info is None:
+        if not root:
+            raise DatasetError(f"the {name} dataset is read from data.root; set it (e.g. "
+                               f"data.root=path/to/{name})")
+        with reader_errors(root, f"{name} dataset"):
+            return reader(root, **options)
     with reader_errors(root or f"the default {name} location", f"{name} dataset"):
-        return Dataset(info, *_REGISTRY[name][1](root))
+        return Dataset(info, *reader(root))
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int = 0):

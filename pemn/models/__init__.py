@@ -10,7 +10,7 @@ One file per architecture family; every variant is registered by name::
 Masks and weight fills are applied from outside (``pemn.apply_``), which swaps or wraps every
 ``Conv*d``, ``Linear`` and ``MultiheadAttention`` projection, so the models here stay ordinary.
 """
-from ._registry import create_model, list_models, model_info, register_model
+from ._registry import DATA_ARGS, create_model, data_args, list_models, model_info, register_model
 from .convmixer import ConvMixer
 from .mlp import MLP
 from .resnet50 import ResNet
@@ -18,6 +18,6 @@ from .resnet_cifar import CifarResNet
 from .vit import VisionTransformer
 
 __all__ = [
-    "register_model", "create_model", "list_models", "model_info",
+    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models", "model_info",
     "ConvMixer", "CifarResNet", "ResNet", "VisionTransformer", "MLP",
 ]

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import typing
 from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_info"]
+__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models",
+           "model_info"]
+
+# What a dataset can tell a model about its inputs; a run passes those a model accepts.
+DATA_ARGS = ("in_channels", "img_size", "in_features", "num_classes")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _Fn = TypeVar("_Fn", bound=Callable[..., nn.Module])
@@ -68,6 +74,30 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     # Recorded so a checkpoint or artifact can rebuild the architecture (nanoGPT's model_args).
     model.model_args = {"name": name, "kwargs": kwargs}
     return model
+
+
+def data_args(name: str) -> tuple[str, ...]:
+    """The :data:`DATA_ARGS` that variant ``name`` accepts, read from its signature, or, for a
+    variant taking ``**kwargs``, from the class it is annotated to return.
+
+    A variant whose class cannot be found is assumed to take ``in_channels`` and
+    ``num_classes``, as every image classifier of the zoo does.
+
+    Example:
+        >>> data_args("vit_tiny")
+        ('in_channels', 'img_size', 'num_classes')
+    """
+    fn = _lookup(name)
+    params = dict(inspect.signature(fn).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        try:
+            cls = typing.get_type_hints(fn).get("return")
+        except Exception:  # an annotation that does not resolve: no class to read
+            cls = None
+        if not isinstance(cls, type):
+            return ("in_channels", "num_classes")
+        params.update(inspect.signature(cls).parameters)
+    return tuple(a for a in DATA_ARGS if a in params)
 
 
 def list_models(pattern: str = "*") -> list[str]:

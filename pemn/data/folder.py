@@ -1,0 +1,216 @@
+"""``data.dataset = "folder"``: your own labelled images, one subfolder per class.
+
+Layout (torchvision's ImageFolder): ``root/<class>/<image>`` with PNG or JPEG images, or
+``root/train/<class>/...`` and ``root/test/<class>/...``. A single tree is split by
+:func:`pemn.data.npz.holdout` on the images' paths: 20 % of each class is the test split, the
+same on every machine. Class indices follow the sorted folder names. Files that are hidden or
+not ``.png``/``.jpg``/``.jpeg`` are ignored.
+
+Images are decoded with Pillow, converted to ``channels`` (1: greyscale, 3: RGB; default 3) and
+resized to ``image_size`` x ``image_size`` (default 32), once: the uint8 arrays are cached in
+``root/.pemn-cache-<C>x<S>.npz``, written atomically when the folder is writable. The cache
+records a fingerprint of every image's path, size and modification time, so adding, removing
+or editing an image rebuilds it. Class names come from the folders, mean and std from the
+training split (:func:`pemn.data.npz.describe`).
+
+Hostile folders: every path is resolved and must stay inside ``root`` (symlinks that leave it
+are refused); only regular files of at most :data:`MAX_FILE_BYTES` are opened, and only by
+Pillow's PNG and JPEG parsers; an image's pixel count is read from its header and refused
+above :data:`MAX_SOURCE_PIXELS` (a decompression bomb) before it is decoded; the number of
+images and the decoded bytes are capped (:data:`pemn.data.npz.MAX_IMAGES`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pemn.fileio import atomic_write
+
+from .errors import DatasetError, reader_errors, short
+from .files import open_regular
+from .npz import MAX_IMAGES, MAX_PIXEL_BYTES, MAX_SIDE, describe, holdout, read_npz
+from .registry import Dataset
+
+__all__ = ["MAX_FILE_BYTES", "MAX_SOURCE_PIXELS", "load_folder"]
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_FILE_BYTES = 1 << 25
+MAX_SOURCE_PIXELS = 1 << 26  # 8192 x 8192; Pillow's own bomb limit is about 1.3x this
+_CACHE_VERSION = "1"  # part of the fingerprint: a new decoding rebuilds old caches
+log = logging.getLogger(__name__)
+
+
+def _pil_image():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DatasetError("decoding images needs Pillow: pip install pillow") from None
+    return Image
+
+
+def _inside(root: Path, path: Path) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise DatasetError(f"{path} resolves to {resolved}, outside the dataset folder {root}; "
+                           "refusing to read it")
+    return resolved
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with reader_errors(folder, "dataset folder"), os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _classes(root: Path, tree: Path) -> dict[str, list[Path]]:
+    """Class name -> its image files, for one tree (folders sorted by name)."""
+    out = {}
+    for entry in _entries(tree):
+        folder = _inside(root, Path(entry.path))
+        if not folder.is_dir():
+            continue  # a stray file beside the class folders
+        if not entry.name.isprintable():
+            raise DatasetError(f"{tree}: class folder name {short(entry.name)} is not printable")
+        out[entry.name] = [_inside(root, Path(e.path)) for e in _entries(folder)
+                           if e.name.lower().endswith(SUFFIXES)]
+        if not out[entry.name]:
+            raise DatasetError(f"{folder} holds no .png or .jpg image")
+    return out
+
+
+def _list_splits(root: Path) -> tuple[list[str], dict[str, tuple[list[Path], np.ndarray]]]:
+    """Class names and, per split, the image paths and labels."""
+    split_trees = (root / "train").is_dir() and (root / "test").is_dir()
+    trees = {s: _classes(root, _inside(root, root / s)) for s in ("train", "test")} \
+        if split_trees else {"all": _classes(root, root)}
+    names = sorted(trees.get("train", trees.get("all", {})))
+    if not names:
+        raise DatasetError(f"{root} has no class folders: expected {root}/<class>/<image>.png "
+                           f"or train/ and test/ trees of them")
+    unknown = sorted(set(trees.get("test", {})) - set(names))
+    if unknown:
+        raise DatasetError(f"{root}/test has classes that train/ lacks: {short(unknown)}")
+    splits = {s: ([p for c in names for p in t.get(c, [])],
+                  np.array([i for i, c in enumerate(names) for _ in t.get(c, [])], np.int64))
+              for s, t in trees.items()}
+    count = sum(len(p) for p, _ in splits.values())
+    if count > MAX_IMAGES:
+        raise DatasetError(f"{root} holds {count:,} images, more than the {MAX_IMAGES:,} a "
+                           f"dataset may have")
+    if "all" in splits:
+        paths, labels = splits.pop("all")
+        test = holdout(labels, [hashlib.sha256(str(p.relative_to(root)).encode()).digest()
+                                for p in paths])
+        splits = {s: ([p for p, t in zip(paths, test) if t == want], labels[test == want])
+                  for s, want in (("train", False), ("test", True))}
+    return names, splits
+
+
+def _fingerprint(root: Path, names: list[str], splits: dict, mode: str, size: int) -> str:
+    h = hashlib.sha256(f"{_CACHE_VERSION} {mode} {size} {names}".encode())
+    for split, (paths, _) in splits.items():
+        for p in paths:
+            with reader_errors(p, "image"):
+                st = p.stat()
+            h.update(f"{split}\t{p.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _decode(image_mod, path: Path, mode: str, size: int) -> np.ndarray:
+    with open_regular(path, MAX_FILE_BYTES, "image") as f, reader_errors(path, "image"), \
+            image_mod.open(f, formats=["PNG", "JPEG"]) as im:
+        width, height = im.size  # from the header, before any pixel is decoded
+        if width * height > MAX_SOURCE_PIXELS:
+            raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
+                               f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression bomb?)")
+        im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
+        im = im.convert(mode).resize((size, size), image_mod.Resampling.BILINEAR)
+        return np.asarray(im).reshape(size, size, -1)
+
+
+def _decode_all(paths: list[Path], mode: str, size: int) -> torch.Tensor:
+    """Image files -> uint8 (N, C, size, size). Pillow releases the GIL while decoding."""
+    image_mod = _pil_image()
+    out = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        out[i] = _decode(image_mod, paths[i], mode, size)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(decode, range(len(paths))))
+    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+
+
+def _read_cache(path: Path, fingerprint: str, sizes: dict[str, int], shape: tuple) -> dict | None:
+    """The cached arrays when the cache exists and matches ``fingerprint``, else None."""
+    def check(key, dtype, found):
+        split = key.split("_")[0]
+        want = {"fingerprint": ("U64", ()), f"{split}_images": ("u1", (sizes.get(split), *shape)),
+                f"{split}_labels": ("i8", (sizes.get(split),))}.get(key)
+        if want is None or dtype != np.dtype(want[0]) or found != want[1]:
+            raise DatasetError(f"{path}: {key} is {dtype} {found}, not what this folder holds")
+
+    if not path.exists():
+        return None
+    keys = ("fingerprint", "train_images", "train_labels", "test_images", "test_labels")
+    try:
+        arrays = read_npz(path, keys, check, "dataset cache")
+    except DatasetError as e:
+        log.info("rebuilding the dataset cache: %s", e)
+        return None
+    if len(arrays) != len(keys) or str(arrays["fingerprint"]) != fingerprint:
+        return None  # the folder changed since the cache was written
+    return arrays
+
+
+def _write_cache(path: Path, arrays: dict) -> None:
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError as e:  # a read-only folder: decode again next time
+        log.info("not caching the decoded images to %s: %s", path, e)
+
+
+def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
+    """The ``folder`` dataset at ``root`` (see the module docstring).
+
+    Args:
+        root: the folder holding one subfolder per class, or ``train/`` and ``test/``.
+        channels: 1 (greyscale) or 3 (RGB); 0 means 3.
+        image_size: the side images are resized to, 1 to :data:`MAX_SIDE`; 0 means 32.
+
+    Raises:
+        DatasetError: no such folder, no class folders, a class without images, a path that
+            leaves ``root``, an unreadable or oversized image (named), too many images, or
+            Pillow not installed.
+    """
+    channels, size = channels or 3, image_size or 32
+    if channels not in (1, 3) or not 0 < size <= MAX_SIDE:
+        raise DatasetError(f"the folder dataset converts images to data.channels = 1 or 3 and "
+                           f"data.image_size in [1, {MAX_SIDE}], got {channels} and {size}")
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: data.root of the folder dataset must be a folder with one "
+                           f"subfolder of images per class")
+    root = Path(root).resolve()  # the user's own choice of folder may be a symlink
+    names, splits = _list_splits(root)
+    count = sum(len(p) for p, _ in splits.values())
+    if count * channels * size * size > MAX_PIXEL_BYTES:
+        raise DatasetError(f"{root}: {count:,} images of {channels}x{size}x{size} exceed the "
+                           f"{MAX_PIXEL_BYTES:,} bytes a dataset may take; lower data.image_size")
+    mode = "L" if channels == 1 else "RGB"
+    fingerprint = _fingerprint(root, names, splits, mode, size)
+    cache = root / f".pemn-cache-{channels}x{size}.npz"
+    sizes = {s: len(p) for s, (p, _) in splits.items()}
+    arrays = _read_cache(cache, fingerprint, sizes, (channels, size, size))
+    if arrays is None:
+        arrays = {"fingerprint": np.array(fingerprint)}
+        for s, (paths, labels) in splits.items():
+            arrays[f"{s}_images"], arrays[f"{s}_labels"] = _decode_all(paths, mode, size), labels
+        _write_cache(cache, {k: np.asarray(v) for k, v in arrays.items()})
+    t = {k: torch.as_tensor(v) for k, v in arrays.items() if k != "fingerprint"}
+    return describe("folder", (t["train_images"], t["train_labels"]),
+                    (t["test_images"], t["test_labels"]), names)
