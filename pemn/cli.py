@@ -63,7 +63,7 @@ def _print_summary(s: dict) -> None:
 
 def cmd_info(args) -> int:
     from pemn import stats
-    from pemn.config import load_config
+    from pemn.config import format_value, load_config
     from pemn.run import model_from_config
 
     cfg = load_config(*_split_overrides(args.config_and_overrides))
@@ -77,15 +77,8 @@ def cmd_info(args) -> int:
     else:
         width = max(map(len, info))
         for k, v in info.items():
-            print(f"{k:<{width}}  {_for_people(v)}")
+            print(f"{k:<{width}}  {format_value(v, 4, ',')}")
     return 0
-
-
-def _for_people(value) -> str:
-    """``80,128`` for counts, four significant digits for floats."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def cmd_eval(args) -> int:
@@ -138,10 +131,11 @@ def cmd_sweep(args) -> int:
     from pemn.experiments import describe_sweep, run_sweep
 
     if args.dry_run:
-        print(describe_sweep(args.sweep_config, args.limit))
+        print(describe_sweep(args.sweep_config, args.limit, args.shard))
         return 0
     results = run_sweep(args.sweep_config, results=args.results, limit=args.limit,
-                        collect_only=args.collect)
+                        collect_only=args.collect, shard=args.shard,
+                        stale_after=args.stale_after)
     print(f"results: {results} (CSV export: {results.with_suffix('.csv')})")
     return 0
 
@@ -220,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train nothing: pack finished runs and record them in the results")
     s.add_argument("--results", metavar="JSONL",
                    help="results file, one JSON line per run (default: in the sweep's out_dir)")
+    s.add_argument("--shard", metavar="K/N", help="runs K, K+N, K+2N, ... of the grid "
+                   "(default: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT, if set)")
+    s.add_argument("--stale-after", type=float, metavar="SECONDS",
+                   help="take over a run whose claim has had no heartbeat this long (300)")
     s.set_defaults(fn=cmd_sweep)
 
     pl = sub.add_parser("plot", help="figures (PNG + SVG) from a sweep's results.jsonl")

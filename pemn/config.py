@@ -55,8 +55,10 @@ class MaskConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"  # or "folder" / "npz": your own images at root
     root: str = ""  # "" = the dataset's default location
+    channels: int = 0  # folder: convert to 1 (grey) or 3 (RGB); 0 = the dataset's (folder: 3)
+    image_size: int = 0  # folder: resize to this side; 0 = the dataset's (folder: 32)
     val_fraction: float = 0.0  # held out from train; > 0 reports val accuracy (honest model pick)
     crop_padding: int = 2  # random crop with zero padding, pixels
     flip: bool = True  # random horizontal flip
@@ -118,11 +120,18 @@ def to_dict(cfg) -> dict:
     return out
 
 
-def format_value(value: Any) -> str:
-    """A config value for people and names: ``0.038125`` rather than ``0.038125000000000006``."""
+def format_value(value: Any, digits: int = 6, sep: str = "") -> str:
+    """A value for people and names: ``0.038125`` rather than ``0.038125000000000006``.
+
+    ``digits`` significant digits of a float; ``sep=","`` groups an int's thousands
+    (``80,128``, for people; names keep none); a strategy is its label.
+    """
     if isinstance(value, Strategy):
         return value.label()
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    grouped = sep and isinstance(value, int) and not isinstance(value, bool)
+    return f"{value:,}".replace(",", sep) if grouped else str(value)
 
 
 def _strategy(value: Any, key: str, default: Strategy) -> Strategy:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pemn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pemn.config import ConfigError, OptimConfig
+from pemn.config import ConfigError, OptimConfig, format_value
 from pemn.distributed import World
 
 __all__ = ["lr_at", "train", "evaluate", "train_one_epoch", "resolve_device", "autocast_dtype"]
@@ -201,10 +201,6 @@ def _state(model, opt, scaler, epoch, step, history, meta) -> dict:
             "rng_cpu": torch.get_rng_state(), "history": history}
 
 
-def _for_people(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[dict]]:
     """Restore the last checkpoint; returns (epochs done, optimizer steps done, metrics)."""
     state = load_checkpoint(run_dir.checkpoint, keys=RESUME_KEYS)
@@ -268,6 +264,6 @@ def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, 
                             run_dir.checkpoint)
             run_dir.append_metrics(record)
             log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs, "  ".join(
-                f"{k} {_for_people(v)}" for k, v in record.items() if k != "epoch"))
+                f"{k} {format_value(v, 4)}" for k, v in record.items() if k != "epoch"))
         world.barrier()
     return history
