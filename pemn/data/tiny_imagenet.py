@@ -31,6 +31,7 @@ from pemn.fileio import atomic_write
 
 from .errors import DatasetError, reader_errors, short
 from .files import open_regular, read_regular
+from .npz import read_npz
 
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
 
@@ -169,35 +170,24 @@ def _cache_limits(max_classes: int) -> dict[str, tuple[np.dtype, tuple[int, ...]
             "test_labels": (np.dtype(np.int64), (MAX_VAL,))}
 
 
-_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _check_cached_array(path: Path, z, key: str, dtype: np.dtype, largest: tuple[int, ...]):
-    with z.zip.open(f"{key}.npy") as member:
-        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(member))
-        if read_header is None:
-            raise DatasetError(f"{path}: {key} has an unknown .npy version; delete the cache")
-        shape, _, found = read_header(member)
-    if found != dtype or len(shape) != len(largest) or shape[1:] != largest[1:] \
-            or shape[0] > largest[0]:
-        raise DatasetError(f"{path}: {key} is {found} {shape}, expected {dtype} with shape "
-                           f"(N <= {largest[0]}, {', '.join(map(str, largest[1:]))}); delete "
-                           "the cache to rebuild it")
-
-
 def _read_cache(path: Path, max_classes: int) -> dict[str, np.ndarray]:
     """The cached arrays, each dtype and shape checked from its header before it is read."""
     limits = _cache_limits(max_classes)
-    with open_regular(path, _MAX_CACHE_BYTES, "Tiny-ImageNet cache") as f, \
-            reader_errors(path, "Tiny-ImageNet cache (delete it to rebuild)"), \
-            np.load(f, allow_pickle=False) as z:
-        missing = set(limits) - set(z.files)
-        if missing:
-            raise DatasetError(f"{path} lacks {', '.join(sorted(missing))}; delete it to rebuild")
-        for key, (dtype, largest) in limits.items():
-            _check_cached_array(path, z, key, dtype, largest)
-        return {k: z[k] for k in limits}
+
+    def check(key, found, shape):
+        dtype, largest = limits[key]
+        if found != dtype or len(shape) != len(largest) or shape[1:] != largest[1:] \
+                or shape[0] > largest[0]:
+            raise DatasetError(f"{path}: {key} is {found} {shape}, expected {dtype} with shape "
+                               f"(N <= {largest[0]}, {', '.join(map(str, largest[1:]))}); "
+                               "delete the cache to rebuild it")
+
+    arrays = read_npz(path, limits, check, "Tiny-ImageNet cache (delete it to rebuild)",
+                      _MAX_CACHE_BYTES)
+    missing = set(limits) - set(arrays)
+    if missing:
+        raise DatasetError(f"{path} lacks {', '.join(sorted(missing))}; delete it to rebuild")
+    return arrays
 
 
 def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classes: int = 200):
