@@ -17,8 +17,8 @@ from pemn.artifact.weights import get_encoding
 from pemn.config import load_config
 from pemn.data import load_dataset
 from pemn.run import load_trained, run
-from pemn.storage import (Stats, bitmask_fp32_bytes, csr_fp32_bytes, formula_bytes,
-                          mask_entropy_bytes, paper_bytes, paper_compression_ratio, size_report)
+from pemn.storage import (bitmask_fp32_bytes, csr_fp32_bytes, mask_entropy_bytes, paper_bytes,
+                          paper_compression_ratio, size_report)
 from pemn.train import evaluate
 
 # ------------------------------------------------------------------------------------------
@@ -61,11 +61,7 @@ def test_a_tiny_digits_training_learns(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 def test_byte_formulas_round_up_at_sizes_not_a_multiple_of_8():
-    s = Stats(num_masked=1001, num_unique=3, compression_ratio=0.0, dense_fp32_bytes=4004,
-              mask_bits=1001, num_other_params=5)
-    assert formula_bytes(s) == 126 + 12 + 20  # ceil(1001 / 8) mask bytes, 4 U, 4 other
-    assert formula_bytes(Stats(9, 9, 0.0, 36, 0, 2)) == 36 + 8  # Dense: no mask bits
-    assert paper_bytes(1001, 3) == 126 + 12
+    assert paper_bytes(1001, 3) == 126 + 12  # ceil(1001 / 8) mask bytes, 4 U
     assert paper_bytes(17, 0) == 3
     assert bitmask_fp32_bytes((3, 7), 5) == 3 + 20 + 12  # ceil(21 / 8), 4 nnz, 4 rows
     assert csr_fp32_bytes((3, 7), 5) == 20 + 20 + 16  # values, column indices, 4 pointers
