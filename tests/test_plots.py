@@ -30,8 +30,12 @@ RUNS = {
 @pytest.fixture
 def drawn(tmp_path, monkeypatch):
     """plot_results over RUNS; returns {figure stem: its axes} instead of writing files."""
+    return _draw(RUNS, tmp_path, monkeypatch)
+
+
+def _draw(runs: dict, tmp_path, monkeypatch) -> dict:
     lines = []
-    for i, (strategy, (accs, sizes, cr)) in enumerate(RUNS.items()):
+    for i, (strategy, (accs, sizes, cr)) in enumerate(runs.items()):
         for seed, (acc, size) in enumerate(zip(accs, sizes)):
             cfg = RunConfig(name=f"r{i}-{seed}")
             cfg.model.name, cfg.mask.strategy, cfg.mask.seed = MODEL, strategy, seed
@@ -69,6 +73,17 @@ def test_fig3_draws_each_strategys_mean_and_std_and_dense_as_a_line(drawn):
     assert (x, y) == ([0, 1, 2], [81.0, 78.0, 76.0])
     assert err == pytest.approx([math.sqrt(2), 0.0, math.sqrt(2)])  # sample std of 2 seeds
     assert _hlines(ax)[f"{MODEL} Dense"] == 90.0
+
+
+def test_only_dense_is_drawn_as_the_dense_line(tmp_path, monkeypatch):
+    # Quantized and Binary store no mask either, yet they are competitors, not the reference
+    runs = {**RUNS, pemn.Quantized(8): ([60.0, 60.0], [5_000, 5_000], 0.0),
+            pemn.Binary(): ([50.0, 50.0], [2_000, 2_000], 0.0)}
+    drawn = _draw(runs, tmp_path, monkeypatch)
+    for stem in ("fig3_unique_values", "fig45_compression_ratio", "fig45_kilobytes"):
+        [ax] = drawn[stem]
+        dense = [line.get_ydata()[0] for line in ax.lines if line.get_label().endswith("Dense")]
+        assert dense == [90.0], stem
 
 
 def test_compression_figures_put_pemn_and_baselines_at_their_cr_and_bytes(drawn):

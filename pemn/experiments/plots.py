@@ -25,7 +25,7 @@ from pemn.baselines import PruneBaseline
 from pemn.config import RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
 from pemn.experiments.sweep import read_records
-from pemn.fill import FILLS, MP, RP, STRATEGIES, Strategy
+from pemn.fill import FILLS, MP, RP, STRATEGIES, Dense, Strategy
 
 __all__ = ["read_results", "group_results", "plot_results", "summary_table", "series_label",
            "METRICS"]
@@ -190,7 +190,7 @@ def _sort_key(s: Strategy) -> tuple:
 
 def _is_mask_fill(s: Strategy) -> bool:
     """A point of Fig. 3's x axis: a weight fill behind a mask (not Dense, not a baseline)."""
-    return type(s) in FILLS.values() and s.stores_mask
+    return type(s) in FILLS.values() and not isinstance(s, Dense)
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def _fig3(plt, groups: list[dict], metric: str):
             x = [xs[g["strategy"]] for g in line]
             ax.errorbar(x, [g["mean"] for g in line], yerr=[g["std"] for g in line], color=color,
                         marker="o", ms=4, capsize=3, label=arch)
-            for g in (g for g in mine if g["arch"] == arch and not g["strategy"].stores_mask):
+            for g in (g for g in mine if g["arch"] == arch and isinstance(g["strategy"], Dense)):
                 ax.axhline(g["mean"], color=color, ls="--", lw=1, label=f"{arch} Dense")
         ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45,
                       ha="right")
@@ -285,7 +285,7 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
             ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
                         yerr=[g["std"] for g in pts], marker="s^vD"[i % 4], ms=4, capsize=3,
                         color=f"C{i + 1}", label=kind.title)
-        for g in (g for g in mine if not g["strategy"].stores_mask):
+        for g in (g for g in mine if isinstance(g["strategy"], Dense)):
             ax.axhline(g["mean"], color="k", ls="--", lw=1, label="Dense")
             if logx:
                 ax.plot([x_of(g)], [g["mean"]], "k*", ms=7)
