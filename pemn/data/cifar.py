@@ -9,7 +9,8 @@ Pickles can run arbitrary code when loaded, so they are read with an unpickler t
 dicts, lists, numbers, bytes and plain numeric numpy arrays. The numpy names a pickle asks for
 resolve to stand-ins here, never to numpy's own reconstructors: an array is rebuilt from one
 buffer whose size must be exactly what its shape and dtype need (no strides, no views, no
-object arrays), so a file can never claim more memory than it holds.
+object arrays), so a file can never claim more memory than it holds. The stand-ins cannot be
+changed by the pickle (``BUILD`` on one is refused), so no file alters the reader for the next.
 """
 from __future__ import annotations
 
@@ -57,15 +58,36 @@ class _Dtype:
         self.dtype = self.dtype.newbyteorder(order)
 
 
-class _NdarrayName:
-    """What ``numpy.ndarray`` resolves to: a marker for ``_reconstruct``, not a constructor,
-    since ``ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as gigabytes."""
+class _StandIn:
+    """What a name in a pickle resolves to: a callable the pickle cannot change.
+
+    ``BUILD`` on it calls ``__setstate__``, which refuses, and it has no ``__dict__`` or
+    settable attribute, so a file cannot alter the module state of the reader (``__defaults__``
+    of a function, ``__class__`` of an object) for the files read after it.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "_fn", fn)
 
     def __call__(self, *args):
-        raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
+        return self._fn(*args)
+
+    def __setattr__(self, name, value):
+        raise _Refused(f"setting {short(name)} on a numpy stand-in")
+
+    def __setstate__(self, state):
+        raise _Refused("BUILD (setting attributes) on a numpy name")
 
 
-_NDARRAY = _NdarrayName()
+def _ndarray(*args):
+    """``numpy.ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as
+    gigabytes: the name is only a marker for ``_reconstruct``."""
+    raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
+
+
+_NDARRAY = _StandIn(_ndarray)
 
 
 class _Array:
@@ -128,17 +150,17 @@ def _empty_bytes(*args):
     return b""
 
 
-# (module, name) a CIFAR pickle may ask for, mapped to the stand-ins above; nothing is imported
+# (module, name) a CIFAR pickle may ask for, mapped to immutable stand-ins; nothing is imported
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.multiarray", "_reconstruct"): _StandIn(_reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _StandIn(_reconstruct),
+    ("numpy.core.numeric", "_frombuffer"): _StandIn(_frombuffer),
+    ("numpy._core.numeric", "_frombuffer"): _StandIn(_frombuffer),
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Dtype,
-    ("_codecs", "encode"): _latin1,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("builtins", "bytes"): _empty_bytes,
+    ("numpy", "dtype"): _StandIn(_Dtype),
+    ("_codecs", "encode"): _StandIn(_latin1),
+    ("__builtin__", "bytes"): _StandIn(_empty_bytes),
+    ("builtins", "bytes"): _StandIn(_empty_bytes),
 }
 
 
@@ -206,8 +228,10 @@ def _check_batch(path: Path, batch: object, label_key: bytes):
                            f"got {_describe(data)}")
     wrong = DatasetError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got "
                          f"{_describe(labels)}")
-    # the length first: np.asarray of a huge list of references would cost 8 bytes each
-    if not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]:
+    # the length, then every entry a plain int, before np.asarray: a few KB of pickle can make
+    # each entry a reference to one shared nested list, which asarray would expand in full
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0] \
+            or isinstance(labels, list) and not all(type(y) is int for y in labels):
         raise wrong
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):

@@ -7,7 +7,8 @@ byte): images are ``0x00000803`` (N, rows, cols), labels ``0x00000801`` (N,).
 Hostile files. The header's sizes are multiplied as Python ints and checked against
 ``max_bytes`` (:data:`MAX_BYTES` by default) and against what the file can hold before the
 output is allocated; a gzipped file is inflated in chunks into that output and never past the
-size the header declares, so a gzip bomb costs at most the declared size.
+size the header declares, so a gzip bomb costs at most the declared size. A gzip file may hold
+several members one after the other (``cat a.gz b.gz``); they are read as one stream.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class _Source:
     @property
     def remaining(self) -> int:
         """Bytes of the file not consumed yet (compressed bytes for gzip)."""
+        if self._inflater is not None and self._inflater.eof:  # what follows the member
+            return len(self._inflater.unused_data)
         return len(self._raw) - self._pos
 
     def read(self, n: int) -> bytes:
@@ -76,13 +79,19 @@ class _Source:
         return not self._inflate(1) and self._inflater.eof and not self._inflater.unused_data
 
     def _inflate(self, max_length: int) -> bytes:
-        try:
-            piece = self._inflater.decompress(self._raw, max_length)
-        except zlib.error as e:
-            raise DatasetError(f"{self.path} is a corrupt gzip file ({e}); download it "
-                               "again") from None
-        self._raw = self._inflater.unconsumed_tail
-        return piece
+        """At most ``max_length`` inflated bytes; empty only at the end of the last member."""
+        while True:
+            if self._inflater.eof and self._inflater.unused_data:  # the next member starts
+                self._raw = memoryview(self._inflater.unused_data)
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                piece = self._inflater.decompress(self._raw, max_length)
+            except zlib.error as e:
+                raise DatasetError(f"{self.path} is a corrupt gzip file ({e}); download it "
+                                   "again") from None
+            self._raw = self._inflater.unconsumed_tail
+            if piece or not (self._inflater.eof and self._inflater.unused_data):
+                return piece
 
 
 def read_idx(path: str | Path, ndim: int, max_bytes: int = MAX_BYTES) -> torch.Tensor:
