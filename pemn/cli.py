@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow flags (`train --no-progress optim.lr=1`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)
+    verbose = {"-v", "--verbose"} & set(extra)  # also accepted after the command
+    args.verbose, extra = args.verbose or bool(verbose), [x for x in extra if x not in verbose]
     if extra and (not hasattr(args, "config_and_overrides")
                   or any(x.startswith("-") for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -260,24 +262,28 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
-        message = _error_line(e, args.command)
-        if message is None or args.verbose:
+        if args.verbose:
             raise
+        message, expected = _error_line(e, args.command)
         print(f"pemn: error: {message}", file=sys.stderr)
-        return 2
+        return 2 if expected else 1
 
 
-def _error_line(error: Exception, command: str) -> str | None:
-    """One line for a user's mistake or a machine's limit; None for a bug (a traceback)."""
+def _error_line(error: Exception, command: str) -> tuple[str, bool]:
+    """One line naming what failed, and whether it is a user's mistake or a machine's limit
+    (else a failure whose traceback ``-v`` shows)."""
     # The project's errors (ConfigError, CheckpointError, ArtifactError, DatasetError,
     # RunError) are ValueErrors; OSError covers missing, unreadable or unwritable files.
     if isinstance(error, (ValueError, OSError, ImportError)):
-        return " ".join(str(error).split()) or type(error).__name__
+        return " ".join(str(error).split()) or type(error).__name__, True
     from pemn.run import is_out_of_memory, memory_text
 
     if is_out_of_memory(error):
-        return f"not enough memory to run `pemn {command}` ({memory_text(error)})"
-    return None
+        return f"not enough memory to run `pemn {command}` ({memory_text(error)})", True
+    lines = str(error).strip().splitlines()  # torch's messages can run to many lines
+    detail = f": {' '.join(lines[0].split())[:300]}" if lines else ""
+    return (f"pemn {command} failed with {type(error).__name__}{detail} (pemn -v {command} ... "
+            f"shows the traceback)"), False
 
 
 if __name__ == "__main__":

@@ -176,3 +176,43 @@ def test_closed_stdout_is_not_an_error(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait() == 0, err
     assert err == "", err
+
+
+def test_issue_examples_fit_the_data(tmp_path):
+    """The MLP and the ViT take digits' 8x8 single-channel images from the data (issue 22)."""
+    for name in ("mlp", "vit_tiny"):
+        r = _pemn("info", "data.dataset=digits", f"model.name={name}", "--json", cwd=tmp_path)
+        assert json.loads(r.stdout)["model"] == name
+    r = _pemn("info", "data.dataset=cifar10", "model.kwargs.in_channels=1", cwd=tmp_path,
+              check=False)
+    _one_line_error(r, "model.kwargs.in_channels = 1, but cifar10 gives 3")
+
+
+def test_any_failure_is_one_line_and_v_shows_the_traceback(monkeypatch, capsys):
+    from pemn import cli, run
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied\nC++ frames ...")
+
+    monkeypatch.setattr(run, "run", fail)
+    assert cli.main(["train", "data.dataset=digits"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["pemn: error: pemn train failed with RuntimeError: mat1 and mat2 "
+                                "shapes cannot be multiplied (pemn -v train ... shows the "
+                                "traceback)"]
+    for argv in (["-v", "train", "data.dataset=digits"], ["train", "-v", "data.dataset=digits"]):
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            cli.main(argv)
+
+
+def test_out_of_memory_keeps_its_message(monkeypatch, capsys):
+    from pemn import cli, run
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 81920000000 bytes")
+
+    monkeypatch.setattr(run, "run", fail)
+    assert cli.main(["train", "data.dataset=digits"]) == 2
+    assert capsys.readouterr().err == ("pemn: error: not enough memory to run `pemn train` "
+                                       "(asked for 81.9 GB at once)\n")
