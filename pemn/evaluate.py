@@ -44,7 +44,9 @@ def evaluate_path(path: str | Path, split: str = "test", data_root: str | None =
     if dataset is None:
         raise RunError(f"{path} does not record its dataset; pass --dataset "
                        f"(e.g. --dataset fashion_mnist)")
-    ds = load_dataset(dataset, data_root or trained.data_root)
+    # the recorded channels and size, so a folder's images are converted as in training
+    options = trained.data_options if dataset == trained.dataset else {}
+    ds = load_dataset(dataset, data_root or trained.data_root, **options)
     images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
     loader = BatchLoader(images, labels, batch_size, shuffle=False, mean=ds.mean, std=ds.std)
     return {"path": str(path), "dataset": ds.name, "split": split,

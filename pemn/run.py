@@ -9,7 +9,7 @@ import logging
 import platform
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,11 +18,11 @@ from torch import nn
 from pemn import baselines, competitors, fill, stats
 from pemn.checkpoint import CheckpointError, load_checkpoint
 from pemn.config import ConfigError, ModelConfig, RunConfig, flatten, from_dict, to_dict
-from pemn.data import dataset_info, load_dataset, split_validation
+from pemn.data import DatasetInfo, dataset_info, load_dataset, split_validation
 from pemn.data.loader import AugmentConfig, BatchLoader
 from pemn.distributed import World, setup, teardown
 from pemn.fileio import atomic_write
-from pemn.models import create_model
+from pemn.models import create_model, data_args
 from pemn.train import resolve_device, train
 from pemn.transform import apply_
 
@@ -160,14 +160,14 @@ def _describe_model(name, kwargs: dict) -> str:
     return f"model {name}({args})"
 
 
-def build_model(cfg: RunConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: RunConfig, **given) -> torch.nn.Module:
     """``create_model`` + the configured strategy (a weight fill or a pruning baseline).
 
     The builder is found by the strategy's type in ``_BUILDERS`` (through its base classes),
-    so a new strategy that subclasses a family needs no change here.
+    so a new strategy that subclasses a family needs no change here. ``given``: model
+    arguments from the data (:func:`model_kwargs`); ``model.kwargs`` win.
     """
-    kwargs = {"in_channels": in_channels, "num_classes": num_classes, **cfg.model.kwargs}
-    model = create_model(cfg.model.name, **kwargs)
+    model = create_model(cfg.model.name, **{**given, **cfg.model.kwargs})
     m = cfg.mask
     build = next(_BUILDERS[t] for t in type(m.strategy).__mro__ if t in _BUILDERS)
     return build(model, m.strategy, keep_ratio=m.keep_ratio, seed=m.seed)
@@ -177,16 +177,53 @@ _BUILDERS = {baselines.PruneBaseline: baselines.prune_,
              competitors.TrainedWeights: competitors.compete_, fill.Strategy: apply_}
 
 
-def model_from_config(cfg: RunConfig) -> nn.Module:
-    """:func:`build_model` for ``cfg``'s dataset (its registered channels and classes).
+def data_info(cfg: RunConfig) -> DatasetInfo:
+    """The metadata of ``cfg``'s dataset (a folder's or an npz's, read from its files)."""
+    d = cfg.data
+    return dataset_info(d.dataset, d.root or None, channels=d.channels, image_size=d.image_size)
+
+
+def model_kwargs(cfg: RunConfig, info: DatasetInfo) -> dict:
+    """What ``info`` says about the inputs of ``cfg``'s model: the ``pemn.models.DATA_ARGS``
+    it accepts (channels, image size, flat input size, classes).
+
+    ``model.kwargs`` win; one the data cannot train (other channels, size or input width, or
+    fewer classes than the labels) is refused, and a larger head is logged.
+
+    Raises:
+        ConfigError: a model kwarg that conflicts with the data, in one line.
+    """
+    c, s = info.channels, info.image_size
+    said = {"in_channels": c, "img_size": s, "in_features": c * s * s,
+            "num_classes": info.num_classes}
+    given = {k: said[k] for k in data_args(cfg.model.name)}
+    user = cfg.model.kwargs
+    differ = sorted(k for k in given.keys() & user.keys() if user[k] != given[k])
+    bigger_head = [k for k in differ if k == "num_classes" and isinstance(user[k], int)
+                   and user[k] > given[k]]
+    bad = [k for k in differ if k not in bigger_head]
+    if bad:
+        raise ConfigError("; ".join(f"model.kwargs.{k} = {user[k]!r}, but {info.name} gives "
+                                    f"{given[k]}" for k in bad) + "; remove it to take the data's")
+    if bigger_head:
+        log.warning("model.kwargs.num_classes = %s: %d logits beyond %s's %d classes never see "
+                    "a label", user["num_classes"], user["num_classes"] - given["num_classes"],
+                    info.name, given["num_classes"])
+    return given
+
+
+def model_from_config(cfg: RunConfig, info: DatasetInfo | None = None) -> nn.Module:
+    """:func:`build_model` for ``cfg``'s dataset (``info``, default :func:`data_info`): the
+    model is given the data's channels, image size and classes (:func:`model_kwargs`).
 
     Raises:
         RunError: the model does not fit in memory (e.g. a huge ``kernel_size``).
-        ConfigError, DatasetError, ValueError: a bad config, dataset or model name.
+        ConfigError, DatasetError, ValueError: a bad config, dataset or model name, or model
+            kwargs that conflict with the data.
     """
-    info = dataset_info(cfg.data.dataset)
-    with _enough_memory(RunError, _describe_model(cfg.model.name, cfg.model.kwargs)):
-        return build_model(cfg, info.channels, info.num_classes)
+    given = model_kwargs(cfg, info or data_info(cfg))
+    with _enough_memory(RunError, _describe_model(cfg.model.name, {**given, **cfg.model.kwargs})):
+        return build_model(cfg, **given)
 
 
 def _loaders(cfg: RunConfig, ds, device, world: World):
@@ -276,9 +313,10 @@ def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dic
 def _train_run(cfg: RunConfig, run_dir: RunDir, world: World, device: torch.device,
                resume: bool, progress: bool) -> dict:
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.data.dataset, cfg.data.root or None)
+    d = cfg.data
+    ds = load_dataset(d.dataset, d.root or None, channels=d.channels, image_size=d.image_size)
     torch.manual_seed(cfg.optim.seed * world.world_size + world.rank)
-    model = model_from_config(cfg).to(device)
+    model = model_from_config(cfg, ds.info).to(device)
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader, evals = _loaders(cfg, ds, device, world)
@@ -331,11 +369,14 @@ class Trained:
         model: the model, in eval mode.
         dataset: the dataset it was trained on, when the source names it.
         data_root: where that dataset was read from (None: its usual place).
+        data_options: the ``channels`` and ``image_size`` it was read at (a folder's images
+            are converted to them; 0: as stored).
     """
 
     model: nn.Module
     dataset: str | None
     data_root: str | None
+    data_options: dict = field(default_factory=dict)
 
 
 def _checkpoint_config(state: dict, path: Path) -> RunConfig:
@@ -357,7 +398,7 @@ def _rebuild(state: dict, cfg: RunConfig, path: Path) -> nn.Module:
     # model_args, not the config's model section, say what was built
     cfg = replace(cfg, model=ModelConfig(name=args.get("name"), kwargs=kwargs))
     with _enough_memory(CheckpointError, what):
-        model = build_model(cfg, kwargs.get("in_channels"), kwargs.get("num_classes"))
+        model = build_model(cfg)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -378,14 +419,19 @@ def _from_checkpoint(path: Path, device, form: str) -> Trained:
     state = load_checkpoint(path, keys=MODEL_KEYS)
     cfg = _checkpoint_config(state, path)
     model = _in_form(_rebuild(state, cfg, path), form, device)
-    return Trained(model, cfg.data.dataset, cfg.data.root or None)
+    d = cfg.data
+    return Trained(model, d.dataset, d.root or None,
+                   {"channels": d.channels, "image_size": d.image_size})
 
 
 def _from_artifact(path: Path, device, form: str) -> Trained:
     from pemn.artifact import load
     model = load(path, form=form, device=device)
     dataset = model.pemn_header.dataset or {}
-    return Trained(model, dataset.get("name"), None)
+    shape = dataset.get("input_shape")  # (C, H, W) the model was fed; unchecked JSON
+    ok = isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape)
+    return Trained(model, dataset.get("name"), None,
+                   {"channels": shape[0], "image_size": shape[2]} if ok else {})
 
 
 def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
@@ -455,6 +501,8 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str 
         raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
                        f"output")
     trained = load_trained(path)
-    dataset = dataset_info(trained.dataset) if trained.dataset else None
+    header = getattr(trained.model, "pemn_header", None)  # an artifact keeps its own record
+    dataset = header.dataset if header is not None else trained.dataset and dataset_info(
+        trained.dataset, trained.data_root, **trained.data_options)
     return out, save(trained.model, out, codec=codec, dataset=dataset, precision=precision,
                      sign_with=sign_with)
