@@ -86,6 +86,22 @@ def test_keep_ratio_one_masks_of_zero_bytes_are_bounded(rp_file):
     assert "max_elements" in message
 
 
+def test_stored_dtype_must_fit_the_skeleton():
+    """Issue 23 (6): a float64 1e300 is finite, so it passed the finite check and became inf
+    in the float32 model; dtypes are now compared with the skeleton's."""
+    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1), pemn.RP(ratio=0.01))
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.bias = torch.nn.Parameter(torch.full(norm.bias.shape, 1e300, dtype=torch.float64))
+    data = pack(model)
+    for form in pemn.artifact.FORMS:
+        message = _bounded(lambda: unpack(data, form=form))
+        assert "stored as torch.float64, which the skeleton's torch.float32 cannot hold" \
+            in message
+    with torch.no_grad():
+        norm.bias.fill_(0.5)
+    assert isinstance(unpack(pack(model.float()), form="dense"), torch.nn.Module)
+
+
 @pytest.fixture(scope="module")
 def sparse_file():
     """Format 3: a coded mask + fp32 values per tensor (pemn.competitors.Sparse)."""

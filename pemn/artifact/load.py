@@ -182,6 +182,19 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
                             f"which {what} does not have")
 
 
+def _check_dtypes(header: Header, model: nn.Module) -> None:
+    """Each stored tensor in the skeleton's dtype, or a float of no wider range (fp16 into a
+    float32 model): a float64 1e300 is finite, but inf in a float32 model."""
+    state = model.state_dict(keep_vars=True)
+    for t in header.tensors:
+        have, want = torch_dtype(t.dtype), getattr(state.get(t.name), "dtype", None)
+        if want is not None and have != want and not (
+                have.is_floating_point and want.is_floating_point
+                and torch.finfo(have).max <= torch.finfo(want).max):
+            raise ArtifactError(f"tensor {t.name!r} is stored as {have}, which the skeleton's "
+                                f"{want} cannot hold")
+
+
 def _skeleton(header: Header, model: nn.Module | None, form: str,
               device: torch.device) -> nn.Module:
     """The caller's skeleton (moved to ``device``), or the zoo model allocated from meta."""
@@ -192,6 +205,7 @@ def _skeleton(header: Header, model: nn.Module | None, form: str,
             raise ArtifactError("the skeleton already has PEMN applied; pass a freshly built "
                                 "model (as its constructor returns it)")
         _check_layout(header, _skeleton_layout(model), "the skeleton")
+        _check_dtypes(header, model)
         return model.to(device)
     if header.model is None:
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
@@ -199,6 +213,7 @@ def _skeleton(header: Header, model: nn.Module | None, form: str,
     num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
     meta = _build_meta(header.model, num)
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
+    _check_dtypes(header, meta)
     return _allocate(meta, header, form, device)
 
 
