@@ -10,8 +10,7 @@ as seed + bit-packed masks + BN.
 """
 from pemn import artifact
 from pemn.artifact import load, save
-from pemn.baselines import MagnitudePrune, RandomPrune
-from pemn.competitors import Binary, Quantized, Sparse
+from pemn.competitors import Binary, MagnitudePrune, Quantized, RandomPrune, Sparse
 from pemn.fill import MP, RP, Dense, Mask, OneLayer
 from pemn.storage import Stats, paper_compression_ratio, stats
 from pemn.transform import apply_, masked_tensors, materialize_, register_maskable

@@ -1,15 +1,16 @@
 """What a user would pick instead of PEMN at a few bits per weight: trained weights, stored small.
 
-Three strategies, each one dataclass plus one registered function, built by :func:`compete_`
-(the ``pemn train`` / ``pemn sweep`` builder for them):
+Each family is one dataclass (a registered :class:`TrainedWeights`) plus one function, built by
+``pemn.apply_`` like every strategy:
 
 * ``Sparse(density, allocation)``: sparse training from scratch with a fixed mask drawn at
   initialisation. ``allocation="erk"`` spreads the kept weights as Erdos-Renyi-Kernel (Evci et
   al. 2020, RigL): a layer's density is proportional to ``sum(shape) / prod(shape)``, scaled so
   the kept count over the sparse layers is ``density`` of their weights; a layer that would
   exceed density 1 is made dense and the others rescaled. ``"uniform"`` keeps ``density`` of
-  every layer; ``"global_magnitude"`` keeps the largest ``|w|`` at init over all sparse layers.
-  The kept positions of ERK and uniform are random (seeded).
+  every layer (random, seeded); ``"magnitude"`` every layer's largest ``|w|`` at init;
+  ``"global_magnitude"`` the largest ``|w|`` at init over all sparse layers. The paper's
+  pruning baselines are presets: ``RandomPrune(cr)`` and ``MagnitudePrune(cr)``.
 * ``Quantized(bits)``: quantization-aware training, every weight fake-quantized per output
   channel, symmetric, to 8 or 4 bits (``pemn.artifact.weights.quantize``), gradient straight
   through the rounding.
@@ -17,17 +18,16 @@ Three strategies, each one dataclass plus one registered function, built by :fun
   alpha`` with ``alpha = mean |w|`` per output channel; the gradient passes straight through to
   the latent weight where ``|w| <= 1`` (BinaryConnect's clipping), alpha counts as a constant.
 
-``dense_ends`` (the first and last maskable layer, i.e. the stem and the head, stay ordinary
+``dense_ends`` (the first and last selected layer, i.e. the stem and the head, stay ordinary
 dense weights, stored like every other tensor) is True by default for ``Sparse`` and False for
-the others, whose every maskable weight is quantized or binarized. Layers are the ones
-``pemn.apply_`` would mask. Each layer keeps its latent weight as ``<name>_orig`` (and a sparse
-one its mask as ``<name>_mask``), the layout of ``torch.nn.utils.prune``; a forward pre-hook
-sets ``<name>`` to the effective weight before every forward, in training and in eval, and a
-forward hook detaches it afterwards (so the model can be deep-copied between steps). What is
-stored and how bytes are counted: docs/METHOD.md, section 6.
+the others. Each compressed layer keeps its latent weight as ``<name>_orig`` (and a sparse one
+its mask as ``<name>_mask``), and ``<name>`` is computed from them at every read, by the
+mechanism of PEMN's masked weights (:func:`pemn.masking.compute_`). What is stored and how
+bytes are counted: docs/METHOD.md, section 6.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -36,40 +36,17 @@ from typing import Callable, ClassVar, Literal, Sequence
 import torch
 from torch import nn
 
-from pemn.artifact.weights import binarize, debinarize, dequantize, quantize, register_trained
-from pemn.fill import Strategy, TensorSpec, register_strategy
-from pemn.masking import num_kept
-from pemn.transform import PemnSpec, maskable_tensors
+from pemn.artifact.weights import TrainedWeights, binarize, debinarize, dequantize, quantize
+from pemn.fill import TensorSpec, register_preset, register_strategy
+from pemn.masking import LATENT, MASK, compute_, num_kept, topk_mask
+from pemn.transform import PemnSpec, register_handler
 
-__all__ = ["compete_", "TrainedWeights", "Sparse", "Quantized", "Binary", "erk_counts",
-           "ALLOCATIONS"]
+__all__ = ["TrainedWeights", "Sparse", "Quantized", "Binary", "RandomPrune", "MagnitudePrune",
+           "register_weight", "straight_through", "erk_counts", "ALLOCATIONS"]
 
-ALLOCATIONS = ("erk", "uniform", "global_magnitude")
-_ALLOCATION_TITLES = {"erk": "ERK", "uniform": "uniform", "global_magnitude": "global |w|"}
-
-
-def _check_bool(strategy: Strategy, field: str) -> None:
-    value = getattr(strategy, field)
-    if not isinstance(value, bool):
-        raise ValueError(f"{strategy.name} {field} must be true or false, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainedWeights(Strategy):
-    """Base of the strategies whose layers train their own weights (built by :func:`compete_`).
-
-    ``dense_ends``: the first and last maskable layers (stem and head) stay dense.
-    """
-
-    def kept_fraction(self, keep_ratio: float = 0.0) -> float:
-        return 1.0  # every weight is stored (in fewer bits); Sparse overrides
-
-    def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float = 0.0) -> int:
-        return sum(s.numel for s in specs)
-
-    def _ends_tag(self, default: bool) -> str:
-        return "" if self.dense_ends == default else ("-dense_ends" if self.dense_ends
-                                                      else "-sparse_ends")
+ALLOCATIONS = ("erk", "uniform", "magnitude", "global_magnitude")
+_ALLOCATION_TITLES = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
+                      "global_magnitude": "global |w|"}
 
 
 @register_strategy("quantized")
@@ -82,7 +59,6 @@ class Quantized(TrainedWeights):
     """
 
     bits: int = 8
-    dense_ends: bool = False
     title: ClassVar[str] = "Quantized"
     stores_mask: ClassVar[bool] = False
 
@@ -90,7 +66,11 @@ class Quantized(TrainedWeights):
         if isinstance(self.bits, bool) or self.bits not in (8, 4):
             raise ValueError(f"quantized bits must be 8 or 4 (int8 or int4 codes), got "
                              f"{self.bits!r}")
-        _check_bool(self, "dense_ends")
+        super().__post_init__()
+
+    @property
+    def encoding(self) -> str:
+        return f"int{self.bits}"
 
     def label(self) -> str:
         return f"Int{self.bits} QAT" + (" (dense ends)" if self.dense_ends else "")
@@ -108,12 +88,9 @@ class Binary(TrainedWeights):
         ValueError: ``dense_ends`` not a bool.
     """
 
-    dense_ends: bool = False
     title: ClassVar[str] = "Binary"
     stores_mask: ClassVar[bool] = False
-
-    def __post_init__(self):
-        _check_bool(self, "dense_ends")
+    encoding: ClassVar[str] = "sign"
 
     def label(self) -> str:
         return "Binary (BWN)" + (" (dense ends)" if self.dense_ends else "")
@@ -130,7 +107,8 @@ class Sparse(TrainedWeights):
     Args:
         density: kept fraction of the sparse layers' weights (the dense ends not counted), in
             (0, 1].
-        allocation: ``"erk"``, ``"uniform"`` or ``"global_magnitude"`` (module docstring).
+        allocation: ``"erk"``, ``"uniform"``, ``"magnitude"`` or ``"global_magnitude"``
+            (module docstring).
         dense_ends: stem and head stay dense (and are stored in full).
 
     Raises:
@@ -138,9 +116,10 @@ class Sparse(TrainedWeights):
     """
 
     density: float = 0.1
-    allocation: Literal["erk", "uniform", "global_magnitude"] = "erk"
-    dense_ends: bool = True
+    allocation: Literal["erk", "uniform", "magnitude", "global_magnitude"] = "erk"
+    dense_ends: bool = dataclasses.field(default=True, kw_only=True)
     title: ClassVar[str] = "Sparse"
+    encoding: ClassVar[str] = "sparse"
 
     def __post_init__(self):
         if isinstance(self.density, bool) or not isinstance(self.density, (int, float)) \
@@ -150,7 +129,7 @@ class Sparse(TrainedWeights):
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"sparse allocation must be one of {list(ALLOCATIONS)}, got "
                              f"{self.allocation!r}")
-        _check_bool(self, "dense_ends")
+        super().__post_init__()
 
     def label(self) -> str:
         ends = "" if self.dense_ends else " (sparse ends)"
@@ -167,9 +146,9 @@ class Sparse(TrainedWeights):
         numels = [s.numel for s in specs]
         if self.allocation == "erk":
             return sum(erk_counts([s.shape for s in specs], self.density))
-        if self.allocation == "uniform":
-            return sum(num_kept(n, self.density) for n in numels)
-        return num_kept(sum(numels), self.density)
+        if self.allocation == "global_magnitude":
+            return num_kept(sum(numels), self.density)
+        return sum(num_kept(n, self.density) for n in numels)
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,6 +194,8 @@ def _random_mask(weight: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
 
 def _sparse_masks(strategy: Sparse, weights: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
+    if strategy.allocation == "magnitude":  # ties: the earlier position
+        return [topk_mask(w.detach(), strategy.density) for w in weights]
     if strategy.allocation == "global_magnitude":
         flat = torch.cat([w.detach().abs().reshape(-1).cpu() for w in weights])
         keep = torch.zeros(flat.numel(), dtype=weights[0].dtype)
@@ -230,7 +211,7 @@ def _sparse_masks(strategy: Sparse, weights: list[torch.Tensor], seed: int) -> l
 
 
 # ------------------------------------------------------------------------------------------
-# Effective weights: a forward pre-hook, as torch.nn.utils.prune does it
+# Effective weights: computed tensors (pemn.masking.compute_), as PEMN's masked weights
 # ------------------------------------------------------------------------------------------
 
 class _StraightThrough(torch.autograd.Function):
@@ -251,85 +232,44 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None, None
 
 
-def _fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
-    return _StraightThrough.apply(w, lambda v: dequantize(*quantize(v, bits)), None)
+def straight_through(w: torch.Tensor, fn: Callable, clip: float | None = None) -> torch.Tensor:
+    """``fn(w)`` in the forward pass; the gradient passes to ``w`` as if ``fn`` were the
+    identity (only where ``|w| <= clip`` with a ``clip``)."""
+    return _StraightThrough.apply(w, fn, clip)
 
 
-def _binary(w: torch.Tensor) -> torch.Tensor:
-    return _StraightThrough.apply(w, lambda v: debinarize(*binarize(v)), 1.0)
+_WEIGHTS: dict[type, Callable] = {}
 
 
-class _Effective:
-    """Forward pre-hook: ``module.<name> = fn(<name>_orig)``, or ``<name>_orig * <name>_mask``
-    for a sparse layer, before every forward."""
-
-    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None):
-        self.name, self.fn = name, fn
-
-    def __call__(self, module: nn.Module, inputs) -> None:
-        weight = getattr(module, self.name + "_orig")
-        mask = getattr(module, self.name + "_mask", None)
-        setattr(module, self.name, self.fn(weight) if mask is None else weight * mask)
-
-    def detach(self, module: nn.Module, inputs, output) -> None:
-        # Forward hook: the graph keeps what backward needs; the attribute left on the module
-        # is a plain tensor, so the model can be deep-copied between steps.
-        setattr(module, self.name, getattr(module, self.name).detach())
-
-
-def _reparametrize(module: nn.Module, name: str, fn=None, mask: torch.Tensor | None = None):
-    weight = module._parameters.pop(name)
-    module.register_parameter(name + "_orig", weight)
-    if mask is not None:
-        module.register_buffer(name + "_mask", mask)
-    hook = _Effective(name, fn)
-    with torch.no_grad():
-        hook(module, ())
-    module.register_forward_pre_hook(hook)
-    module.register_forward_hook(hook.detach)
-
-
-_LAYERS: dict[type, Callable] = {}
-
-
-def _layers_of(cls: type[TrainedWeights]):
-    """Function decorator: ``fn(strategy, [(module, name)], seed)`` reparametrizes for ``cls``."""
+def register_weight(cls: type[TrainedWeights]):
+    """Function decorator: ``fn(strategy, latent) -> weight`` is the weight every forward of a
+    ``cls`` layer computes from its trained latent weight (``<name>_orig``)."""
     def register(fn):
-        _LAYERS[cls] = fn
+        _WEIGHTS[cls] = fn
         return fn
     return register
 
 
-@_layers_of(Quantized)
-def _quantized(strategy: Quantized, layers, seed: int) -> None:
-    for module, name in layers:
-        _reparametrize(module, name, functools.partial(_fake_quantize, bits=strategy.bits))
+@register_weight(Quantized)
+def _fake_quantize(strategy: Quantized, w: torch.Tensor) -> torch.Tensor:
+    return straight_through(w, lambda v: dequantize(*quantize(v, strategy.bits)))
 
 
-@_layers_of(Binary)
-def _binarized(strategy: Binary, layers, seed: int) -> None:
-    for module, name in layers:
-        _reparametrize(module, name, _binary)
+@register_weight(Binary)
+def _binary(strategy: Binary, w: torch.Tensor) -> torch.Tensor:
+    return straight_through(w, lambda v: debinarize(*binarize(v)), 1.0)
 
 
-@_layers_of(Sparse)
-def _sparse(strategy: Sparse, layers, seed: int) -> None:
-    masks = _sparse_masks(strategy, [getattr(m, n) for m, n in layers], seed)
-    for (module, name), mask in zip(layers, masks):
-        _reparametrize(module, name, mask=mask)
+def _sparse_weight(module: nn.Module, name: str) -> torch.Tensor:
+    return getattr(module, name + LATENT) * getattr(module, name + MASK)
 
 
-def _chosen(model: nn.Module, dense_ends: bool) -> list[tuple[str, nn.Module, str]]:
-    """The maskable tensors, the ends left out when ``dense_ends``; refuses tied weights."""
-    targets = list(maskable_tensors(model))
-    holders: dict[int, int] = {}
-    for _, module in model.named_modules():
-        for p in module._parameters.values():
-            holders[id(p)] = holders.get(id(p), 0) + 1
-    for fqn, module, name in targets:
-        if holders[id(getattr(module, name))] > 1:
-            raise ValueError(f"{fqn}.{name} is tied to another layer; the competitor strategies "
-                             "train untied weights only")
+def _chosen(targets, dense_ends: bool):
+    """The targets, the ends left out when ``dense_ends``; refuses tied weights."""
+    for t in targets:
+        if t.aliases:
+            raise ValueError(f"{t.qualified} is tied to another layer; the trained-weight "
+                             "strategies train untied weights only")
     chosen = targets[1:-1] if dense_ends else targets
     if not chosen:
         raise ValueError(f"no layer left to compress: the model has {len(targets)} maskable "
@@ -337,43 +277,58 @@ def _chosen(model: nn.Module, dense_ends: bool) -> list[tuple[str, nn.Module, st
     return chosen
 
 
-def compete_(model: nn.Module, strategy: TrainedWeights, keep_ratio: float = 0.0,
-             seed: int = 0) -> nn.Module:
-    """Reparametrize ``model`` in place for a competitor strategy; record ``model.pemn_spec``.
-
-    Args:
-        model: any model; the layers ``pemn.apply_`` would mask are compressed (the first and
-            last left dense when ``strategy.dense_ends``).
-        strategy: ``Sparse(...)``, ``Quantized(bits)`` or ``Binary()``.
-        keep_ratio: unused (the strategy's arguments fix what is kept); there so every
-            strategy builds with the same arguments.
-        seed: seeds the random sparse masks.
-
-    Returns:
-        ``model``; ``model.pemn_spec.tensors`` lists the compressed tensors.
-
-    Raises:
-        TypeError: ``strategy`` is not one of these.
-        ValueError: already prepared, tied weights, or no layer left to compress.
-
-    Example:
-        >>> model = compete_(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2)), Quantized(bits=4))
-        >>> sorted(model[0].state_dict())
-        ['bias', 'weight_orig']
-    """
-    if type(strategy) not in _LAYERS:
-        raise TypeError(f"{strategy!r} is not a competitor strategy; they are: "
-                        f"{[t.__name__ for t in _LAYERS]}")
-    if getattr(model, "pemn_spec", None) is not None:
-        raise ValueError("a strategy is already applied to this model; start from a fresh one")
-    chosen = _chosen(model, strategy.dense_ends)
-    specs = [TensorSpec(f"{fqn}.{name}" if fqn else name, tuple(getattr(m, name).shape))
-             for fqn, m, name in chosen]
-    _LAYERS[type(strategy)](strategy, [(m, name) for _, m, name in chosen], seed)
-    model.pemn_spec = PemnSpec(strategy, strategy.kept_fraction(keep_ratio), seed, specs, None)
-    return model
+def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
+    return PemnSpec(strategy, strategy.kept_fraction(), seed,
+                    [TensorSpec(t.qualified, tuple(getattr(t.module, t.name).shape))
+                     for t in chosen], None)
 
 
-register_trained(Quantized, encoding=lambda s: f"int{s.bits}", build=compete_)
-register_trained(Binary, encoding=lambda s: "sign", build=compete_)
-register_trained(Sparse, encoding=lambda s: "sparse", build=compete_)
+@register_handler(TrainedWeights)
+def _trained(model: nn.Module, strategy: TrainedWeights, targets) -> PemnSpec:
+    """Each chosen weight becomes its latent ``<name>_orig``, read through the family's
+    registered weight function."""
+    fn = next((_WEIGHTS[t] for t in type(strategy).__mro__ if t in _WEIGHTS), None)
+    if fn is None:
+        raise TypeError(f"{type(strategy).__name__} has no weight function; decorate one "
+                        "with pemn.competitors.register_weight")
+    chosen = _chosen(targets, strategy.dense_ends)
+    for t in chosen:
+        compute_(t.module, t.name, functools.partial(_latent_weight, fn, strategy),
+                 {LATENT: getattr(t.module, t.name)})
+    return _spec(strategy, chosen, 0)
+
+
+def _latent_weight(fn, strategy, module: nn.Module, name: str) -> torch.Tensor:
+    return fn(strategy, getattr(module, name + LATENT))
+
+
+@register_handler(Sparse, uses=("seed",))
+def _sparse(model: nn.Module, strategy: Sparse, targets, seed: int) -> PemnSpec:
+    """Each chosen weight keeps its latent values under a mask fixed now."""
+    chosen = _chosen(targets, strategy.dense_ends)
+    weights = [getattr(t.module, t.name) for t in chosen]
+    for t, w, mask in zip(chosen, weights, _sparse_masks(strategy, weights, seed)):
+        compute_(t.module, t.name, _sparse_weight, {LATENT: w, MASK: mask})
+    return _spec(strategy, chosen, seed)
+
+
+def RandomPrune(cr: float = 0.9) -> Sparse:
+    """The paper's "Random" pruning baseline at its compression ratio ``cr``: every layer
+    keeps a random ``31/32 - cr`` of its weights (a 1-bit mask + fp32 kept values at CR)."""
+    return Sparse(_cr_density(cr), "uniform", dense_ends=False)
+
+
+def MagnitudePrune(cr: float = 0.9) -> Sparse:
+    """The paper's "Minimum" pruning baseline: every layer keeps its largest ``|w|``."""
+    return Sparse(_cr_density(cr), "magnitude", dense_ends=False)
+
+
+def _cr_density(cr: float) -> float:
+    if isinstance(cr, bool) or not isinstance(cr, (int, float)) or not 0 <= cr < 31 / 32:
+        raise ValueError(f"cr is the paper's compression ratio, in [0, 31/32) for a 1-bit mask "
+                         f"+ fp32 kept values; got {cr!r}")
+    return round(31 / 32 - cr, 10)  # 0.06875, not 0.06874999...
+
+
+register_preset("random_prune", RandomPrune)
+register_preset("magnitude_prune", MagnitudePrune)

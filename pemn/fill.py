@@ -1,7 +1,7 @@
 """Strategies, and the weight fills: how the frozen random weights of masked layers are built.
 
-Every strategy (these weight fills and the pruning baselines of :mod:`pemn.baselines`) is a
-small frozen dataclass registered under a name with :func:`register_strategy`; the
+Every strategy (these weight fills and the trained-weight families of :mod:`pemn.competitors`)
+is a small frozen dataclass registered under a name with :func:`register_strategy`; the
 ``{"name": ..., **fields}`` form of :func:`strategy_to_dict` is how configs and artifacts store
 it. A strategy owns its label (``"RP 1e-3"``), its tag for file names (``"rp0.001"``) and its
 storage count (:meth:`Strategy.num_stored`, the U of the paper's CR).
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # layer_values works on torch tensors; fill itself never need
 __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
     "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
-    "STRATEGIES", "FILLS", "register_planner",
+    "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset",
 ]
 
 _PERMUTATION_STREAM = 2**32
@@ -107,6 +107,17 @@ def register_strategy(name: str, *, fill: bool = False):
             FILLS[name] = cls
         return cls
     return register
+
+
+PRESETS: dict[str, Callable[..., Strategy]] = {}  # names of thin constructors (random_prune)
+
+
+def register_preset(name: str, make: Callable[..., Strategy]) -> None:
+    """File ``make(**args) -> Strategy`` under ``name`` for configs: ``{ name = "random_prune",
+    cr = 0.9 }`` reads as ``make(cr=0.9)``; the strategy it returns is stored as itself."""
+    if name in STRATEGIES or name in PRESETS:
+        raise ValueError(f"strategy name {name!r} is already registered")
+    PRESETS[name] = make
 
 
 def _ratio_text(ratio: float) -> str:
@@ -293,10 +304,12 @@ def strategy_from_dict(d: dict) -> Strategy:
     name = d.pop("name", None)
     if name is None:
         raise ValueError(f"a strategy table needs a name, one of {sorted(STRATEGIES)}; got {d!r}")
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    make = STRATEGIES.get(name) or PRESETS.get(name)
+    if make is None:
+        raise ValueError(f"unknown strategy {name!r}; choose one of "
+                         f"{sorted(STRATEGIES) + sorted(PRESETS)}")
     try:
-        return STRATEGIES[name](**d)
+        return make(**d)
     except TypeError as e:
         raise ValueError(f"bad arguments for strategy {name!r}: {e}") from None
 

@@ -53,8 +53,9 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["num_kept", "topk_mask", "masked_weight", "mask_tensor_", "unmask_tensor_",
-           "masked_names", "is_masked", "current_mask", "cached_tensors"]
+__all__ = ["num_kept", "topk_mask", "masked_weight", "mask_tensor_", "masked_names", "is_masked",
+           "current_mask", "cached_tensors", "compute_", "bake_", "computed_names", "parts",
+           "SUFFIXES"]
 
 # Up to this many entries one exact resolution (a kthvalue) is cheaper than probing.
 _SMALL = 4096
@@ -367,44 +368,99 @@ def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
     return state.eval.value
 
 
-def _masked_property(name: str) -> property:
-    def get(module: nn.Module) -> torch.Tensor:
-        fixed = getattr(module, name + "_fixed")
-        scores = getattr(module, name + "_scores")
-        keep = module._pemn_keep_ratio
-        state = _state(scores)
-        if torch.is_grad_enabled() and scores.requires_grad:
-            weight = _MaskedWeight.apply(fixed, scores, keep, state)
-        elif module.training:
-            with torch.no_grad():
-                weight = _masked_values(fixed, scores, keep, state)
-        else:
-            weight = _eval_weight(fixed, scores, keep, state)
-        gain = module._parameters.get(name + "_gain")
-        return weight if gain is None else weight * gain
-
-    return property(get)
+def _masked(module: nn.Module, name: str) -> torch.Tensor:
+    """The PEMN weight ``[gain *] fixed * topk_mask(|scores|)`` of ``module.<name>``."""
+    fixed = getattr(module, name + FIXED)
+    scores = getattr(module, name + SCORES)
+    keep = module._pemn_keep_ratio
+    state = _state(scores)
+    if torch.is_grad_enabled() and scores.requires_grad:
+        weight = _MaskedWeight.apply(fixed, scores, keep, state)
+    elif module.training:
+        with torch.no_grad():
+            weight = _masked_values(fixed, scores, keep, state)
+    else:
+        weight = _eval_weight(fixed, scores, keep, state)
+    gain = module._parameters.get(name + GAIN)
+    return weight if gain is None else weight * gain
 
 
 # --------------------------------------------------------------------------------------------
-# Masking and unmasking modules
+# Computed tensors: the one mechanism of every family and every load form
 # --------------------------------------------------------------------------------------------
+
+# The one table of the suffixes under which a computed tensor ``w`` stores its parts, as
+# ``w_fixed`` etc. in the module and its state_dict; pack, load, storage and transform read it.
+FIXED, SCORES, GAIN = "_fixed", "_scores", "_gain"  # PEMN: frozen values, scores, learned gain
+LATENT, MASK = "_orig", "_mask"  # trained weights (the layout of torch.nn.utils.prune)
+BITS, VALUES = "_bits", "_values"  # the packed form: packed mask bits, shared prototype
+SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES)
 
 _CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
 
 
-def _masked_class(base: type, names: tuple[str, ...]) -> type:
+def _computed_class(base: type, names: tuple[str, ...]) -> type:
     key = (base, names)
     if key not in _CLASS_CACHE:
-        attrs = {n: _masked_property(n) for n in names}
+        attrs = {n: property(lambda m, n=n: m._pemn_fns[n](m, n)) for n in names}
         attrs["_pemn_base"] = base
         _CLASS_CACHE[key] = type(f"Masked{base.__name__}", (base,), attrs)
     return _CLASS_CACHE[key]
 
 
+def computed_names(module: nn.Module) -> tuple[str, ...]:
+    """Names of the computed tensors of ``module`` (empty if it has none)."""
+    return tuple(module.__dict__.get("_pemn_fns", ()))
+
+
+def parts(module: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The stored tensors of computed tensor ``name``, by suffix."""
+    own = {**module._parameters, **module._buffers}
+    return {s: own[name + s] for s in SUFFIXES if own.get(name + s) is not None}
+
+
+def compute_(module: nn.Module, name: str, fn, stored: dict[str, torch.Tensor],
+             transient: dict[str, torch.Tensor] | None = None) -> None:
+    """Make ``module.<name>`` the tensor ``fn(module, name)``, computed at every read.
+
+    The Parameter ``module.<name>`` is removed. ``stored`` maps suffixes of :data:`SUFFIXES`
+    to tensors: a Parameter is registered as ``<name><suffix>`` and trains, any other tensor
+    is a buffer; ``transient`` ones are buffers left out of the state_dict. The module stays
+    an instance of its class (a dynamic subclass adds the property, as
+    ``torch.nn.utils.parametrize`` does), its ``forward`` and hooks are untouched.
+    """
+    module._parameters.pop(name, None)
+    transient = transient or {}
+    for suffix, t in {**stored, **transient}.items():
+        if isinstance(t, nn.Parameter):
+            module.register_parameter(name + suffix, t)
+        else:
+            module.register_buffer(name + suffix, t, persistent=suffix not in transient)
+    module._pemn_fns = {**module.__dict__.get("_pemn_fns", {}), name: fn}
+    base = getattr(module, "_pemn_base", type(module))
+    module.__class__ = _computed_class(base, computed_names(module))
+
+
+def bake_(module: nn.Module, name: str) -> None:
+    """Turn computed ``module.<name>`` into a plain trainable Parameter of its current value."""
+    with torch.no_grad():
+        value = getattr(module, name).detach().clone()
+    for suffix in SUFFIXES:
+        module._parameters.pop(name + suffix, None)
+        module._buffers.pop(name + suffix, None)
+        module._non_persistent_buffers_set.discard(name + suffix)
+    fns = {k: f for k, f in module._pemn_fns.items() if k != name}
+    base = module._pemn_base
+    module.__class__ = _computed_class(base, tuple(fns)) if fns else base
+    module._pemn_fns = fns
+    if not fns:
+        del module._pemn_fns
+    module.register_parameter(name, nn.Parameter(value))
+
+
 def masked_names(module: nn.Module) -> tuple[str, ...]:
-    """Names of the masked tensors of ``module`` (empty if it is not masked)."""
-    return tuple(getattr(module, "_pemn_names", ()))
+    """Names of the PEMN-masked tensors of ``module`` (empty if it is not masked)."""
+    return tuple(n for n, f in module.__dict__.get("_pemn_fns", {}).items() if f is _masked)
 
 
 def is_masked(module: nn.Module) -> bool:
@@ -418,35 +474,18 @@ def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torc
     With a ``gain`` (broadcastable to the weight), the weight is ``gain * fixed * mask`` and
     the gain is a learned Parameter ``{name}_gain``.
     """
-    param = module._parameters.pop(name)
-    module.register_buffer(name + "_fixed", fixed.to(param.device, param.dtype))
-    module.register_parameter(name + "_scores", nn.Parameter(scores.to(param.device, param.dtype)))
+    param = getattr(module, name)
+    like = {"device": param.device, "dtype": param.dtype}
+    stored = {FIXED: fixed.to(**like), SCORES: nn.Parameter(scores.to(**like))}
     if gain is not None:
-        module.register_parameter(name + "_gain", nn.Parameter(gain.to(param.device, param.dtype)))
-    names = masked_names(module) + (name,)
-    module._pemn_names = names
+        stored[GAIN] = nn.Parameter(gain.to(**like))
     module._pemn_keep_ratio = keep_ratio
-    module.__class__ = _masked_class(getattr(module, "_pemn_base", type(module)), names)
-
-
-def unmask_tensor_(module: nn.Module, name: str) -> None:
-    """Bake ``module.<name>`` into a plain trainable Parameter holding the masked values."""
-    with torch.no_grad():
-        value = getattr(module, name).detach().clone()
-    del module._buffers[name + "_fixed"], module._parameters[name + "_scores"]
-    module._parameters.pop(name + "_gain", None)
-    names = tuple(n for n in masked_names(module) if n != name)
-    base = module._pemn_base
-    module.__class__ = _masked_class(base, names) if names else base
-    module._pemn_names = names
-    module.register_parameter(name, nn.Parameter(value))
-    if not names:
-        del module._pemn_names, module._pemn_keep_ratio
+    compute_(module, name, _masked, stored)
 
 
 def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     """The boolean mask of a masked tensor as currently selected by its scores."""
-    scores = getattr(module, name + "_scores")
+    scores = getattr(module, name + SCORES)
     return topk_mask(scores, module._pemn_keep_ratio).bool()
 
 
@@ -459,7 +498,7 @@ def cached_tensors(module: nn.Module) -> list[torch.Tensor]:
     """
     out = []
     for name in masked_names(module):
-        state = _STATES.get(getattr(module, name + "_scores"))
+        state = _STATES.get(getattr(module, name + SCORES))
         if state is None:
             continue
         if state.step is not None and state.step.value is not None:

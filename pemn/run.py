@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pemn import baselines, competitors, fill, stats
+from pemn import fill, stats
 from pemn.checkpoint import CheckpointError, load_checkpoint
 from pemn.config import ConfigError, ModelConfig, RunConfig, flatten, from_dict, to_dict
 from pemn.data import DatasetInfo, dataset_info, load_dataset, split_validation
@@ -24,7 +24,7 @@ from pemn.distributed import World, setup, teardown
 from pemn.fileio import atomic_write
 from pemn.models import create_model, data_args
 from pemn.train import resolve_device, train
-from pemn.transform import apply_
+from pemn.transform import accepts, apply_
 
 __all__ = ["run", "build_model", "model_from_config", "RunDir", "RunError", "Trained",
            "load_trained", "load_model", "pack_trained", "is_out_of_memory", "memory_text"]
@@ -161,20 +161,15 @@ def _describe_model(name, kwargs: dict) -> str:
 
 
 def build_model(cfg: RunConfig, **given) -> torch.nn.Module:
-    """``create_model`` + the configured strategy (a weight fill or a pruning baseline).
+    """``create_model`` + ``pemn.apply_`` of the configured strategy, given the config's
+    keep_ratio and seed where the strategy uses them.
 
-    The builder is found by the strategy's type in ``_BUILDERS`` (through its base classes),
-    so a new strategy that subclasses a family needs no change here. ``given``: model
-    arguments from the data (:func:`model_kwargs`); ``model.kwargs`` win.
+    ``given``: model arguments from the data (:func:`model_kwargs`); ``model.kwargs`` win.
     """
     model = create_model(cfg.model.name, **{**given, **cfg.model.kwargs})
     m = cfg.mask
-    build = next(_BUILDERS[t] for t in type(m.strategy).__mro__ if t in _BUILDERS)
-    return build(model, m.strategy, keep_ratio=m.keep_ratio, seed=m.seed)
-
-
-_BUILDERS = {baselines.PruneBaseline: baselines.prune_,
-             competitors.TrainedWeights: competitors.compete_, fill.Strategy: apply_}
+    args = {k: getattr(m, k) for k in accepts(m.strategy)}
+    return apply_(model, m.strategy, **args)
 
 
 def data_info(cfg: RunConfig) -> DatasetInfo:

@@ -33,9 +33,9 @@ from torch import nn
 from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
 from pemn.fill import strategy_to_dict
+from pemn.masking import SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
-           "formula_bytes",
            "csr_fp32_bytes", "paper_csr_bytes", "bitmask_fp32_bytes", "size_report",
            "format_size_table", "storage_readings"]
 
@@ -80,18 +80,12 @@ def stats(model: nn.Module) -> Stats:
 
 def _num_other(model: nn.Module, masked: set[str]) -> int:
     """Floating-point state outside the masked tensors. A masked tensor ``w`` owns ``w`` and
-    every ``w_<suffix>`` entry (its random values, scores, or a pruning mask)."""
+    its stored parts ``w<suffix>`` (:data:`pemn.masking.SUFFIXES`)."""
     def owned(name: str) -> bool:
-        base, _, _ = name.rpartition("_")
-        return name in masked or base in masked
+        return name in masked or any(name.endswith(s) and name[: -len(s)] in masked
+                                     for s in SUFFIXES)
     return sum(t.numel() for n, t in model.state_dict().items()
                if t.is_floating_point() and not owned(n))
-
-
-def formula_bytes(s: Stats) -> int:
-    """Bytes by the paper's accounting plus the rest in fp32: ``ceil(mask_bits/8) + 4 U +
-    4 other`` (Dense: ``4 (P + other)``), for runs without an artifact (pruning baselines)."""
-    return -(-s.mask_bits // 8) + 4 * s.num_unique + 4 * s.num_other_params
 
 
 # ------------------------------------------------------------------------------------------

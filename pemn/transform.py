@@ -33,10 +33,10 @@ from torch import nn
 from pemn import fill as fill_lib
 from pemn import rng
 from pemn.fill import Dense, Strategy, TensorSpec
-from pemn.masking import mask_tensor_, masked_names, unmask_tensor_
+from pemn.masking import VALUES, bake_, compute_, computed_names, mask_tensor_, masked_names, parts
 
 __all__ = ["apply_", "materialize_", "masked_tensors", "maskable_tensors", "register_maskable",
-           "PemnSpec"]
+           "register_handler", "accepts", "tie_", "PemnSpec"]
 
 
 @dataclass(frozen=True)
@@ -174,14 +174,14 @@ def maskable_tensors(model: nn.Module):
             yield t.fqn, t.module, t.name
 
 
-def _validate(strategy, keep_ratio, seed) -> None:
-    if not isinstance(strategy, tuple(fill_lib.FILLS.values())):
-        raise TypeError(f"strategy must be one of pemn.Dense(), Mask(), OneLayer(), MP(), "
-                        f"RP(ratio=...), got {strategy!r}")
+def _check_keep_ratio(keep_ratio) -> None:
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) \
             or not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio is the kept fraction and must be in (0, 1], "
                          f"got {keep_ratio!r}")
+
+
+def _check_seed(seed) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
@@ -221,20 +221,60 @@ def _select(model, include, exclude) -> list[_Target]:
     return chosen
 
 
-def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: int = 0,
-           include=None, exclude=None) -> nn.Module:
-    """Apply PEMN to ``model`` in place and return it.
+@dataclass(frozen=True)
+class _Handler:
+    build: Callable  # (model, strategy, targets, **args) -> PemnSpec
+    uses: frozenset  # the arguments of apply_ it takes: "keep_ratio", "seed"
 
-    Every selected weight is replaced by frozen random values (regenerated from ``seed`` by
-    :mod:`pemn.rng`, shared as ``strategy`` says) times a learned top-k mask.
+
+_HANDLERS: dict[type, _Handler] = {}
+
+
+def register_handler(cls: type, *, uses=()):
+    """Function decorator: ``fn(model, strategy, targets, **args) -> PemnSpec`` is how
+    :func:`apply_` builds strategies of ``cls`` (and its subclasses without their own).
+
+    ``targets`` are the selected tensors (``.module``, ``.name``, ``.qualified``,
+    ``.spec()``, ``.aliases``); ``uses`` names the arguments of ``apply_`` it takes among
+    ``"keep_ratio"`` and ``"seed"``: any other given is refused.
+    """
+    def register(fn):
+        _HANDLERS[cls] = _Handler(fn, frozenset(uses))
+        return fn
+    return register
+
+
+def _handler(strategy) -> _Handler:
+    handler = next((_HANDLERS[t] for t in type(strategy).__mro__ if t in _HANDLERS), None)
+    if handler is None or not isinstance(strategy, Strategy):
+        raise TypeError(f"{strategy!r} is not a strategy; pemn.apply_ takes one of "
+                        f"{sorted(fill_lib.STRATEGIES)} (pemn.Dense(), RP(ratio=...), ...)")
+    return handler
+
+
+def accepts(strategy: Strategy) -> frozenset:
+    """The arguments of :func:`apply_` that ``strategy`` uses, among keep_ratio and seed."""
+    return _handler(strategy).uses
+
+
+def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None,
+           seed: int | None = None, include=None, exclude=None) -> nn.Module:
+    """Apply ``strategy`` to ``model`` in place and return it: the one verb of every family.
+
+    A weight fill (``Mask()``, ``OneLayer()``, ``MP()``, ``RP(ratio)``) replaces every selected
+    weight by frozen random values (regenerated from ``seed`` by :mod:`pemn.rng`, shared as the
+    strategy says) times a learned top-k mask. ``Dense()`` changes nothing. The trained-weight
+    families of :mod:`pemn.competitors` (``Sparse``, ``Quantized``, ``Binary`` and the pruning
+    presets) train the selected weights, computed as their family says.
 
     Args:
         model: any ``nn.Module``; it is modified in place.
-        strategy: ``pemn.Dense()``, ``Mask()``, ``OneLayer()``, ``MP()`` or ``RP(ratio, order)``.
-        keep_ratio: fraction of each layer's weights *kept* by the mask, in (0, 1].
-        seed: integer seed of the random weights and of the score initialisation.
+        strategy: any strategy of ``pemn.__all__``; found by type in one table
+            (:func:`register_handler`).
+        keep_ratio: a weight fill's kept fraction of each layer, in (0, 1]; default 0.5.
+        seed: integer seed of the random weights, scores or masks; default 0.
         include: glob pattern(s) over qualified names (``"blocks.*"``, ``"head"``, or
-            ``"attn.in_proj_weight"``); only matching tensors are masked, opt-in kinds
+            ``"attn.in_proj_weight"``); only matching tensors are selected, opt-in kinds
             (``nn.Embedding``) included. Default: every default kind.
         exclude: glob pattern(s) of layers left dense.
 
@@ -242,24 +282,41 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
         ``model``, with ``model.pemn_spec`` recording what was done.
 
     Raises:
-        TypeError, ValueError: bad strategy, keep_ratio or seed; a pattern matching nothing;
-            a selected tensor tied to one that cannot be masked.
+        TypeError, ValueError: bad strategy, keep_ratio or seed, or one the strategy does not
+            use; a pattern matching nothing; a selected tensor tied to one that cannot be
+            masked.
 
     Example:
         >>> model = apply_(nn.Sequential(nn.Linear(8, 4)), RP(ratio=0.1), keep_ratio=0.5)
         >>> type(model[0]).__name__, isinstance(model[0], nn.Linear)
         ('MaskedLinear', True)
     """
-    _validate(strategy, keep_ratio, seed)
+    handler = _handler(strategy)
+    args = {k: v for k, v in (("keep_ratio", keep_ratio), ("seed", seed)) if v is not None}
+    for k in args.keys() - handler.uses:
+        raise ValueError(f"{strategy.title or type(strategy).__name__} does not use {k} (its "
+                         f"own arguments say what it keeps); leave {k} out")
+    if "keep_ratio" in handler.uses:
+        _check_keep_ratio(args.setdefault("keep_ratio", 0.5))
+    if "seed" in handler.uses:
+        _check_seed(args.setdefault("seed", 0))
     if getattr(model, "pemn_spec", None) is not None:
-        raise ValueError("PEMN is already applied to this model; call pemn.materialize_(model) "
-                         "first or start from a fresh model")
-    targets = _select(model, include, exclude)
-    specs = [t.spec() for t in targets]
+        raise ValueError("a strategy is already applied to this model; call "
+                         "pemn.materialize_(model) first or start from a fresh model")
+    model.pemn_spec = handler.build(model, strategy, _select(model, include, exclude), **args)
+    return model
+
+
+@register_handler(Dense)
+def _dense(model, strategy: Dense, targets) -> PemnSpec:
     ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
-    if isinstance(strategy, Dense):
-        model.pemn_spec = PemnSpec(strategy, 1.0, seed, specs, None, ties=ties)
-        return model
+    return PemnSpec(strategy, 1.0, 0, [t.spec() for t in targets], None, ties=ties)
+
+
+@register_handler(Strategy, uses=("keep_ratio", "seed"))
+def _fill(model, strategy: Strategy, targets, keep_ratio: float, seed: int) -> PemnSpec:
+    """A weight fill: frozen random values from the strategy's plan, masked by top-k."""
+    specs = [t.spec() for t in targets]
     plan = fill_lib.plan_fill(strategy, specs)
     prototypes = plan.generate(seed)
     # Move each prototype once, so layers that share values share one device tensor.
@@ -272,21 +329,19 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float = 0.5, seed: 
         gain = None if gain_shape is None else torch.ones(gain_shape)
         mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain)
         for _, module, name in t.aliases:
-            _tie(module, name, t.module, t.name, keep_ratio)
-    model.pemn_spec = PemnSpec(strategy, keep_ratio, seed, specs, plan,
-                               [rng.sha256_f32(v) for v in prototypes], ties=ties)
-    return model
+            tie_(module, name, t.module, t.name)
+    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
+    return PemnSpec(strategy, keep_ratio, seed, specs, plan,
+                    [rng.sha256_f32(v) for v in prototypes], ties=ties)
 
 
-def _tie(module: nn.Module, name: str, owner: nn.Module, owner_name: str, keep: float) -> None:
-    """Make ``module.<name>`` the same masked tensor as ``owner.<owner_name>``."""
-    fixed = getattr(owner, owner_name + "_fixed")
-    scores = getattr(owner, owner_name + "_scores")
-    mask_tensor_(module, name, fixed, scores.detach(), keep)
-    module._parameters[name + "_scores"] = scores  # one Parameter: the tie holds in training
-    gain = owner._parameters.get(owner_name + "_gain")
-    if gain is not None:
-        module._parameters[name + "_gain"] = gain
+def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
+    """Make ``module.<name>`` the same computed tensor as ``owner.<owner_name>``: one set of
+    stored tensors (so the tie holds in training), read by the same function."""
+    module._pemn_keep_ratio = getattr(owner, "_pemn_keep_ratio", None)
+    own = parts(owner, owner_name)
+    compute_(module, name, owner._pemn_fns[owner_name], own,
+             {VALUES: own[VALUES]} if VALUES in own else None)
 
 
 def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:
@@ -310,15 +365,16 @@ def masked_tensors(model: nn.Module):
 
 
 def materialize_(model: nn.Module) -> nn.Module:
-    """Bake every mask into a plain dense weight; the model no longer depends on pemn.
+    """Bake every computed tensor into a plain Parameter holding its current value, whatever
+    the family or load form; the model no longer depends on pemn.
 
     The logits do not change, and tied tensors stay tied. Returns ``model``.
     """
-    baked: dict[int, nn.Parameter] = {}
+    baked: dict[tuple, nn.Parameter] = {}
     for _, module in list(model.named_modules()):
-        for name in masked_names(module):
-            key = id(getattr(module, name + "_scores"))
-            unmask_tensor_(module, name)
+        for name in computed_names(module):
+            key = tuple(id(t) for t in parts(module, name).values())  # tied: the same parts
+            bake_(module, name)
             if key in baked:  # a tied alias: reuse the first baked Parameter
                 module._parameters[name] = baked[key]
             else:

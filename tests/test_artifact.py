@@ -18,6 +18,7 @@ from pemn.artifact import ArtifactError, describe, export, load, pack, save, unp
 from pemn.artifact import format as fmt
 from pemn.models import create_model
 from pemn.storage import format_size_table, mask_entropy_bytes, size_report
+from pemn.transform import accepts
 
 ARCHS = {  # name -> (kwargs, input shape)
     "convmixer_64_d4": ({"in_channels": 1}, (2, 1, 28, 28)),
@@ -47,7 +48,9 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def trained(arch: str, strategy, keep_ratio: float = 0.5, seed: int = 3) -> torch.nn.Module:
     kwargs, _ = ARCHS.get(arch, ({}, None))
-    model = pemn.apply_(create_model(arch, **kwargs), strategy, keep_ratio=keep_ratio, seed=seed)
+    args = {k: v for k, v in {"keep_ratio": keep_ratio, "seed": seed}.items()
+            if k in accepts(strategy)}
+    model = pemn.apply_(create_model(arch, **kwargs), strategy, **args)
     return randomise_(model, seed).eval()
 
 
@@ -242,10 +245,12 @@ def test_model_without_apply():
         pack(create_model("mlp_paper"))
 
 
-def test_baseline_model_is_refused():
-    from pemn.baselines import RandomPrune, prune_
-    with pytest.raises(ArtifactError, match="RandomPrune"):
-        pack(prune_(create_model("mlp_paper"), RandomPrune(0.5)))
+def test_a_pruning_baseline_is_saved_as_the_sparse_model_it_is():
+    model = pemn.apply_(create_model("mlp_paper"), pemn.RandomPrune(0.5), seed=1).eval()
+    loaded = unpack(pack(model))
+    assert loaded.pemn_spec.strategy == pemn.Sparse(0.46875, "uniform", dense_ends=False)
+    x = torch.randn(2, 512)
+    assert torch.equal(loaded(x), model(x))
 
 
 def test_modified_fixed_weights_are_refused():

@@ -12,7 +12,6 @@ import torch
 import pemn
 from pemn.artifact import ArtifactError, describe, load, pack, unpack
 from pemn.artifact import format as fmt
-from pemn.competitors import compete_
 from pemn.models import create_model
 
 

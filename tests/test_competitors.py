@@ -13,7 +13,7 @@ import pemn
 from pemn.artifact import ArtifactError, describe, export, pack, unpack
 from pemn.artifact import format as fmt
 from pemn.artifact.weights import binarize, debinarize, dequantize, quantize
-from pemn.competitors import Binary, Quantized, Sparse, compete_, erk_counts
+from pemn.competitors import Binary, Quantized, Sparse, erk_counts
 from pemn.config import RunConfig, from_dict
 from pemn.experiments import plot_results, read_records, run_sweep, summary_table
 from pemn.fill import strategy_from_dict, strategy_to_dict
@@ -31,7 +31,8 @@ FAMILIES = [Quantized(bits=8), Quantized(bits=4), Binary(), Sparse(),
 def tiny(strategy, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = create_model("convmixer_64_d4", dim=16, in_channels=1, num_classes=10)
-    return compete_(model, strategy, seed=seed)
+    return pemn.apply_(model, strategy, **({"seed": seed} if isinstance(strategy, Sparse)
+                                           else {}))
 
 
 def train_step(model: torch.nn.Module, lr: float = 1e-2) -> None:
@@ -134,7 +135,7 @@ def test_binary_trains_and_has_only_plus_minus_alpha_per_channel():
 
 
 def test_binary_gradient_is_straight_through_and_clipped():
-    layer = compete_(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), Binary())
+    layer = pemn.apply_(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), Binary())
     with torch.no_grad():
         layer[0].weight_orig.copy_(torch.tensor([[0.5, -2.0, 0.1], [-0.3, 0.2, 1.5]]))
     layer(torch.ones(1, 3)).sum().backward()
@@ -178,7 +179,7 @@ def test_sparse_global_magnitude_keeps_the_largest_init_weights():
     model = create_model("convmixer_64_d4", dim=16, in_channels=1)
     init = torch.cat([getattr(m, n).detach().abs().reshape(-1)
                       for _, m, n in list(pemn.transform.maskable_tensors(model))])
-    compete_(model, Sparse(density=0.05, allocation="global_magnitude", dense_ends=False))
+    pemn.apply_(model, Sparse(density=0.05, allocation="global_magnitude", dense_ends=False))
     kept = torch.cat([getattr(m, t + "_orig").detach().abs().reshape(-1)[
         getattr(m, t + "_mask").reshape(-1).bool()] for _, m, t in layers(model)])
     assert len(kept) == num_kept(len(init), 0.05)
@@ -186,17 +187,19 @@ def test_sparse_global_magnitude_keeps_the_largest_init_weights():
 
 
 def test_refusals():
-    with pytest.raises(TypeError, match="not a competitor"):
-        compete_(torch.nn.Linear(2, 2), pemn.RP())
+    with pytest.raises(ValueError, match="Quantized does not use keep_ratio"):
+        pemn.apply_(torch.nn.Linear(2, 2), pemn.Quantized(), keep_ratio=0.5)
+    with pytest.raises(ValueError, match="Binary does not use seed"):
+        pemn.apply_(torch.nn.Linear(2, 2), pemn.Binary(), seed=1)
     with pytest.raises(ValueError, match="no layer left"):
-        compete_(torch.nn.Sequential(torch.nn.Linear(2, 2)), Sparse())
+        pemn.apply_(torch.nn.Sequential(torch.nn.Linear(2, 2)), Sparse())
     model = tiny(Binary())
     with pytest.raises(ValueError, match="already applied"):
-        compete_(model, Binary())
+        pemn.apply_(model, Binary())
     tied = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     tied[1].weight = tied[0].weight
     with pytest.raises(ValueError, match="tied"):
-        compete_(tied, Quantized())
+        pemn.apply_(tied, Quantized())
 
 
 def test_numerics_are_canonical():
@@ -282,7 +285,7 @@ def test_fp16_folds_norms_and_is_stable(family):
 ], ids=["vit_tiny", "resnet20", "mlp"])
 def test_round_trip_on_other_architectures(arch, strategy, shape):
     torch.manual_seed(0)
-    model = compete_(create_model(arch), strategy).eval()
+    model = pemn.apply_(create_model(arch), strategy).eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     data = pack(model)
     with torch.no_grad():

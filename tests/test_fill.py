@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pemn
-from pemn.baselines import MagnitudePrune, PruneBaseline, RandomPrune, prune_
+from pemn.competitors import MagnitudePrune, RandomPrune, Sparse
 from pemn.fill import (
     STRATEGIES,
     FillPlan,
@@ -19,7 +19,6 @@ from pemn.fill import (
 )
 from pemn.masking import num_kept
 from pemn.models import create_model
-from pemn.storage import formula_bytes
 
 # U per strategy, ConvMixer with a 10-class head.
 U_TABLE = {
@@ -119,8 +118,10 @@ def test_rp_permuted_has_same_values_in_other_order():
     (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01-sc"),
     (pemn.RP(1e-3, "copy", values="normal"), "RP 1e-3 (copy, normal)", "rp0.001"),  # the paper's
     (pemn.RP(0.25, values="normal"), "RP 0.25 (normal)", "rp0.25p"),
-    (RandomPrune(0.9), "Random @ CR 90 %", "random_prune-cr0.9"),
-    (MagnitudePrune(0.96), "Minimum @ CR 96 %", "magnitude_prune-cr0.96"),
+    (RandomPrune(0.9), "Sparse uniform @ 6.875 % (sparse ends)",
+     "sparse-uniform0.06875-sparse_ends"),
+    (MagnitudePrune(0.96), "Sparse |w| @ 0.875 % (sparse ends)",
+     "sparse-magnitude0.00875-sparse_ends"),
 ])
 def test_labels_and_tags(strategy, label, tag):
     assert (strategy.label(), strategy.tag()) == (label, tag)
@@ -139,6 +140,7 @@ def test_every_strategy_round_trips_through_its_dict(name):
     ({"name": "mp", "ratio": 0.1}, "bad arguments for strategy 'mp'"),
     ({"name": "rp", "ratio": 0}, r"in \(0, 1\]"),
     ({"name": "random_prune", "cr": 0.97}, "31/32"),
+    ({"name": "magnitude_prune", "keep": 0.1}, "bad arguments for strategy 'magnitude_prune'"),
     ("rp", "is a table"),
 ])
 def test_bad_strategy_dicts(d, match):
@@ -174,8 +176,8 @@ def test_layer_values_are_views_into_the_prototypes():
 
 def _build(strategy):
     model = create_model("mlp_paper")
-    if isinstance(strategy, PruneBaseline):
-        return prune_(model, strategy, seed=0)
+    if isinstance(strategy, (Sparse, pemn.Dense)):
+        return pemn.apply_(model, strategy)
     return pemn.apply_(model, strategy, keep_ratio=0.5)
 
 
@@ -187,18 +189,14 @@ def test_byte_accounting(strategy):
     assert s.num_masked == sum(sizes) and s.num_other_params == 100 * 3 + 10  # the biases
     if isinstance(strategy, pemn.Dense):
         assert (s.num_unique, s.mask_bits, s.compression_ratio) == (s.num_masked, 0, 0.0)
-        assert formula_bytes(s) == 4 * (s.num_masked + s.num_other_params)
         return
-    if isinstance(strategy, PruneBaseline):  # the kept values are the stored values
-        keep = 31 / 32 - strategy.cr
-        assert s.num_unique == sum(num_kept(n, keep) for n in sizes)
-        assert s.compression_ratio == pytest.approx(strategy.cr, abs=1e-4)
+    if isinstance(strategy, Sparse):  # the kept values are the stored values
+        assert s.num_unique == sum(num_kept(n, strategy.density) for n in sizes)
+        assert s.compression_ratio == pytest.approx(31 / 32 - strategy.density, abs=1e-4)
     else:
         assert s.num_unique == {pemn.MP: 51_200, pemn.RP: 5_121}[type(strategy)]
     assert s.mask_bits == s.num_masked
     assert s.compression_ratio == 1 - (s.num_masked + 32 * s.num_unique) / (32 * s.num_masked)
-    assert formula_bytes(s) == math.ceil(s.num_masked / 8) + 4 * (s.num_unique
-                                                                  + s.num_other_params)
 
 
 # ------------------------------------------------------------------------------------------
@@ -206,7 +204,7 @@ def test_byte_accounting(strategy):
 # ------------------------------------------------------------------------------------------
 
 def test_magnitude_prune_keeps_the_largest_weights():
-    model = prune_(create_model("mlp_paper"), MagnitudePrune(0.9), seed=0)
+    model = pemn.apply_(create_model("mlp_paper"), MagnitudePrune(0.9), seed=0)
     layer = model.features[1]
     w, mask = layer.weight_orig.detach().abs().flatten(), layer.weight_mask.flatten().bool()
     assert mask.sum() == num_kept(w.numel(), 31 / 32 - 0.9)
@@ -215,7 +213,7 @@ def test_magnitude_prune_keeps_the_largest_weights():
 
 
 def test_random_prune_is_seeded_and_differs_from_magnitude():
-    a, b, c = (prune_(create_model("mlp_paper"), s, seed=seed) for s, seed in
+    a, b, c = (pemn.apply_(create_model("mlp_paper"), s, seed=seed) for s, seed in
                [(RandomPrune(0.9), 1), (RandomPrune(0.9), 1), (MagnitudePrune(0.9), 1)])
     masks = [m.features[1].weight_mask for m in (a, b, c)]
     assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
@@ -225,11 +223,13 @@ def test_random_prune_is_seeded_and_differs_from_magnitude():
 def test_random_prune_builds_its_mask_where_the_weight_lives(device, dtype):
     with torch.device(device):
         model = torch.nn.Sequential(torch.nn.Linear(64, 32)).to(dtype)
-    prune_(model, RandomPrune(0.5), seed=0)
+    pemn.apply_(model, RandomPrune(0.5), seed=0)
     mask = model[0].weight_mask
     assert (mask.device.type, mask.dtype) == (device, dtype)
 
 
-def test_prune_refuses_a_weight_fill():
-    with pytest.raises(TypeError, match="not a pruning baseline"):
-        prune_(create_model("mlp_paper"), pemn.MP())
+def test_pruning_presets_are_the_sparse_strategies_they_name():
+    assert RandomPrune(0.9) == Sparse(0.06875, "uniform", dense_ends=False)
+    assert MagnitudePrune(0.92) == Sparse(0.04875, "magnitude", dense_ends=False)
+    assert strategy_from_dict({"name": "random_prune", "cr": 0.9}) == RandomPrune(0.9)
+    assert strategy_to_dict(RandomPrune(0.9))["name"] == "sparse"  # stored as what it is

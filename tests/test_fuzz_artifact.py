@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 import pemn
 from pemn.artifact import ArtifactError, pack, unpack
 from pemn.artifact import format as fmt
-from pemn.competitors import TrainedWeights, compete_
 from pemn.models import create_model
+from pemn.transform import accepts
 
 _TOTAL = int(os.environ.get("PEMN_FUZZ_EXAMPLES", "300"))
 if os.environ.get("PEMN_SHORT") == "1" and "PEMN_FUZZ_EXAMPLES" not in os.environ:
@@ -38,9 +38,9 @@ def fuzz(share: float):
 
 
 def _model(strategy, keep_ratio):
-    build = compete_ if isinstance(strategy, TrainedWeights) else pemn.apply_
-    model = build(create_model("convmixer_64_d4", in_channels=1, num_classes=4),
-                  strategy, keep_ratio=keep_ratio, seed=5)
+    args = {"keep_ratio": keep_ratio, "seed": 5}
+    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1, num_classes=4),
+                        strategy, **{k: args[k] for k in accepts(strategy)})
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, t in model.state_dict().items():

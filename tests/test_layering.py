@@ -18,7 +18,7 @@ _ARTIFACT_NEEDS = ("pemn.transform", "pemn.fill", "pemn.masking", "pemn.rng", "p
 # module (or package prefix) -> pemn modules (or prefixes) it may import. Longest prefix wins;
 # "pemn" is the package's __init__ only.
 ALLOWED = {
-    "pemn": ("pemn.artifact", "pemn.baselines", "pemn.competitors", "pemn.fill",
+    "pemn": ("pemn.artifact", "pemn.competitors", "pemn.fill",
              "pemn.storage", "pemn.transform"),
     # leaves
     "pemn.rng": (),
@@ -32,7 +32,6 @@ ALLOWED = {
     # the strategy layers, bottom up
     "pemn.fill": ("pemn.rng",),
     "pemn.transform": ("pemn.fill", "pemn.masking", "pemn.rng"),
-    "pemn.baselines": ("pemn.fill", "pemn.masking", "pemn.transform"),
     "pemn.artifact": ("pemn.artifact", *_ARTIFACT_NEEDS),
     "pemn.competitors": ("pemn.fill", "pemn.masking", "pemn.transform", "pemn.artifact"),
     "pemn.storage": ("pemn.artifact", "pemn.fill", "pemn.transform", "pemn.masking"),
@@ -40,13 +39,13 @@ ALLOWED = {
     "pemn.config": ("pemn.fill",),
     "pemn.checkpoint": ("pemn.fileio",),
     "pemn.train": ("pemn.checkpoint", "pemn.distributed", "pemn.masking", "pemn.config"),
-    "pemn.run": ("pemn", "pemn.artifact", "pemn.baselines", "pemn.competitors",
+    "pemn.run": ("pemn", "pemn.artifact", "pemn.competitors",
                  "pemn.checkpoint", "pemn.config", "pemn.data", "pemn.distributed",
                  "pemn.fileio", "pemn.fill", "pemn.models", "pemn.storage", "pemn.train",
                  "pemn.transform"),
     "pemn.evaluate": ("pemn.data", "pemn.run", "pemn.train"),
     # the top: experiments use the run layer; only the CLI uses experiments
-    "pemn.experiments": ("pemn.experiments", "pemn.run", "pemn.artifact", "pemn.storage", "pemn.baselines",
+    "pemn.experiments": ("pemn.experiments", "pemn.run", "pemn.artifact", "pemn.storage", "pemn.competitors",
                          "pemn.fill", "pemn.config", "pemn.data", "pemn.distributed",
                          "pemn.fileio"),
     "pemn.cli": ("pemn", "pemn.experiments", "pemn.run", "pemn.evaluate", "pemn.artifact",

@@ -114,12 +114,36 @@ def test_bad_arguments_give_clear_errors(kwargs, match):
 
 
 def test_bad_strategy_and_ratio():
-    with pytest.raises(TypeError, match="strategy must be one of"):
+    with pytest.raises(TypeError, match="'rp' is not a strategy"):
         pemn.apply_(Unseen(), "rp")
     with pytest.raises(ValueError, match="ratio"):
         pemn.RP(ratio=0)
     with pytest.raises(ValueError, match="order"):
         pemn.RP(order="rand")
+
+
+EXPORTED = [getattr(pemn, n)() for n in pemn.__all__ if isinstance(getattr(pemn, n), type)
+            and issubclass(getattr(pemn, n), pemn.fill.Strategy)] + [pemn.RandomPrune(),
+                                                                    pemn.MagnitudePrune()]
+
+
+@pytest.mark.parametrize("strategy", EXPORTED, ids=lambda s: s.tag())
+def test_apply_takes_every_exported_strategy(strategy):
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.Linear(4, 3))
+    x = torch.randn(2, 6)
+    pemn.apply_(model, strategy)(x).sum().backward()
+    assert model.pemn_spec.strategy is strategy
+    want = model.eval()(x)
+    assert torch.equal(pemn.materialize_(model)(x), want)  # any family becomes a plain model
+    assert all(type(m) in (nn.Sequential, nn.ReLU, nn.Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("strategy, unused", [
+    (pemn.Dense(), "keep_ratio"), (pemn.Dense(), "seed"), (pemn.Quantized(), "keep_ratio"),
+    (pemn.Binary(), "seed"), (pemn.Sparse(), "keep_ratio"), (pemn.RandomPrune(), "keep_ratio")])
+def test_an_argument_the_strategy_does_not_use_is_refused(strategy, unused):
+    with pytest.raises(ValueError, match=f"does not use {unused}"):
+        pemn.apply_(Unseen(), strategy, **{unused: 1})
 
 
 def test_apply_twice_is_an_error():

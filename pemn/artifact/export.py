@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from pemn.artifact.format import ArtifactError
-from pemn.artifact.load import load, unpack
-from pemn.artifact.pack import pack
-from pemn.artifact.weights import trained_strategy
+from pemn.artifact.load import load
 from pemn.transform import materialize_
 
 __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
@@ -28,10 +26,6 @@ EXPORT_FORMATS = ("safetensors", "onnx")
 def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
     """A dense copy of an artifact path or a PEMN model (the model itself is not touched)."""
     if isinstance(source, nn.Module):
-        spec = getattr(source, "pemn_spec", None)
-        if spec is not None and trained_strategy(spec.strategy) is not None:
-            # a competitor (pemn.competitors): its weights as the file decodes them
-            return unpack(pack(source), model=skeleton, form="dense")
         return materialize_(copy.deepcopy(source)).eval()
     return load(source, model=skeleton, form="dense")
 

@@ -21,12 +21,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from pemn.artifact.bitpack import pack_bits
+from pemn.masking import BITS, GAIN, VALUES, compute_
 
-__all__ = ["PackedWeight", "unpack_bits_torch", "pack_bits_torch", "pack_module_", "share_packed_"]
+__all__ = ["unpack_bits_torch", "pack_bits_torch", "pack_module_"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,55 +53,30 @@ def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
 
 
-class PackedWeight(nn.Module):
-    """A parametrization: ``values[:numel] * unpack(bits)``, rebuilt in every forward.
+def _packed(shape: tuple[int, ...], scale: float, module: nn.Module, name: str) -> torch.Tensor:
+    """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read.
 
     ``values`` is a prototype vector shared (same storage) by every layer it serves; a
-    copy-order RP vector is kept short and tiled per forward. The packed bits are the
-    parametrization's only stored tensor (``parametrizations.<name>.original0``).
+    copy-order RP vector is kept short and tiled here.
     """
-
-    def __init__(self, values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, ...],
-                 scale: float = 1.0, gain: torch.Tensor | None = None):
-        super().__init__()
-        self.register_buffer("values", values, persistent=False)
-        self.register_buffer("gain", gain, persistent=False)  # the learned gain, if any
-        self.shape = tuple(shape)
-        self.numel = math.prod(self.shape)
-        self.scale = scale  # the layer's factor on its prototype slice (MP/RP scale="layer")
-        self._bits = bits
-
-    def right_inverse(self, weight: torch.Tensor):
-        # Registration passes the skeleton's dense weight; what is stored is the packed mask.
-        bits, self._bits = self._bits, None
-        return (bits,)
-
-    def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        values, n = self.values, self.numel
-        weight = unpack_bits_torch(bits, n, values.dtype)  # a fresh tensor: multiply in place
-        period = min(values.numel(), n)  # copy-order RP repeats a short vector
-        whole = n - n % period
-        weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
-        weight[whole:].mul_(values[: n - whole])
-        if self.scale != 1.0:
-            weight.mul_(self.scale)
-        weight = weight.view(self.shape)
-        return weight if self.gain is None else weight.mul_(self.gain)
+    values, n = getattr(module, name + VALUES), math.prod(shape)
+    weight = unpack_bits_torch(getattr(module, name + BITS), n, values.dtype)  # a fresh tensor
+    period = min(values.numel(), n)  # copy-order RP repeats a short vector
+    whole = n - n % period
+    weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
+    weight[whole:].mul_(values[: n - whole])
+    if scale != 1.0:
+        weight.mul_(scale)
+    weight = weight.view(shape)
+    gain = module._buffers.get(name + GAIN)
+    return weight if gain is None else weight.mul_(gain)
 
 
 def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor,
                  scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
-    """Replace ``module.<name>`` by a :class:`PackedWeight` over ``values`` and ``mask``."""
-    getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(values, pack_bits_torch(mask), tuple(mask.shape), scale, gain)
-    parametrize.register_parametrization(module, name, weight, unsafe=True)
-
-
-def share_packed_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
-    """Make tied ``module.<name>`` read the packed tensor of ``owner.<owner_name>``."""
-    source = owner.parametrizations[owner_name]
-    getattr(module, name).requires_grad_(False)
-    weight = PackedWeight(source[0].values, source.original0, source[0].shape, source[0].scale,
-                          source[0].gain)
-    parametrize.register_parametrization(module, name, weight, unsafe=True)
-    module.parametrizations[name].original0 = source.original0  # one Parameter, as tied
+    """Make ``module.<name>`` computed from its packed ``mask`` bits over ``values`` (the
+    mechanism of every computed weight, :func:`pemn.masking.compute_`); the bits (and the
+    gain) are its stored tensors, the shared prototype a transient one."""
+    stored = {BITS: pack_bits_torch(mask)} | ({} if gain is None else {GAIN: gain})
+    compute_(module, name, functools.partial(_packed, tuple(mask.shape), scale), stored,
+             {VALUES: values})

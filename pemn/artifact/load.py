@@ -35,13 +35,13 @@ from pemn.artifact.format import (
     Header,
     read_container,
 )
-from pemn.artifact.forms import pack_module_, share_packed_
+from pemn.artifact.forms import pack_module_
 from pemn.artifact.pack import torch_dtype
-from pemn.artifact.weights import get_encoding, trained_strategy
+from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
-from pemn.masking import current_mask, num_kept
+from pemn.masking import FIXED, GAIN, MASK, SCORES, current_mask, num_kept
 from pemn.models import create_model
-from pemn.transform import apply_, masked_tensors
+from pemn.transform import accepts, apply_, masked_tensors, tie_
 
 __all__ = ["load", "unpack", "describe", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
 
@@ -147,7 +147,7 @@ def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def _gain_names(header: Header) -> set[str]:
     """Names a learned gain of a masked tensor (or of a tied alias) takes in the file."""
     masked = {m.name for m in header.masked}
-    return {n + "_gain" for n in masked | {a for a, t in header.ties if t in masked}}
+    return {n + GAIN for n in masked | {a for a, t in header.ties if t in masked}}
 
 
 def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str) -> None:
@@ -457,7 +457,7 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
     for alias, target in p.header.ties:
         if target in owners:
             fqn, _, name = alias.rpartition(".")
-            share_packed_(model.get_submodule(fqn), name, *owners[target])
+            tie_(model.get_submodule(fqn), name, *owners[target])
     return model
 
 
@@ -502,7 +502,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
                             f"max_elements={limit:,} ({len(data):,} bytes); pass a larger "
                             "max_elements to load a model this large or this sparse")
     strategy = strategy_from_dict(header.strategy)
-    if trained_strategy(strategy) is not None or header.encoded:
+    if isinstance(strategy, TrainedWeights) or header.encoded:
         out = _trained_model(header, strategy, sections, model, form, device)
         out.pemn_header = header
         return out.eval()
@@ -535,7 +535,7 @@ def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tenso
     strategy's encoding."""
     if sum(e.num_bytes for e in header.encoded) != len(section):
         raise ArtifactError("encoded byte lengths do not add up to the weights section")
-    family = trained_strategy(strategy).encoding(strategy)
+    family = strategy.encoding
     out, offset = [], 0
     for e in header.encoded:
         encoding = get_encoding(e.encoding)
@@ -555,9 +555,8 @@ def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tenso
 def _trained_model(header: Header, strategy, sections, model, form: str,
                    device) -> nn.Module:
     """A skeleton filled with decoded weights; the ``train`` form re-applies the strategy."""
-    trained = trained_strategy(strategy)
-    if trained is None or not header.encoded or header.masked or header.prototype_stored \
-            or len(sections["masks"]) or len(sections["prototype"]):
+    if not isinstance(strategy, TrainedWeights) or not header.encoded or header.masked \
+            or header.prototype_stored or len(sections["masks"]) or len(sections["prototype"]):
         raise ArtifactError("encoded weights, and no masks or prototype, are what a file of a "
                             "strategy with trained weights holds, and only such a file")
     if form == "packed":
@@ -570,7 +569,7 @@ def _trained_model(header: Header, strategy, sections, model, form: str,
         for e, (weight, _) in zip(header.encoded, weights):
             skeleton.get_parameter(e.name).copy_(weight)
     if form == "train":  # the Parameters above become the latent weights: the same values
-        trained.build(skeleton, strategy, header.keep_ratio, header.seed)
+        apply_(skeleton, strategy, **_args(strategy, header))
         if [t.name for t in skeleton.pemn_spec.tensors] != [e.name for e in header.encoded]:
             raise ArtifactError(f"{strategy.name} compresses other tensors of this skeleton "
                                 "than the file lists")
@@ -578,7 +577,7 @@ def _trained_model(header: Header, strategy, sections, model, form: str,
             for e, (_, mask) in zip(header.encoded, weights):
                 if mask is not None:
                     fqn, _, name = e.name.rpartition(".")
-                    getattr(skeleton.get_submodule(fqn), name + "_mask").copy_(mask)
+                    getattr(skeleton.get_submodule(fqn), name + MASK).copy_(mask)
     _fill_stored(skeleton, header, tensors)
     return skeleton
 
@@ -711,7 +710,7 @@ def _describe(data: bytes) -> dict:
 
 def _num_unique(header: Header, strategy, specs) -> int:
     """U: a weight fill's unique values, or the values a trained-weights file stores."""
-    if header.encoded or trained_strategy(strategy) is not None:
+    if header.encoded or isinstance(strategy, TrainedWeights):
         return sum(e.num_kept for e in header.encoded)
     return 0 if isinstance(strategy, Dense) else plan_fill(strategy, specs).num_unique
 

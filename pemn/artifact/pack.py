@@ -29,13 +29,13 @@ from pemn.artifact.format import (
 )
 from pemn.artifact.weights import (
     SPARSE_FORMATS,
+    TrainedWeights,
     get_encoding,
     sparse_encoding,
-    trained_strategy,
 )
 from pemn.fileio import atomic_write
-from pemn.fill import FILLS, Dense, strategy_to_dict
-from pemn.masking import current_mask
+from pemn.fill import Dense, strategy_to_dict
+from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, current_mask, parts
 from pemn.transform import masked_tensors
 
 __all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype"]
@@ -75,11 +75,6 @@ def _check_packable(model: nn.Module):
     if spec is None:
         raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
                             "keep_ratio, seed) before training and saving it")
-    if type(spec.strategy) not in FILLS.values() and trained_strategy(spec.strategy) is None:
-        raise ArtifactError(f"{type(spec.strategy).__name__} models have trained weights and "
-                            "no seed; artifacts hold PEMN models (Dense, Mask, OneLayer, MP, RP) "
-                            "and the competitors (Sparse, Quantized, Binary). Save a baseline "
-                            "with torch.save(model.state_dict()) or export it")
     return spec
 
 
@@ -92,7 +87,7 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     plan = spec.plan
     protos: list[np.ndarray | None] = [None] * len(plan.prototypes)
     for i, ((_, module, name), ts, src) in enumerate(zip(layers, spec.tensors, plan.sources)):
-        fixed = getattr(module, name + "_fixed").detach().cpu()
+        fixed = getattr(module, name + FIXED).detach().cpu()
         if fixed.dtype != torch.float32:
             raise ArtifactError(f"{ts.name} is {fixed.dtype}; call model.float() before saving")
         proto = plan.prototypes[src]
@@ -100,12 +95,15 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
         if ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
             protos[src] = fixed.reshape(-1).numpy()
     for i, values in enumerate(protos):
-        if values is None or rng.sha256_f32(values) != spec.prototype_sha256[i]:
+        if values is None:  # no layer holds it whole: regenerate it (a new fill, layer std)
+            values = protos[i] = plan.prototypes[i].expand(plan.prototypes[i].draw(spec.seed),
+                                                           spec.seed)
+        if rng.sha256_f32(values) != spec.prototype_sha256[i]:
             raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
                                 "they must stay as pemn.apply_ generated them")
     expected = plan.layer_values([torch.from_numpy(v) for v in protos], spec.tensors)
     for (_, module, name), ts, want in zip(layers, spec.tensors, expected):
-        if not torch.equal(getattr(module, name + "_fixed").detach().cpu(), want):
+        if not torch.equal(getattr(module, name + FIXED).detach().cpu(), want):
             raise ArtifactError(f"the frozen weights of {ts.name} were modified after apply_")
     return protos
 
@@ -139,7 +137,7 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
     """``(name, tensor)`` of every state_dict entry but the masks' machinery, each stored once,
     and the ties: later names that hold a tensor already listed."""
     masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in ("_fixed", "_scores", "_orig", "_mask")}
+    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
     if isinstance(spec.strategy, Dense):
         machinery = set()
     entries, ties, first = [], [], {}
@@ -157,18 +155,17 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
 def _encode_weights(model: nn.Module, spec, codec: str,
                     sparse_format: str) -> tuple[list[EncodedTensor], bytes]:
     """Each trained tensor (latent ``<name>_orig``, sparse mask ``<name>_mask``) encoded."""
-    family = trained_strategy(spec.strategy).encoding(spec.strategy)
+    family = spec.strategy.encoding
     entries, chunks = [], []
     for ts in spec.tensors:
         fqn, _, name = ts.name.rpartition(".")
         module = model.get_submodule(fqn)
-        latent, mask = getattr(module, name + "_orig", None), getattr(module, name + "_mask",
-                                                                        None)
-        if not isinstance(latent, torch.Tensor) or tuple(latent.shape) != ts.shape \
-                or (family == "sparse") != isinstance(mask, torch.Tensor):
-            parts = f"{name}_orig" + (f", {name}_mask" if family == "sparse" else "")
+        latent, mask = parts(module, name).get(LATENT), parts(module, name).get(MASK)
+        if latent is None or tuple(latent.shape) != ts.shape \
+                or (family == "sparse") != (mask is not None):
+            laid = name + LATENT + (f", {name}{MASK}" if family == "sparse" else "")
             raise ArtifactError(f"{ts.name} is not laid out as {spec.strategy.name} left it "
-                                f"({parts})")
+                                f"({laid})")
         if latent.dtype != torch.float32:
             raise ArtifactError(f"{ts.name} is {latent.dtype}; call model.float() before saving")
         k = int(mask.count_nonzero()) if family == "sparse" else ts.numel
@@ -283,7 +280,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     if sparse_format not in SPARSE_FORMATS:
         raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
                             f"{list(SPARSE_FORMATS)}")
-    trained = trained_strategy(spec.strategy) is not None
+    trained = isinstance(spec.strategy, TrainedWeights)
     dense = isinstance(spec.strategy, Dense) or trained  # no masks, no prototype
     sections = {"masks": b"", "prototype": b"", "weights": b""}
     masked, stored, counts, encoded = [], False, (), []

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +47,11 @@ import torch
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
 from pemn.artifact.format import ArtifactError
+from pemn.fill import Strategy, TensorSpec
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
-           "get_encoding", "sparse_encoding", "TrainedStrategy", "register_trained",
-           "trained_strategy", "SPARSE_FORMATS"]
+           "get_encoding", "sparse_encoding", "TrainedWeights", "register_encoding",
+           "SPARSE_FORMATS"]
 
 _FP16_MAX = 65504.0
 
@@ -147,7 +148,10 @@ def get_encoding(name: str) -> Encoding:
     return ENCODINGS[name]
 
 
-def _register(encoding: Encoding) -> None:
+def register_encoding(encoding: Encoding) -> None:
+    """File a byte format under its name (a file names it per tensor)."""
+    if encoding.name in ENCODINGS:
+        raise ValueError(f"weight encoding {encoding.name!r} is already registered")
     ENCODINGS[encoding.name] = encoding
 
 
@@ -308,12 +312,12 @@ def _csr_decode(data: bytes, shape: tuple[int, ...], k: int):
     return _scatter(shape, mask, _values(data, k, "csr-f32"))
 
 
-_register(_int_encoding(8))
-_register(_int_encoding(4))
-_register(Encoding("sign", _sign_encode, _sign_decode))
-_register(Encoding("csr-f32", _csr_encode, _csr_decode, sparse=True))
+register_encoding(_int_encoding(8))
+register_encoding(_int_encoding(4))
+register_encoding(Encoding("sign", _sign_encode, _sign_decode))
+register_encoding(Encoding("csr-f32", _csr_encode, _csr_decode, sparse=True))
 for _codec in list_codecs():
-    _register(_mask_encoding(_codec))
+    register_encoding(_mask_encoding(_codec))
 
 
 def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
@@ -332,34 +336,33 @@ def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-# Strategies with trained weights (registered by pemn.competitors)
+# Strategies with trained weights (the families of pemn.competitors)
 # ------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TrainedStrategy:
-    """How the artifact stores a strategy whose layers train their own weights.
+@dataclass(frozen=True, kw_only=True)
+class TrainedWeights(Strategy):
+    """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`).
 
-    Args:
-        encoding: ``strategy -> "int8" | "int4" | "sign" | "sparse"`` (a sparse tensor's
-            encoding is chosen by :func:`sparse_encoding`).
-        build: ``(model, strategy, keep_ratio, seed) -> model``, the strategy's builder: a
-            loader re-applies it to a skeleton (the ``train`` form). Every tensor it lists in
-            ``model.pemn_spec.tensors`` holds its latent weight as ``<name>_orig`` (and a
-            sparse one its mask as ``<name>_mask``), as ``torch.nn.utils.prune`` lays them out.
+    A family sets ``encoding``, the :data:`ENCODINGS` name its tensors are stored in
+    (``"sparse"``: a mask codec or CSR, chosen by :func:`sparse_encoding`); a new byte format
+    is one :func:`register_encoding` call. ``dense_ends``: the first and last selected layers
+    (stem and head) stay dense.
     """
 
-    encoding: Callable
-    build: Callable
+    dense_ends: bool = False
+    encoding: ClassVar[str] = ""
 
+    def __post_init__(self):
+        if not isinstance(self.dense_ends, bool):
+            raise ValueError(f"{self.name} dense_ends must be true or false, got "
+                             f"{self.dense_ends!r}")
 
-_TRAINED: dict[type, TrainedStrategy] = {}
+    def kept_fraction(self, keep_ratio: float = 0.0) -> float:
+        return 1.0  # every weight is stored (in fewer bits); Sparse overrides
 
+    def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float = 0.0) -> int:
+        return sum(s.numel for s in specs)
 
-def register_trained(cls: type, *, encoding: Callable, build: Callable) -> None:
-    """File a strategy class whose models the artifact can store (see :class:`TrainedStrategy`)."""
-    _TRAINED[cls] = TrainedStrategy(encoding, build)
-
-
-def trained_strategy(strategy) -> TrainedStrategy | None:
-    """How ``strategy`` is stored, if it trains its own weights; None for weight fills."""
-    return _TRAINED.get(type(strategy))
+    def _ends_tag(self, default: bool) -> str:
+        return "" if self.dense_ends == default else ("-dense_ends" if self.dense_ends
+                                                      else "-sparse_ends")

@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from pemn.baselines import PruneBaseline
+from pemn.competitors import Sparse
 from pemn.config import RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
 from pemn.experiments.sweep import read_records
@@ -259,10 +259,19 @@ def _fig3(plt, groups: list[dict], metric: str):
     return fig
 
 
+_PRUNED = {"uniform": "Random", "magnitude": "Minimum"}  # the paper's pruning baselines
+
+
+def _pruned(s: Strategy) -> str | None:
+    """The allocation of a pruning baseline (a Sparse preset, every layer sparse), else None."""
+    if isinstance(s, Sparse) and not s.dense_ends and s.allocation in _PRUNED:
+        return s.allocation
+    return None
+
+
 def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: bool):
     """PEMN vs Random/Minimum baselines against a storage measure, one panel per model."""
-    keys = sorted({(g["dataset"], g["arch"]) for g in groups
-                   if isinstance(g["strategy"], PruneBaseline)})
+    keys = sorted({(g["dataset"], g["arch"]) for g in groups if _pruned(g["strategy"])})
     if not keys:
         return None
     fig, axes = _panels(plt, len(keys))
@@ -278,13 +287,11 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
         for i, g in enumerate(pemn):
             ax.annotate(g["strategy"].label(), (x_of(g), g["mean"]), fontsize=6,
                         xytext=(4, 4 - 8 * (i % 2)), textcoords="offset points")
-        kinds = dict.fromkeys(type(g["strategy"]) for g in mine
-                              if isinstance(g["strategy"], PruneBaseline))
-        for i, kind in enumerate(sorted(kinds, key=lambda k: list(STRATEGIES).index(k.name))):
-            pts = sorted((g for g in mine if type(g["strategy"]) is kind), key=x_of)
+        for i, (kind, title) in enumerate(_PRUNED.items()):
+            pts = sorted((g for g in mine if _pruned(g["strategy"]) == kind), key=x_of)
             ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
                         yerr=[g["std"] for g in pts], marker="s^vD"[i % 4], ms=4, capsize=3,
-                        color=f"C{i + 1}", label=kind.title)
+                        color=f"C{i + 1}", label=title)
         for g in (g for g in mine if isinstance(g["strategy"], Dense)):
             ax.axhline(g["mean"], color="k", ls="--", lw=1, label="Dense")
             if logx:
