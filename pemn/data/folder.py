@@ -122,7 +122,7 @@ def _fingerprint(root: Path, names: list[str], splits: dict, mode: str, size: in
 
 
 def _decode(image_mod, path: Path, mode: str, size: int) -> np.ndarray:
-    with open_regular(path, MAX_FILE_BYTES, "image") as f, reader_errors(path, "image"), \
+    with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, reader_errors(path, "image"), \
             image_mod.open(f, formats=["PNG", "JPEG"]) as im:
         width, height = im.size  # from the header, before any pixel is decoded
         if width * height > MAX_SOURCE_PIXELS:
@@ -203,7 +203,7 @@ def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dat
                            f"{MAX_PIXEL_BYTES:,} bytes a dataset may take; lower data.image_size")
     mode = "L" if channels == 1 else "RGB"
     fingerprint = _fingerprint(root, names, splits, mode, size)
-    cache = root / f".pemn-cache-{channels}x{size}.npz"
+    cache = _inside(root, root / f".pemn-cache-{channels}x{size}.npz")
     sizes = {s: len(p) for s, (p, _) in splits.items()}
     arrays = _read_cache(cache, fingerprint, sizes, (channels, size, size))
     if arrays is None:
