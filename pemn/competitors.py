@@ -138,7 +138,7 @@ class Sparse(TrainedWeights):
     def tag(self) -> str:
         return f"sparse-{self.allocation}{self.density:g}{self._ends_tag(True)}"
 
-    def kept_fraction(self, keep_ratio: float = 0.0) -> float:
+    def keep_ratio(self, requested: float = 0.0) -> float:
         return float(self.density)
 
     def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float = 0.0) -> int:
@@ -278,7 +278,7 @@ def _chosen(targets, dense_ends: bool):
 
 
 def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
-    return PemnSpec(strategy, strategy.kept_fraction(), seed,
+    return PemnSpec(strategy, strategy.keep_ratio(), seed,
                     [TensorSpec(t.qualified, tuple(getattr(t.module, t.name).shape))
                      for t in chosen], None)
 

@@ -102,7 +102,7 @@ class RunConfig:
         if self.name:
             return self.name
         m = self.mask
-        keep = m.strategy.kept_fraction(m.keep_ratio)
+        keep = m.strategy.keep_ratio(m.keep_ratio)
         return (f"{self.data.dataset}-{self.model.name}-{m.strategy.tag()}-k{keep:g}"
                 f"-e{self.optim.epochs}-s{m.seed}")
 

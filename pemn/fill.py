@@ -52,7 +52,7 @@ class Strategy:
     """Base of every strategy; subclasses are frozen dataclasses, registered by name.
 
     A subclass sets ``title`` (for people) and may override :meth:`label`, :meth:`tag`,
-    :meth:`num_stored` and :meth:`kept_fraction`; ``name`` is set by
+    :meth:`num_stored` and :meth:`keep_ratio`; ``name`` is set by
     :func:`register_strategy`. The default :meth:`num_stored` counts a weight fill's unique
     values (:func:`plan_fill`).
     """
@@ -69,9 +69,9 @@ class Strategy:
         """For file and run names: ``"rp0.001"``, ``"random_prune-cr0.9"``."""
         return self.name
 
-    def kept_fraction(self, keep_ratio: float) -> float:
-        """The fraction of weights this strategy keeps when the config asks for ``keep_ratio``."""
-        return keep_ratio
+    def keep_ratio(self, requested: float) -> float:
+        """The fraction of weights this strategy keeps when the config asks for ``requested``."""
+        return requested
 
     def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float) -> int:
         """U: the fp32 values stored for the masked tensors ``specs`` (the paper's CR count)."""

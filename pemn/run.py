@@ -293,7 +293,7 @@ def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dic
     best = max(history, key=lambda h: h["test_acc"])
     out = {"run": cfg.run_name(), "model": cfg.model.name, "dataset": cfg.data.dataset,
            "strategy": fill.strategy_to_dict(cfg.mask.strategy),
-           "keep_ratio": cfg.mask.strategy.kept_fraction(cfg.mask.keep_ratio),
+           "keep_ratio": cfg.mask.strategy.keep_ratio(cfg.mask.keep_ratio),
            "seed": cfg.mask.seed, "epochs": cfg.optim.epochs, **s.as_dict(),
            "final_test_acc": history[-1]["test_acc"], "best_test_acc": best["test_acc"],
            "images_per_s": round(sum(h["images_per_s"] for h in history) / len(history), 1),

@@ -115,7 +115,7 @@ mask = {{ strategy = {{ name = "rp", order = "permuted" }} }}
 ''')
     prune, permuted, rp = expand(path)
     assert prune.mask.strategy == MagnitudePrune(0.94)  # a table replaces the recipe's whole
-    assert prune.mask.strategy.kept_fraction(prune.mask.keep_ratio) == pytest.approx(0.02875)
+    assert prune.mask.strategy.keep_ratio(prune.mask.keep_ratio) == pytest.approx(0.02875)
     assert permuted.mask.strategy == pemn.RP(1e-3, "permuted")
     assert rp.mask.strategy == pemn.RP(0.01)  # one argument of the recipe's strategy
 

@@ -357,7 +357,7 @@ class TrainedWeights(Strategy):
             raise ValueError(f"{self.name} dense_ends must be true or false, got "
                              f"{self.dense_ends!r}")
 
-    def kept_fraction(self, keep_ratio: float = 0.0) -> float:
+    def keep_ratio(self, requested: float = 0.0) -> float:
         return 1.0  # every weight is stored (in fewer bits); Sparse overrides
 
     def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float = 0.0) -> int:

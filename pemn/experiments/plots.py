@@ -142,7 +142,7 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
             continue
         strategy = cfg.mask.strategy
         arch = labels[(cfg.model.name, _kwargs_key(cfg))]
-        keep = strategy.kept_fraction(cfg.mask.keep_ratio)
+        keep = strategy.keep_ratio(cfg.mask.keep_ratio)
         key = (cfg.data.dataset, arch, strategy, keep, cfg.optim.epochs, cfg.optim.lr,
                cfg.optim.score_lr_scale)
         g = groups.setdefault(key, {
@@ -185,7 +185,7 @@ def _sort_key(s: Strategy) -> tuple:
     first: more kept weights (baselines: CR 90 % before 96 %), then larger numeric arguments
     (RP 1e-1 before 1e-2)."""
     args = tuple(-v if isinstance(v, (int, float)) else v for v in dataclasses.astuple(s))
-    return (list(STRATEGIES).index(s.name), -s.kept_fraction(1.0), args)
+    return (list(STRATEGIES).index(s.name), -s.keep_ratio(1.0), args)
 
 
 def _is_mask_fill(s: Strategy) -> bool:

@@ -364,7 +364,7 @@ def csv_row(record: dict) -> dict:
     return {"run": record["run"], "dataset": cfg.data.dataset, "model": cfg.model.name,
             "model_kwargs": json.dumps(cfg.model.kwargs, sort_keys=True, separators=(",", ":")),
             "strategy": strategy.tag(), "label": strategy.label(),
-            "keep_ratio": strategy.kept_fraction(cfg.mask.keep_ratio), "seed": cfg.mask.seed,
+            "keep_ratio": strategy.keep_ratio(cfg.mask.keep_ratio), "seed": cfg.mask.seed,
             "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "P": s["num_masked"],
             "U": s["num_unique"], "CR": s["compression_ratio"],
             "bytes": record["bytes"]["total"], "bytes_source": record["bytes_source"],
