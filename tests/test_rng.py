@@ -72,5 +72,5 @@ def test_permutation_is_a_permutation():
 
 
 def test_bad_seed():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seed and stream must be integers in \[0, 2\*\*64\)"):
         rng.normal(-1, 0, 3)
