@@ -228,7 +228,7 @@ def held_bytes(model: nn.Module) -> int:
 
 
 def test_forms_bytes_and_logits():
-    # copy order: the packed form holds only the short vector (permuted holds d_max floats)
+    # copy order: the packed form holds only the short vector (normal values: no sign bits)
     model = pemn.apply_(create_model("resnet20"), pemn.RP(ratio=1e-3, order="copy"),
                         seed=1).eval()
     data = pack(model)
