@@ -292,9 +292,12 @@ def test_round_trip_on_other_architectures(arch, strategy, shape):
         assert torch.equal(unpack(data)(x), model(x))
 
 
-def test_packed_form_is_refused(family):
-    with pytest.raises(ArtifactError, match="packed form"):
-        unpack(family[2], form="packed")
+def test_packed_form_holds_the_file_bytes_and_gives_the_same_logits(family):
+    data = family[2]
+    packed = unpack(data, form="packed")
+    assert torch.equal(logits(packed), logits(unpack(data, form="dense")))
+    held = sum(t.numel() * t.element_size() for t in packed.state_dict().values())
+    assert held < len(data)  # the weights as their file bytes, nothing decoded is kept
 
 
 def _weights(data: bytes) -> list[dict]:

@@ -35,7 +35,7 @@ from pemn.artifact.format import (
     Header,
     read_container,
 )
-from pemn.artifact.forms import hold_prototype, pack_module_
+from pemn.artifact.forms import pack_encoded_, pack_module_
 from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
@@ -226,7 +226,8 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
     if {k for k, _ in meta.named_buffers()} - set(meta.state_dict()):
         return create_model(header.model["name"], **header.model["kwargs"]).to(device)
     if form == "packed":
-        for name in [m.name for m in header.masked] + [a for a, _ in header.ties]:
+        for name in [m.name for m in (*header.masked, *header.encoded)] + [
+                a for a, _ in header.ties]:
             fqn, _, attr = name.rpartition(".")
             module = meta.get_submodule(fqn)
             if isinstance(module._parameters.get(attr), nn.Parameter):
@@ -295,7 +296,7 @@ def _gains(header: Header, strategy, tensors: dict[str, torch.Tensor]) -> list:
     """Each masked tensor's learned gain (None without one), checked against the strategy."""
     out = []
     for m in header.masked:
-        shape, value = strategy.gain_shape(m.shape), tensors.get(m.name + "_gain")
+        shape, value = strategy.gain_shape(m.shape), tensors.get(m.name + GAIN)
         if shape is None and value is not None:
             raise ArtifactError(f"the file holds a gain for {m.name} but its strategy has none")
         if shape is not None and (value is None or tuple(value.shape) != shape
@@ -384,10 +385,15 @@ def _escape_glob(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
+def _args(strategy, header: Header) -> dict:
+    """The arguments of ``apply_`` that ``strategy`` takes, as the file records them."""
+    return {k: getattr(header, k) for k in accepts(strategy)}
+
+
 def _train_form(model: nn.Module, p: _Payload) -> nn.Module:
     """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores."""
     header, names = p.header, [m.name for m in p.header.masked]
-    apply_(model, p.strategy, keep_ratio=header.keep_ratio, seed=header.seed,
+    apply_(model, p.strategy, **_args(p.strategy, header),
            include=[_escape_glob(n) for n in names] if names else None)
     spec = model.pemn_spec
     if p.plan is not None:
@@ -410,9 +416,9 @@ def _set_masks(model: nn.Module, spec, p: _Payload) -> None:
         if p.stored is not None:  # a stored prototype replaces what apply_ generated
             for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
                     [torch.from_numpy(v) for v in p.stored], spec.tensors)):
-                getattr(module, name + "_fixed").copy_(fixed)
+                getattr(module, name + FIXED).copy_(fixed)
         for (fqn, module, name), mask in zip(layers, p.masks):
-            scores = getattr(module, name + "_scores")
+            scores = getattr(module, name + SCORES)
             scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
             if not torch.equal(current_mask(module, name).cpu(), mask):
                 raise ArtifactError(f"mask of {fqn}.{name} cannot be reproduced by top-k")
@@ -442,8 +448,9 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
     if p.plan is None:
         return model
     device = next(iter(model.state_dict().values())).device
-    # What each prototype really is, held once and shared by its layers (hold_prototype)
-    shared = [hold_prototype(v.to(device), proto)
+    # One tensor per prototype, shared by its layers; copy-order RP keeps only its drawn values.
+    shared = [(torch.from_numpy(proto.drawn(v.numpy(), p.header.seed))
+               if proto.tile_to > proto.numel and not proto.permute else v).to(device)
               for v, proto in zip(p.prototypes(), p.plan.prototypes)]
     owners = {}
     for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
@@ -451,7 +458,7 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
         module = model.get_submodule(fqn)
         gain = p.gains[i]
         pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),
-                     None if gain is None else gain.to(device, torch.float32))
+                     None if gain is None else gain.to(device, shared[src].dtype))
         owners[m.name] = (module, name)
     for alias, target in p.header.ties:
         if target in owners:
@@ -558,15 +565,20 @@ def _trained_model(header: Header, strategy, sections, model, form: str,
             or header.prototype_stored or len(sections["masks"]) or len(sections["prototype"]):
         raise ArtifactError("encoded weights, and no masks or prototype, are what a file of a "
                             "strategy with trained weights holds, and only such a file")
-    if form == "packed":
-        raise ArtifactError(f"the packed form rebuilds PEMN masks; load a {strategy.name} "
-                            "artifact in the 'train' or 'dense' form")
     weights = _decode_weights(header, strategy, sections["weights"])
     tensors = _read_tensors(header, sections["tensors"])
     skeleton = _skeleton(header, model, form, device)
-    with torch.no_grad():
-        for e, (weight, _) in zip(header.encoded, weights):
-            skeleton.get_parameter(e.name).copy_(weight)
+    offset = 0
+    for e, (weight, _) in zip(header.encoded, weights):
+        fqn, _, name = e.name.rpartition(".")
+        if form == "packed":  # the file's bytes, decoded at every read
+            data = bytes(sections["weights"][offset:offset + e.num_bytes])
+            pack_encoded_(skeleton.get_submodule(fqn), name, e.encoding, data, e.shape,
+                          e.num_kept)
+        else:
+            with torch.no_grad():
+                skeleton.get_parameter(e.name).copy_(weight)
+        offset += e.num_bytes
     if form == "train":  # the Parameters above become the latent weights: the same values
         apply_(skeleton, strategy, **_args(strategy, header))
         if [t.name for t in skeleton.pemn_spec.tensors] != [e.name for e in header.encoded]:

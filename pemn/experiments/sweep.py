@@ -77,7 +77,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pemn.artifact.weights import trained_strategy
 from pemn.config import (
     ConfigError,
     RunConfig,
@@ -91,9 +90,8 @@ from pemn.config import (
 from pemn.data import dataset_info
 from pemn.distributed import World
 from pemn.fileio import atomic_write
-from pemn.fill import FILLS
 from pemn.run import RunDir, check_same_config, run
-from pemn.storage import Stats, formula_bytes, size_report, storage_readings
+from pemn.storage import size_report, storage_readings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -286,11 +284,10 @@ def expand(sweep: Sweep | str | Path) -> list[RunConfig]:
 # ------------------------------------------------------------------------------------------
 
 def _bytes(summary: dict, run_dir: RunDir) -> tuple[dict, str]:
-    """The artifact's bytes by section if the run has one, else the formula's total."""
+    """The artifact's bytes by section (every strategy has one; an old run may lack it)."""
     if run_dir.artifact.is_file():
         return size_report(run_dir.artifact)["bytes"], "artifact"
-    stats = Stats(**{f.name: summary[f.name] for f in dataclasses.fields(Stats)})
-    return {"total": formula_bytes(stats)}, "formula"
+    return {}, "none"
 
 
 def _readings(run_dir: RunDir) -> dict:
@@ -453,13 +450,9 @@ def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | 
 def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
     """Write the run's ``.pemn`` artifact, so the results hold real bytes on disk.
 
-    Weight fills and the competitor strategies (:mod:`pemn.competitors`) have an artifact
-    format; the paper's pruning baselines do not, so their bytes come from
-    :func:`pemn.storage.formula_bytes`.
+    Every strategy has one, the pruning baselines (``Sparse`` presets) included.
     """
-    strategy = cfg.mask.strategy
-    packable = type(strategy) in FILLS.values() or trained_strategy(strategy) is not None
-    if not packable or run_dir.artifact.exists():
+    if run_dir.artifact.exists():
         return
     from pemn.run import pack_trained
     pack_trained(run_dir.path, run_dir.artifact)
