@@ -13,8 +13,9 @@ packed     bit-packed masks + the prototype (a trained-weight family:    deploy 
 Every form gives the same eval logits: ``dense`` and ``packed`` hold the very same float32
 weights as ``train`` (``fixed * mask`` is exact, and a trained family computes what its file
 decodes to), so their logits are bit-identical on one device. ``packed`` holds ``P/8`` bytes
-of masks plus the prototype: tiny for RP and MP, but ``Mask`` and ``OneLayer`` prototypes are
-as large as the layers they serve. Every form's weight is a computed tensor
+of masks plus each prototype as it really is (:func:`hold_prototype`): signed constants as one
+bit a value, a copy-order RP vector as its short drawn values; only normal values of a long
+prototype stay float32. Every form's weight is a computed tensor
 (:func:`pemn.masking.compute_`), the one mechanism of every family.
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pemn.artifact.bitpack import pack_bits
 from pemn.artifact.weights import get_encoding
 from pemn.masking import BITS, GAIN, VALUES, compute_
 
-__all__ = ["unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_"]
+__all__ = ["unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_",
+           "hold_prototype"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,18 +59,40 @@ def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
 
 
-def _packed(shape: tuple[int, ...], scale: float, module: nn.Module, name: str) -> torch.Tensor:
+def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:
+    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``.
+
+    A copy-order RP vector is its short drawn values (tiled in every read). A prototype of
+    signed constants is ``+-magnitude`` throughout: its sign bits, 1 bit a value instead of 32,
+    rebuild it exactly, permuted or not. Anything else is held as it is.
+    """
+    if proto.tile_to > proto.numel and not proto.permute:
+        return full[: proto.numel].clone(), None  # clone: the full vector is not kept alive
+    magnitude = full[:1].abs()
+    if full.numel() and bool((full.abs() == magnitude).all()):
+        return pack_bits_torch(full > 0), float(magnitude)
+    return full, None
+
+
+def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, module: nn.Module,
+            name: str) -> torch.Tensor:
     """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read.
 
     ``values`` is a prototype vector shared (same storage) by every layer it serves; a
-    copy-order RP vector is kept short and tiled here.
+    copy-order RP vector is kept short and tiled here; with a ``magnitude``, ``values`` are
+    the prototype's sign bits (:func:`hold_prototype`).
     """
     values, n = getattr(module, name + VALUES), math.prod(shape)
-    weight = unpack_bits_torch(getattr(module, name + BITS), n, values.dtype)  # a fresh tensor
-    period = min(values.numel(), n)  # copy-order RP repeats a short vector
-    whole = n - n % period
-    weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
-    weight[whole:].mul_(values[: n - whole])
+    bits = getattr(module, name + BITS)
+    if magnitude is not None:  # 0/1 mask times -1/+1 signs times the magnitude: exact in fp32
+        weight = unpack_bits_torch(bits, n, torch.float32)
+        weight.mul_(unpack_bits_torch(values, n, torch.float32).mul_(2).sub_(1)).mul_(magnitude)
+    else:
+        weight = unpack_bits_torch(bits, n, values.dtype)  # a fresh tensor: multiply in place
+        period = min(values.numel(), n)  # copy-order RP repeats a short vector
+        whole = n - n % period
+        weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
+        weight[whole:].mul_(values[: n - whole])
     if scale != 1.0:
         weight.mul_(scale)
     weight = weight.view(shape)
@@ -76,14 +100,16 @@ def _packed(shape: tuple[int, ...], scale: float, module: nn.Module, name: str) 
     return weight if gain is None else weight.mul_(gain)
 
 
-def pack_module_(module: nn.Module, name: str, values: torch.Tensor, mask: torch.Tensor,
-                 scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
-    """Make ``module.<name>`` computed from its packed ``mask`` bits over ``values`` (the
-    mechanism of every computed weight, :func:`pemn.masking.compute_`); the bits (and the
-    gain) are its stored tensors, the shared prototype a transient one."""
+def pack_module_(module: nn.Module, name: str, held: tuple[torch.Tensor, float | None],
+                 mask: torch.Tensor, scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
+    """Make ``module.<name>`` computed from its packed ``mask`` bits over ``held``, the
+    ``(values, magnitude)`` of :func:`hold_prototype` (the mechanism of every computed weight,
+    :func:`pemn.masking.compute_`); the bits (and the gain) are its stored tensors, the shared
+    prototype a transient one."""
+    values, magnitude = held
     stored = {BITS: pack_bits_torch(mask)} | ({} if gain is None else {GAIN: gain})
-    compute_(module, name, functools.partial(_packed, tuple(mask.shape), scale), stored,
-             {VALUES: values})
+    fn = functools.partial(_packed, tuple(mask.shape), scale, magnitude)
+    compute_(module, name, fn, stored, {VALUES: values})
 
 
 def _decoded(encoding: str, shape: tuple[int, ...], k: int, module: nn.Module,

@@ -35,7 +35,7 @@ from pemn.artifact.format import (
     Header,
     read_container,
 )
-from pemn.artifact.forms import pack_encoded_, pack_module_
+from pemn.artifact.forms import hold_prototype, pack_encoded_, pack_module_
 from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
@@ -448,9 +448,8 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
     if p.plan is None:
         return model
     device = next(iter(model.state_dict().values())).device
-    # One tensor per prototype, shared by its layers; copy-order RP keeps only its drawn values.
-    shared = [(torch.from_numpy(proto.drawn(v.numpy(), p.header.seed))
-               if proto.tile_to > proto.numel and not proto.permute else v).to(device)
+    # What each prototype really is, held once and shared by its layers (hold_prototype)
+    shared = [hold_prototype(v.to(device), proto)
               for v, proto in zip(p.prototypes(), p.plan.prototypes)]
     owners = {}
     for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
@@ -458,7 +457,7 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
         module = model.get_submodule(fqn)
         gain = p.gains[i]
         pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),
-                     None if gain is None else gain.to(device, shared[src].dtype))
+                     None if gain is None else gain.to(device, torch.float32))
         owners[m.name] = (module, name)
     for alias, target in p.header.ties:
         if target in owners:
