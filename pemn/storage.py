@@ -32,6 +32,7 @@ from torch import nn
 
 from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
+from pemn.artifact.pack import unmasked_hint
 from pemn.fill import strategy_to_dict
 from pemn.masking import SUFFIXES
 
@@ -162,6 +163,8 @@ def size_report(source) -> dict:
           model in fp32), ``file_compression_ratio`` = ``1 - total / dense_fp32_bytes`` (the
           paper's denominator with the real file as numerator) and
           ``model_compression_ratio`` = ``1 - total / model_fp32_bytes``;
+        - ``unmasked_hint``: when unmasked layer weights hold most of the file, a line naming
+          the largest and the ``include=`` that masks them (else None);
         - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
           ``fp16_dense``, ``csr_fp32``, ``csr_paper``, ``bitmask_fp32`` (module docstring).
 
@@ -217,6 +220,7 @@ def size_report(source) -> dict:
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_fp16),
         "folded_norms": len(header.folded_norms), "signed_by": info["signed_by"],
+        "unmasked_hint": unmasked_hint(info),
     }
 
 
@@ -246,6 +250,8 @@ def format_size_table(report: dict) -> str:
              ("signature (ed25519)", b["signature"]), ("total on disk", total)]
     rows += [f"  {name:<38}{n:>14,}{100 * n / total:>10.2f}%" for name, n in parts
              if n or not name.startswith(("signature", "trained"))]
+    if report.get("unmasked_hint"):  # where the bytes go, when masks are not most of them
+        rows.append(f"  {report['unmasked_hint']}")
     rows.append(f"  signed by ed25519 key {report['signed_by']} (check it with "
                 "pemn.load(..., verify_key=KEY))" if report["signed_by"] else "  not signed")
     rows += [

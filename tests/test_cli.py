@@ -3,6 +3,7 @@ clear line for every broken input."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,21 @@ def test_out_of_memory_keeps_its_message(monkeypatch, capsys):
     assert cli.main(["train", "data.dataset=digits"]) == 2
     assert capsys.readouterr().err == ("pemn: error: not enough memory to run `pemn train` "
                                        "(asked for 81.9 GB at once)\n")
+
+
+def test_save_and_size_say_where_the_bytes_go(tmp_path, caplog):
+    def model():  # the embedding is opt-in: left in floats unless include names it
+        return torch.nn.Sequential(torch.nn.Embedding(2000, 32), torch.nn.Linear(32, 8))
+
+    path = tmp_path / "e.pemn"
+    with caplog.at_level("WARNING", logger="pemn.artifact.pack"):
+        pemn.save(pemn.apply_(model(), pemn.RP(ratio=1e-2)), path)
+    hint = (r"256,000 of its [\d,]+ bytes are unmasked layer weights stored as floats, largest "
+            r"0.weight \(2000x32, 256,000 bytes\); apply_\(\.\.\., include=\"\*\"\) masks them")
+    assert re.search(f"e.pemn: {hint}", caplog.text), caplog.text
+    assert re.search(hint, _pemn("size", str(path), cwd=tmp_path).stdout)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pemn.artifact.pack"):
+        pemn.save(pemn.apply_(model(), pemn.RP(ratio=1e-2), include="*"), tmp_path / "all.pemn")
+    assert "unmasked" not in caplog.text
+    assert (tmp_path / "all.pemn").stat().st_size < path.stat().st_size / 10

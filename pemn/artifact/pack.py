@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 
 import numpy as np
@@ -25,7 +26,6 @@ from pemn.artifact.format import (
     Header,
     MaskedTensor,
     StoredTensor,
-    dataset_entry,
     write_container,
 )
 from pemn.artifact.weights import (
@@ -39,7 +39,10 @@ from pemn.fill import Dense, strategy_to_dict
 from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, current_mask, parts
 from pemn.transform import masked_tensors
 
-__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype"]
+__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
+           "unmasked_hint"]
+
+log = logging.getLogger(__name__)
 
 # "auto" stores the prototype values verbatim when they take at most this many bytes (RP at
 # small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
@@ -224,7 +227,7 @@ def _dataset_header(dataset) -> dict | None:
             raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
                                 f"{type(dataset).__name__}")
         dataset = dataset.as_header()
-    return dataset_entry(_json_object(dataset, "dataset"))
+    return _json_object(dataset, "dataset")
 
 
 def _json_object(value, what: str) -> dict | None:
@@ -333,4 +336,29 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
         from pemn.artifact.signing import sign
         data = sign(data, sign_with)
     atomic_write(path, data)
+    from pemn.artifact.load import describe  # load imports this module
+    hint = unmasked_hint(describe(data))
+    if hint:
+        log.warning("%s: %s", path, hint)
     return len(data)
+
+
+def unmasked_hint(info: dict) -> str | None:
+    """When unmasked layer weights hold most of a masked model's file (:func:`describe`'s
+    ``info``): one line naming the largest and the ``include=`` that would mask them.
+
+    Layer weights are ``*.weight`` tensors of two or more dimensions outside norm layers, e.g.
+    an ``nn.Embedding``, which ``apply_`` masks only when an include pattern names it.
+    """
+    weights = sorted((o for o in info["others"] if o["name"].endswith(".weight")
+                      and len(o["shape"]) > 1 and not o["is_norm"]),
+                     key=lambda o: -o["num_bytes"])
+    held, total = sum(o["num_bytes"] for o in weights), info["file_bytes"]
+    if not info["strategy"].stores_mask or held <= total / 2:
+        return None
+    largest = ", ".join(f"{o['name']} ({'x'.join(map(str, o['shape']))}, {o['num_bytes']:,} "
+                        f"bytes)" for o in weights[:3])
+    return (f"{held:,} of its {total:,} bytes are unmasked layer weights stored as floats, "
+            f"largest {largest}; apply_(..., include=\"*\") masks them too, with every other "
+            f"maskable layer (an nn.Embedding only when include names it; other layer types: "
+            f"pemn.register_maskable)")
