@@ -1,16 +1,23 @@
-"""Sweeps: grid expansion of the shipped sweep files, errors, a tiny real sweep, plots, table."""
+"""Sweeps: grid expansion of the shipped sweep files, errors, a tiny real sweep, plots, table,
+and many sweep processes at once (claims, shards, kill -9)."""
 import csv
 import dataclasses
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import pemn
-import pemn.experiments.sweep as sweep_module
-from pemn.baselines import MagnitudePrune, RandomPrune
+from pemn import MagnitudePrune, RandomPrune
 from pemn.config import ConfigError, RunConfig, to_dict
+from pemn.cli import main
 from pemn.experiments import (
     CSV_COLUMNS,
     describe_sweep,
@@ -22,7 +29,9 @@ from pemn.experiments import (
     summary_table,
 )
 from pemn.models import list_models
-from pemn.experiments.sweep import csv_row
+from pemn.experiments.claims import try_claim
+from pemn.experiments.results import RESULT, csv_row
+from pemn.experiments.sweep import shard_of
 from pemn.run import RunDir, check_same_config
 
 ROOT = Path(__file__).parent.parent
@@ -63,17 +72,18 @@ def test_fmnist_cpu_grid():
     by = {(c.model.name, c.mask.strategy.name) for c in seed0}
     assert {s for m, s in by if m == "convmixer_64_d4"} == {"dense", "mask", "one_layer", "mp",
                                                              "rp"}
-    assert {s for m, s in by if m == "convmixer_128_d4"} >= {"random_prune", "magnitude_prune"}
+    assert {s for m, s in by if m == "convmixer_128_d4"} >= {"sparse"}
     assert sorted(c.mask.strategy.ratio for c in seed0 if isinstance(c.mask.strategy, pemn.RP)
                   and c.model.name == "convmixer_64_d4") == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
     for c in seed0:
-        real_weights = c.mask.strategy.name in ("dense", "random_prune", "magnitude_prune")
+        real_weights = c.mask.strategy.name in ("dense", "sparse")
         assert c.optim.lr == (0.005 if real_weights else 0.05), c.name
         assert c.model.kwargs == {"patch_size": 4, "kernel_size": 5}
         assert (c.optim.epochs, c.optim.batch_size, c.data.dataset) == (3, 128, "fashion_mnist")
-    crs = sorted(c.mask.strategy.cr for c in seed0 if isinstance(c.mask.strategy, RandomPrune))
-    assert crs == [0.90, 0.92, 0.94, 0.96]
-    assert "fashion_mnist-convmixer_128_d4-random_prune-cr0.9-e3-s0" in {c.name for c in seed0}
+    pruned = {c.mask.strategy for c in seed0 if c.mask.strategy.name == "sparse"}
+    assert pruned == {kind(cr) for kind in (RandomPrune, MagnitudePrune)
+                      for cr in (0.90, 0.92, 0.94, 0.96)}  # the paper's baselines, as presets
+    assert any(RandomPrune(0.9).tag() in c.name for c in seed0)
 
 
 def test_fig5_reuses_fig3_runs():
@@ -115,7 +125,7 @@ mask = {{ strategy = {{ name = "rp", order = "permuted" }} }}
 ''')
     prune, permuted, rp = expand(path)
     assert prune.mask.strategy == MagnitudePrune(0.94)  # a table replaces the recipe's whole
-    assert prune.mask.strategy.keep_ratio(prune.mask.keep_ratio) == pytest.approx(0.02875)
+    assert prune.mask.strategy.density == pytest.approx(0.02875)
     assert permuted.mask.strategy == pemn.RP(1e-3, "permuted")
     assert rp.mask.strategy == pemn.RP(0.01)  # one argument of the recipe's strategy
 
@@ -152,33 +162,24 @@ def test_changed_config_refuses_old_run_dir(tmp_path):
         run_sweep(path)
 
 
-def test_a_strategy_option_added_later_does_not_orphan_a_run_dir(tmp_path):
+def test_a_changed_strategy_option_refuses_the_run_dir(tmp_path):
     path = _sweep(tmp_path, f'[base]\nout_dir = "{tmp_path}"\n"data.dataset" = "digits"\n'
-                            '"mask.strategy" = { name = "rp", ratio = 0.01, order = "copy", '
-                            'values = "normal" }\n')
+                            '"mask.strategy" = { name = "rp", ratio = 0.01, order = "copy" }\n')
     (cfg,) = expand(path)
     run_dir = RunDir.of(cfg)
     run_dir.write_config(cfg)
-    written = json.loads(run_dir.config.read_text())
-    for field in ("gain", "values"):  # as written before these options existed
-        del written["mask"]["strategy"][field]
-    run_dir.config.write_text(json.dumps(written))
     assert "1 runs (0 done, 1 to do)" in describe_sweep(path)
     check_same_config(cfg, run_dir, "")  # no error: the same run
-    signed = dataclasses.replace(cfg.mask.strategy, values="signed_constant")
-    with pytest.raises(ConfigError, match="mask.strategy.*'normal'.*'signed_constant'"):
+    normal = dataclasses.replace(cfg.mask.strategy, values="normal")
+    with pytest.raises(ConfigError, match="mask.strategy.*'signed_constant'.*'normal'"):
         check_same_config(dataclasses.replace(cfg, mask=dataclasses.replace(
-            cfg.mask, strategy=signed)), run_dir, "")  # today's default is another run
-    written["mask"]["strategy"]["order"] = "permuted"
-    run_dir.config.write_text(json.dumps(written))
-    with pytest.raises(ConfigError, match="mask.strategy"):
-        check_same_config(cfg, run_dir, "")
+            cfg.mask, strategy=normal)), run_dir, "")
 
 
-def test_results_lines_from_before_an_option_keep_their_labels():
-    # A line of the committed CPU grid, written before `values` existed.
+def test_committed_results_lines_keep_their_labels():
     rp = next(r for r in read_records(ROOT / "docs/results/fmnist_cpu.jsonl")
-              if r["config"]["mask"]["strategy"] == {"name": "rp", "ratio": 0.001, "order": "copy"})
+              if r["config"]["mask"]["strategy"]["name"] == "rp"
+              and r["config"]["mask"]["strategy"]["ratio"] == 0.001)
     row = csv_row(rp)
     assert (row["strategy"], row["label"]) == ("rp0.001", "RP 1e-3 (copy, normal)")
 
@@ -220,12 +221,10 @@ def test_tiny_sweep_appends_one_line_per_run(tiny_sweep):
         assert r["config"] == to_dict(cfg)  # the resolved config, as the run saved it
         s, sizes = r["summary"], r["bytes"]
         assert 0 <= s["best_test_acc"] <= 100
-        if isinstance(cfg.mask.strategy, pemn.RP):  # packed: the real file, by section
-            assert r["bytes_source"] == "artifact"
-            assert sizes["total"] == RunDir.of(cfg).artifact.stat().st_size
-            assert sum(v for k, v in sizes.items() if k != "total") == sizes["total"]
-        else:  # baselines have no artifact: the formula
-            assert (r["bytes_source"], list(sizes)) == ("formula", ["total"])
+        assert r["bytes_source"] == "artifact"  # every run packed: the real file, by section
+        assert sizes["total"] == RunDir.of(cfg).artifact.stat().st_size
+        assert sum(v for k, v in sizes.items() if k != "total") == sizes["total"]
+        if not isinstance(cfg.mask.strategy, pemn.RP):  # the Random baseline at CR 90 %
             assert s["keep_ratio"] == pytest.approx(0.06875)
             assert s["compression_ratio"] == pytest.approx(0.9, abs=0.01)  # kept per layer
 
@@ -234,9 +233,9 @@ def test_csv_is_an_export_of_the_lines(tiny_sweep):
     _, results = tiny_sweep
     rows = _rows(results.with_suffix(".csv"))
     assert len(rows) == 4 and list(rows[0]) == list(CSV_COLUMNS)
+    rp, prune = pemn.RP(1e-2), RandomPrune(0.9)
     assert [(r["strategy"], r["label"], r["seed"]) for r in rows] == [
-        ("rp0.01p-sc", "RP 1e-2", "0"), ("random_prune-cr0.9", "Random @ CR 90 %", "0"),
-        ("rp0.01p-sc", "RP 1e-2", "1"), ("random_prune-cr0.9", "Random @ CR 90 %", "1")]
+        (s.tag(), s.label(), seed) for seed in "01" for s in (rp, prune)]
     lines = read_records(results)
     assert [int(r["bytes"]) for r in rows] == [line["bytes"]["total"] for line in lines]
 
@@ -276,7 +275,7 @@ def test_plots_and_table_from_tiny_sweep(tiny_sweep, tmp_path):
                                        "frontier_bytes") for e in ("png", "svg")}
     table = summary_table(results).splitlines()
     assert len(table) == 2 + 2  # header, rule, one row per (model, strategy) group
-    assert "RP 1e-2" in table[2] and "Random @ CR 90 %" in table[3]
+    assert "RP 1e-2" in table[2] and RandomPrune(0.9).label() in table[3]
     assert all(row.rstrip(" |").endswith("2") for row in table[2:])  # n = 2 seeds
 
 
@@ -313,8 +312,9 @@ def test_plots_and_table_cover_every_strategy(tmp_path, metric):
     assert len(paths) == 8 and all(p.name.startswith("x_") for p in paths)
     table = summary_table(results, metric=metric).splitlines()
     assert len(table) == 2 + 2 * len(STRATEGIES)
-    assert [row.split(" | ")[2] for row in table[2:2 + len(STRATEGIES)]] == [
-        s.label() for s in STRATEGIES]  # registry order, RP by ratio descending
+    labels = [row.split(" | ")[2] for row in table[2:2 + len(STRATEGIES)]]
+    assert labels[:9] == [s.label() for s in STRATEGIES[:9]]  # registry order, RP descending
+    assert sorted(labels[9:]) == sorted(s.label() for s in STRATEGIES[9:])  # the baselines
     assert "convmixer_64_d4 w64" in table[2]
     if metric == "best_test_acc":
         assert "81.00 ± 1.00 | 3" in table[2]  # seeds 0, 1, 2 -> 80, 81, 82
@@ -378,7 +378,7 @@ def test_runs_are_priced_by_the_chosen_precision_with_sparse_readings(tmp_path):
 
 def test_series_globs_choose_the_rows_and_name_the_choices_when_none_match(tmp_path):
     results = _synthetic_results(tmp_path / "results.jsonl")
-    table = summary_table(results, series=["RP 1e-3", "Random*"]).splitlines()[2:]
+    table = summary_table(results, series=["RP 1e-3", "Sparse uniform*"]).splitlines()[2:]
     assert {row.split(" | ")[2] for row in table} == {
         "RP 1e-3", *(RandomPrune(cr).label() for cr in (0.9, 0.92, 0.94, 0.96))}
     paths = plot_results(results, tmp_path / "fig", series=["RP*"])
@@ -402,3 +402,186 @@ def test_one_strategy_on_two_model_families_is_two_series(tmp_path):
     rows = summary_table(results).splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["RP 1e-3, convmixer", "RP 1e-3, vit"]
     assert summary_table(results, series=["*vit"]).count("\n") == 2  # header, rule, one row
+
+
+# ------------------------------------------------------------------------------------------
+# Many processes: claims, shards, concurrent sweeps
+# ------------------------------------------------------------------------------------------
+
+def _reaped_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _plant_claim(run_dir: Path, host: str, pid: int, age: float = 0.0) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "claim.0"
+    path.write_text(json.dumps({"host": host, "pid": pid}))
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_a_live_claim_is_exclusive_and_released(tmp_path):
+    with try_claim(tmp_path) as claim:
+        assert json.loads(claim.path.read_text())["pid"] == os.getpid()
+        assert try_claim(tmp_path) is None and claim.held()
+    assert list(tmp_path.iterdir()) == []  # released: the next process may claim it
+    try_claim(tmp_path).release()
+
+
+@pytest.mark.parametrize("host, pid, age, taken", [
+    ("this", "dead", 0.0, True),  # the owner is gone
+    ("this", "live", 0.0, False),
+    ("elsewhere", "dead", 0.0, False),  # a pid of another host says nothing here
+    ("elsewhere", "dead", 60.0, True),  # no heartbeat for longer than stale_after
+])
+def test_a_stale_claim_is_taken_over_by_the_next_generation(tmp_path, host, pid, age, taken):
+    host = socket.gethostname() if host == "this" else host
+    planted = _plant_claim(tmp_path, host, _reaped_pid() if pid == "dead" else os.getpid(), age)
+    claim = try_claim(tmp_path, stale_after=30.0)
+    assert (claim is not None) == taken
+    if taken:
+        assert (claim.path.name, planted.exists()) == ("claim.1", False)
+        claim.release()
+
+
+def test_the_heartbeat_refreshes_and_a_lost_claim_is_left_alone(tmp_path, caplog):
+    claim = try_claim(tmp_path, stale_after=0.2)  # a heartbeat every 0.02 s
+    os.utime(claim.path, (0, 0))
+    time.sleep(0.2)
+    assert time.time() - claim.path.stat().st_mtime < 0.2
+    taker = tmp_path / "claim.1"  # what a process that found it silent does
+    taker.write_text("{}")
+    os.utime(taker, (0, 0))
+    claim.path.unlink()
+    with caplog.at_level(logging.WARNING, logger="pemn.experiments.claims"):
+        time.sleep(0.2)
+        assert not claim.held()
+        claim.release()
+    assert "taken over by another process" in caplog.text
+    assert taker.stat().st_mtime == 0  # the old owner's heartbeat never touches it
+
+
+@pytest.mark.parametrize("shard, env, expected", [
+    ("1/4", {}, (1, 4)),
+    (None, {}, (0, 1)),
+    (None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4",
+            "SLURM_ARRAY_TASK_COUNT": "3"}, (1, 3)),  # --array=4-6
+    (None, {"SLURM_ARRAY_TASK_ID": "20", "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_STEP": "10", "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),  # 0-20:10
+    ("0/2", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "9"}, (0, 2)),  # flag wins
+])
+def test_shards_from_the_flag_or_slurm(shard, env, expected):
+    assert shard_of(shard, env) == expected
+
+
+@pytest.mark.parametrize("shard, env, match", [
+    ("4/4", {}, r"--shard: a shard is K/N with 0 <= K < N.*got 4/4"),
+    ("1/0", {}, "got 1/0"),
+    ("one/4", {}, "got one/4"),
+    ("-1/4", {}, "got -1/4"),
+    (None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3"},
+     r"SLURM_ARRAY_TASK_ID=3, SLURM_ARRAY_TASK_COUNT=3: .*got 3/3"),
+    (None, {"SLURM_ARRAY_TASK_ID": "3"}, r"SLURM_ARRAY_TASK_ID=3: .*got none"),
+])
+def test_bad_shards_are_one_line_errors(shard, env, match):
+    with pytest.raises(ConfigError, match=match):
+        shard_of(shard, env)
+
+
+def test_the_cli_takes_a_shard_and_refuses_a_bad_one(tiny_sweep, capsys):
+    path, _ = tiny_sweep
+    assert main(["sweep", str(path), "--dry-run", "--shard", "1/2"]) == 0
+    names = [c.name for c in expand(path)]
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[:2]] == names[1::2]
+    assert main(["sweep", str(path), "--shard", "2/2"]) == 2
+    assert capsys.readouterr().err == ("pemn: error: --shard: a shard is K/N with 0 <= K < N "
+                                       "(e.g. 0/4), got 2/2\n")
+
+
+CONCURRENT = '''
+[base]
+out_dir = "{out}"
+"data.dataset" = "digits"
+"model.name" = "convmixer_64_d4"
+"model.kwargs" = {{ dim = 8, depth = 1 }}
+"optim.epochs" = {epochs}
+"optim.batch_size" = 64
+"optim.eval_batch_size" = 500
+[grid]
+"mask.strategy.ratio" = {ratios}
+'''
+
+
+def _sweeps(tmp_path, count: int, epochs: int, ratios: list[float]):
+    """``count`` ``pemn sweep`` processes started at once on one sweep file."""
+    path = _sweep(tmp_path, CONCURRENT.format(out=tmp_path / "runs", epochs=epochs,
+                                              ratios=ratios))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    cmd = [sys.executable, "-m", "pemn.cli", "sweep", str(path), "--stale-after", "4"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    return path, procs
+
+
+def _finish(procs) -> list[str]:
+    outs = [p.communicate(timeout=120) for p in procs]
+    return [err for _, err in outs]
+
+
+def _check_results(path: Path) -> list[str]:
+    names = [c.name for c in expand(path)]
+    lines = (path.parent / "runs" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["run"] for line in lines] == names  # each run once, grid order
+    return names
+
+
+def test_three_concurrent_sweeps_train_each_run_once(tmp_path):
+    path, procs = _sweeps(tmp_path, 3, epochs=1, ratios=[0.5, 0.2, 0.1, 0.05, 0.02, 0.01])
+    logs = _finish(procs)
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    names = _check_results(path)
+    trained = [line.split()[1] for err in logs for line in err.splitlines()
+               if line.endswith(" ...")]
+    assert sorted(trained) == sorted(names), logs  # every run by exactly one process
+    assert not list((path.parent / "runs").glob("*/claim.*"))  # every claim released
+
+
+def _owner(run_dir: Path, by_pid: dict):
+    try:
+        return by_pid.get(json.loads(next(run_dir.glob("claim.*")).read_text())["pid"])
+    except (StopIteration, OSError, ValueError, KeyError):  # no claim, or not written yet
+        return None
+
+
+def _kill_mid_run(procs, runs: Path) -> str:
+    """kill -9 the process training a run that has a checkpoint and no summary yet; the run's
+    name. The owner is stopped before it is checked, so what is checked is what is killed."""
+    by_pid = {p.pid: p for p in procs}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        for run_dir in runs.glob("*/"):
+            if (run_dir / "checkpoint.pt").exists() and (owner := _owner(run_dir, by_pid)):
+                os.kill(owner.pid, signal.SIGSTOP)
+                if _owner(run_dir, by_pid) is owner and not (run_dir / "summary.json").exists():
+                    owner.kill()
+                    owner.wait()  # reaped: its pid is gone, so its claim is stale at once
+                    return run_dir.name
+                os.kill(owner.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no run was caught between its first checkpoint and its summary")
+
+
+def test_a_run_whose_process_is_killed_is_taken_over_and_resumed(tmp_path):
+    path, procs = _sweeps(tmp_path, 3, epochs=4, ratios=[0.5, 0.1, 0.02])
+    killed = _kill_mid_run(procs, path.parent / "runs")
+    survivors = [p for p in procs if p.returncode is None]
+    logs = _finish(survivors)
+    assert len(survivors) == 2 and [p.returncode for p in survivors] == [0, 0], logs
+    names = _check_results(path)
+    assert killed in names and (path.parent / "runs" / killed / RESULT).is_file()
+    text = "\n".join(logs)
+    assert f"{killed}: taking over the stale claim.0" in text
+    assert f"resumed {path.parent / 'runs' / killed} at epoch" in text, text

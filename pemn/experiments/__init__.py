@@ -9,18 +9,14 @@ matplotlib is imported only when a figure is drawn.
 """
 from pemn.experiments.figures import FIG3, FIG4, FIG5, PAPER_CIFAR10, paper_accuracy
 from pemn.experiments.plots import group_results, plot_results, read_results, summary_table
-from pemn.experiments.sweep import (
+from pemn.experiments.results import (
     CSV_COLUMNS,
-    Sweep,
-    describe_sweep,
-    expand,
     export_csv,
-    load_sweep,
     read_records,
     record_results,
     result_record,
-    run_sweep,
 )
+from pemn.experiments.sweep import Sweep, describe_sweep, expand, load_sweep, run_sweep
 
 __all__ = ["Sweep", "load_sweep", "expand", "run_sweep", "describe_sweep", "record_results",
            "result_record", "read_records", "export_csv", "CSV_COLUMNS", "plot_results",

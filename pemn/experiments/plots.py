@@ -24,7 +24,7 @@ from typing import Sequence
 from pemn.competitors import Sparse
 from pemn.config import RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
-from pemn.experiments.sweep import read_records
+from pemn.experiments.results import read_records
 from pemn.fill import FILLS, MP, RP, STRATEGIES, Dense, Strategy
 
 __all__ = ["read_results", "group_results", "plot_results", "summary_table", "series_label",

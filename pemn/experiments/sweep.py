@@ -43,18 +43,18 @@ relies on it). With a ``name`` template, ``{field}`` takes ``dataset``, ``model`
 ``-<leaf><value>`` tag for each key the run's own grid entry or point sets that ``run_name()``
 does not encode (``-dim64``, ``-lr0.005``). Two runs with the same name are an error.
 
-A finished run is never retrained; a killed one resumes from its checkpoint through
-``pemn.run.run(cfg, resume=True)``. If a run directory holds a different config than the sweep
-now asks for, the sweep stops rather than mix results.
+*Many processes, many machines.* Any number of ``pemn sweep`` processes may run one sweep at
+once, on one machine or on many sharing the filesystem: each run is claimed before it is
+trained (:mod:`pemn.experiments.claims`), so it is trained once; a run whose process died, or
+whose heartbeat is older than ``stale_after`` seconds, is taken over and resumes from its
+checkpoint through ``pemn.run.run(cfg, resume=True)``. ``shard="K/N"`` (``--shard``) takes runs
+K, K+N, K+2N, ... of the grid; without it, a Slurm job array's ``SLURM_ARRAY_TASK_ID`` and
+``SLURM_ARRAY_TASK_COUNT`` choose the shard. A process returns once every run of its shard has
+finished, waiting for the runs that other live processes hold. If a run directory holds a
+different config than the sweep now asks for, the sweep stops rather than mix results.
 
-*Results.* Each finished run appends one JSON line to the results file: ``run`` (its name),
-``config`` (the resolved config, :func:`pemn.config.to_dict`), ``summary`` (its metrics,
-``summary.json``) and ``bytes`` (the packed artifact by section, ``header``, ``masks``,
-``prototype``, ``norm``, ``other`` and ``total``, with ``bytes_source = "artifact"``; for
-pruning baselines, which have no artifact, ``total`` by :func:`pemn.storage.formula_bytes` and
-``bytes_source = "formula"``), and ``readings``: the packed model in every storage reading at
-``exact`` and ``fp16`` precision (:func:`result_record`; the competitor strategies of
-``pemn.competitors`` are packed too). :func:`export_csv` writes a flat CSV of it.
+*Results* are :mod:`pemn.experiments.results`'s: a results file is assembled from one result
+file per run, so concurrent sweeps neither lose nor duplicate a line.
 
 Example::
 
@@ -66,14 +66,14 @@ Example::
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
-import io
 import itertools
-import json
 import logging
+import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,25 +89,20 @@ from pemn.config import (
 )
 from pemn.data import dataset_info
 from pemn.distributed import World
-from pemn.fileio import atomic_write
+from pemn.experiments.claims import STALE_AFTER, try_claim
+from pemn.experiments.results import RESULT, record_results, write_result
 from pemn.run import RunDir, check_same_config, run
-from pemn.storage import size_report, storage_readings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Sweep", "load_sweep", "expand", "run_sweep", "describe_sweep", "result_record",
-           "record_results", "read_records", "export_csv", "CSV_COLUMNS"]
+__all__ = ["Sweep", "load_sweep", "expand", "run_sweep", "describe_sweep", "shard_of"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = ("base_config", "seeds", "name", "results", "base", "grid", "points")
-CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "keep_ratio",
-               "seed", "epochs", "lr", "P", "U", "CR", "bytes", "bytes_source", "best_test_acc",
-               "final_test_acc", "best_val_acc", "test_acc_at_best_val", "wall_s",
-               "images_per_s")
 # keys that RunConfig.run_name() already encodes (no extra name tag for them), besides the
 # strategy's arguments (its tag holds them)
 _NAMED_KEYS = {"data.dataset", "model.name", "mask.strategy", "mask.keep_ratio", "optim.epochs",
@@ -280,111 +275,33 @@ def expand(sweep: Sweep | str | Path) -> list[RunConfig]:
 
 
 # ------------------------------------------------------------------------------------------
-# Results: one JSON line per run, and a CSV export
-# ------------------------------------------------------------------------------------------
-
-def _bytes(summary: dict, run_dir: RunDir) -> tuple[dict, str]:
-    """The artifact's bytes by section (every strategy has one; an old run may lack it)."""
-    if run_dir.artifact.is_file():
-        return size_report(run_dir.artifact)["bytes"], "artifact"
-    return {}, "none"
-
-
-def _readings(run_dir: RunDir) -> dict:
-    """The artifact's model packed in each storage reading, ``exact`` and ``fp16`` (real
-    bytes, :func:`pemn.storage.storage_readings`); empty without an artifact."""
-    if not run_dir.artifact.is_file():
-        return {}
-    from pemn.artifact import load
-    model = load(run_dir.artifact)
-    header = model.pemn_header  # the same dataset and metadata as the file
-    return {precision: storage_readings(model, precision, dataset=header.dataset,
-                                        metadata=header.metadata)
-            for precision in ("exact", "fp16")}
-
-
-def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
-    """The results line of a finished run: its name, resolved config, metrics and bytes.
-
-    ``readings`` holds every storage reading of the packed model at both precisions, e.g.
-    ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``; a ``Sparse`` run also has
-    ``mask_fp32``, ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
-    """
-    sizes, source = _bytes(summary, run_dir)
-    return {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": sizes,
-            "bytes_source": source, "readings": _readings(run_dir)}
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The lines of a results file (none if it does not exist yet).
-
-    Raises:
-        ValueError: a line that is not a pemn results record.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i} is not JSON: {e}") from None
-        if not isinstance(record, dict) or not {"run", "config", "summary"} <= record.keys():
-            raise ValueError(f"{path}:{i} is not a pemn results line (run, config, summary)")
-        records.append(record)
-    return records
-
-
-def record_results(configs: list[RunConfig], path: str | Path) -> int:
-    """Append a line for every finished run of ``configs`` that ``path`` does not hold yet.
-
-    Returns:
-        How many lines were appended.
-    """
-    path = Path(path)
-    done = {r["run"] for r in read_records(path)}
-    new = [c for c in configs if c.name not in done and RunDir.of(c).finished]
-    if new:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for cfg in new:
-                run_dir = RunDir.of(cfg)
-                f.write(json.dumps(result_record(cfg, run_dir.read_summary(), run_dir)) + "\n")
-    return len(new)
-
-
-def csv_row(record: dict) -> dict:
-    """One flat :data:`CSV_COLUMNS` row of a results line."""
-    cfg, s = from_dict(RunConfig, record["config"]), record["summary"]
-    strategy = cfg.mask.strategy
-    return {"run": record["run"], "dataset": cfg.data.dataset, "model": cfg.model.name,
-            "model_kwargs": json.dumps(cfg.model.kwargs, sort_keys=True, separators=(",", ":")),
-            "strategy": strategy.tag(), "label": strategy.label(),
-            "keep_ratio": strategy.keep_ratio(cfg.mask.keep_ratio), "seed": cfg.mask.seed,
-            "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "P": s["num_masked"],
-            "U": s["num_unique"], "CR": s["compression_ratio"],
-            "bytes": record["bytes"]["total"], "bytes_source": record["bytes_source"],
-            **{k: s.get(k, "") for k in CSV_COLUMNS[15:]}}
-
-
-def export_csv(results: str | Path, csv_path: str | Path) -> Path:
-    """Write the results lines as a flat CSV (:data:`CSV_COLUMNS`), for spreadsheets."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_row(r) for r in read_records(results))
-    atomic_write(Path(csv_path), out.getvalue().encode())
-    return Path(csv_path)
-
-
-# ------------------------------------------------------------------------------------------
 # Running
 # ------------------------------------------------------------------------------------------
 
-def describe_sweep(path: str | Path, limit: int | None = None) -> str:
-    """The plan of a sweep: one line per run (done or to do) and a size estimate."""
-    configs = expand(path)[:limit]
+def shard_of(shard: str | None = None, env=os.environ) -> tuple[int, int]:
+    """``(K, N)`` from ``"K/N"``; without it, from a Slurm job array's variables; else (0, 1).
+
+    Raises:
+        ConfigError: not two integers with ``0 <= K < N``.
+    """
+    where, text = "--shard", shard
+    if shard is None and "SLURM_ARRAY_TASK_ID" in env:
+        names = [f"SLURM_ARRAY_TASK_{n}" for n in ("ID", "MIN", "STEP", "COUNT")]
+        where = ", ".join(f"{n}={env[n]}" for n in names if n in env)
+        task, first, step, count = (env.get(n, "") for n in names)
+        text = "none"
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            text = f"{(int(task) - int(first or 0)) // int(step or 1)}/{int(count)}"
+    m = re.fullmatch(r"(\d+)/(\d+)", (text or "0/1").strip())
+    if not m or int(m[1]) >= int(m[2]):
+        raise ConfigError(f"{where}: a shard is K/N with 0 <= K < N (e.g. 0/4), got {text}")
+    return int(m[1]), int(m[2])
+
+
+def describe_sweep(path: str | Path, limit: int | None = None, shard: str | None = None) -> str:
+    """The plan of a sweep (or of one shard): one line per run, done or to do, and its cost."""
+    k, n = shard_of(shard)
+    configs = expand(path)[:limit][k::n]
     done = [RunDir.of(c).finished for c in configs]
     lines = [f"{'done' if d else 'todo'}  {c.name}" for c, d in zip(configs, done)]
     todo = [c for c, d in zip(configs, done) if not d]
@@ -401,58 +318,79 @@ def describe_sweep(path: str | Path, limit: int | None = None) -> str:
 
 
 def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | None = None,
-              collect_only: bool = False) -> Path:
-    """Run a sweep's configs in order, skipping finished runs; return the results path.
+              collect_only: bool = False, shard: str | None = None,
+              stale_after: float | None = None) -> Path:
+    """Run a sweep's runs (or one shard's) that no other process holds; return the results path.
 
-    Each run goes through ``pemn.run.run(cfg, resume=True, progress=False)``, so a killed
-    sweep resumes where it stopped. After every run its artifact is packed and its line
-    appended to the results; at the end the CSV export (same path, ``.csv``) is rewritten.
+    Each run is claimed, trained through ``pemn.run.run(cfg, resume=True, progress=False)``,
+    packed, and given its result file; the results file and its CSV export (same path,
+    ``.csv``) are then assembled again. Returns once every run of the shard has finished.
 
     Args:
         path: the sweep TOML.
         results: the results JSONL (default: the sweep's ``results`` key, else
             ``<out_dir>/results.jsonl`` of the first run).
         limit: only the first ``limit`` runs of the sweep.
-        collect_only: train nothing; pack the finished runs and record them (e.g. while
-            another process is still running part of the grid).
+        collect_only: train nothing; pack the finished runs and record them.
+        shard: ``"K/N"``: runs K, K+N, ... of the grid (default: the Slurm array task's).
+        stale_after: seconds without a heartbeat after which another process's run is taken
+            over (default :data:`~pemn.experiments.claims.STALE_AFTER`); a dead process's run
+            on this host is taken over at once.
 
     Raises:
-        ConfigError: a bad sweep file, or a run directory holding a different config.
+        ConfigError: a bad sweep file or shard, or a run directory holding a different config.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    k, n = shard_of(shard)
     sweep = load_sweep(path)
     all_configs = expand(sweep)
-    configs = all_configs[:limit]
     out = Path(results or sweep.results or Path(all_configs[0].out_dir) / "results.jsonl")
-    main = World.from_env().is_main  # under torchrun only rank 0 writes results
-    for i, cfg in enumerate(configs, 1):
-        run_dir = RunDir.of(cfg)
-        check_same_config(cfg, run_dir, "delete it or change the sweep's name template")
-        if run_dir.finished:
-            log.info("[%d/%d] %s: done already, best %.2f %%", i, len(configs), cfg.name,
-                     run_dir.read_summary()["best_test_acc"])
-        elif collect_only:
-            continue
-        else:
-            log.info("[%d/%d] %s ...", i, len(configs), cfg.name)
-            s = run(cfg, resume=True, progress=False)
-            log.info("[%d/%d] %s: best %.2f %%, final %.2f %%, %.0f s", i, len(configs),
-                     cfg.name, s["best_test_acc"], s["final_test_acc"], s["wall_s"])
-        if main:
-            _pack(cfg, run_dir)
-            record_results([cfg], out)
-    if main:
-        export_csv(out, out.with_suffix(".csv"))
+    world, stale_after = World.from_env(), stale_after or STALE_AFTER
+    configs = all_configs[:limit][k::n]
+    todo = list(enumerate(configs, 1))
+    while True:
+        held = []
+        for i, cfg in todo:
+            state = _run_one(cfg, f"[{i}/{len(configs)}]", world, collect_only, stale_after)
+            if state == "held":
+                held.append((i, cfg))
+            elif state == "recorded" and world.is_main:
+                record_results(all_configs, out)
+        if not held:
+            break
+        log.info("waiting for %d run(s) that other processes hold: %s", len(held),
+                 ", ".join(c.name for _, c in held))
+        time.sleep(min(stale_after / 4, 10.0))
+        todo = held
+    if world.is_main:
+        record_results(all_configs, out)
     return out
 
 
-def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Write the run's ``.pemn`` artifact, so the results hold real bytes on disk.
-
-    Every strategy has one, the pruning baselines (``Sparse`` presets) included.
-    """
-    if run_dir.artifact.exists():
-        return
-    from pemn.run import pack_trained
-    pack_trained(run_dir.path, run_dir.artifact)
+def _run_one(cfg: RunConfig, step: str, world: World, collect_only: bool,
+             stale_after: float) -> str:
+    """One run: "held" by another process, or "recorded" now, or "done" (nothing to do)."""
+    run_dir = RunDir.of(cfg)
+    check_same_config(cfg, run_dir, "delete it or change the sweep's name template")
+    result = run_dir.path / RESULT
+    if result.is_file():
+        log.info("%s %s: done already", step, cfg.name)
+        return "done"
+    claim = None  # collecting trains nothing; the ranks of one torchrun world train together
+    if not collect_only and world.world_size == 1:
+        claim = try_claim(run_dir.path, stale_after)
+        if claim is None:
+            return "held"
+    with claim or contextlib.nullcontext():
+        if result.is_file() or collect_only and not run_dir.finished:  # done since we looked
+            return "done"
+        if not run_dir.finished:
+            log.info("%s %s ...", step, cfg.name)
+            s = run(cfg, resume=True, progress=False)
+            log.info("%s %s: best %.2f %%, final %.2f %%, %.0f s", step, cfg.name,
+                     s["best_test_acc"], s["final_test_acc"], s["wall_s"])
+        if not world.is_main or claim is not None and not claim.held():  # a taker records it
+            return "done"
+        write_result(cfg, run_dir)
+        return "recorded"
