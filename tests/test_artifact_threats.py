@@ -2,6 +2,7 @@
 (valid checksums, other meaning), and signatures, the one thing that catches the latter."""
 import hashlib
 import json
+import re
 import struct
 import time
 import tracemalloc
@@ -101,10 +102,44 @@ def test_stored_dtype_must_fit_the_skeleton():
     assert isinstance(unpack(pack(model.float()), form="dense"), torch.nn.Module)
 
 
+@pytest.mark.parametrize("dataset, match", [
+    ({"name": "mnist", "input_shape": [1, 65536, 65536]}, "input_shape must be 1 to 3"),
+    ("abc", "header.dataset must be a JSON object"),
+    (["mnist"], "header.dataset must be a JSON object"),
+    ({"name": "../../../etc/passwd"}, "dataset must have a name of 1 to 64 letters"),
+    ({"name": ["mnist"]}, "dataset must have a name"),
+    ({"name": "mnist", "input_shape": [1, 28, 28], "std": [0.0]}, r"std must be .* \(> 0\)"),
+    ({"name": "mnist", "input_shape": [1, 28, 28], "mean": [0.1, 0.2]}, "mean must be one"),
+    ({"name": "mnist", "path": "/etc"}, "only the keys"),
+])
+def test_dataset_field_is_validated_before_use(rp_file, tmp_path, dataset, match):
+    """Issue 23 (5): ``export(..., "onnx")`` allocated ``[1, 65536, 65536]`` (16 GiB), and
+    other values gave raw TypeErrors or a plain ValueError. Every header's dataset is now
+    validated where the header is read, for load, describe and export alike."""
+    data = _edit(rp_file, lambda h: h.update(dataset=dataset))
+    (tmp_path / "m.pemn").write_bytes(data)
+    for read in (unpack, describe, lambda d: pemn.artifact.export(
+            tmp_path / "m.pemn", tmp_path / "m.onnx", "onnx")):
+        assert re.search(match, _bounded(lambda: read(data)))
+    if isinstance(dataset, dict):
+        with pytest.raises(ArtifactError, match=match):
+            pack(unpack(rp_file), dataset=dataset)
+
+
+def test_export_refuses_an_input_shape_that_does_not_fit(rp_file, tmp_path):
+    """A valid shape for another model (3 channels into a 1-channel stem) is refused by name,
+    not left to the ONNX tracer."""
+    data = _edit(rp_file, lambda h: h.update(dataset={"name": "cifar10",
+                                                      "input_shape": [3, 32, 32]}))
+    (tmp_path / "m.pemn").write_bytes(data)
+    with pytest.raises(ArtifactError, match=r"input_shape \[3, 32, 32\] does not fit"):
+        pemn.artifact.export(tmp_path / "m.pemn", tmp_path / "m.onnx", "onnx")
+
+
 @pytest.fixture(scope="module")
 def sparse_file():
     """Format 3: a coded mask + fp32 values per tensor (pemn.competitors.Sparse)."""
-    return pack(compete_(create_model("convmixer_64_d4", in_channels=1), pemn.Sparse(0.1)))
+    return pack(pemn.apply_(create_model("convmixer_64_d4", in_channels=1), pemn.Sparse(0.1)))
 
 
 @pytest.mark.parametrize("kept", [0, 1])
@@ -119,20 +154,23 @@ def test_tiny_file_claiming_huge_encoded_weights_is_refused(sparse_file, kept):
 
 @pytest.mark.parametrize("edit, outcome", [
     # what a re-sealed edit can do, and what the loader does about it
-    (lambda h: h["model"]["kwargs"].update(act="relu"), "loads"),  # another activation
-    (lambda h: h["pemn"].update(seed=h["pemn"]["seed"] + 1), "loads"),  # stored RP vector
-    (lambda h: h["model"]["kwargs"].update(depth=3), ArtifactError),  # layout no longer fits
-    (lambda h: h["tensors"][0].__setitem__(1, "|u1"), ArtifactError),  # section length
+    (lambda h: h["model"]["kwargs"].update(act="relu"), "another model"),  # its activation
+    (lambda h: h["pemn"].update(seed=h["pemn"]["seed"] + 1), "the same model"),  # RP is stored
+    (lambda h: h["model"]["kwargs"].update(depth=3), "which convmixer_64_d4 does not have"),
+    (lambda h: h["tensors"][0].__setitem__(1, "|u1"), "tensors section has the wrong length"),
 ])
 def test_resealed_edits_are_refused_or_load_as_documented(rp_file, edit, outcome):
     """The checksums catch corruption, not edits: a re-sealed file that is still consistent
     loads as what it now says (see docs/THREAT_MODEL.md); only a signature catches that."""
     data = _edit(rp_file, edit)
-    if outcome is ArtifactError:
-        with pytest.raises(ArtifactError):
+    if not outcome.endswith(" model"):
+        with pytest.raises(ArtifactError, match=outcome):
             unpack(data)
-    else:
-        assert isinstance(unpack(data), torch.nn.Module)
+        return
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.equal(unpack(data).eval()(x), unpack(rp_file).eval()(x))
+    assert same == (outcome == "the same model")
 
 
 # ------------------------------------------------------------------------------------------

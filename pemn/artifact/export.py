@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -31,17 +32,25 @@ def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """``(1, C, S, S)`` for image models (``S``: ``img_size`` kwarg, else 28 for one channel,
-    32 otherwise), ``(1, in_features)`` when the first layer is a Linear.
+    """``(1, *input_shape)`` of the header's dataset (validated when the file was read) if it
+    fits the first layer; else ``(1, C, S, S)`` for image models (``S``: ``img_size`` kwarg,
+    else 28 for one channel, 32 otherwise), ``(1, in_features)`` when the first layer is a
+    Linear.
 
     Raises:
-        ArtifactError: if the first weight layer is neither a Conv2d nor a Linear.
+        ArtifactError: if the first weight layer is neither a Conv2d nor a Linear, or the
+            header's input shape does not fit it.
     """
     header = getattr(model, "pemn_header", None)
-    if header is not None and header.dataset and header.dataset.get("input_shape"):
-        return (1, *header.dataset["input_shape"])
+    shape = (header.dataset or {}).get("input_shape") if header is not None else None
     kwargs = getattr(model, "model_args", {}).get("kwargs", {})
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if shape is not None:
+        if isinstance(first, nn.Conv2d) and (len(shape) != 3 or shape[0] != first.in_channels) \
+                or isinstance(first, nn.Linear) and math.prod(shape) != first.in_features:
+            raise ArtifactError(f"the header's input_shape {shape} does not fit the model's "
+                                f"first layer {first}")
+        return (1, *shape)
     if isinstance(first, nn.Conv2d):
         size = kwargs.get("img_size") or getattr(model, "img_size", None) or (
             28 if first.in_channels == 1 else 32)

@@ -43,8 +43,10 @@ Header keys (``tests/test_artifact.py`` checks every writer field is documented 
   ``weight``/``bias`` entries hold the eval-mode affine ``a = weight / sqrt(running_var + eps)``,
   ``b = bias - running_mean * a``; a loader sets ``running_mean`` 0, ``running_var`` ``1 - eps``
   and ``num_batches_tracked`` 0, which the file does not store.
-- ``dataset``: what a user needs to feed the model (``name``, ``input_shape``, ``mean``,
-  ``std``, ``class_names``), or ``null``.
+- ``dataset``: what a user needs to feed the model, or ``null``: ``name`` (1 to 64 letters,
+  digits, ``_``, ``.``, ``-``; never a path), and optionally ``input_shape`` (one example's
+  1 to 3 dimensions, at most :data:`MAX_INPUT_VALUES` values), ``mean`` and ``std`` (one
+  finite number per channel, std > 0) and ``class_names`` (strings).
 - ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
 - ``sections``: ``[[name, offset, length], ...]`` with ``name`` in ``masks``, ``prototype``,
   ``tensors`` (that order; version 3: ``masks``, ``prototype``, ``weights``, ``tensors``),
@@ -67,13 +69,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "Header", "MaskedTensor", "EncodedTensor",
+           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry", "Header", "MaskedTensor", "EncodedTensor",
            "StoredTensor", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
            "write_container", "read_container", "seal"]
 
@@ -86,6 +89,8 @@ MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() h
 MAX_TENSORS = 16_384  # masked + other tensors (ResNet-152 has about 1,000)
 MAX_NDIM = 8
 MAX_METADATA_BYTES = 64 * 2**10
+MAX_INPUT_VALUES = 2**22  # values of one example a header may name (3 x 1024 x 1024 fits)
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SECTION_NAMES = ("masks", "prototype", "weights", "tensors")  # version 3
 _SECTIONS = {2: ("masks", "prototype", "tensors"), 3: SECTION_NAMES}
 # dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
@@ -226,7 +231,7 @@ class Header:
             tensors=tuple(_stored(e, i) for i, e in enumerate(_list(d, "tensors"))),
             ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
             folded_norms=_folded_norms(d),
-            dataset=_optional_json(d, "dataset"),
+            dataset=dataset_entry(_optional_json(d, "dataset")),
             metadata=_optional_json(d, "metadata") or {},
             written_by=_optional_json(d, "written_by") or {},
             encoded=tuple(_encoded(e, i) for i, e in enumerate(_list(d, "encoded")))
@@ -406,6 +411,45 @@ def _optional_json(d: dict, key: str) -> dict | None:
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise ArtifactError(f"header.{key} is larger than {MAX_METADATA_BYTES} bytes")
     return value
+
+
+def _numbers(value, count: int | None) -> bool:
+    return isinstance(value, list) and 0 < len(value) == (count or len(value)) <= 64 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in value)
+
+
+def dataset_entry(d: dict | None) -> dict | None:
+    """The ``dataset`` entry validated, for writers and readers alike; None stays None.
+
+    Raises:
+        ArtifactError: a name that is not a plain registry name (a path), an input shape
+            that is not 1 to 3 positive sizes of at most :data:`MAX_INPUT_VALUES` values,
+            a mean or std that is not one finite number per channel, or an unknown key.
+    """
+    if d is None:
+        return None
+    name, shape = d.get("name"), d.get("input_shape")
+    if set(d) - {"name", "input_shape", "mean", "std", "class_names"} or not isinstance(
+            name, str) or not _DATASET_NAME.fullmatch(name):
+        raise ArtifactError("header.dataset must have a name of 1 to 64 letters, digits, '_', "
+                            "'.' or '-' and only the keys name, input_shape, mean, std, "
+                            "class_names")
+    if shape is not None and not (_numbers(shape, None) and 1 <= len(shape) <= 3 and all(
+            type(v) is int and v > 0 for v in shape) and math.prod(shape) <= MAX_INPUT_VALUES):
+        raise ArtifactError(f"dataset input_shape must be 1 to 3 positive sizes of at most "
+                            f"{MAX_INPUT_VALUES} values, got {shape!r}"[:200])
+    channels = shape[0] if shape and len(shape) == 3 else None
+    for key in ("mean", "std"):
+        if d.get(key) is not None and not (_numbers(d[key], channels) and (
+                key == "mean" or min(d[key]) > 0)):
+            raise ArtifactError(f"dataset {key} must be one finite number per channel"
+                                f"{' (> 0)' if key == 'std' else ''}")
+    names = d.get("class_names")
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, str) for n in names)):
+        raise ArtifactError("dataset class_names must be a list of strings")
+    return d
 
 
 def _check_consistency(h: Header) -> None:

@@ -80,9 +80,9 @@ def _read_file(path, max_elements: int) -> bytes:
         if info.st_size > limit:
             raise ArtifactError(f"{path} is {info.st_size} bytes, more than a model of "
                                 f"max_elements={max_elements} values can take ({limit})")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ArtifactError(f"{path} grew past {limit} bytes while being read")
+        data = f.read(info.st_size + 1)  # a buffer of the file's size, not of the limit
+    if len(data) > info.st_size:
+        raise ArtifactError(f"{path} grew while being read")
     return data
 
 

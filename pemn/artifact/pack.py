@@ -26,6 +26,7 @@ from pemn.artifact.format import (
     Header,
     MaskedTensor,
     StoredTensor,
+    dataset_entry,
     write_container,
 )
 from pemn.artifact.weights import (
@@ -227,7 +228,7 @@ def _dataset_header(dataset) -> dict | None:
             raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
                                 f"{type(dataset).__name__}")
         dataset = dataset.as_header()
-    return _json_object(dataset, "dataset")
+    return dataset_entry(_json_object(dataset, "dataset"))
 
 
 def _json_object(value, what: str) -> dict | None:
