@@ -121,6 +121,22 @@ def test_int8_and_sign_bytes_by_hand():
     assert get_encoding("sign").encode(s, None) == bytes([0x00, 0x40, 0b10110101, 0b1])
 
 
+@pytest.mark.parametrize("w, expected", [
+    # float32 values 2, 1, -0.5; column indices 1, 0, 2 (one byte: 3 columns); row pointers
+    # 0, 1, 3 (one byte: k = 3)
+    ([[0.0, 2.0, 0.0], [1.0, 0.0, -0.5]],
+     "00000040" "0000803f" "000000bf" "010002" "000103"),
+    # 300 columns: the index 299 takes two bytes (0x012b, little-endian)
+    ([[0.0] * 299 + [4.0]], "00008040" "2b01" "0001"),
+])
+def test_csr_bytes_by_hand(w, expected):
+    w = torch.tensor(w)
+    csr = get_encoding("csr-f32")
+    assert csr.encode(w, w != 0).hex() == expected
+    decoded, mask = csr.decode(bytes.fromhex(expected), tuple(w.shape), int((w != 0).sum()))
+    assert torch.equal(decoded, w) and torch.equal(mask, w != 0)
+
+
 # ------------------------------------------------------------------------------------------
 # The default fill: what its values are, stated independently
 # ------------------------------------------------------------------------------------------
