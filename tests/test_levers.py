@@ -210,7 +210,12 @@ def test_a_bad_score_lr_scale_is_a_config_error(scale):
         validate(cfg)
 
 
-def test_signed_constant_prototypes_regenerate_bit_identically():
-    plan = plan_fill(RP(1e-2, values="signed_constant"), _SPECS)
-    a, b = plan.generate(11), plan.generate(11)
-    assert rng.sha256_f32(a[0]) == rng.sha256_f32(b[0])
+def test_the_default_rp_prototype_follows_the_documented_recipe():
+    """RP 1e-2 of _SPECS, seed 11, by hand: the largest layer (dw, 400 values, fan_in 25) owns
+    stream 1; int(400 * 0.01) + 1 = 5 draws, their signs times sqrt(2 / 25), tiled to 400,
+    then permuted by stream 2**32. Every file stores only the seed for this vector."""
+    std = (2 / 25) ** 0.5
+    signs = np.where(rng.normal(11, 1, 5, std) >= 0, std, -std).astype(np.float32)
+    expected = np.tile(signs, 80)[rng.permutation(11, 2**32, 400)]
+    [proto] = plan_fill(RP(1e-2), _SPECS).generate(11)
+    assert proto.dtype == np.float32 and np.array_equal(proto, expected)
