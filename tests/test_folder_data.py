@@ -72,8 +72,8 @@ def test_cache_is_used_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == \
         [".pemn-cache-3x8.npz"]  # and no temporary file left behind
     decoded = []
-    real = folder._decode_all
-    monkeypatch.setattr(folder, "_decode_all", lambda *a: decoded.append(1) or real(*a))
+    real = folder.decode_images
+    monkeypatch.setattr(folder, "decode_images", lambda *a: decoded.append(1) or real(*a))
     again = load_dataset("folder", root, image_size=8)
     assert not decoded and torch.equal(again.train_images, first.train_images)
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "cat" / "0.png")  # edited

@@ -37,21 +37,13 @@ from .files import open_regular
 from .npz import MAX_IMAGES, MAX_PIXEL_BYTES, MAX_SIDE, describe, holdout, read_npz
 from .registry import Dataset
 
-__all__ = ["MAX_FILE_BYTES", "MAX_SOURCE_PIXELS", "load_folder"]
+__all__ = ["MAX_FILE_BYTES", "MAX_SOURCE_PIXELS", "decode_images", "load_folder", "write_cache"]
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FILE_BYTES = 1 << 25
 MAX_SOURCE_PIXELS = 1 << 26  # 8192 x 8192; Pillow's own bomb limit is about 1.3x this
 _CACHE_VERSION = "1"  # part of the fingerprint: a new decoding rebuilds old caches
 log = logging.getLogger(__name__)
-
-
-def _pil_image():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetError("decoding images needs Pillow: pip install pillow") from None
-    return Image
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -121,10 +113,12 @@ def _fingerprint(root: Path, names: list[str], splits: dict, mode: str, size: in
     return h.hexdigest()
 
 
-def _decode(image_mod, path: Path, mode: str, size: int) -> np.ndarray:
+def _decode(image_mod, path: Path, mode: str, size: int, exact: bool) -> np.ndarray:
     with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, reader_errors(path, "image"), \
             image_mod.open(f, formats=["PNG", "JPEG"]) as im:
         width, height = im.size  # from the header, before any pixel is decoded
+        if exact and im.size != (size, size):
+            raise DatasetError(f"{path} is {width}x{height}, expected {size}x{size}")
         if width * height > MAX_SOURCE_PIXELS:
             raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
                                f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression bomb?)")
@@ -133,17 +127,22 @@ def _decode(image_mod, path: Path, mode: str, size: int) -> np.ndarray:
         return np.asarray(im).reshape(size, size, -1)
 
 
-def _decode_all(paths: list[Path], mode: str, size: int) -> torch.Tensor:
-    """Image files -> uint8 (N, C, size, size). Pillow releases the GIL while decoding."""
-    image_mod = _pil_image()
+def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) -> np.ndarray:
+    """PNG/JPEG files -> uint8 (N, C, size, size) in Pillow ``mode`` ("L" or "RGB"), resized,
+    or, ``exact``, refused unless already ``size`` x ``size``. Pillow releases the GIL while
+    decoding, so threads decode in parallel."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DatasetError("decoding images needs Pillow: pip install pillow") from None
     out = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
 
     def decode(i: int) -> None:
-        out[i] = _decode(image_mod, paths[i], mode, size)
+        out[i] = _decode(Image, paths[i], mode, size, exact)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(decode, range(len(paths))))
-    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+    return out.transpose(0, 3, 1, 2)
 
 
 def _read_cache(path: Path, fingerprint: str, sizes: dict[str, int], shape: tuple) -> dict | None:
@@ -168,10 +167,11 @@ def _read_cache(path: Path, fingerprint: str, sizes: dict[str, int], shape: tupl
     return arrays
 
 
-def _write_cache(path: Path, arrays: dict) -> None:
+def write_cache(path: Path, arrays: dict) -> None:
+    """``np.savez`` of ``arrays`` to ``path`` atomically; a read-only folder only logs."""
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
-    except OSError as e:  # a read-only folder: decode again next time
+    except OSError as e:  # decoded again next time
         log.info("not caching the decoded images to %s: %s", path, e)
 
 
@@ -209,8 +209,8 @@ def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dat
     if arrays is None:
         arrays = {"fingerprint": np.array(fingerprint)}
         for s, (paths, labels) in splits.items():
-            arrays[f"{s}_images"], arrays[f"{s}_labels"] = _decode_all(paths, mode, size), labels
-        _write_cache(cache, {k: np.asarray(v) for k, v in arrays.items()})
+            arrays[f"{s}_images"], arrays[f"{s}_labels"] = decode_images(paths, mode, size), labels
+        write_cache(cache, arrays)
     t = {k: torch.as_tensor(v) for k, v in arrays.items() if k != "fingerprint"}
     return describe("folder", (t["train_images"], t["train_labels"]),
                     (t["test_images"], t["test_labels"]), names)

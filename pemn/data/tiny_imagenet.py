@@ -18,19 +18,15 @@ declared shape, so memory stays bounded by the real dataset's.
 """
 from __future__ import annotations
 
-import logging
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pemn.fileio import atomic_write
-
 from .errors import DatasetError, reader_errors, short
-from .files import open_regular, read_regular
+from .files import read_regular
+from .folder import decode_images, write_cache
 from .npz import read_npz
 
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
@@ -41,19 +37,8 @@ SIZE = 64
 MAX_TRAIN_PER_CLASS = 500  # the official split sizes, also the most this reader accepts
 MAX_VAL = 10_000
 _MAX_TEXT_BYTES = 1 << 24  # wnids.txt and val_annotations.txt (the latter is ~0.3 MB)
-_MAX_JPEG_BYTES = 1 << 20  # a 64x64 JPEG is a few KB
 _MAX_CACHE_BYTES = 1 << 32  # the full cache holds 1.35 GB of arrays
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..", no "/"
-log = logging.getLogger(__name__)
-
-
-def _pil_image():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetError("decoding Tiny-ImageNet JPEGs needs Pillow: "
-                           "pip install pillow") from None
-    return Image
 
 
 def _inside(folder: Path, *parts: str) -> Path:
@@ -70,27 +55,6 @@ def _inside(folder: Path, *parts: str) -> Path:
         raise DatasetError(f"{folder.joinpath(*parts)} resolves to {path}, outside the dataset "
                            f"folder {folder}; refusing to read it")
     return path
-
-
-def _decode_one(image_mod, path: Path) -> np.ndarray:
-    with open_regular(path, _MAX_JPEG_BYTES, "Tiny-ImageNet image") as f, \
-            reader_errors(path, "Tiny-ImageNet image"), image_mod.open(f) as im:
-        if im.size != (SIZE, SIZE):  # checked from the header, before decoding
-            raise DatasetError(f"{path} is {im.size[0]}x{im.size[1]}, expected 64x64")
-        return np.asarray(im.convert("RGB"))  # a few Tiny-ImageNet images are greyscale
-
-
-def _decode_all(paths: list[Path]) -> np.ndarray:
-    """JPEG files -> uint8 array (N, 64, 64, 3). Pillow releases the GIL while decoding."""
-    image_mod = _pil_image()
-    out = np.empty((len(paths), SIZE, SIZE, 3), dtype=np.uint8)
-
-    def decode(i: int) -> None:
-        out[i] = _decode_one(image_mod, paths[i])
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(decode, range(len(paths))))
-    return out
 
 
 def _read_text(folder: Path, *parts: str) -> str:
@@ -149,16 +113,9 @@ def _decode_folder(folder: Path, max_classes: int) -> dict[str, np.ndarray]:
     arrays = {"wnids": np.array(wnids)}
     for split, (paths, labels) in (("train", _train_files(folder, wnids)),
                                    ("test", _val_files(folder, wnids))):
-        arrays[f"{split}_images"] = _decode_all(paths).transpose(0, 3, 1, 2)  # (N, 3, 64, 64)
+        arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
         arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
     return arrays
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    try:
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-    except OSError as e:
-        log.info("not caching Tiny-ImageNet to %s: %s", path, e)
 
 
 # what the cache may hold: dtype and the largest shape (first dim N), checked before reading
@@ -225,6 +182,6 @@ def _load(root: Path, cache: bool, max_classes: int):
     else:
         arrays = _decode_folder(folder, max_classes)
         if cache:
-            _write_cache(cache_path, arrays)
+            write_cache(cache_path, arrays)
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in
                  ("train_images", "train_labels", "test_images", "test_labels"))
