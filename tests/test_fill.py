@@ -2,10 +2,13 @@
 labels, byte accounting, (de)serialisation, layer values and the pruning baselines."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import pemn
+from pemn import rng
 from pemn.competitors import MagnitudePrune, RandomPrune, Sparse
 from pemn.fill import (
     STRATEGIES,
@@ -76,6 +79,26 @@ def test_mask_strategy_has_all_weights_unique():
     assert s.num_unique == s.num_masked
     assert s.num_masked - 1e-8 * s.num_masked**2 <= _unique_fixed_values(model) <= s.num_masked
     assert s.compression_ratio == pytest.approx(-1 / 32)
+
+
+def _signed(seed: int, stream: int, n: int, std: float) -> np.ndarray:
+    return np.where(rng.normal(seed, stream, n, std) >= 0, std, -std).astype(np.float32)
+
+
+def test_default_mask_and_mp_values_follow_the_documented_recipe():
+    """Files store only the seed: layer i draws from stream i, signed constants are the draws'
+    signs times sqrt(2 / fan_in); MP takes prefixes of the largest layer's draws (at its std)."""
+    def model(strategy):
+        m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(48, 5))  # fan_in 18, 48
+        return [layer.weight_fixed.flatten().numpy()
+                for layer in pemn.apply_(m, strategy, seed=4)[::2]]
+
+    conv, linear = model(pemn.Mask())
+    assert np.array_equal(conv, _signed(4, 0, 54, (2 / 18) ** 0.5))
+    assert np.array_equal(linear, _signed(4, 1, 240, (2 / 48) ** 0.5))
+    conv, linear = model(pemn.MP())
+    assert np.array_equal(linear, _signed(4, 1, 240, (2 / 48) ** 0.5))
+    assert np.array_equal(conv, linear[:54])
 
 
 @pytest.mark.parametrize("name, kwargs, num_masked, table", CR_TABLE)
