@@ -177,3 +177,29 @@ def test_bad_hyperparameters_raise(build, match) -> None:
 def test_vit_rejects_wrong_image_size() -> None:
     with pytest.raises(ValueError, match="img_size"):
         create_model("vit_tiny")(torch.randn(1, 3, 28, 28))
+
+
+def test_data_args_come_from_the_signature_or_the_annotated_class() -> None:
+    from pemn.models import data_args
+
+    assert data_args("vit_tiny") == ("in_channels", "img_size", "num_classes")
+    assert data_args("mlp") == ("in_channels", "img_size", "in_features", "num_classes")
+    assert data_args("resnet20") == ("in_channels", "num_classes")
+
+    @register_model
+    def _test_pemn_flat(in_features: int, num_classes: int = 3) -> nn.Module:
+        """A model naming its arguments: only those are given."""
+        return nn.Linear(in_features, num_classes)
+
+    @register_model
+    def _test_pemn_unknown(**kwargs):
+        """No annotation to read: the zoo's usual two arguments."""
+        return nn.Identity()
+
+    try:
+        assert data_args("_test_pemn_flat") == ("in_features", "num_classes")
+        assert data_args("_test_pemn_unknown") == ("in_channels", "num_classes")
+    finally:
+        from pemn.models import _registry
+        _registry._MODELS.pop("_test_pemn_flat")
+        _registry._MODELS.pop("_test_pemn_unknown")
