@@ -87,18 +87,20 @@ def _signed(seed: int, stream: int, n: int, std: float) -> np.ndarray:
 
 def test_default_mask_and_mp_values_follow_the_documented_recipe():
     """Files store only the seed: layer i draws from stream i, signed constants are the draws'
-    signs times sqrt(2 / fan_in); MP takes prefixes of the largest layer's draws (at its std)."""
-    def model(strategy):
-        m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(48, 5))  # fan_in 18, 48
-        return [layer.weight_fixed.flatten().numpy()
-                for layer in pemn.apply_(m, strategy, seed=4)[::2]]
+    signs times sqrt(2 / fan_in); MP takes prefixes of the largest layer's draws (at its std),
+    the first of equally large layers."""
+    def model(strategy):  # fan_in 18, 48, 5; 54, 240, 240 values
+        m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(48, 5), nn.Linear(5, 48))
+        pemn.apply_(m, strategy, seed=4)
+        return [m[i].weight_fixed.flatten().numpy() for i in (0, 2, 3)]
 
-    conv, linear = model(pemn.Mask())
+    conv, linear, last = model(pemn.Mask())
     assert np.array_equal(conv, _signed(4, 0, 54, (2 / 18) ** 0.5))
     assert np.array_equal(linear, _signed(4, 1, 240, (2 / 48) ** 0.5))
-    conv, linear = model(pemn.MP())
+    assert np.array_equal(last, _signed(4, 2, 240, (2 / 5) ** 0.5))
+    conv, linear, last = model(pemn.MP())
     assert np.array_equal(linear, _signed(4, 1, 240, (2 / 48) ** 0.5))
-    assert np.array_equal(conv, linear[:54])
+    assert np.array_equal(conv, linear[:54]) and np.array_equal(last, linear)
 
 
 @pytest.mark.parametrize("name, kwargs, num_masked, table", CR_TABLE)
