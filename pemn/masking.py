@@ -5,19 +5,17 @@ the forward pass uses the weights whose |score| is among the largest ``keep_rati
 tensor, and the scores are trained with edge-popup's straight-through estimator (arXiv
 1911.13299). docs/METHOD.md describes the method; docs/PERFORMANCE.md measures this module.
 
-A masked tensor ``name`` of a module is stored as two new entries:
-
-* ``{name}_fixed``: a buffer with the frozen random values (never trained);
-* ``{name}_scores``: a Parameter with one learnable score per value;
-
-(plus ``{name}_gain``, a learned multiplier per tensor or per output channel, when the strategy
-asks for one) and ``module.{name}`` becomes a computed attribute
-``[gain *] fixed * topk_mask(|scores|)``. It is
-injected as a property of a dynamically created subclass of the module's own class (the
-mechanism of ``torch.nn.utils.parametrize``), so the module stays an instance of its torch class,
-its ``forward`` is untouched (``nn.MultiheadAttention`` reads ``in_proj_weight`` and
-``out_proj.weight`` directly, so overriding ``forward`` could not cover it), and hooks keep
-working.
+**Computed tensors**, the one mechanism of every family and load form: :func:`compute_` makes
+``module.<name>`` the tensor ``f(module, name)``, computed at every read from stored tensors
+``<name><suffix>`` (:data:`SUFFIXES`, their one table). It is a property of a dynamically
+created subclass of the module's own class (the mechanism of ``torch.nn.utils.parametrize``),
+so the module stays an instance of its torch class, its ``forward`` is untouched
+(``nn.MultiheadAttention`` reads ``in_proj_weight`` and ``out_proj.weight`` directly, so
+overriding ``forward`` could not cover it), and hooks keep working; :func:`bake_` turns it back
+into a plain Parameter. A PEMN-masked tensor (:func:`mask_tensor_`) stores ``_fixed`` (the
+frozen random values, a buffer), ``_scores`` (one learnable score per value) and, when the
+strategy asks for one, ``_gain`` (a learned multiplier per tensor or output channel), and
+computes ``[gain *] fixed * topk_mask(|scores|)``.
 
 Each scores tensor owns one :class:`_State` (shared by every module tied to it):
 
@@ -53,9 +51,8 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["num_kept", "topk_mask", "masked_weight", "mask_tensor_", "masked_names", "is_masked",
-           "current_mask", "cached_tensors", "compute_", "bake_", "computed_names", "parts",
-           "SUFFIXES"]
+__all__ = ["num_kept", "topk_mask", "mask_tensor_", "masked_names", "current_mask",
+           "cached_tensors", "compute_", "bake_", "computed_names", "parts", "SUFFIXES"]
 
 # Up to this many entries one exact resolution (a kthvalue) is cheaper than probing.
 _SMALL = 4096
@@ -353,11 +350,6 @@ class _MaskedWeight(torch.autograd.Function):
         return None, torch.sign(scores).mul_(fixed).mul_(grad), None, None
 
 
-def masked_weight(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """The effective weight with the straight-through gradient to ``scores`` (no caching)."""
-    return _MaskedWeight.apply(fixed, scores, keep_ratio, None)
-
-
 def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
     # The scores' version is left out of the key: the snapshot comparison covers every write.
     key = (fixed._version, fixed.data_ptr(), scores.device, scores.dtype, keep_ratio)
@@ -461,10 +453,6 @@ def bake_(module: nn.Module, name: str) -> None:
 def masked_names(module: nn.Module) -> tuple[str, ...]:
     """Names of the PEMN-masked tensors of ``module`` (empty if it is not masked)."""
     return tuple(n for n, f in module.__dict__.get("_pemn_fns", {}).items() if f is _masked)
-
-
-def is_masked(module: nn.Module) -> bool:
-    return bool(masked_names(module))
 
 
 def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torch.Tensor,

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pemn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pemn.config import ConfigError, OptimConfig, format_value
 from pemn.distributed import World
+from pemn.masking import FIXED, SCORES
 
 __all__ = ["lr_at", "train", "evaluate", "train_one_epoch", "resolve_device", "autocast_dtype"]
 
@@ -89,8 +90,8 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     Each group's ``lr_scale`` multiplies the scheduled lr (see :func:`train_one_epoch`).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    scores = [p for n, p in named if n.endswith("_scores")]
-    others = [p for n, p in named if not n.endswith("_scores")]
+    scores = [p for n, p in named if n.endswith(SCORES)]
+    others = [p for n, p in named if not n.endswith(SCORES)]
     groups = [{"params": ps, "lr_scale": scale}
               for ps, scale in ((others, 1.0), (scores, cfg.score_lr_scale)) if ps]
     if cfg.optimizer == "sgd":
@@ -183,7 +184,7 @@ def _wrap_ddp(model: nn.Module, device: torch.device, world: World) -> nn.Module
         return model
     # The frozen random weights are identical on every rank (regenerated from the seed), so
     # DDP need not broadcast them each step; BN statistics still are.
-    frozen = [n for n, _ in model.named_buffers() if n.endswith("_fixed")]
+    frozen = [n for n, _ in model.named_buffers() if n.endswith(FIXED)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                    else None)

@@ -1,6 +1,10 @@
-"""``apply_``: turn any PyTorch model into a PEMN model in place; ``materialize_`` undoes it.
+"""``apply_``, the one verb: apply any strategy to any PyTorch model in place; ``materialize_``
+bakes any of them into a plain model.
 
-Which tensors can be masked is a registry of layer kinds (:func:`register_maskable`). Built in:
+``apply_`` finds how to build a strategy by its type in one table (:func:`register_handler`):
+the weight fills, ``Dense`` and the trained-weight families of :mod:`pemn.competitors` each
+register one handler, and every handler selects its tensors the same way. Which tensors can be
+selected is a registry of layer kinds (:func:`register_maskable`). Built in:
 
 =======================================  =========================================  =========
 layer                                    tensors                                    default
@@ -33,7 +37,16 @@ from torch import nn
 from pemn import fill as fill_lib
 from pemn import rng
 from pemn.fill import Dense, Strategy, TensorSpec
-from pemn.masking import VALUES, bake_, compute_, computed_names, mask_tensor_, masked_names, parts
+from pemn.masking import (
+    SCORES,
+    VALUES,
+    bake_,
+    compute_,
+    computed_names,
+    mask_tensor_,
+    masked_names,
+    parts,
+)
 
 __all__ = ["apply_", "materialize_", "masked_tensors", "maskable_tensors", "register_maskable",
            "register_handler", "accepts", "tie_", "PemnSpec"]
@@ -358,7 +371,7 @@ def masked_tensors(model: nn.Module):
     seen = set()
     for fqn, module in model.named_modules():
         for name in masked_names(module):
-            scores = getattr(module, name + "_scores")
+            scores = getattr(module, name + SCORES)
             if id(scores) not in seen:
                 seen.add(id(scores))
                 yield fqn, module, name

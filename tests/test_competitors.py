@@ -186,6 +186,29 @@ def test_sparse_global_magnitude_keeps_the_largest_init_weights():
     assert kept.min() >= init.sort(descending=True).values[len(kept) - 1]
 
 
+def test_pruning_presets_build_the_paper_baselines_bit_for_bit():
+    """RandomPrune keeps, per layer in module order, the first ``num_kept`` of one seeded
+    permutation (the paper's "Random"); MagnitudePrune each layer's largest |w|, ties to the
+    earlier position ("Minimum"); both on every layer, and they train only the kept weights."""
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    for make, cr in ((pemn.RandomPrune, 0.9), (pemn.MagnitudePrune, 0.94)):
+        torch.manual_seed(0)
+        model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1), make(cr), seed=7)
+        gen, keep = torch.Generator().manual_seed(7), 31 / 32 - cr
+        for fqn, module, name in layers(model):
+            w, mask = getattr(module, name + "_orig").detach(), getattr(module, name + "_mask")
+            want = torch.zeros(w.numel())
+            if make is pemn.RandomPrune:
+                want[torch.randperm(w.numel(), generator=gen)[:num_kept(w.numel(), keep)]] = 1
+            else:
+                order = w.abs().flatten().sort(descending=True, stable=True).indices
+                want[order[:num_kept(w.numel(), keep)]] = 1
+            assert torch.equal(mask.flatten(), want), fqn
+        assert len(list(layers(model))) == len(model.pemn_spec.tensors)  # stem and head too
+        model.eval()
+        assert torch.equal(unpack(pack(model))(x), model(x))
+
+
 def test_refusals():
     with pytest.raises(ValueError, match="Quantized does not use keep_ratio"):
         pemn.apply_(torch.nn.Linear(2, 2), pemn.Quantized(), keep_ratio=0.5)
