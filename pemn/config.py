@@ -46,8 +46,8 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    # { name = "rp", ratio = 1e-3 }; names: dense mask one_layer mp rp random_prune
-    # magnitude_prune (pemn.fill.STRATEGIES)
+    # { name = "rp", ratio = 1e-3 }; names: dense mask one_layer mp rp sparse quantized binary
+    # (pemn.fill.STRATEGIES) and the presets random_prune magnitude_prune (pemn.fill.PRESETS)
     strategy: Strategy = field(default_factory=RP)
     keep_ratio: float = 0.5  # fraction of weights kept by the masks (a baseline's CR sets its own)
     seed: int = 0  # random weights, scores and baseline masks
