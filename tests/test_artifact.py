@@ -1,6 +1,7 @@
 """Artifacts: save -> load gives bit-identical logits for every strategy and architecture (also in
 a fresh process), real sizes against the formulas, the loud failure on regenerated weights that
 differ, unpackable models, hostile headers, size reports, and dense exports."""
+import collections
 import json
 import math
 import os
@@ -377,6 +378,24 @@ def test_every_header_key_is_documented(small_artifact):
 # ------------------------------------------------------------------------------------------
 # Size report
 # ------------------------------------------------------------------------------------------
+
+def _norms(info: dict) -> set[str]:
+    return {o["name"] for o in info["others"] if o["is_norm"]}
+
+
+def test_describe_names_norm_layers_by_module_type():
+    # "bn1" is a Linear, "scale" a BatchNorm: a norm layer is one by its type, not its name
+    def net():
+        return torch.nn.Sequential(collections.OrderedDict(
+            bn1=torch.nn.Linear(4, 4), scale=torch.nn.BatchNorm1d(4), head=torch.nn.Linear(4, 2)))
+
+    model = pemn.apply_(net(), pemn.MP())
+    data = pack(model)
+    expected = {f"scale.{k}" for k in net().scale.state_dict()}
+    assert _norms(describe(data, model=net())) == _norms(describe(model)) == expected
+    assert _norms(describe(data)) == set()  # no architecture at hand: no guessing by name
+    assert _norms(describe(pack(trained("resnet20", pemn.RP())))) == {
+        k for k in create_model("resnet20").state_dict() if ".bn" in k or k.startswith("bn")}
 
 @pytest.mark.parametrize("strategy", [pemn.RP(ratio=0.01), pemn.Mask(), pemn.Dense()], ids=repr)
 def test_size_report_consistent(tmp_path, strategy):

@@ -11,7 +11,8 @@ The file layout is documented in :mod:`pemn.artifact.format`; masks are coded by
 """
 from pemn.artifact.export import EXPORT_FORMATS, default_input_shape, export
 from pemn.artifact.format import FORMAT_VERSION, MAGIC, ArtifactError, Header
-from pemn.artifact.load import DEFAULT_MAX_ELEMENTS, FORMS, describe, load, read_header, unpack
+from pemn.artifact.contents import describe
+from pemn.artifact.load import DEFAULT_MAX_ELEMENTS, FORMS, load, read_header, unpack
 from pemn.artifact.pack import STORE_PROTOTYPE_MAX_BYTES, pack, save
 
 __all__ = ["save", "load", "pack", "unpack", "describe", "read_header", "export", "Header",

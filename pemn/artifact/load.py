@@ -43,14 +43,13 @@ from pemn.masking import FIXED, GAIN, MASK, SCORES, current_mask, num_kept
 from pemn.models import create_model
 from pemn.transform import accepts, apply_, masked_tensors, tie_
 
-__all__ = ["load", "unpack", "describe", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
+__all__ = ["load", "unpack", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
 
 # 2**28 values = 1 GiB of float32: ResNet-50 (25.6M) and ViT-B (86M) fit; pass max_elements
 # for larger models. It bounds the memory and time a small hostile file can demand.
 DEFAULT_MAX_ELEMENTS = 2**28
 VALUES_PER_BYTE = 1024  # default ceiling on values per file byte (densest honest: ~880)
 FORMS = ("train", "dense", "packed")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
                  OverflowError, RecursionError, struct.error, UnicodeError)
 
@@ -663,97 +662,6 @@ def read_header(source) -> Header:
     try:
         container = read_container(data)
         return _parse_header(container.version, container.header)
-    except ArtifactError:
-        raise
-    except (MemoryError, *_LOWER_ERRORS) as e:
-        raise _wrap(e) from e
-
-
-# ------------------------------------------------------------------------------------------
-# describe: what a file holds, component by component (used by pemn.storage.size_report)
-# ------------------------------------------------------------------------------------------
-
-def _is_norm(name: str, norms: set[str] | None) -> bool:
-    if norms is not None:
-        return name in norms
-    parts = name.lower().split(".")  # no architecture at hand: judge by the usual names
-    return any(p.startswith(("bn", "norm", "ln")) or p.endswith("norm") for p in parts[:-1]) \
-        or parts[-1] in ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _norm_names(header: Header) -> set[str] | None:
-    """Names of the norm layers' tensors, from the zoo architecture checked against the file."""
-    if header.model is None:
-        return None
-    num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
-    meta = _build_meta(header.model, num)
-    _check_layout(header, _skeleton_layout(meta), header.model["name"])
-    return {f"{fqn}.{k}" if fqn else k for fqn, m in meta.named_modules()
-            if isinstance(m, _NORM_TYPES) for k in m.state_dict()}
-
-
-def _describe(data: bytes) -> dict:
-    version, d, sections, header_bytes, signature = read_container(data)
-    header = _parse_header(version, d)
-    strategy = strategy_from_dict(header.strategy)
-    specs = _specs(header)
-    norms = _norm_names(header)
-    return {
-        "header": header,
-        "strategy": strategy,
-        "format_version": version,
-        "file_bytes": len(data),
-        "header_bytes": header_bytes,
-        "section_bytes": {k: len(v) for k, v in sections.items()},
-        "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
-                   "codec": m.codec, "num_bytes": m.num_bytes} for m in header.masked],
-        "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
-                    "num_bytes": t.num_bytes, "is_norm": _is_norm(t.name, norms)}
-                   for t in header.tensors],
-        "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
-                     "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.num_bytes}
-                    for e in header.encoded],
-        "num_unique": _num_unique(header, strategy, specs),
-        "signed_by": signature.public_key.hex() if signature else None,
-    }
-
-
-def _num_unique(header: Header, strategy, specs) -> int:
-    """U: a weight fill's unique values, or the values a trained-weights file stores."""
-    if header.encoded or isinstance(strategy, TrainedWeights):
-        return sum(e.num_kept for e in header.encoded)
-    return 0 if isinstance(strategy, Dense) else plan_fill(strategy, specs).num_unique
-
-
-def describe(source) -> dict:
-    """What an artifact holds, component by component, without building the model's values.
-
-    Args:
-        source: a path, artifact bytes, or a PEMN model (packed in memory first).
-
-    Returns:
-        ``header`` (the typed :class:`Header`), ``strategy`` (its strategy, read as a
-        stored one: a field the writer did not know has its old value), ``format_version``,
-        ``file_bytes``,
-        ``header_bytes`` (preamble + header), ``section_bytes`` per section, ``masks`` (per
-        masked tensor: name, shape, numel, num_kept, codec, num_bytes), ``others`` (per stored
-        tensor: name, dtype, shape, num_bytes, is_norm), ``encoded`` (per trained weight of
-        a version-3 file: name, shape, numel, num_kept, encoding, num_bytes), ``num_unique``
-        (U: for encoded weights, the values stored) and ``signed_by`` (the signer's public
-        key in hex, not verified; None if unsigned).
-
-    Raises:
-        ArtifactError: as :func:`load`.
-    """
-    if isinstance(source, nn.Module):
-        from pemn.artifact.pack import pack
-        data = pack(source)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        data = _read_file(source, DEFAULT_MAX_ELEMENTS)
-    try:
-        return _describe(data)
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:

@@ -337,7 +337,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
         from pemn.artifact.signing import sign
         data = sign(data, sign_with)
     atomic_write(path, data)
-    from pemn.artifact.load import describe  # load imports this module
+    from pemn.artifact.contents import describe  # it imports this module
     hint = unmasked_hint(describe(data))
     if hint:
         log.warning("%s: %s", path, hint)

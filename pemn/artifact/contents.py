@@ -1,0 +1,110 @@
+"""What an artifact holds, component by component, without building its values (``describe``).
+
+``pemn.storage.size_report`` prices a file from it, and ``pemn.save`` warns from it when
+unmasked layers hold most of a file. A tensor belongs to a norm layer when the module that owns
+it is one (BatchNorm, LayerNorm, GroupNorm), judged on the zoo architecture of the header or on
+the model at hand, never by its name.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from pemn.artifact.format import ArtifactError, Header, read_container
+from pemn.artifact.load import (
+    _LOWER_ERRORS,
+    DEFAULT_MAX_ELEMENTS,
+    _build_meta,
+    _check_layout,
+    _parse_header,
+    _read_file,
+    _skeleton_layout,
+    _specs,
+    _wrap,
+)
+from pemn.artifact.pack import pack
+from pemn.artifact.weights import TrainedWeights
+from pemn.fill import Dense, plan_fill, strategy_from_dict
+
+__all__ = ["describe"]
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
+    """Names of the tensors of norm layers, by module type: of ``model``, or of the header's
+    zoo architecture (checked against the file); none without either."""
+    if model is None and header.model is not None:
+        num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
+        model = _build_meta(header.model, num)
+        _check_layout(header, _skeleton_layout(model), header.model["name"])
+    if model is None:
+        return set()
+    return {f"{fqn}.{k}" if fqn else k for fqn, m in model.named_modules()
+            if isinstance(m, _NORM_TYPES) for k in m.state_dict()}
+
+
+def _num_unique(header: Header, strategy) -> int:
+    """U: a weight fill's unique values, or the values a trained-weights file stores."""
+    if header.encoded or isinstance(strategy, TrainedWeights):
+        return sum(e.num_kept for e in header.encoded)
+    return 0 if isinstance(strategy, Dense) else plan_fill(strategy, _specs(header)).num_unique
+
+
+def _describe(data: bytes, model: nn.Module | None) -> dict:
+    version, d, sections, header_bytes, signature = read_container(data)
+    header = _parse_header(version, d)
+    strategy = strategy_from_dict(header.strategy)
+    norms = _norm_names(header, model)
+    return {
+        "header": header,
+        "strategy": strategy,
+        "format_version": version,
+        "file_bytes": len(data),
+        "header_bytes": header_bytes,
+        "section_bytes": {k: len(v) for k, v in sections.items()},
+        "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
+                   "codec": m.codec, "num_bytes": m.num_bytes} for m in header.masked],
+        "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
+                    "num_bytes": t.num_bytes, "is_norm": t.name in norms}
+                   for t in header.tensors],
+        "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
+                     "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.num_bytes}
+                    for e in header.encoded],
+        "num_unique": _num_unique(header, strategy),
+        "signed_by": signature.public_key.hex() if signature else None,
+    }
+
+
+def describe(source, model: nn.Module | None = None) -> dict:
+    """What an artifact holds, component by component, without building the model's values.
+
+    Args:
+        source: a path, artifact bytes, or a PEMN model (packed in memory first).
+        model: the architecture of a file that names no zoo model, so that its norm layers
+            are known (a PEMN model ``source`` is its own); not filled or changed.
+
+    Returns:
+        ``header`` (the typed :class:`Header`), ``strategy`` (its strategy), ``format_version``,
+        ``file_bytes``, ``header_bytes`` (preamble + header), ``section_bytes`` per section,
+        ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes),
+        ``others`` (per stored tensor: name, dtype, shape, num_bytes, is_norm: it belongs to
+        a norm layer of the architecture; False for every tensor when there is none at hand),
+        ``encoded`` (per trained weight: name, shape, numel, num_kept, encoding, num_bytes),
+        ``num_unique`` (U: for encoded weights, the values stored) and ``signed_by`` (the
+        signer's public key in hex, not verified; None if unsigned).
+
+    Raises:
+        ArtifactError: as :func:`pemn.artifact.load`.
+    """
+    if isinstance(source, nn.Module):
+        data, model = pack(source), source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = _read_file(source, DEFAULT_MAX_ELEMENTS)
+    try:
+        return _describe(data, model)
+    except ArtifactError:
+        raise
+    except (MemoryError, *_LOWER_ERRORS) as e:
+        raise _wrap(e) from e
