@@ -15,7 +15,8 @@ reference in the same round.
 
     python benchmarks/memory.py --repeats 5 --out benchmarks/results/memory.json
 
-Run it on an otherwise idle machine (timings are worthless next to other CPU-heavy work).
+Run it on an otherwise idle machine (timings are worthless next to other CPU-heavy work);
+``--repeats 0`` measures memory only, which other work does not disturb.
 """
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ from pemn.models import create_model
 
 # name -> (zoo model, kwargs, strategy, latency points as (batch, input shape without batch));
 # the first point's input is also the one the memory runs use. ResNet-50 at 224x224 and batch
-# 64 would take ~10 s a forward here, so batch 64 runs at 112x112.
+# 64 would take ~10 s a forward here, so batch 64 runs at 112x112. Every strategy is in the
+# library's defaults (permuted RP, signed constants), the configuration a user gets.
 _R50 = [(1, (3, 224, 224)), (1, (3, 112, 112)), (64, (3, 112, 112))]
 CASES = {
     "resnet50-mask": ("resnet50", {}, pemn.Mask(), _R50),
-    "resnet50-rp1e-3": ("resnet50", {}, pemn.RP(ratio=1e-3, order="copy"), _R50),
-    "vit_512_d8-rp1e-3": ("vit_512_d8", {}, pemn.RP(ratio=1e-3, order="copy"), [(1, (3, 32, 32)),
-                                                                   (64, (3, 32, 32))]),
+    "resnet50-mp": ("resnet50", {}, pemn.MP(), _R50),
+    "resnet50-rp1e-3": ("resnet50", {}, pemn.RP(ratio=1e-3), _R50),
+    "vit_512_d8-rp1e-3": ("vit_512_d8", {}, pemn.RP(ratio=1e-3), [(1, (3, 32, 32)),
+                                                                  (64, (3, 32, 32))]),
 }
 FORMS = ("dense_reference", *pemn.artifact.FORMS)
 
@@ -116,9 +119,9 @@ def run_case(name: str, repeats: int, tmp: Path) -> dict:
     ref = memory["dense_reference"]["held_bytes"]
     for m in memory.values():
         m["held_vs_dense"] = m["held_bytes"] / ref
-    models = {f: _load(f, str(path), arch, kwargs) for f in FORMS}
+    models = {f: _load(f, str(path), arch, kwargs) for f in FORMS} if repeats else {}
     latency = {f"batch_{b}_{'x'.join(map(str, s))}": _latency(models, s, b, repeats)
-               for b, s in points}
+               for b, s in points if repeats}
     return {"file_bytes": num_bytes, "memory": memory, "latency": latency}
 
 
