@@ -506,47 +506,13 @@ out_dir = "{out}"
 "data.dataset" = "digits"
 "model.name" = "convmixer_64_d4"
 "model.kwargs" = {{ dim = 8, depth = 1 }}
+"data.limit_train" = 256
 "optim.epochs" = {epochs}
 "optim.batch_size" = 64
 "optim.eval_batch_size" = 500
 [grid]
 "mask.strategy.ratio" = {ratios}
 '''
-
-
-def _sweeps(tmp_path, count: int, epochs: int, ratios: list[float]):
-    """``count`` ``pemn sweep`` processes started at once on one sweep file."""
-    path = _sweep(tmp_path, CONCURRENT.format(out=tmp_path / "runs", epochs=epochs,
-                                              ratios=ratios))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("SLURM_ARRAY_TASK_ID", None)
-    cmd = [sys.executable, "-m", "pemn.cli", "sweep", str(path), "--stale-after", "4"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(count)]
-    return path, procs
-
-
-def _finish(procs) -> list[str]:
-    outs = [p.communicate(timeout=120) for p in procs]
-    return [err for _, err in outs]
-
-
-def _check_results(path: Path) -> list[str]:
-    names = [c.name for c in expand(path)]
-    lines = (path.parent / "runs" / "results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["run"] for line in lines] == names  # each run once, grid order
-    return names
-
-
-def test_three_concurrent_sweeps_train_each_run_once(tmp_path):
-    path, procs = _sweeps(tmp_path, 3, epochs=1, ratios=[0.5, 0.2, 0.1, 0.05, 0.02, 0.01])
-    logs = _finish(procs)
-    assert [p.returncode for p in procs] == [0, 0, 0], logs
-    names = _check_results(path)
-    trained = [line.split()[1] for err in logs for line in err.splitlines()
-               if line.endswith(" ...")]
-    assert sorted(trained) == sorted(names), logs  # every run by exactly one process
-    assert not list((path.parent / "runs").glob("*/claim.*"))  # every claim released
 
 
 def _owner(run_dir: Path, by_pid: dict):
@@ -556,9 +522,10 @@ def _owner(run_dir: Path, by_pid: dict):
         return None
 
 
-def _kill_mid_run(procs, runs: Path) -> str:
-    """kill -9 the process training a run that has a checkpoint and no summary yet; the run's
-    name. The owner is stopped before it is checked, so what is checked is what is killed."""
+def _kill_mid_run(procs, runs: Path) -> tuple[int, str]:
+    """kill -9 a process training a run that has a checkpoint and no summary yet: (its index,
+    the run's name). The owner is stopped before it is checked, so what is checked is what is
+    killed."""
     by_pid = {p.pid: p for p in procs}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -568,20 +535,46 @@ def _kill_mid_run(procs, runs: Path) -> str:
                 if _owner(run_dir, by_pid) is owner and not (run_dir / "summary.json").exists():
                     owner.kill()
                     owner.wait()  # reaped: its pid is gone, so its claim is stale at once
-                    return run_dir.name
+                    return procs.index(owner), run_dir.name
                 os.kill(owner.pid, signal.SIGCONT)
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError("no run was caught between its first checkpoint and its summary")
 
 
-def test_a_run_whose_process_is_killed_is_taken_over_and_resumed(tmp_path):
-    path, procs = _sweeps(tmp_path, 3, epochs=4, ratios=[0.5, 0.1, 0.02])
-    killed = _kill_mid_run(procs, path.parent / "runs")
-    survivors = [p for p in procs if p.returncode is None]
-    logs = _finish(survivors)
-    assert len(survivors) == 2 and [p.returncode for p in survivors] == [0, 0], logs
-    names = _check_results(path)
-    assert killed in names and (path.parent / "runs" / killed / RESULT).is_file()
-    text = "\n".join(logs)
-    assert f"{killed}: taking over the stale claim.0" in text
-    assert f"resumed {path.parent / 'runs' / killed} at epoch" in text, text
+@pytest.fixture(scope="module")
+def three_sweeps(tmp_path_factory):
+    """Three ``pemn sweep`` processes started at once on a 6-run grid; one is killed (-9) in
+    the middle of a run. Returns the sweep, the killed process's index and run, and the logs."""
+    tmp = tmp_path_factory.mktemp("concurrent")
+    path = _sweep(tmp, CONCURRENT.format(out=tmp / "runs", epochs=10,
+                                         ratios=[0.5, 0.2, 0.1, 0.05, 0.02, 0.01]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    cmd = [sys.executable, "-m", "pemn.cli", "sweep", str(path), "--stale-after", "4"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    killed, run_name = _kill_mid_run(procs, tmp / "runs")
+    logs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0 if p is not procs[killed] else -9 for p in procs], \
+        logs
+    return path, killed, run_name, logs
+
+
+def test_three_concurrent_sweeps_train_each_run_once(three_sweeps):
+    path, killed, run_name, logs = three_sweeps
+    names = [c.name for c in expand(path)]
+    lines = (path.parent / "runs" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["run"] for line in lines] == names  # each run once, grid order
+    started = [[line.split()[1] for line in err.splitlines() if line.endswith(" ...")]
+               for err in logs]
+    assert started[killed][-1] == run_name  # killed in the middle of it; then its taker
+    assert sorted(sum(started, [])) == sorted(names + [run_name]), logs  # trained it on
+    assert not list((path.parent / "runs").glob("*/claim.*"))  # every claim released
+
+
+def test_a_run_whose_process_is_killed_is_taken_over_and_resumed(three_sweeps):
+    path, killed, run_name, logs = three_sweeps
+    takers = [err for i, err in enumerate(logs) if f"{run_name}: taking over" in err]
+    assert len(takers) == 1 and logs.index(takers[0]) != killed
+    assert f"resumed {path.parent / 'runs' / run_name} at epoch" in takers[0], takers[0]
+    assert (path.parent / "runs" / run_name / RESULT).is_file()

@@ -1,4 +1,4 @@
-"""Sweeps: a TOML grid of run configs, run one after another, one results line per run.
+"""Sweeps: a TOML grid of run configs, run by any number of processes, a results line per run.
 
 A sweep file has these top-level keys (anything else is an error):
 
@@ -36,25 +36,18 @@ as a strategy argument: ``{ name = "random_prune", cr = 0.9 }``.
 
 *Run names.* Each run gets ``name`` set so that its directory is unique and stable (resume
 relies on it). With a ``name`` template, ``{field}`` takes ``dataset``, ``model``,
-``strategy`` (the strategy's tag: ``rp0.001``, ``rp0.001p`` for permuted,
-``random_prune-cr0.9``), ``seed``,
+``strategy`` (the strategy's tag: ``rp0.001``, ``rp0.001p`` for permuted), ``seed``,
 ``epochs``, ``auto`` (:meth:`RunConfig.run_name`) or any dotted config key
 (``{model.kwargs.dim}``, ``{optim.lr}``). Without one, the name is ``run_name()`` plus a
 ``-<leaf><value>`` tag for each key the run's own grid entry or point sets that ``run_name()``
 does not encode (``-dim64``, ``-lr0.005``). Two runs with the same name are an error.
 
-*Many processes, many machines.* Any number of ``pemn sweep`` processes may run one sweep at
-once, on one machine or on many sharing the filesystem: each run is claimed before it is
-trained (:mod:`pemn.experiments.claims`), so it is trained once; a run whose process died, or
-whose heartbeat is older than ``stale_after`` seconds, is taken over and resumes from its
-checkpoint through ``pemn.run.run(cfg, resume=True)``. ``shard="K/N"`` (``--shard``) takes runs
-K, K+N, K+2N, ... of the grid; without it, a Slurm job array's ``SLURM_ARRAY_TASK_ID`` and
-``SLURM_ARRAY_TASK_COUNT`` choose the shard. A process returns once every run of its shard has
-finished, waiting for the runs that other live processes hold. If a run directory holds a
-different config than the sweep now asks for, the sweep stops rather than mix results.
-
-*Results* are :mod:`pemn.experiments.results`'s: a results file is assembled from one result
-file per run, so concurrent sweeps neither lose nor duplicate a line.
+*Many processes.* Any number of ``pemn sweep`` processes, on machines sharing the filesystem,
+may run one sweep: each run is claimed first (:mod:`pemn.experiments.claims`), so it is trained
+once, and a run left by a dead or silent process is taken over and resumes from its checkpoint.
+Its results line is its own file (:mod:`pemn.experiments.results`). ``shard="K/N"`` takes runs
+K, K+N, ... of the grid (default: the Slurm array task's). A run directory holding a different
+config than the sweep asks for stops the sweep rather than mix results.
 
 Example::
 
@@ -348,20 +341,18 @@ def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | 
     out = Path(results or sweep.results or Path(all_configs[0].out_dir) / "results.jsonl")
     world, stale_after = World.from_env(), stale_after or STALE_AFTER
     configs = all_configs[:limit][k::n]
-    todo = list(enumerate(configs, 1))
-    while True:
+    todo, pause = list(enumerate(configs, 1)), min(stale_after / 4, 10.0)
+    while todo:
         held = []
         for i, cfg in todo:
             state = _run_one(cfg, f"[{i}/{len(configs)}]", world, collect_only, stale_after)
-            if state == "held":
-                held.append((i, cfg))
-            elif state == "recorded" and world.is_main:
+            held += [(i, cfg)] if state == "held" else []
+            if state == "recorded" and world.is_main:
                 record_results(all_configs, out)
-        if not held:
-            break
-        log.info("waiting for %d run(s) that other processes hold: %s", len(held),
-                 ", ".join(c.name for _, c in held))
-        time.sleep(min(stale_after / 4, 10.0))
+        if held:
+            log.info("waiting for %d run(s) that other processes hold: %s", len(held),
+                     ", ".join(c.name for _, c in held))
+            time.sleep(pause)
         todo = held
     if world.is_main:
         record_results(all_configs, out)
