@@ -255,9 +255,9 @@ class RP(_SharedFill):
             permutation (the official ``rand`` mode, there unseeded); ``"copy"`` tiles the
             vector as is (the official default). Plain tiling makes every row of a layer a
             shifted copy of the last; shuffling breaks that pattern and gained 0.7-1.2 points at
-            RP 1e-3 on Fashion-MNIST at no cost in bytes (docs/RESULTS.md). Its price is
-            memory in the ``packed`` load form: the whole tiled vector (``d_max`` floats) is
-            held instead of the short one.
+            RP 1e-3 on Fashion-MNIST at no cost in bytes (docs/RESULTS.md). The ``packed``
+            load form holds the whole tiled vector, as sign bits with signed constants (the
+            default values), as ``d_max`` floats with normal values.
     """
 
     ratio: float = 1e-3
