@@ -417,7 +417,7 @@ def _reaped_pid() -> int:
 def _plant_claim(run_dir: Path, host: str, pid: int, age: float = 0.0) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "claim.0"
-    path.write_text(json.dumps({"host": host, "pid": pid}))
+    path.write_text(json.dumps({"host": host, "pid": pid}) if host else "")
     os.utime(path, (time.time() - age, time.time() - age))
     return path
 
@@ -435,6 +435,8 @@ def test_a_live_claim_is_exclusive_and_released(tmp_path):
     ("this", "live", 0.0, False),
     ("elsewhere", "dead", 0.0, False),  # a pid of another host says nothing here
     ("elsewhere", "dead", 60.0, True),  # no heartbeat for longer than stale_after
+    (None, "live", 0.0, False),  # not written yet by its creator: the age decides
+    (None, "live", 60.0, True),
 ])
 def test_a_stale_claim_is_taken_over_by_the_next_generation(tmp_path, host, pid, age, taken):
     host = socket.gethostname() if host == "this" else host
@@ -490,11 +492,16 @@ def test_bad_shards_are_one_line_errors(shard, env, match):
         shard_of(shard, env)
 
 
-def test_the_cli_takes_a_shard_and_refuses_a_bad_one(tiny_sweep, capsys):
+def test_the_cli_takes_a_shard_and_refuses_a_bad_one(tiny_sweep, capsys, caplog, monkeypatch):
     path, _ = tiny_sweep
     assert main(["sweep", str(path), "--dry-run", "--shard", "1/2"]) == 0
     names = [c.name for c in expand(path)]
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[:2]] == names[1::2]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # the third task of --array=0-3
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    with caplog.at_level(logging.INFO, logger="pemn.experiments.sweep"):
+        assert main(["sweep", str(path)]) == 0
+    assert f"[1/1] {names[2]}: done already" in caplog.text and "[2/" not in caplog.text
     assert main(["sweep", str(path), "--shard", "2/2"]) == 2
     assert capsys.readouterr().err == ("pemn: error: --shard: a shard is K/N with 0 <= K < N "
                                        "(e.g. 0/4), got 2/2\n")

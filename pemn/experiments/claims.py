@@ -29,29 +29,29 @@ def _generations(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.name[len(_PREFIX):]), p) for p in names)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _gone(owner) -> bool:
+    """Whether the claim's owner was a process of this host that no longer exists."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname() \
+            or not isinstance(owner.get("pid"), int):
         return False
-    except PermissionError:  # another user's process
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
         pass
-    return True
+    return False
 
 
 def _stale(path: Path, stale_after: float) -> bool:
     try:
-        age = time.time() - path.stat().st_mtime
-        text = path.read_text()
+        age, text = time.time() - path.stat().st_mtime, path.read_text()
     except FileNotFoundError:
         return False  # released just now: the next look finds the run's result
     try:  # empty while its creator has not written it yet: then the age alone decides
-        owner = json.loads(text)
+        return age > stale_after or _gone(json.loads(text))
     except ValueError:
-        owner = {}
-    pid = owner.get("pid") if isinstance(owner, dict) else None
-    gone = owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
-    return gone or age > stale_after
+        return age > stale_after
 
 
 class Claim:
