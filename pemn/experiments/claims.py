@@ -69,8 +69,8 @@ class Claim:
             here, ours = os.stat(self.path), os.fstat(self._fd)
         except FileNotFoundError:
             return False
-        newest = _generations(self.path.parent)[-1][1]
-        return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino) and newest == self.path
+        newest = [path for _, path in _generations(self.path.parent)][-1:]
+        return newest == [self.path] and (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
 
     def _beat(self, every: float) -> None:
         warned = False
