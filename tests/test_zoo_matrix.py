@@ -15,6 +15,7 @@ from pemn.config import ConfigError, RunConfig
 from pemn.data import list_datasets
 from pemn.models import create_model, list_models
 from pemn.run import data_info, model_from_config
+from pemn.transform import accepts
 
 STRATEGIES = [pemn.Dense(), pemn.Mask(), pemn.OneLayer(), pemn.MP(), pemn.RP(ratio=1e-2),
               pemn.RP(ratio=0.1, order="permuted")]
@@ -40,7 +41,8 @@ def _build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
 def test_every_model_every_strategy(name, strategy):
     torch.manual_seed(0)
     model, shape = _build(name)
-    pemn.apply_(model, strategy, keep_ratio=0.5, seed=1)
+    args = {"keep_ratio": 0.5, "seed": 1}
+    pemn.apply_(model, strategy, **{k: args[k] for k in accepts(strategy)})
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
     fixed = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("_fixed")}
     assert fixed or isinstance(strategy, pemn.Dense)
