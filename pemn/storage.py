@@ -8,8 +8,9 @@ the same keep ratio. Baseline formats, per masked tensor viewed as a matrix of
 ``rows = shape[0]`` rows with ``nnz = num_kept`` non-zeros (all sizes in bytes):
 
 - fp32 / fp16 dense: ``4 n`` / ``2 n`` (fp16 also halves the other float tensors);
-- CSR fp32 (as in Deep Compression, Han et al. 2016): fp32 values, int32 column indices and
-  int32 row pointers, ``4 nnz + 4 nnz + 4 (rows + 1)``;
+- CSR (as in Deep Compression, Han et al. 2016): the ``csr-f32`` encoding of
+  :func:`pemn.artifact.weights.csr_num_bytes`, fp32 values plus column indices and row pointers
+  in the smallest of 1, 2, 4 bytes that fits;
 - the paper's CSR accounting (its section 4.3): ``p (1 - r)`` fp32 values plus
   ``2 p (1 - r)`` 32-bit positions, i.e. ``12 nnz``;
 - bitmask + fp32 values (compressed-tensors): ``ceil(n / 8) + 4 nnz + 4 rows`` (int32 row
@@ -32,12 +33,13 @@ from torch import nn
 
 from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
+from pemn.artifact.weights import csr_num_bytes
 from pemn.artifact.pack import unmasked_hint
 from pemn.fill import strategy_to_dict
 from pemn.masking import SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
-           "csr_fp32_bytes", "paper_csr_bytes", "bitmask_fp32_bytes", "size_report",
+           "bitmask_fp32_bytes", "size_report",
            "format_size_table", "storage_readings"]
 
 
@@ -106,16 +108,6 @@ def mask_entropy_bytes(numel: int, num_kept: int) -> float:
     return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
 
 
-def csr_fp32_bytes(shape, nnz: int) -> int:
-    """fp32 values + int32 column indices + int32 row pointers over ``shape[0]`` rows."""
-    return 8 * nnz + 4 * (shape[0] + 1)
-
-
-def paper_csr_bytes(nnz: int) -> int:
-    """The paper's sparse cost: ``p (1 - r)`` fp32 values + ``2 p (1 - r)`` int32 positions."""
-    return 12 * nnz
-
-
 def bitmask_fp32_bytes(shape, nnz: int) -> int:
     """A 1-bit mask over all values + fp32 kept values + int32 row offsets."""
     return -(-math.prod(shape) // 8) + 4 * nnz + 4 * shape[0]
@@ -130,8 +122,9 @@ def _baselines(masks, others_fp32: int, others_fp16: int) -> dict[str, int]:
     return {
         "fp32_dense": 4 * num_masked + others_fp32,
         "fp16_dense": 2 * num_masked + others_fp16,
-        "csr_fp32": sum(csr_fp32_bytes(m["shape"], m["num_kept"]) for m in masks) + others_fp32,
-        "csr_paper": sum(paper_csr_bytes(m["num_kept"]) for m in masks) + others_fp32,
+        "csr": sum(csr_num_bytes(m["shape"], m["num_kept"]) for m in masks) + others_fp32,
+        # the paper's count (Sec. 4.3): p (1 - r) fp32 values + 2 p (1 - r) int32 positions
+        "csr_paper": sum(12 * m["num_kept"] for m in masks) + others_fp32,
         "bitmask_fp32": sum(bitmask_fp32_bytes(m["shape"], m["num_kept"]) for m in masks)
         + others_fp32,
     }
@@ -166,7 +159,7 @@ def size_report(source) -> dict:
         - ``unmasked_hint``: when unmasked layer weights hold most of the file, a line naming
           the largest and the ``include=`` that masks them (else None);
         - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
-          ``fp16_dense``, ``csr_fp32``, ``csr_paper``, ``bitmask_fp32`` (module docstring).
+          ``fp16_dense``, ``csr``, ``csr_paper``, ``bitmask_fp32`` (module docstring).
 
     Raises:
         pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
@@ -270,7 +263,7 @@ def format_size_table(report: dict) -> str:
         f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}",
     ]
     names = {"fp32_dense": "fp32 dense", "fp16_dense": "fp16 dense",
-             "csr_fp32": "CSR fp32 + int32 indices", "csr_paper": "CSR, paper's 3p(1-r) x 32 bit",
+             "csr": "CSR (csr-f32 encoding)", "csr_paper": "CSR, paper's 3p(1-r) x 32 bit",
              "bitmask_fp32": "bitmask + fp32 values"}
     rows += [f"  {names[k]:<38}{v:>14,}{v / total:>10.2f}x"
              for k, v in report["baselines"].items()]

@@ -432,8 +432,10 @@ def test_size_report_formulas():
     kept = [t.numel - int(0.75 * t.numel) for t in specs]
     others = report["model_fp32_bytes"] - 4 * report["num_masked"]
     assert report["baselines"]["csr_paper"] == 12 * sum(kept) + others
-    assert report["baselines"]["csr_fp32"] == sum(
-        8 * k + 4 * (t.shape[0] + 1) for t, k in zip(specs, kept)) + others
+    # csr-f32: (100, 512) keeps 12,800 (u2 columns and pointers), (100, 100) 2,500 (u1, u2)
+    # twice, (10, 100) 250 (u1, u1)
+    assert report["baselines"]["csr"] == (6 * 12_800 + 2 * 101) + 2 * (5 * 2_500 + 2 * 101) \
+        + (5 * 250 + 11) + others
     assert report["baselines"]["bitmask_fp32"] == sum(
         math.ceil(t.numel / 8) + 4 * k + 4 * t.shape[0] for t, k in zip(specs, kept)) + others
     assert report["mask_entropy_bytes"] == pytest.approx(

@@ -13,11 +13,11 @@ from torch import nn
 
 import pemn
 from pemn import rng
-from pemn.artifact.weights import get_encoding
+from pemn.artifact.weights import csr_num_bytes, get_encoding
 from pemn.config import load_config
 from pemn.data import load_dataset
 from pemn.run import load_trained, run
-from pemn.storage import (bitmask_fp32_bytes, csr_fp32_bytes, mask_entropy_bytes, paper_bytes,
+from pemn.storage import (bitmask_fp32_bytes, mask_entropy_bytes, paper_bytes,
                           paper_compression_ratio, size_report)
 from pemn.train import evaluate
 
@@ -64,7 +64,8 @@ def test_byte_formulas_round_up_at_sizes_not_a_multiple_of_8():
     assert paper_bytes(1001, 3) == 126 + 12  # ceil(1001 / 8) mask bytes, 4 U
     assert paper_bytes(17, 0) == 3
     assert bitmask_fp32_bytes((3, 7), 5) == 3 + 20 + 12  # ceil(21 / 8), 4 nnz, 4 rows
-    assert csr_fp32_bytes((3, 7), 5) == 20 + 20 + 16  # values, column indices, 4 pointers
+    assert csr_num_bytes((3, 7), 5) == 20 + 5 + 4  # fp32 values, u1 columns, 4 u1 pointers
+    assert csr_num_bytes((3, 300), 300) == 1200 + 600 + 8  # columns up to 299, pointers to 300
     assert paper_compression_ratio(1000, 10) == pytest.approx(1 - 1320 / 32000)
 
 

@@ -51,7 +51,7 @@ from pemn.fill import Strategy, TensorSpec
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
            "get_encoding", "sparse_encoding", "TrainedWeights", "register_encoding",
-           "SPARSE_FORMATS"]
+           "SPARSE_FORMATS", "csr_num_bytes"]
 
 _FP16_MAX = 65504.0
 
@@ -282,6 +282,14 @@ def _csr_layout(shape: tuple[int, ...], k: int) -> tuple[int, int, str, str]:
     return rows, cols, _index_width(max(cols - 1, 0)), _index_width(k)
 
 
+def csr_num_bytes(shape: tuple[int, ...], k: int) -> int:
+    """Bytes of the ``csr-f32`` encoding of ``k`` kept values of a tensor of ``shape``: fp32
+    values, column indices and ``shape[0] + 1`` row pointers, each index array in the smallest
+    of 1, 2, 4 bytes that fits (the one count of CSR bytes; ``pemn size`` prices by it)."""
+    rows, _, col_dtype, ptr_dtype = _csr_layout(tuple(shape), k)
+    return (4 + np.dtype(col_dtype).itemsize) * k + np.dtype(ptr_dtype).itemsize * (rows + 1)
+
+
 def _csr_encode(latent: torch.Tensor, mask: torch.Tensor) -> bytes:
     mask = _rows(mask.bool().cpu())
     k = int(mask.count_nonzero())
@@ -295,10 +303,10 @@ def _csr_encode(latent: torch.Tensor, mask: torch.Tensor) -> bytes:
 def _csr_decode(data: bytes, shape: tuple[int, ...], k: int):
     n = math.prod(shape)
     rows, cols, col_dtype, ptr_dtype = _csr_layout(shape, k)
-    col_bytes, ptr_bytes = np.dtype(col_dtype).itemsize, np.dtype(ptr_dtype).itemsize
+    col_bytes = np.dtype(col_dtype).itemsize
     if not 0 <= k <= n:
         raise ArtifactError(f"csr-f32: {k} kept values in a tensor of {n}")
-    _expect_length(data, 4 * k + col_bytes * k + ptr_bytes * (rows + 1), "csr-f32")
+    _expect_length(data, csr_num_bytes(shape, k), "csr-f32")
     columns = np.frombuffer(data, col_dtype, k, 4 * k).astype(np.int64)
     pointers = np.frombuffer(data, ptr_dtype, rows + 1, (4 + col_bytes) * k).astype(np.int64)
     if pointers[0] != 0 or pointers[-1] != k or (np.diff(pointers) < 0).any():
