@@ -122,4 +122,5 @@ def permutation(seed: int, stream: int, n: int) -> np.ndarray:
 
 def sha256_f32(values: np.ndarray) -> str:
     """SHA-256 of little-endian float32 bytes, the fingerprint stored next to a seed."""
-    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f4").tobytes()).hexdigest()
+    values = np.ascontiguousarray(values, dtype="<f4")
+    return hashlib.sha256(values.reshape(-1).view(np.uint8)).hexdigest()  # no bytes copy

@@ -347,13 +347,26 @@ class _Payload:
     tensors: dict[str, torch.Tensor]
     gains: list  # per masked tensor, its learned gain or None
 
-    def prototypes(self) -> list[torch.Tensor]:
-        """The prototype vectors: stored, or regenerated once and checked."""
-        full = self.stored
-        if full is None:
-            full = self.plan.generate(self.header.seed)
-            _check_regenerated(self.header, [rng.sha256_f32(v) for v in full])
-        return [torch.from_numpy(v) for v in full]
+    def prototype(self, i: int) -> torch.Tensor:
+        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256, so
+        that a form built one prototype at a time holds one, not all of them at once."""
+        if self.stored is not None:
+            return torch.from_numpy(self.stored[i])
+        proto, seed = self.plan.prototypes[i], self.header.seed
+        values = proto.expand(proto.draw(seed), seed)
+        if rng.sha256_f32(values) != self.header.prototype_sha256[i]:
+            _check_regenerated(self.header, ())  # raises, naming both generators
+        return torch.from_numpy(values)
+
+    def layers_of(self, i: int) -> list[int]:
+        """The masked tensors whose fixed values are slices of prototype ``i``."""
+        return [j for j, src in enumerate(self.plan.sources) if src == i]
+
+    def fixed(self, j: int, prototype: torch.Tensor) -> torch.Tensor:
+        """Masked tensor ``j``'s fixed values in its prototype, as ``FillPlan.layer_values``."""
+        m, scale = self.header.masked[j], self.plan.scale(j)
+        view = prototype[:m.numel].view(m.shape)
+        return view if scale == 1.0 else view * scale
 
 
 def _fill(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -427,12 +440,14 @@ def _dense_form(model: nn.Module, p: _Payload) -> nn.Module:
     """A plain model: each masked weight is ``fixed * mask``, written into the skeleton."""
     if p.plan is not None:
         header = p.header
-        values = p.plan.layer_values(p.prototypes(), _specs(header))
         with torch.no_grad():
-            for m, fixed, mask, gain in zip(header.masked, values, p.masks, p.gains):
-                weight = fixed * mask
-                model.get_parameter(m.name).copy_(weight if gain is None
-                                                  else weight * gain.to(weight.dtype))
+            for i in range(len(p.plan.prototypes)):  # one prototype alive at a time
+                prototype = p.prototype(i)
+                for j in p.layers_of(i):
+                    weight = p.fixed(j, prototype) * p.masks[j]
+                    gain = p.gains[j]
+                    model.get_parameter(header.masked[j].name).copy_(
+                        weight if gain is None else weight * gain.to(weight.dtype))
             masked = {m.name: model.get_parameter(m.name) for m in header.masked}
             for alias, target in header.ties:  # an untied skeleton still gets every alias
                 if target in masked and model.get_parameter(alias) is not masked[target]:
@@ -448,8 +463,8 @@ def _packed_form(model: nn.Module, p: _Payload) -> nn.Module:
         return model
     device = next(iter(model.state_dict().values())).device
     # What each prototype really is, held once and shared by its layers (hold_prototype)
-    shared = [hold_prototype(v.to(device), proto)
-              for v, proto in zip(p.prototypes(), p.plan.prototypes)]
+    shared = [hold_prototype(p.prototype(i).to(device), proto)  # one full vector at a time
+              for i, proto in enumerate(p.plan.prototypes)]
     owners = {}
     for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
         fqn, _, name = m.name.rpartition(".")
