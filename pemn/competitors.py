@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pemn.artifact.weights import TrainedWeights, binarize, debinarize, dequantize, quantize
-from pemn.fill import TensorSpec, register_preset, register_strategy
+from pemn.fill import TensorSpec, file_under, register_preset, register_strategy
 from pemn.masking import LATENT, MASK, compute_, num_kept, topk_mask
 from pemn.transform import PemnSpec, register_handler
 
@@ -244,10 +244,7 @@ _WEIGHTS: dict[type, Callable] = {}
 def register_weight(cls: type[TrainedWeights]):
     """Function decorator: ``fn(strategy, latent) -> weight`` is the weight every forward of a
     ``cls`` layer computes from its trained latent weight (``<name>_orig``)."""
-    def register(fn):
-        _WEIGHTS[cls] = fn
-        return fn
-    return register
+    return file_under(_WEIGHTS, cls)
 
 
 @register_weight(Quantized)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # layer_values works on torch tensors; fill itself never need
 __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
     "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
-    "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset",
+    "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset", "file_under",
 ]
 
 _PERMUTATION_STREAM = 2**32
@@ -106,6 +106,22 @@ def register_strategy(name: str, *, fill: bool = False):
         if fill:
             FILLS[name] = cls
         return cls
+    return register
+
+
+def file_under(table: dict, key, entry: Callable | None = None):
+    """The one registry decorator (planners, weight functions, ``apply_`` handlers): it files
+    the function it decorates, or ``entry(fn)``, in ``table`` under ``key`` and returns it.
+
+    Raises:
+        ValueError: ``key`` is filed already (one entry per key, never a silent override).
+    """
+    def register(fn):
+        if key in table:
+            raise ValueError(f"{getattr(key, '__name__', key)} is already registered in "
+                             f"{fn.__module__}'s table")
+        table[key] = fn if entry is None else entry(fn)
+        return fn
     return register
 
 
@@ -432,10 +448,7 @@ _PLANNERS: dict[type, Callable[[Strategy, list[TensorSpec]], FillPlan]] = {}
 
 def register_planner(cls: type[Strategy]):
     """Function decorator: ``fn(strategy, specs) -> FillPlan`` plans the fill of ``cls``."""
-    def register(fn):
-        _PLANNERS[cls] = fn
-        return fn
-    return register
+    return file_under(_PLANNERS, cls)
 
 
 @register_planner(Mask)

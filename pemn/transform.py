@@ -36,7 +36,7 @@ from torch import nn
 
 from pemn import fill as fill_lib
 from pemn import rng
-from pemn.fill import Dense, Strategy, TensorSpec
+from pemn.fill import Dense, Strategy, TensorSpec, file_under
 from pemn.masking import (
     SCORES,
     VALUES,
@@ -251,10 +251,7 @@ def register_handler(cls: type, *, uses=()):
     ``.spec()``, ``.aliases``); ``uses`` names the arguments of ``apply_`` it takes among
     ``"keep_ratio"`` and ``"seed"``: any other given is refused.
     """
-    def register(fn):
-        _HANDLERS[cls] = _Handler(fn, frozenset(uses))
-        return fn
-    return register
+    return file_under(_HANDLERS, cls, lambda fn: _Handler(fn, frozenset(uses)))
 
 
 def _handler(strategy) -> _Handler:

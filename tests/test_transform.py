@@ -155,3 +155,12 @@ def test_apply_twice_is_an_error():
 def test_no_maskable_layer():
     with pytest.raises(ValueError, match="no layer to mask"):
         pemn.apply_(nn.Sequential(nn.ReLU()), pemn.MP())
+
+
+@pytest.mark.parametrize("register", [
+    lambda: pemn.fill.register_planner(pemn.Mask), lambda: pemn.transform.register_handler(
+        pemn.Dense), lambda: pemn.competitors.register_weight(pemn.Quantized)])
+def test_a_type_is_registered_once(register):
+    # a second planner, handler or weight function for a type would silently replace the first
+    with pytest.raises(ValueError, match="is already registered"):
+        register()(lambda *args: None)
