@@ -209,6 +209,16 @@ def test_pruning_presets_build_the_paper_baselines_bit_for_bit():
         assert torch.equal(unpack(pack(model))(x), model(x))
 
 
+def test_a_family_on_selected_layers_loads_into_the_same_layers():
+    torch.manual_seed(0)
+    model = pemn.apply_(create_model("convmixer_64_d4", in_channels=1), Sparse(0.2),
+                        exclude="head", seed=3).eval()
+    loaded = unpack(pack(model))
+    assert loaded.pemn_spec.tensors == model.pemn_spec.tensors
+    assert loaded.pemn_spec.strategy == Sparse(0.2)
+    assert torch.equal(logits(loaded), logits(model))
+
+
 def test_refusals():
     with pytest.raises(ValueError, match="Quantized does not use keep_ratio"):
         pemn.apply_(torch.nn.Linear(2, 2), pemn.Quantized(), keep_ratio=0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -593,7 +593,11 @@ def _trained_model(header: Header, strategy, sections, model, form: str,
                 skeleton.get_parameter(e.name).copy_(weight)
         offset += e.num_bytes
     if form == "train":  # the Parameters above become the latent weights: the same values
-        apply_(skeleton, strategy, **_args(strategy, header))
+        # The file lists the compressed tensors: select exactly those (the ends are among them
+        # or not already), then record the strategy as it was.
+        apply_(skeleton, replace(strategy, dense_ends=False),
+               **_args(strategy, header), include=[_escape_glob(e.name) for e in header.encoded])
+        skeleton.pemn_spec.strategy = strategy
         if [t.name for t in skeleton.pemn_spec.tensors] != [e.name for e in header.encoded]:
             raise ArtifactError(f"{strategy.name} compresses other tensors of this skeleton "
                                 "than the file lists")
