@@ -80,11 +80,10 @@ from pemn.config import (
     unflatten,
     validate,
 )
-from pemn.data import dataset_info
 from pemn.distributed import World
 from pemn.experiments.claims import STALE_AFTER, try_claim
 from pemn.experiments.results import RESULT, record_results, write_result
-from pemn.run import RunDir, check_same_config, run
+from pemn.run import RunDir, check_same_config, data_info, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -299,7 +298,7 @@ def describe_sweep(path: str | Path, limit: int | None = None, shard: str | None
     lines = [f"{'done' if d else 'todo'}  {c.name}" for c, d in zip(configs, done)]
     todo = [c for c, d in zip(configs, done) if not d]
     epochs = sum(c.optim.epochs for c in todo)
-    images = sum(c.optim.epochs * dataset_info(c.data.dataset).num_train for c in todo)
+    images = sum(c.optim.epochs * data_info(c).num_train for c in todo)  # a folder's: read
     lines.append(f"{len(configs)} runs ({len(configs) - len(todo)} done, {len(todo)} to do): "
                  f"{epochs} epochs, {images / 1e6:.1f} M training images to go")
     spent = [RunDir.of(c).read_summary() for c, d in zip(configs, done) if d]
