@@ -141,7 +141,7 @@ def test_an_unreadable_image_is_named(tmp_path):
 
 
 def test_layout_errors_say_what_is_expected(tmp_path):
-    with pytest.raises(DatasetError, match="is read from data.root; set it"):
+    with pytest.raises(DatasetError, match="read from its files: set data.root"):
         dataset_info("folder")
     with pytest.raises(DatasetError, match="must be a folder with one subfolder"):
         load_dataset("folder", tmp_path / "missing")

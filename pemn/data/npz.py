@@ -111,7 +111,7 @@ def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
     return Dataset(info, x, y, tx, ty)
 
 
-def check_options(source, channels: int, image_size: int, found: tuple[int, int]) -> None:
+def _check_options(source, channels: int, image_size: int, found: tuple[int, int]) -> None:
     """Refuse ``data.channels`` / ``data.image_size`` (0: any) that the images do not have."""
     for key, want, got in (("channels", channels, found[0]), ("image_size", image_size, found[1])):
         if want and want != got:
@@ -176,5 +176,5 @@ def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Datase
     if train[0].shape[1:] != test[0].shape[1:]:
         raise DatasetError(f"{path}: train images {tuple(train[0].shape[1:])} and test images "
                            f"{tuple(test[0].shape[1:])} differ in shape")
-    check_options(path, channels, image_size, (train[0].shape[1], train[0].shape[-1]))
+    _check_options(path, channels, image_size, (train[0].shape[1], train[0].shape[-1]))
     return describe("npz", train, test, classes)

@@ -204,8 +204,8 @@ def load_dataset(name: str, root: str | Path | None = None, **options: int) -> D
     info, reader = _entry(name, options)
     if info is None:
         if not root:
-            raise DatasetError(f"the {name} dataset is read from data.root; set it (e.g. "
-                               f"data.root=path/to/{name})")
+            raise DatasetError(f"the {name} dataset is read from its files: set data.root "
+                               f"(pemn eval: --data-root)")
         with reader_errors(root, f"{name} dataset"):
             return reader(root, **options)
     with reader_errors(root or f"the default {name} location", f"{name} dataset"):
