@@ -445,8 +445,9 @@ def bake_(module: nn.Module, name: str) -> None:
     base = module._pemn_base
     module.__class__ = _computed_class(base, tuple(fns)) if fns else base
     module._pemn_fns = fns
-    if not fns:
+    if not fns:  # a plain module again
         del module._pemn_fns
+        module.__dict__.pop("_pemn_keep_ratio", None)
     module.register_parameter(name, nn.Parameter(value))
 
 
