@@ -187,7 +187,7 @@ def size_report(source) -> dict:
         + 8 * len(header.folded_norms)
     others_fp16 = sum(2 * n if f else b for n, b, f in floats) + 4 * folded \
         + 8 * len(header.folded_norms)
-    dense = not info["strategy"].stores_mask
+    no_mask = not info["strategy"].stores_mask  # Dense, Quantized, Binary
     codecs: dict[str, int] = {}
     encodings: dict[str, int] = {}
     for m in info["masks"]:
@@ -201,14 +201,14 @@ def size_report(source) -> dict:
         "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
         "weight_encodings": encodings,
         "bytes": sizes,
-        "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not dense else 0,
+        "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not no_mask else 0,
         "mask_entropy_bytes": sum(mask_entropy_bytes(m["numel"], m["num_kept"]) for m in masks),
         "paper_bytes": paper_bytes(num_masked, num_unique),
-        "paper_compression_ratio": 0.0 if dense else paper_compression_ratio(num_masked,
-                                                                             num_unique),
+        "paper_compression_ratio": 0.0 if no_mask else paper_compression_ratio(num_masked,
+                                                                               num_unique),
         "dense_fp32_bytes": 4 * num_masked,
         "model_fp32_bytes": 4 * num_masked + others_fp32,
-        "file_compression_ratio": 0.0 if dense and not info["encoded"]
+        "file_compression_ratio": 0.0 if no_mask and not info["encoded"]
         else 1 - sizes["total"] / (4 * num_masked),
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_fp16),
