@@ -136,6 +136,7 @@ def test_apply_takes_every_exported_strategy(strategy):
     want = model.eval()(x)
     assert torch.equal(pemn.materialize_(model)(x), want)  # any family becomes a plain model
     assert all(type(m) in (nn.Sequential, nn.ReLU, nn.Linear) for m in model.modules())
+    assert not [k for m in model.modules() for k in vars(m) if k.startswith("_pemn")]
 
 
 @pytest.mark.parametrize("strategy, unused", [
