@@ -382,7 +382,8 @@ class Prototype:
         """The drawn values (before tiling): kaiming-normal, or their signs times ``std``."""
         values = rng.normal(seed, self.stream, self.numel, self.std)
         if self.signed:
-            values = np.where(values >= 0, self.std, -self.std).astype(np.float32)
+            std = np.float32(self.std)  # float32 operands: no float64 array per value
+            values = np.where(values >= 0, std, -std)
         return values
 
     def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from pemn import rng
+from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import get_codec
 from pemn.artifact.format import (
     DTYPES,
@@ -239,10 +240,25 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
 # Payload: masks, prototypes, tensors (all checked before the model is touched)
 # ------------------------------------------------------------------------------------------
 
-def _decode_masks(header: Header, section: memoryview) -> list[torch.Tensor]:
+class _Masks(list):
+    """Decoded (so checked) masks held as packed bits and unpacked one at a time on use: a
+    bool per weight for every layer at once would cost a byte per weight at the peak."""
+
+    def append(self, mask: torch.Tensor) -> None:
+        super().append((pack_bits(mask), mask.shape))
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        bits, shape = super().__getitem__(j)
+        return unpack_bits(bits, shape.numel()).view(shape)
+
+    def __iter__(self):
+        return (self[j] for j in range(len(self)))
+
+
+def _decode_masks(header: Header, section: memoryview) -> _Masks:
     if sum(m.num_bytes for m in header.masked) != len(section):
         raise ArtifactError("mask byte lengths do not add up to the masks section")
-    out, offset = [], 0
+    out, offset = _Masks(), 0
     for m in header.masked:
         if m.num_kept != num_kept(m.numel, header.keep_ratio):
             raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
@@ -443,11 +459,11 @@ def _dense_form(model: nn.Module, p: _Payload) -> nn.Module:
         with torch.no_grad():
             for i in range(len(p.plan.prototypes)):  # one prototype alive at a time
                 prototype = p.prototype(i)
-                for j in p.layers_of(i):
-                    weight = p.fixed(j, prototype) * p.masks[j]
-                    gain = p.gains[j]
-                    model.get_parameter(header.masked[j].name).copy_(
-                        weight if gain is None else weight * gain.to(weight.dtype))
+                for j in p.layers_of(i):  # written in place: no temporary per weight
+                    weight = model.get_parameter(header.masked[j].name)
+                    weight.copy_(p.fixed(j, prototype)).mul_(p.masks[j].to(weight.device))
+                    if p.gains[j] is not None:
+                        weight.mul_(p.gains[j].to(weight))
             masked = {m.name: model.get_parameter(m.name) for m in header.masked}
             for alias, target in header.ties:  # an untied skeleton still gets every alias
                 if target in masked and model.get_parameter(alias) is not masked[target]:
