@@ -1,6 +1,7 @@
 """Hostile artifacts that are well formed: small files that demand huge work, re-sealed edits
 (valid checksums, other meaning), and signatures, the one thing that catches the latter."""
 import hashlib
+import importlib
 import json
 import re
 import struct
@@ -100,6 +101,32 @@ def test_stored_dtype_must_fit_the_skeleton():
     with torch.no_grad():
         norm.bias.fill_(0.5)
     assert isinstance(unpack(pack(model.float()), form="dense"), torch.nn.Module)
+
+
+@pytest.fixture(scope="module")
+def large_mask_file():
+    """A Mask file of 2**22 weights whose every value is regenerated from the seed."""
+    model = create_model("mlp", in_features=1024, hidden=[4096], num_classes=2)
+    return pack(pemn.apply_(model, pemn.Mask(), keep_ratio=0.01))
+
+
+@pytest.mark.parametrize("form", pemn.artifact.FORMS)
+def test_regenerating_a_hostile_file_is_bounded_per_value(large_mask_file, form):
+    """Issue 23 (4): regeneration took ~64 bytes per value (float64 over whole tensors), so a
+    285-KB file used 11.8 GB before its digest failed. It now costs the float32 values (one
+    prototype at a time in the dense and packed forms), and the file is refused on the digest."""
+    data = _edit(large_mask_file, lambda h: h["pemn"].update(prototype_sha256=["0" * 64] * 2))
+    message = _bounded(lambda: unpack(data, form=form), megabytes=6 * 4 + 24)
+    assert "regenerated weights differ from the ones that were trained" in message
+
+
+def test_default_limit_refuses_the_repro_size_before_any_work(rp_file):
+    """Issue 23 (4): a 285-KB file claimed 2**28 values within the old default; the default
+    is now 2**25 values (128 MiB of float32, ~1.3 s to regenerate)."""
+    def huge(h):
+        h["masked"][0][1] = [2**14, 2**14]
+    assert "more than max_elements" in _bounded(lambda: unpack(_edit(rp_file, huge)))
+    assert importlib.import_module("pemn.artifact.load")._element_limit(None, 285_000) == 2**25
 
 
 @pytest.mark.parametrize("dataset, match", [

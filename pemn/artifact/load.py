@@ -46,9 +46,10 @@ from pemn.transform import accepts, apply_, masked_tensors, tie_
 
 __all__ = ["load", "unpack", "read_header", "FORMS", "DEFAULT_MAX_ELEMENTS"]
 
-# 2**28 values = 1 GiB of float32: ResNet-50 (25.6M) and ViT-B (86M) fit; pass max_elements
-# for larger models. It bounds the memory and time a small hostile file can demand.
-DEFAULT_MAX_ELEMENTS = 2**28
+# 2**25 values = 128 MiB of float32, regenerated in ~1.3 s: every zoo model (ResNet-50: 25.6M)
+# fits; pass max_elements for larger ones (ViT-B: 86M). It bounds what a hostile file within
+# the defaults can demand to 2 s and 300 MB (docs/THREAT_MODEL.md).
+DEFAULT_MAX_ELEMENTS = 2**25
 VALUES_PER_BYTE = 1024  # default ceiling on values per file byte (densest honest: ~880)
 FORMS = ("train", "dense", "packed")
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
@@ -421,6 +422,9 @@ def _args(strategy, header: Header) -> dict:
 def _train_form(model: nn.Module, p: _Payload) -> nn.Module:
     """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores."""
     header, names = p.header, [m.name for m in p.header.masked]
+    if p.plan is not None and p.stored is None:  # validate before use: a file whose seed
+        for i in range(len(p.plan.prototypes)):  # is wrong costs one prototype, not a model
+            p.prototype(i)
     apply_(model, p.strategy, **_args(p.strategy, header),
            include=[_escape_glob(n) for n in names] if names else None)
     spec = model.pemn_spec
@@ -513,7 +517,7 @@ def _check_args(form: str, max_elements) -> None:
 
 
 def _element_limit(max_elements: int | None, num_bytes: int) -> int:
-    """``max_elements``, or by default 2**28 and at most 1,024 values per byte of file.
+    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file.
 
     An honest file needs at least ``H(keep)/8`` bytes per masked value: 1/8 at keep 0.5,
     1/700 at keep 0.001. Without an explicit ``max_elements``, a file that claims more values
@@ -668,7 +672,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str =
             (bit-packed masks + prototype, weights rebuilt per forward; least memory).
         device: where the model is built.
         max_elements: refuse files describing more values than this, before allocating
-            anything. Default: 2**28 (1 GiB of float32) and at most 1,024 values per byte of
+            anything. Default: 2**25 (128 MiB of float32) and at most 1,024 values per byte of
             file (an honest file at keep 0.001 needs ~880).
         verify_key: an author's ed25519 public key (hex, raw bytes or a key object): the file
             must carry a valid signature by it (:mod:`pemn.artifact.signing`).
