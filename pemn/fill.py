@@ -382,8 +382,8 @@ class Prototype:
         """The drawn values (before tiling): kaiming-normal, or their signs times ``std``."""
         values = rng.normal(seed, self.stream, self.numel, self.std)
         if self.signed:
-            std = np.float32(self.std)  # float32 operands: no float64 array per value
-            values = np.where(values >= 0, std, -std)
+            # in place, no second array: no draw is ever 0, so its sign is that of >= 0
+            np.copysign(np.float32(self.std), values, out=values)
         return values
 
     def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
