@@ -7,7 +7,9 @@ at batch 1, reporting:
 - ``held_bytes``: bytes of every distinct tensor storage the model holds (parameters, buffers,
   the eval-mode cache of masked weights), the quantity the targets are about;
 - ``peak_rss_bytes``: the process's peak resident memory (VmHWM) after load + one forward,
-  interpreter and torch included (so it has a constant floor of a few hundred MB).
+  interpreter and torch included (so it has a constant floor of a few hundred MB);
+- ``logits_as_dense_form``: that forward's logits equal the ``dense`` form's, bit for bit
+  (the reference has random weights of its own: False).
 
 Latency: in one process, the dense reference and each form run interleaved at each case's
 points (batch, input size); min and median of ``--repeats`` rounds, as ratios to the dense
@@ -21,6 +23,7 @@ Run it on an otherwise idle machine (timings are worthless next to other CPU-hea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import resource
@@ -69,11 +72,13 @@ def _load(form: str, path: str, arch: str, kwargs: dict) -> torch.nn.Module:
 
 
 def measure_one(form: str, path: str, arch: str, kwargs: dict, shape) -> dict:
-    """In this (fresh) process: load, one forward at batch 1, held bytes and peak RSS."""
+    """In this (fresh) process: load, one forward at batch 1 (a seeded input), held bytes,
+    peak RSS and the logits' SHA-256."""
     model = _load(form, path, arch, kwargs)
     with torch.no_grad():
-        model(torch.randn(1, *shape))
-    return {"held_bytes": held_bytes(model), "peak_rss_bytes": _peak_rss_bytes()}
+        y = model(torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)))
+    return {"held_bytes": held_bytes(model), "peak_rss_bytes": _peak_rss_bytes(),
+            "logits_sha256": hashlib.sha256(y.numpy().tobytes()).hexdigest()}
 
 
 def _peak_rss_bytes() -> int:
@@ -116,9 +121,10 @@ def run_case(name: str, repeats: int, tmp: Path) -> dict:
                               json.dumps(kwargs), json.dumps(list(shape))],
                              capture_output=True, text=True, check=True)
         memory[form] = json.loads(out.stdout)
-    ref = memory["dense_reference"]["held_bytes"]
+    ref, logits = memory["dense_reference"]["held_bytes"], memory["dense"]["logits_sha256"]
     for m in memory.values():
         m["held_vs_dense"] = m["held_bytes"] / ref
+        m["logits_as_dense_form"] = m.pop("logits_sha256") == logits  # bit for bit
     models = {f: _load(f, str(path), arch, kwargs) for f in FORMS} if repeats else {}
     latency = {f"batch_{b}_{'x'.join(map(str, s))}": _latency(models, s, b, repeats)
                for b, s in points if repeats}
