@@ -451,7 +451,7 @@ def _set_masks(model: nn.Module, spec, p: _Payload) -> None:
                 getattr(module, name + FIXED).copy_(fixed)
         for (fqn, module, name), mask in zip(layers, p.masks):
             scores = getattr(module, name + SCORES)
-            scores.copy_(mask.to(scores.dtype) + 1)  # kept 2, dropped 1: top-k is the mask
+            scores.copy_(mask).add_(1)  # kept 2, dropped 1: top-k is the mask (no temporary)
             if not torch.equal(current_mask(module, name).cpu(), mask):
                 raise ArtifactError(f"mask of {fqn}.{name} cannot be reproduced by top-k")
 
