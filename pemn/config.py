@@ -49,7 +49,7 @@ class MaskConfig:
     # { name = "rp", ratio = 1e-3 }; names: dense mask one_layer mp rp sparse quantized binary
     # (pemn.fill.STRATEGIES) and the presets random_prune magnitude_prune (pemn.fill.PRESETS)
     strategy: Strategy = field(default_factory=RP)
-    keep_ratio: float = 0.5  # fraction of weights kept by the masks (a baseline's CR sets its own)
+    keep_ratio: float = 0.5  # fraction of weights the masks keep (Sparse: its density instead)
     seed: int = 0  # random weights, scores and baseline masks
 
 
