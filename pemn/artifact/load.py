@@ -121,9 +121,14 @@ class _MetaBuild(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+MAX_META_CALLS = 2**15  # ~0.5 s; the largest zoo model makes 1,717 (resnet56)
+
+
 def meta_budget(num_entries: int) -> int:
-    """Torch calls a zoo model may make per state_dict entry the file lists, plus a margin."""
-    return 16 * num_entries + 1024
+    """Torch calls a zoo model may make per state_dict entry the file lists, plus a margin,
+    and never more than :data:`MAX_META_CALLS`: a header listing 32,768 names must not buy
+    a minute of building (a larger architecture loads with ``model=`` its skeleton)."""
+    return min(16 * num_entries + 1024, MAX_META_CALLS)
 
 
 def _build_meta(model_args: dict, num_entries: int) -> nn.Module:
