@@ -59,23 +59,17 @@ class _Dtype:
 
 
 class _StandIn:
-    """What a name in a pickle resolves to: a callable the pickle cannot change.
-
-    ``BUILD`` on it calls ``__setstate__``, which refuses, and it has no ``__dict__`` or
-    settable attribute, so a file cannot alter the module state of the reader (``__defaults__``
-    of a function, ``__class__`` of an object) for the files read after it.
-    """
+    """What a name in a pickle resolves to: a callable the pickle cannot change. ``BUILD``,
+    a pickle's only way to set attributes, calls ``__setstate__``, which refuses; so no file
+    alters the reader (a function's ``__defaults__``, a ``__class__``) for the next one."""
 
     __slots__ = ("_fn",)
 
     def __init__(self, fn):
-        object.__setattr__(self, "_fn", fn)
+        self._fn = fn
 
     def __call__(self, *args):
         return self._fn(*args)
-
-    def __setattr__(self, name, value):
-        raise _Refused(f"setting {short(name)} on a numpy stand-in")
 
     def __setstate__(self, state):
         raise _Refused("BUILD (setting attributes) on a numpy name")
