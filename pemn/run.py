@@ -423,10 +423,9 @@ def _from_artifact(path: Path, device, form: str) -> Trained:
     from pemn.artifact import load
     model = load(path, form=form, device=device)
     dataset = model.pemn_header.dataset or {}
-    shape = dataset.get("input_shape")  # (C, H, W) the model was fed; unchecked JSON
-    ok = isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape)
-    return Trained(model, dataset.get("name"), None,
-                   {"channels": shape[0], "image_size": shape[2]} if ok else {})
+    shape = dataset.get("input_shape") or ()  # validated with the header (dataset_entry)
+    image = {"channels": shape[0], "image_size": shape[2]} if len(shape) == 3 else {}
+    return Trained(model, dataset.get("name"), None, image)
 
 
 def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
