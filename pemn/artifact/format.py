@@ -76,9 +76,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry", "Header", "MaskedTensor", "EncodedTensor",
-           "StoredTensor", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
-           "write_container", "read_container", "seal"]
+           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry",
+           "Header", "MaskedTensor", "EncodedTensor", "StoredTensor", "Container", "Signature",
+           "SIGNATURE_MAGIC", "SIGNATURE_BYTES", "write_container", "read_container", "seal"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
 FORMAT_VERSION = 3  # the newest; PEMN files without encoded weights are still written as 2
