@@ -357,7 +357,7 @@ def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> Non
 def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:
     # kaiming_uniform_(a=sqrt(5)) as the official code: bound = 1 / sqrt(fan_in).
     bound = 1.0 / math.sqrt(spec.effective_fan_in)
-    return (torch.rand(spec.shape, generator=generator) * 2 - 1) * bound
+    return torch.rand(spec.shape, generator=generator).mul_(2).sub_(1).mul_(bound)  # in place
 
 
 def masked_tensors(model: nn.Module):

@@ -40,7 +40,7 @@ from pemn.artifact.forms import hold_prototype, pack_encoded_, pack_module_
 from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
-from pemn.masking import FIXED, GAIN, MASK, SCORES, current_mask, num_kept
+from pemn.masking import FIXED, GAIN, MASK, SCORES, num_kept
 from pemn.models import create_model
 from pemn.transform import accepts, apply_, masked_tensors, tie_
 
@@ -239,7 +239,8 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
             if isinstance(module._parameters.get(attr), nn.Parameter):
                 module._parameters[attr] = nn.Parameter(torch.empty(0, device="meta"),
                                                          requires_grad=False)
-    return meta.to_empty(device=device)
+    # not to_empty: its empty_like on meta tensors imports sympy (~35 MB resident)
+    return meta._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,6 +257,16 @@ class _Masks(list):
     def __getitem__(self, j: int) -> torch.Tensor:
         bits, shape = super().__getitem__(j)
         return unpack_bits(bits, shape.numel()).view(shape)
+
+    def into(self, j: int, out: torch.Tensor) -> torch.Tensor:
+        """Mask ``j`` written into ``out`` as 0/1 a bit position at a time: temporaries of a
+        bit per weight, not the byte per weight of a bool mask."""
+        bits = torch.from_numpy(np.frombuffer(super().__getitem__(j)[0], np.uint8).copy())
+        flat = out.view(-1)
+        for b in range(8):  # bitpack's order: element i is bit i % 8 of byte i // 8
+            dst = flat[b::8]
+            dst.copy_(bits[:len(dst)].bitwise_right_shift(b).bitwise_and_(1))
+        return out
 
     def __iter__(self):
         return (self[j] for j in range(len(self)))
@@ -454,11 +465,10 @@ def _set_masks(model: nn.Module, spec, p: _Payload) -> None:
             for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
                     [torch.from_numpy(v) for v in p.stored], spec.tensors)):
                 getattr(module, name + FIXED).copy_(fixed)
-        for (fqn, module, name), mask in zip(layers, p.masks):
-            scores = getattr(module, name + SCORES)
-            scores.copy_(mask).add_(1)  # kept 2, dropped 1: top-k is the mask (no temporary)
-            if not torch.equal(current_mask(module, name).cpu(), mask):
-                raise ArtifactError(f"mask of {fqn}.{name} cannot be reproduced by top-k")
+        for j, (_, module, name) in enumerate(layers):
+            # kept 2, dropped 1: top-k is the mask, as _decode_masks checked that it keeps
+            # num_kept(numel, keep_ratio) values (so no top-k and its temporaries here)
+            p.masks.into(j, getattr(module, name + SCORES)).add_(1)
 
 
 def _dense_form(model: nn.Module, p: _Payload) -> nn.Module:
