@@ -58,10 +58,10 @@ def _m(name: str, breaks: str, file: str, tests: str, *edits: tuple[str, str]) -
 MUTATIONS = [
     # the seven mutations that survived the first probe (issue 24)
     _m("permutation-stream", "the default RP order (every file's values)", "pemn/fill.py",
-       "known_answers fill levers",
+       "fixtures known_answers fill levers",
        ("_PERMUTATION_STREAM = 2**32", "_PERMUTATION_STREAM = 2**32 + 1")),
     _m("int4-nibbles", "the int4 file format (nibble order, both ways)",
-       "pemn/artifact/weights.py", "known_answers competitors",
+       "pemn/artifact/weights.py", "fixtures known_answers competitors",
        ("codes = nibbles[0::2] | (nibbles[1::2] << 4)",
         "codes = (nibbles[0::2] << 4) | nibbles[1::2]"),
        ("if n % 2 and raw[-1] >> 4:", "if n % 2 and raw[-1] & 0xF:"),
@@ -98,31 +98,32 @@ MUTATIONS = [
        ("[0, e * 2 // 5, e * 4 // 5, e] if e >= 5 else [0, 0.4 * e,",
         "[0, e // 2, e * 4 // 5, e] if e >= 5 else [0, 0.5 * e,")),
     _m("kaiming-gain-1", "the random values' std (sqrt(1 / fan_in))", "pemn/fill.py",
-       "known_answers fill any_model",
+       "known_answers fixtures fill any_model",
        ("return math.sqrt(2.0 / self.effective_fan_in)",
         "return math.sqrt(1.0 / self.effective_fan_in)")),
     _m("mask-one-stream", "Mask's values (every layer draws stream 0)", "pemn/fill.py",
-       "fill levers",
+       "fill fixtures levers",
        ("protos = tuple(Prototype(i, s.numel", "protos = tuple(Prototype(0, s.numel")),
     _m("largest-tie-last", "MP/RP's prototype (the last of equally large layers wins)",
-       "pemn/fill.py", "fill levers",
+       "pemn/fill.py", "fill fixtures levers",
        ("key=lambda i: (specs[i].numel, -i))", "key=lambda i: (specs[i].numel, i))")),
-    _m("stream-salt", "the generator (its stream constant, off by one)", "pemn/rng.py", "rng",
+    _m("stream-salt", "the generator (its stream constant, off by one)", "pemn/rng.py",
+       "rng fixtures",
        ("_STREAM_SALT = 0x632BE59BD9B4E019", "_STREAM_SALT = 0x632BE59BD9B4E01A")),
-    _m("ln2-ulp", "the generator (ln 2 one ulp low)", "pemn/rng.py", "rng",
+    _m("ln2-ulp", "the generator (ln 2 one ulp low)", "pemn/rng.py", "rng fixtures",
        ("_LN2 = 0.6931471805599453", "_LN2 = 0.6931471805599452")),
     _m("conv1d-fan-in", "GPT-2 Conv1D fan_in (out instead of in)", "pemn/transform.py",
        "any_model",
        ("fan_in=lambda shape: shape[0])", "fan_in=lambda shape: shape[1])")),
     _m("sign-of-zero", "the sign encoding of w = 0 (a 0 bit instead of 1)",
-       "pemn/artifact/weights.py", "known_answers",
+       "pemn/artifact/weights.py", "known_answers fixtures",
        ("pack_bits(signs.cpu())", "pack_bits(signs.cpu() & (latent != 0).cpu())")),
     _m("paper-cr-16", "the paper's compression ratio (16 bits per value)", "pemn/storage.py",
        "known_answers fill",
        ("(num_masked + 32 * num_unique) / (32 * num_masked)",
         "(num_masked + 16 * num_unique) / (32 * num_masked)")),
     _m("bit-order-big", "the 1-bit mask format (most significant bit first, both ways)",
-       "pemn/artifact/bitpack.py", "known_answers codec",
+       "pemn/artifact/bitpack.py", "known_answers codec fixtures",
        ('np.packbits(flat, bitorder="little")', 'np.packbits(flat, bitorder="big")'),
        ('np.unpackbits(packed, count=n, bitorder="little")',
         'np.unpackbits(packed, count=n, bitorder="big")')),
@@ -168,10 +169,11 @@ def _mutated(m: Mutation, text: str) -> str:
     return text
 
 
-def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
-    """(exit code, the first failure or the summary line, seconds)."""
-    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-x", "-rf", "-p",
-           "no:cacheprovider", *tests]
+def _pytest(copy: Path, tests: tuple[str, ...], first: bool = True) -> tuple[int, str, float]:
+    """(exit code, the first failure and how many failed, or the summary line, seconds).
+    ``first``: stop at the first failure (``-x``)."""
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-rf", "-p",
+           "no:cacheprovider", *(["-x"] if first else []), *tests]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True,
@@ -184,6 +186,8 @@ def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
     summary = next((ln for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)),
                    lines[-1] if lines else r.stderr.strip()[-200:])
     detail = failed[0] if failed else errors[0] if errors else summary.strip("= ")
+    if len(failed) > 1:
+        detail += f" and {len(failed) - 1} more"
     return r.returncode, detail, time.perf_counter() - t0
 
 
@@ -197,7 +201,7 @@ def _short(test_id: str) -> str:
     return test_id.removeprefix("tests/test_").replace(".py", "")
 
 
-def run(mutations: list[Mutation]) -> list[dict]:
+def run(mutations: list[Mutation], first: bool = True) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pemn-mutate-") as tmp:
         copy = Path(tmp)
@@ -213,7 +217,7 @@ def run(mutations: list[Mutation]) -> list[dict]:
             path = copy / m.file
             path.write_text(mutated[m.name])
             try:
-                code, detail, seconds = _pytest(copy, m.tests)
+                code, detail, seconds = _pytest(copy, m.tests, first)
             finally:
                 path.write_text(originals[m.file])
             # pytest exits 1 when a test failed; 2-5 (interrupted, usage, nothing collected)
@@ -224,14 +228,15 @@ def run(mutations: list[Mutation]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, first: bool = True) -> str:
     count = {k: sum(r["result"] == k for r in rows) for k in ("caught", "survived")}
     out = ["# Mutation check", "",
            f"{count['caught']} of {len(rows)} mutations caught, {count['survived']} survived. "
            "Each mutation was applied alone to a temporary copy of the repository, and only "
-           "the listed tests were run (`-x`: the first failure ends the run).", "",
+           "the listed tests were run" + (" (`-x`: the first failure ends the run)." if first
+                                          else ", all of them."), "",
            f"Made with `{command}`.", "",
-           "| mutation | what it breaks | file | result | first failure (or the count) | "
+           "| mutation | what it breaks | file | result | first failure (or the passed count) | "
            "tests run | s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["mutation"]
@@ -247,6 +252,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", help="mutations whose name starts so")
     p.add_argument("--markdown", type=Path, help="also write the table here")
     p.add_argument("--list", action="store_true", help="list the mutations and stop")
+    p.add_argument("--all-failures", action="store_true",
+                   help="run every listed test (no -x) and count the failures")
     args = p.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or m.name.startswith(tuple(args.only))]
     if not chosen:
@@ -256,12 +263,12 @@ def main(argv=None) -> int:
             _mutated(m, (ROOT / m.file).read_text())
             print(f"{m.name:<22} {m.file:<28} {m.breaks}")
         return 0
-    rows = run(chosen)
+    rows = run(chosen, first=not args.all_failures)
     if args.markdown:
         command = "python scripts/mutate.py " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(rows, command.strip()))
+        args.markdown.write_text(markdown(rows, command.strip(), not args.all_failures))
     return 0 if all(r["result"] == "caught" for r in rows) else 1
 
 
