@@ -170,12 +170,11 @@ def size_report(source) -> dict:
     others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
     num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
     norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
-    sections = info["section_bytes"]
-    sizes = {"header": info["header_bytes"], "masks": sections["masks"],
-             "prototype": sections["prototype"], "norm": norm,
-             "other": sections["tensors"] - norm,
-             **({"weights": sections["weights"]} if "weights" in sections else {}),
-             "signature": info["file_bytes"] - info["header_bytes"] - sum(sections.values()),
+    kinds = info["kind_bytes"]
+    sizes = {"header": info["header_bytes"], "masks": kinds["mask"],
+             "prototype": kinds["prototype"], "norm": norm, "other": kinds["raw"] - norm,
+             **({"weights": kinds["weight"]} if info["encoded"] else {}),
+             "signature": info["file_bytes"] - info["header_bytes"] - sum(kinds.values()),
              "total": info["file_bytes"]}
     # the same tensors in fp32 / fp16, whatever precision the file stores them in; a folded
     # BatchNorm also had its running mean and variance (and an int64 counter)

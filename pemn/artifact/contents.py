@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from pemn.artifact.format import ArtifactError, Header, read_container
+from pemn.artifact.format import KINDS, ArtifactError, Header, read_container
 from pemn.artifact.load import (
     _LOWER_ERRORS,
     DEFAULT_MAX_ELEMENTS,
     _build_meta,
     _check_layout,
-    _parse_header,
     _read_file,
     _skeleton_layout,
     _specs,
@@ -34,8 +33,7 @@ def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
     """Names of the tensors of norm layers, by module type: of ``model``, or of the header's
     zoo architecture (checked against the file); none without either."""
     if model is None and header.model is not None:
-        num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
-        model = _build_meta(header.model, num)
+        model = _build_meta(header.model, len(header.names))
         _check_layout(header, _skeleton_layout(model), header.model["name"])
     if model is None:
         return set()
@@ -45,33 +43,32 @@ def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
 
 def _num_unique(header: Header, strategy) -> int:
     """U: a weight fill's unique values, or the values a trained-weights file stores."""
-    if header.encoded or isinstance(strategy, TrainedWeights):
+    if isinstance(strategy, TrainedWeights):
         return sum(e.num_kept for e in header.encoded)
     return 0 if isinstance(strategy, Dense) else plan_fill(strategy, _specs(header)).num_unique
 
 
 def _describe(data: bytes, model: nn.Module | None) -> dict:
-    version, d, sections, header_bytes, signature = read_container(data)
-    header = _parse_header(version, d)
+    container = read_container(data)
+    header = container.table
     strategy = strategy_from_dict(header.strategy)
     norms = _norm_names(header, model)
     return {
         "header": header,
         "strategy": strategy,
-        "format_version": version,
+        "format_version": container.version,
         "file_bytes": len(data),
-        "header_bytes": header_bytes,
-        "section_bytes": {k: len(v) for k, v in sections.items()},
+        "header_bytes": container.header_bytes,
+        "kind_bytes": {kind: sum(e.length for e in header.of_kind(kind)) for kind in KINDS},
         "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
-                   "codec": m.codec, "num_bytes": m.num_bytes} for m in header.masked],
+                   "codec": m.encoding, "num_bytes": m.length} for m in header.masked],
         "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
-                    "num_bytes": t.num_bytes, "is_norm": t.name in norms}
-                   for t in header.tensors],
+                    "num_bytes": t.length, "is_norm": t.name in norms} for t in header.raw],
         "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
-                     "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.num_bytes}
+                     "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.length}
                     for e in header.encoded],
         "num_unique": _num_unique(header, strategy),
-        "signed_by": signature.public_key.hex() if signature else None,
+        "signed_by": container.signature.public_key.hex() if container.signature else None,
     }
 
 
@@ -85,7 +82,8 @@ def describe(source, model: nn.Module | None = None) -> dict:
 
     Returns:
         ``header`` (the typed :class:`Header`), ``strategy`` (its strategy), ``format_version``,
-        ``file_bytes``, ``header_bytes`` (preamble + header), ``section_bytes`` per section,
+        ``file_bytes``, ``header_bytes`` (preamble + header), ``kind_bytes`` (payload bytes
+        of each kind of entry: ``raw``, ``mask``, ``weight``, ``prototype``),
         ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes),
         ``others`` (per stored tensor: name, dtype, shape, num_bytes, is_norm: it belongs to
         a norm layer of the architecture; False for every tensor when there is none at hand),

@@ -1,4 +1,4 @@
-"""The ``.pemn`` file: a preamble, a typed JSON header and raw sections, no pickle.
+"""The ``.pemn`` file: a preamble, a typed JSON header with one tensor table, no pickle.
 
 A trained PEMN model is stored as what cannot be recomputed: the strategy, keep ratio and seed
 (the frozen random weights are regenerated from them by :mod:`pemn.rng`), one encoded mask per
@@ -6,39 +6,43 @@ masked tensor, and every other ``state_dict`` entry (norm layers, biases, embedd
 weights) as raw little-endian numbers. No code is stored: a loader fills an architecture the
 caller builds (``load(path, model=MyNet())``), or, for zoo models, the one named in the header.
 
-Layout, format versions 2 and 3 (all integers little-endian)::
+Layout, format version 4 (all integers little-endian)::
 
     offset  size  field
     0       8     magic b"\\x89PEMN\\r\\n\\x1a" (PNG-style: catches text-mode and 7-bit damage)
-    8       4     format version, uint32 (2, or 3 for a file with encoded weights)
+    8       4     format version, uint32 (4)
     12      4     header length H in bytes, uint32, at most 16 MiB
     16      32    SHA-256 of the H header bytes (raw digest)
     48      H     header: zlib-compressed UTF-8 JSON object (below; at most 16 MiB inflated)
-    48 + H  ...   payload: the sections back to back, in the order of the section table;
-                  the file ends exactly where the last section ends
+    48 + H  ...   payload: the bytes of the tensor table's entries, back to back in table order;
+                  the file ends exactly where the last entry ends
 
 Header keys (``tests/test_artifact.py`` checks every writer field is documented here):
 
-- ``format`` = ``"pemn-artifact"``, ``format_version`` = 2 or 3 (the same as the binary field).
-  A writer uses 3 only for a file with ``encoded`` weights, so a PEMN file stays version 2.
+- ``format`` = ``"pemn-artifact"``, ``format_version`` = 4 (the same as the binary field).
 - ``model``: ``{"name": str, "kwargs": {...}}`` for a ``pemn.models`` zoo model, else ``null``.
 - ``pemn``: ``strategy`` (``pemn.fill.strategy_to_dict``), ``keep_ratio`` (kept fraction),
   ``seed``, ``generator`` (``pemn.rng.GENERATOR_ID``) and ``prototype_sha256``: the SHA-256
   of every regenerated prototype vector (float32 little-endian, after tiling/permutation),
   checked on load so a different generator fails loudly instead of giving another model.
-- ``masked``: ``[[name, [shape...], fan_in, codec, num_kept, num_bytes], ...]``, the masked
-  tensors in module order (``fan_in`` 0: torch's layout); empty for ``Dense``. ``codec`` is a
-  name from :mod:`pemn.artifact.codec`.
-- ``encoded`` (version 3 only): ``[[name, [shape...], encoding, num_kept, num_bytes], ...]``,
-  the trained weights of a strategy of ``pemn.competitors`` in module order, each in an
-  encoding of :mod:`pemn.artifact.weights` (``int8``, ``int4``, ``sign``, ``<codec>+f32``,
-  ``csr-f32``); ``num_kept`` is the count of stored values (all of them unless sparse).
-- ``prototype``: ``{"stored": bool, "num_values": [int, ...]}``; when stored, the section
-  holds the values drawn for each prototype (before RP tiling/permutation), float32.
-- ``tensors``: ``[[name, dtype, [shape...]], ...]``, every other ``state_dict`` entry, in
-  ``state_dict`` order, each stored once. ``dtype`` is one of :data:`DTYPES`.
+- ``tensors``: the tensor table, one object per stored tensor (like safetensors'
+  ``{dtype, shape, data_offsets}``): ``name``, ``encoding``, ``dtype``, ``shape``, ``offset``
+  and ``length`` (its bytes in the payload: the first at 0, each where the one before ends),
+  plus the fields its encoding needs. The encoding says what the bytes are:
+
+  - ``"raw"``: a ``state_dict`` entry as little-endian numbers of ``dtype`` (one of
+    :data:`DTYPES`), in ``state_dict`` order, each stored once (ties below);
+  - a mask codec of :mod:`pemn.artifact.codec` (``bits``, ``huffman-gaps``, ...): the
+    top-k mask of a masked tensor, ``dtype`` ``"|b1"``, with ``num_kept`` (its kept count)
+    and ``fan_in`` (kaiming fan_in, 0: torch's layout), in module order;
+  - an encoding of :mod:`pemn.artifact.weights` (``int8``, ``int4``, ``sign``,
+    ``<codec>+f32``, ``csr-f32``): a trained weight of a strategy of ``pemn.competitors``,
+    ``dtype`` ``"<f4"``, with ``num_kept`` (the stored values: all of them unless sparse);
+  - ``"prototype"``: the values drawn for prototype ``i`` (before RP tiling/permutation),
+    float32, named ``prototype.<i>``, in order; present only when the file stores them
+    instead of regenerating them from the seed.
 - ``ties``: ``[[alias, name], ...]``: ``state_dict`` names that hold the same tensor as
-  ``name`` (an entry of ``masked`` or ``tensors``), e.g. a tied embedding and LM head.
+  ``name`` (a masked or raw entry), e.g. a tied embedding and LM head.
 - ``folded_norms``: BatchNorm modules stored folded (``save(..., precision="fp16")``): their
   ``weight``/``bias`` entries hold the eval-mode affine ``a = weight / sqrt(running_var + eps)``,
   ``b = bias - running_mean * a``; a loader sets ``running_mean`` 0, ``running_var`` ``1 - eps``
@@ -48,10 +52,6 @@ Header keys (``tests/test_artifact.py`` checks every writer field is documented 
   1 to 3 dimensions, at most :data:`MAX_INPUT_VALUES` values), ``mean`` and ``std`` (one
   finite number per channel, std > 0) and ``class_names`` (strings).
 - ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
-- ``sections``: ``[[name, offset, length], ...]`` with ``name`` in ``masks``, ``prototype``,
-  ``tensors`` (that order; version 3: ``masks``, ``prototype``, ``weights``, ``tensors``),
-  offsets relative to the payload start, contiguous from 0. ``weights`` holds the ``encoded``
-  tensors back to back.
 - ``payload_sha256``: SHA-256 (hex) of the whole payload.
 - ``written_by``: ``{"pemn": version, "torch": version}``, informational only.
 
@@ -61,8 +61,8 @@ can edit a file and recompute them. Every field's type and range is checked befo
 allocated, and every stored float must be finite; what a well-formed, re-sealed file *means*
 (another activation, other mask bits) cannot be checked without a key (see docs/THREAT_MODEL.md).
 
-Only versions 2 and 3 are read; a file of any other version (version 1 had an uncompressed
-header) is refused with one line naming its version.
+Only version 4 is read; a file of any other version (versions 1 to 3 laid the payload out in
+positional sections) is refused with one line naming its version.
 """
 from __future__ import annotations
 
@@ -75,32 +75,44 @@ import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from pemn.artifact.codec import list_codecs
+
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "SECTION_NAMES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry",
-           "Header", "MaskedTensor", "EncodedTensor", "StoredTensor", "Container", "Signature",
-           "SIGNATURE_MAGIC", "SIGNATURE_BYTES", "write_container", "read_container", "seal"]
+           "PREAMBLE_BYTES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry", "Header", "Entry",
+           "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES", "read_container",
+           "seal", "entry_kind", "KINDS"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
-FORMAT_VERSION = 3  # the newest; PEMN files without encoded weights are still written as 2
+FORMAT_VERSION = 4  # the only version read; 1 to 3 had positional sections
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
 MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() has a lower default
-MAX_TENSORS = 16_384  # masked + other tensors (ResNet-152 has about 1,000)
+MAX_TENSORS = 16_384  # table entries (ResNet-152 has about 1,000)
 MAX_NDIM = 8
 MAX_METADATA_BYTES = 64 * 2**10
 MAX_INPUT_VALUES = 2**22  # values of one example a header may name (3 x 1024 x 1024 fits)
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-SECTION_NAMES = ("masks", "prototype", "weights", "tensors")  # version 3
-_SECTIONS = {2: ("masks", "prototype", "tensors"), 3: SECTION_NAMES}
 # dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
 DTYPES = {"<f4": 4, "<f2": 2, "bf16": 2, "<f8": 8, "<i8": 8, "<i4": 4, "<i2": 2, "|i1": 1,
           "|u1": 1, "|b1": 1}
 FLOAT_DTYPES = ("<f4", "<f2", "bf16", "<f8")
+# kind of entry -> (its dtype, None: any of DTYPES; the fields its encoding needs)
+_KINDS = {"raw": (None, ()), "prototype": ("<f4", ()), "mask": ("|b1", ("num_kept", "fan_in")),
+          "weight": ("<f4", ("num_kept",))}
+KINDS = tuple(_KINDS)
+_ENTRY_KEYS = ("name", "encoding", "dtype", "shape", "offset", "length")
 
 
 class ArtifactError(ValueError):
     """A model cannot be packed, or a file is not a valid, consistent PEMN artifact."""
+
+
+def entry_kind(encoding: str) -> str:
+    """``raw``, ``prototype``, ``mask`` (a mask codec's name) or ``weight`` (any other name:
+    an encoding of :mod:`pemn.artifact.weights`, refused on decode when unknown)."""
+    return encoding if encoding in ("raw", "prototype") else (
+        "mask" if encoding in list_codecs() else "weight")
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,51 +120,31 @@ class ArtifactError(ValueError):
 # ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MaskedTensor:
-    """One masked tensor: where it lives, its kaiming fan_in and its encoded mask."""
+class Entry:
+    """One row of the tensor table: what its ``length`` bytes at ``offset`` of the payload
+    hold, in which encoding (``num_kept`` for masks and weights, ``fan_in`` for masks)."""
 
     name: str
-    shape: tuple[int, ...]
-    fan_in: int
-    codec: str
-    num_kept: int
-    num_bytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class EncodedTensor:
-    """One trained weight in an encoding of :mod:`pemn.artifact.weights` (version 3)."""
-
-    name: str
-    shape: tuple[int, ...]
     encoding: str
-    num_kept: int
-    num_bytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """One other ``state_dict`` entry, stored raw."""
-
-    name: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int
+    length: int
+    num_kept: int = 0
+    fan_in: int = 0
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     @property
-    def num_bytes(self) -> int:
-        return self.numel * DTYPES[self.dtype]
+    def kind(self) -> str:
+        return entry_kind(self.encoding)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "encoding": self.encoding, "dtype": self.dtype,
+             "shape": list(self.shape), "offset": self.offset, "length": self.length}
+        return d | {k: getattr(self, k) for k in _KINDS[self.kind][1]}
 
 
 @dataclass(frozen=True)
@@ -165,46 +157,44 @@ class Header:
     seed: int
     generator: str
     prototype_sha256: tuple[str, ...]
-    masked: tuple[MaskedTensor, ...]
-    prototype_stored: bool
-    prototype_counts: tuple[int, ...]
-    tensors: tuple[StoredTensor, ...]
+    tensors: tuple[Entry, ...]
     ties: tuple[tuple[str, str], ...] = ()
     folded_norms: tuple[str, ...] = ()
     dataset: dict | None = None
     metadata: dict = field(default_factory=dict)
     written_by: dict = field(default_factory=dict)
-    encoded: tuple[EncodedTensor, ...] = ()
-    format_version: int = 2
+
+    def of_kind(self, kind: str) -> tuple[Entry, ...]:
+        return tuple(e for e in self.tensors if e.kind == kind)
+
+    masked = property(lambda self: self.of_kind("mask"))
+    encoded = property(lambda self: self.of_kind("weight"))
+    raw = property(lambda self: self.of_kind("raw"))
+    prototypes = property(lambda self: self.of_kind("prototype"))
 
     @property
     def num_elements(self) -> int:
-        """Values the file describes: masked and encoded weights plus every stored tensor."""
-        return sum(m.numel for m in self.masked) + sum(t.numel for t in self.tensors) \
-            + sum(e.numel for e in self.encoded)
+        """Values the file describes: every entry's."""
+        return sum(e.numel for e in self.tensors)
 
     @property
     def names(self) -> list[str]:
-        """Every ``state_dict`` name the file fills (masked, encoded, stored, tied aliases)."""
-        return ([m.name for m in self.masked] + [e.name for e in self.encoded]
-                + [t.name for t in self.tensors] + [alias for alias, _ in self.ties])
+        """Every ``state_dict`` name the file fills (its entries but prototypes, and ties)."""
+        return [e.name for e in self.tensors if e.kind != "prototype"] + [a for a, _ in self.ties]
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.tensors[-1].offset + self.tensors[-1].length if self.tensors else 0
 
     def to_json(self) -> dict:
-        encoded = {"encoded": [[e.name, list(e.shape), e.encoding, e.num_kept, e.num_bytes]
-                               for e in self.encoded]} if self.format_version >= 3 else {}
         return {
-            "format": "pemn-artifact", "format_version": self.format_version, "model": self.model,
+            "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": self.model,
             "pemn": {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "seed": self.seed,
                      "generator": self.generator,
                      "prototype_sha256": list(self.prototype_sha256)},
-            "masked": [[m.name, list(m.shape), m.fan_in, m.codec, m.num_kept, m.num_bytes]
-                       for m in self.masked],
-            "prototype": {"stored": self.prototype_stored,
-                          "num_values": list(self.prototype_counts)},
-            "tensors": [[t.name, t.dtype, list(t.shape)] for t in self.tensors],
+            "tensors": [e.to_json() for e in self.tensors],
             "ties": [list(t) for t in self.ties], "folded_norms": list(self.folded_norms),
             "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
-            **encoded,
         }
 
     @classmethod
@@ -213,10 +203,9 @@ class Header:
         if not isinstance(d, dict) or d.get("format") != "pemn-artifact":
             raise ArtifactError("header.format is not 'pemn-artifact'")
         version = d.get("format_version")
-        if isinstance(version, bool) or version not in _SECTIONS:
-            raise ArtifactError(f"header.format_version must be one of {list(_SECTIONS)}")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
         pemn = _field(d, "pemn", dict)
-        proto = _field(d, "prototype", dict)
         header = cls(
             model=_model(d),
             strategy=_strategy(pemn),
@@ -224,19 +213,12 @@ class Header:
             seed=_count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1),
             generator=_short_str(_field(pemn, "generator", str, "pemn"), "pemn.generator"),
             prototype_sha256=_digests(pemn),
-            masked=tuple(_masked(e, i) for i, e in enumerate(_list(d, "masked"))),
-            prototype_stored=_field(proto, "stored", bool, "prototype"),
-            prototype_counts=tuple(_count(c, "a prototype length")
-                                   for c in _list(proto, "num_values", "prototype")),
-            tensors=tuple(_stored(e, i) for i, e in enumerate(_list(d, "tensors"))),
+            tensors=_table(d),
             ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
             folded_norms=_folded_norms(d),
             dataset=dataset_entry(_optional_json(d, "dataset")),
             metadata=_optional_json(d, "metadata") or {},
             written_by=_optional_json(d, "written_by") or {},
-            encoded=tuple(_encoded(e, i) for i, e in enumerate(_list(d, "encoded")))
-            if version >= 3 else (),
-            format_version=version,
         )
         _check_consistency(header)
         return header
@@ -353,40 +335,48 @@ def _name(value, what: str) -> str:
     return value
 
 
-def _masked(entry, i: int) -> MaskedTensor:
-    if not (isinstance(entry, list) and len(entry) == 6):
-        raise ArtifactError(f"masked[{i}] must be [name, shape, fan_in, codec, num_kept, "
-                            "num_bytes]")
-    name = _name(entry[0], f"masked[{i}] name")
-    codec = _short_str(entry[3], f"masked[{i}] codec", 32) if isinstance(entry[3], str) else None
-    if codec is None:
-        raise ArtifactError(f"masked[{i}] codec must be a codec name")
-    shape = _shape(entry[1], f"masked tensor {name[:80]!r}")
-    if not shape:
-        raise ArtifactError(f"masked tensor {name[:80]!r} has no dimensions")
-    return MaskedTensor(name, shape, _count(entry[2], f"fan_in of {name[:80]!r}"), codec,
-                        _count(entry[4], f"kept count of {name[:80]!r}"),
-                        _count(entry[5], f"mask bytes of {name[:80]!r}", 2**62))
+def _table(d: dict) -> tuple[Entry, ...]:
+    """The tensor table, each entry starting where the one before ends (the first at 0)."""
+    entries, offset = [], 0
+    for i, e in enumerate(_list(d, "tensors")):
+        entries.append(_entry(e, i, offset))
+        offset += entries[-1].length
+    protos = [e.name for e in entries if e.kind == "prototype"]
+    if protos != [f"prototype.{i}" for i in range(len(protos))]:
+        raise ArtifactError("prototype entries must be named prototype.0, prototype.1, ... "
+                            "in order")
+    return tuple(entries)
 
 
-def _encoded(entry, i: int) -> EncodedTensor:
-    if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[2], str)):
-        raise ArtifactError(f"encoded[{i}] must be [name, shape, encoding, num_kept, num_bytes]")
-    name = _name(entry[0], f"encoded[{i}] name")
-    shape = _shape(entry[1], f"encoded tensor {name[:80]!r}")
-    if not shape or not shape[0]:
-        raise ArtifactError(f"encoded tensor {name[:80]!r} needs at least one output channel")
-    kept = _count(entry[3], f"kept count of {name[:80]!r}", math.prod(shape))
-    return EncodedTensor(name, shape, _short_str(entry[2], f"encoded[{i}] encoding", 32), kept,
-                         _count(entry[4], f"encoded bytes of {name[:80]!r}", 2**62))
-
-
-def _stored(entry, i: int) -> StoredTensor:
-    if not (isinstance(entry, list) and len(entry) == 3 and entry[1] in DTYPES):
-        raise ArtifactError(f"tensors[{i}] must be [name, dtype, shape] with a dtype in "
-                            f"{sorted(DTYPES)}")
-    name = _name(entry[0], f"tensors[{i}] name")
-    return StoredTensor(name, entry[1], _shape(entry[2], f"tensor {name[:80]!r}"))
+def _entry(e, i: int, offset: int) -> Entry:
+    if not (isinstance(e, dict) and isinstance(e.get("encoding"), str)):
+        raise ArtifactError(f"tensors[{i}] must be an object with an encoding name")
+    encoding = _short_str(e["encoding"], f"tensors[{i}] encoding", 32)
+    kind = entry_kind(encoding)
+    dtype, extra = _KINDS[kind]
+    if set(e) != {*_ENTRY_KEYS, *extra}:
+        raise ArtifactError(f"tensors[{i}] ({encoding}) must have exactly the fields "
+                            f"{[*_ENTRY_KEYS, *extra]}")
+    name = _name(e["name"], f"tensors[{i}] name")
+    what = f"tensor {name[:80]!r}"
+    if e["dtype"] not in DTYPES or dtype not in (None, e["dtype"]):
+        raise ArtifactError(f"{what} ({encoding}) must have dtype "
+                            f"{dtype or f'in {sorted(DTYPES)}'}, got {e['dtype']!r}"[:200])
+    shape = _shape(e["shape"], what)
+    if _count(e["offset"], f"offset of {what}", 2**62) != offset:
+        raise ArtifactError(f"{what} must start at byte {offset} of the payload, where the "
+                            "entry before it ends")
+    length = _count(e["length"], f"length of {what}", 2**62)
+    fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
+                        else MAX_ELEMENTS) for k in extra}
+    if kind in ("mask", "weight") and not (shape and shape[0]):
+        raise ArtifactError(f"{what} ({encoding}) needs at least one output channel")
+    if kind in ("raw", "prototype") and length != math.prod(shape) * DTYPES[e["dtype"]]:
+        raise ArtifactError(f"{what} is {length} bytes, but {list(shape)} {e['dtype']} "
+                            "values take " + str(math.prod(shape) * DTYPES[e["dtype"]]))
+    if kind == "prototype" and len(shape) != 1:
+        raise ArtifactError(f"{what} must be a vector of prototype values")
+    return Entry(name, encoding, e["dtype"], shape, offset, length, **fields)
 
 
 def _tie(entry, i: int) -> tuple[str, str]:
@@ -456,54 +446,31 @@ def _check_consistency(h: Header) -> None:
     names = h.names
     if len(set(names)) != len(names):
         raise ArtifactError("the header names a tensor twice")
-    stored = {m.name for m in h.masked} | {t.name for t in h.tensors}
+    stored = {e.name for e in h.tensors if e.kind in ("mask", "raw")}
     for alias, target in h.ties:
         if target not in stored:
             raise ArtifactError(f"tie {alias[:80]!r} points to {target[:80]!r}, which the file "
                                 "does not store")
     if h.num_elements > MAX_ELEMENTS:
         raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
-    if len(h.masked) + len(h.tensors) + len(h.encoded) > MAX_TENSORS:
-        raise ArtifactError(f"more than {MAX_TENSORS} tensors in one artifact")
 
 
 # ------------------------------------------------------------------------------------------
 # Container: preamble + compressed JSON header + payload
 # ------------------------------------------------------------------------------------------
 
-def write_container(header: Header, sections: dict[str, bytes]) -> bytes:
-    """Serialise ``header`` (completed with the section table and payload hash) and sections.
-
-    The sections of the header's format version are written; any other must be empty.
-    """
-    names = _SECTIONS[header.format_version]
-    if any(sections[n] for n in sections if n not in names):
-        raise ArtifactError(f"format version {header.format_version} has no section for "
-                            f"{[n for n in sections if n not in names and sections[n]]}")
-    table, offset = [], 0
-    for name in names:
-        table.append([name, offset, len(sections[name])])
-        offset += len(sections[name])
-    d = {**header.to_json(), "sections": table}
-    return seal(d, b"".join(sections[name] for name in names))
-
-
 def seal(header_json: dict, payload: bytes) -> bytes:
     """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set.
 
-    The preamble carries the header's ``format_version`` (2 or 3; anything else: the newest,
-    which a reader then refuses as a mismatch). The only writer of the container layout;
-    tests use it to re-seal deliberate edits.
+    The preamble carries :data:`FORMAT_VERSION`, whatever the header says (a reader refuses
+    a mismatch). The only writer of the container layout; tests use it to re-seal edits.
     """
-    version = header_json.get("format_version") if isinstance(header_json, dict) else None
-    if isinstance(version, bool) or not isinstance(version, int) or version not in _SECTIONS:
-        version = FORMAT_VERSION
     d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
     text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
         raise ArtifactError(f"header of {len(text)} bytes exceeds the {MAX_HEADER_BYTES} limit")
     packed = zlib.compress(text, 9)
-    preamble = _PREAMBLE.pack(MAGIC, version, len(packed), hashlib.sha256(packed).digest())
+    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(packed), hashlib.sha256(packed).digest())
     return preamble + packed + payload
 
 
@@ -517,10 +484,11 @@ class Signature(NamedTuple):
 
 class Container(NamedTuple):
     version: int
-    header: dict  # JSON; validated by Header.from_json
-    sections: dict[str, memoryview]
+    header: dict  # the JSON, as parsed into ``table``
+    payload: memoryview
     header_bytes: int  # preamble + stored header
     signature: Signature | None
+    table: Header
 
 
 SIGNATURE_MAGIC = b"PEMNSIG1"
@@ -528,7 +496,7 @@ SIGNATURE_BYTES = len(SIGNATURE_MAGIC) + 32 + 64
 
 
 def read_container(data: bytes) -> Container:
-    """Check the preamble, both digests and the section table of ``data``.
+    """Check the preamble, both digests and the header (with its tensor table) of ``data``.
 
     A file may end with one signature block (:data:`SIGNATURE_MAGIC`, public key, signature)
     right after the payload; it is returned, not verified (``pemn.artifact.signing`` does).
@@ -543,9 +511,9 @@ def read_container(data: bytes) -> Container:
     if magic != MAGIC:
         raise ArtifactError("not a PEMN artifact: wrong magic bytes (expected a file written by "
                             "pemn.artifact.save)")
-    if version not in _SECTIONS:
+    if version != FORMAT_VERSION:
         raise ArtifactError(f"unsupported artifact format version {version}; this pemn reads "
-                            f"versions {list(_SECTIONS)} only (re-save the model with it)")
+                            f"version {FORMAT_VERSION} only (re-save the model with it)")
     if header_len > MAX_HEADER_BYTES or PREAMBLE_BYTES + header_len > len(data):
         raise ArtifactError(f"header length {header_len} does not fit the {len(data)}-byte file "
                             f"(limit {MAX_HEADER_BYTES}); the file is truncated or corrupt")
@@ -553,22 +521,23 @@ def read_container(data: bytes) -> Container:
     if hashlib.sha256(raw).digest() != header_digest:
         raise ArtifactError("header checksum mismatch: the file is corrupt")
     d = _parse_json(_inflate(raw))
+    header = Header.from_json(d)
+    if not _is_sha256(d.get("payload_sha256")):
+        raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
     start = PREAMBLE_BYTES + header_len
-    table = _section_table(d, version)
-    end = start + table[-1][1] + table[-1][2]
+    end = start + header.payload_bytes
     signature = None
     if len(data) == end + SIGNATURE_BYTES and \
             data[end:end + len(SIGNATURE_MAGIC)] == SIGNATURE_MAGIC:
         block = bytes(data[end + len(SIGNATURE_MAGIC):])
         signature = Signature(block[:32], block[32:], end)
     elif end != len(data):
-        raise ArtifactError(f"payload is {len(data) - start} bytes but the section table "
+        raise ArtifactError(f"payload is {len(data) - start} bytes but the tensor table "
                             f"describes {end - start}; the file is truncated or padded")
     payload = memoryview(data)[start:end]
     if hashlib.sha256(payload).hexdigest() != d.get("payload_sha256"):
         raise ArtifactError("payload checksum mismatch: the file is corrupt")
-    sections = {name: payload[off:off + n] for name, off, n in table}
-    return Container(version, d, sections, start, signature)
+    return Container(version, d, payload, start, signature, header)
 
 
 def _inflate(raw: bytes) -> bytes:
@@ -582,22 +551,6 @@ def _inflate(raw: bytes) -> bytes:
         raise ArtifactError(f"header inflates past {MAX_HEADER_BYTES} bytes or has trailing "
                             "data")
     return text
-
-
-def _section_table(d: dict, version: int) -> list:
-    names = list(_SECTIONS[version])
-    table = _field(d, "sections", list)
-    if [s[0] if isinstance(s, list) and s else None for s in table] != names:
-        raise ArtifactError(f"section table must list {names} in that order")
-    expected = 0
-    for name, *rest in table:
-        if len(rest) != 2 or _count(rest[0], f"section {name} offset", 2**62) != expected:
-            raise ArtifactError(f"section {name!r} must be [name, offset, length] and start at "
-                                f"byte {expected} of the payload")
-        expected += _count(rest[1], f"section {name} length", 2**62)
-    if not _is_sha256(d.get("payload_sha256")):
-        raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
-    return [[n, off, length] for n, off, length in table]
 
 
 def _reject_constant(name: str):

@@ -1,8 +1,9 @@
 """Load an artifact into a model: the caller's skeleton, or the zoo model its header names.
 
 Every file is treated as hostile. In order, before anything large is allocated: only a regular
-file is read, and only if its size fits; the container's digests and section table are checked;
-the header's types and ranges are validated (:meth:`Header.from_json`); the values it describes
+file is read, and only if its size fits; the container's digests are checked;
+the header's types and ranges, and its tensor table's offsets, are validated
+(:meth:`Header.from_json`); the values it describes
 are held to ``max_elements``; every mask decodes to exactly its kept count; every stored float
 is finite; and every tensor name and shape is compared with the skeleton. Any failure raises
 :class:`ArtifactError` with one line naming the first problem.
@@ -27,12 +28,12 @@ from pemn import rng
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import get_codec
 from pemn.artifact.format import (
-    DTYPES,
     FLOAT_DTYPES,
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
     PREAMBLE_BYTES,
     ArtifactError,
+    Entry,
     Header,
     read_container,
 )
@@ -137,15 +138,6 @@ def _build_meta(model_args: dict, num_entries: int) -> nn.Module:
         return create_model(model_args["name"], **model_args["kwargs"])
 
 
-def _parse_header(version: int, d: dict) -> Header:
-    """The typed header, whose version must be the preamble's."""
-    header = Header.from_json(d)
-    if header.format_version != version:
-        raise ArtifactError(f"header.format_version {header.format_version} does not match "
-                            f"the file's version {version}")
-    return header
-
-
 def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
 
@@ -162,9 +154,7 @@ def _check_layout(header: Header, layout: dict[str, tuple[int, ...]], what: str)
     Learned gains belong to the masked tensors (a skeleton has none); :func:`_gains` checks
     them.
     """
-    expected = {m.name: m.shape for m in header.masked}
-    expected.update({e.name: e.shape for e in header.encoded})
-    expected.update({t.name: t.shape for t in header.tensors})
+    expected = {e.name: e.shape for e in header.tensors if e.kind != "prototype"}
     expected.update({alias: expected[target] for alias, target in header.ties})
     for name in _gain_names(header):
         expected.pop(name, None)
@@ -192,7 +182,7 @@ def _check_dtypes(header: Header, model: nn.Module) -> None:
     """Each stored tensor in the skeleton's dtype, or a float of no wider range (fp16 into a
     float32 model): a float64 1e300 is finite, but inf in a float32 model."""
     state = model.state_dict(keep_vars=True)
-    for t in header.tensors:
+    for t in header.raw:
         have, want = torch_dtype(t.dtype), getattr(state.get(t.name), "dtype", None)
         if want is not None and have != want and not (
                 have.is_floating_point and want.is_floating_point
@@ -216,8 +206,7 @@ def _skeleton(header: Header, model: nn.Module | None, form: str,
     if header.model is None:
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
                             "architecture yourself and pass it: pemn.load(path, model=MyNet())")
-    num = len(header.masked) + len(header.encoded) + len(header.tensors) + len(header.ties)
-    meta = _build_meta(header.model, num)
+    meta = _build_meta(header.model, len(header.names))
     _check_layout(header, _skeleton_layout(meta), header.model["name"])
     _check_dtypes(header, meta)
     return _allocate(meta, header, form, device)
@@ -232,7 +221,7 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
     if {k for k, _ in meta.named_buffers()} - set(meta.state_dict()):
         return create_model(header.model["name"], **header.model["kwargs"]).to(device)
     if form == "packed":
-        for name in [m.name for m in (*header.masked, *header.encoded)] + [
+        for name in [e.name for e in header.tensors if e.kind in ("mask", "weight")] + [
                 a for a, _ in header.ties]:
             fqn, _, attr = name.rpartition(".")
             module = meta.get_submodule(fqn)
@@ -272,17 +261,39 @@ class _Masks(list):
         return (self[j] for j in range(len(self)))
 
 
-def _decode_masks(header: Header, section: memoryview) -> _Masks:
-    if sum(m.num_bytes for m in header.masked) != len(section):
-        raise ArtifactError("mask byte lengths do not add up to the masks section")
-    out, offset = _Masks(), 0
+def _decode(e: Entry, payload: memoryview):
+    """One entry's values, by its encoding (one dispatch for every kind), each checked: a raw
+    tensor, a bool mask, a ``(float32 weight, bool mask or None)`` or a prototype vector."""
+    return _DECODERS[e.kind](e, payload[e.offset:e.offset + e.length])
+
+
+def _raw(e: Entry, data: memoryview) -> torch.Tensor:
+    raw = np.frombuffer(data, dtype="<i2" if e.dtype == "bf16" else e.dtype, count=e.numel)
+    raw = raw.astype(raw.dtype.newbyteorder("="))
+    if e.dtype in FLOAT_DTYPES and e.dtype != "bf16":
+        _finite(raw, f"tensor {e.name}")
+    value = torch.from_numpy(raw).view(e.shape)
+    if e.dtype == "bf16":
+        value = value.view(torch.bfloat16)
+        _finite(value.float().numpy(), f"tensor {e.name}")
+    return value.view(torch_dtype(e.dtype)) if e.dtype == "|b1" else value
+
+
+_DECODERS = {
+    "raw": _raw,
+    "prototype": lambda e, data: _raw(e, data).numpy(),
+    "mask": lambda e, data: get_codec(e.encoding).decode(data, e.numel, e.num_kept).view(e.shape),
+    "weight": lambda e, data: get_encoding(e.encoding).decode(bytes(data), e.shape, e.num_kept),
+}
+
+
+def _decode_masks(header: Header, payload: memoryview) -> _Masks:
+    out = _Masks()
     for m in header.masked:
         if m.num_kept != num_kept(m.numel, header.keep_ratio):
             raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
                                 f"{header.keep_ratio} needs {num_kept(m.numel, header.keep_ratio)}")
-        data = section[offset:offset + m.num_bytes]
-        out.append(get_codec(m.codec).decode(data, m.numel, m.num_kept).view(m.shape))
-        offset += m.num_bytes
+        out.append(_decode(m, payload))
     return out
 
 
@@ -296,21 +307,17 @@ _GENERATOR_MISMATCH = ("regenerated weights differ from the ones that were train
                        "Re-save on the training machine with store_prototype=True")
 
 
-def _stored_prototypes(header: Header, plan, section: memoryview) -> list[np.ndarray] | None:
+def _stored_prototypes(header: Header, plan, payload: memoryview) -> list[np.ndarray] | None:
     """The stored prototype vectors, checked against their SHA-256; None when regenerated."""
-    counts = tuple(p.numel for p in plan.prototypes)
+    counts = [p.numel for p in plan.prototypes]
     if len(header.prototype_sha256) != len(counts):
         raise ArtifactError("the number of prototype digests does not match the strategy")
-    if not header.prototype_stored:
-        if header.prototype_counts or len(section):
-            raise ArtifactError("prototype section is present but marked as not stored")
+    if not header.prototypes:
         return None
-    if header.prototype_counts != counts or len(section) != 4 * sum(counts):
-        raise ArtifactError(f"stored prototype lengths {list(header.prototype_counts)[:8]} do "
-                            f"not match the strategy's {list(counts)[:8]}")
-    values = np.frombuffer(section, dtype="<f4").astype(np.float32)
-    _finite(values, "the stored prototype")
-    drawn = np.split(values, np.cumsum(counts)[:-1])
+    if [e.numel for e in header.prototypes] != counts:
+        raise ArtifactError(f"stored prototype lengths {[e.numel for e in header.prototypes][:8]}"
+                            f" do not match the strategy's {counts[:8]}")
+    drawn = [_decode(e, payload) for e in header.prototypes]
     full = [p.expand(d, header.seed) for d, p in zip(drawn, plan.prototypes)]
     if [rng.sha256_f32(v) for v in full] != list(header.prototype_sha256):
         raise ArtifactError("stored prototype values do not match their SHA-256 in the header; "
@@ -342,25 +349,6 @@ def _gains(header: Header, strategy, tensors: dict[str, torch.Tensor]) -> list:
 
 def _specs(header: Header) -> list[TensorSpec]:
     return [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
-
-
-def _read_tensors(header: Header, section: memoryview) -> dict[str, torch.Tensor]:
-    if sum(t.num_bytes for t in header.tensors) != len(section):
-        raise ArtifactError("the tensors section has the wrong length")
-    out, offset = {}, 0
-    for t in header.tensors:
-        code = "<i2" if t.dtype == "bf16" else t.dtype
-        raw = np.frombuffer(section, dtype=code, count=t.numel, offset=offset)
-        raw = raw.astype(raw.dtype.newbyteorder("="))
-        if t.dtype in FLOAT_DTYPES and t.dtype != "bf16":
-            _finite(raw, f"tensor {t.name}")
-        value = torch.from_numpy(raw).view(t.shape)
-        if t.dtype == "bf16":
-            value = value.view(torch.bfloat16)
-            _finite(value.float().numpy(), f"tensor {t.name}")
-        out[t.name] = value.view(torch_dtype(t.dtype)) if t.dtype == "|b1" else value
-        offset += t.numel * DTYPES[t.dtype]
-    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -548,50 +536,52 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
     if verify_key is not None:
         from pemn.artifact.signing import verify
         verify(data, verify_key)
-    version, sections = container.version, container.sections
-    header = _parse_header(version, container.header)
+    header, payload = container.table, container.payload
     limit = _element_limit(max_elements, len(data))
     if header.num_elements > limit:
         raise ArtifactError(f"the file describes {header.num_elements:,} values, more than "
                             f"max_elements={limit:,} ({len(data):,} bytes); pass a larger "
                             "max_elements to load a model this large or this sparse")
     strategy = strategy_from_dict(header.strategy)
-    if isinstance(strategy, TrainedWeights) or header.encoded:
-        out = _trained_model(header, strategy, sections, model, form, device)
+    _check_kinds(header, strategy)
+    tensors = {e.name: _decode(e, payload) for e in header.raw}
+    if isinstance(strategy, TrainedWeights):
+        out = _trained_model(header, strategy, payload, tensors, model, form, device)
         out.pemn_header = header
         return out.eval()
-    dense = isinstance(strategy, Dense)
-    if dense == bool(header.masked):
-        raise ArtifactError("a Dense artifact has no masks and every other strategy has one "
-                            "mask per masked tensor")
-    if dense and (len(sections["masks"]) or len(sections["prototype"])):
-        raise ArtifactError("a Dense artifact must have empty masks and prototype sections")
-    plan = None if dense else plan_fill(strategy, _specs(header))
-    tensors = _read_tensors(header, sections["tensors"])
-    payload = _Payload(header, strategy, plan, _decode_masks(header, sections["masks"]),
-                       None if dense else _stored_prototypes(header, plan,
-                                                             sections["prototype"]),
-                       tensors, _gains(header, strategy, tensors))
-    skeleton = _skeleton(header, model, form, device)
-    out = _FORM_BUILDERS[form](skeleton, payload)
+    plan = None if isinstance(strategy, Dense) else plan_fill(strategy, _specs(header))
+    p = _Payload(header, strategy, plan, _decode_masks(header, payload),
+                 None if plan is None else _stored_prototypes(header, plan, payload), tensors,
+                 _gains(header, strategy, tensors))
+    out = _FORM_BUILDERS[form](_skeleton(header, model, form, device), p)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
         del out.pemn_spec
     out.pemn_header = header
     return out.eval()
 
 
+def _check_kinds(header: Header, strategy) -> None:
+    """Masks (and prototypes) for a weight fill, encoded weights for a strategy that trains
+    its own, neither for Dense: raw tensors besides, and at least one of what it needs."""
+    needs = "weight" if isinstance(strategy, TrainedWeights) else (
+        None if isinstance(strategy, Dense) else "mask")
+    allowed = {"raw", needs} | ({"prototype"} if needs == "mask" else set())
+    kinds = {e.kind for e in header.tensors}
+    if not kinds <= allowed or (needs and needs not in kinds):
+        raise ArtifactError(f"a {strategy.name} file holds {', '.join(sorted(allowed - {None}))}"
+                            f" entries{f' (at least one {needs})' if needs else ''}, not "
+                            f"{', '.join(sorted(kinds)) or 'none'}")
+
+
 # ------------------------------------------------------------------------------------------
 # Trained weights (the strategies of pemn.competitors): encoded tensors, no masks or seed
 # ------------------------------------------------------------------------------------------
 
-def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tensor, object]]:
-    """Each encoded tensor as (float32 weight, bool mask or None), checked against the
-    strategy's encoding."""
-    if sum(e.num_bytes for e in header.encoded) != len(section):
-        raise ArtifactError("encoded byte lengths do not add up to the weights section")
+def _trained_model(header: Header, strategy, payload, tensors, model, form: str,
+                   device) -> nn.Module:
+    """A skeleton filled with decoded weights; the ``train`` form re-applies the strategy."""
     family = strategy.encoding
-    out, offset = [], 0
-    for e in header.encoded:
+    for e in header.encoded:  # each in an encoding of the strategy's family
         encoding = get_encoding(e.encoding)
         if (family == "sparse") != encoding.sparse or (family != "sparse"
                                                        and e.encoding != family):
@@ -600,33 +590,16 @@ def _decode_weights(header: Header, strategy, section) -> list[tuple[torch.Tenso
         if not encoding.sparse and e.num_kept != e.numel:
             raise ArtifactError(f"{e.name} keeps {e.num_kept} of {e.numel} values, but "
                                 f"{e.encoding} stores them all")
-        out.append(encoding.decode(bytes(section[offset:offset + e.num_bytes]), e.shape,
-                                   e.num_kept))
-        offset += e.num_bytes
-    return out
-
-
-def _trained_model(header: Header, strategy, sections, model, form: str,
-                   device) -> nn.Module:
-    """A skeleton filled with decoded weights; the ``train`` form re-applies the strategy."""
-    if not isinstance(strategy, TrainedWeights) or not header.encoded or header.masked \
-            or header.prototype_stored or len(sections["masks"]) or len(sections["prototype"]):
-        raise ArtifactError("encoded weights, and no masks or prototype, are what a file of a "
-                            "strategy with trained weights holds, and only such a file")
-    weights = _decode_weights(header, strategy, sections["weights"])
-    tensors = _read_tensors(header, sections["tensors"])
+    weights = [_decode(e, payload) for e in header.encoded]
     skeleton = _skeleton(header, model, form, device)
-    offset = 0
     for e, (weight, _) in zip(header.encoded, weights):
         fqn, _, name = e.name.rpartition(".")
         if form == "packed":  # the file's bytes, decoded at every read
-            data = bytes(sections["weights"][offset:offset + e.num_bytes])
-            pack_encoded_(skeleton.get_submodule(fqn), name, e.encoding, data, e.shape,
-                          e.num_kept)
+            pack_encoded_(skeleton.get_submodule(fqn), name, e.encoding,
+                          bytes(payload[e.offset:e.offset + e.length]), e.shape, e.num_kept)
         else:
             with torch.no_grad():
                 skeleton.get_parameter(e.name).copy_(weight)
-        offset += e.num_bytes
     if form == "train":  # the Parameters above become the latent weights: the same values
         # The file lists the compressed tensors: select exactly those (the ends are among them
         # or not already), then record the strategy as it was.
@@ -714,8 +687,7 @@ def read_header(source) -> Header:
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
         source, DEFAULT_MAX_ELEMENTS)
     try:
-        container = read_container(data)
-        return _parse_header(container.version, container.header)
+        return read_container(data).table
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:

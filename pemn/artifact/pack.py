@@ -20,15 +20,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import (
-    ArtifactError,
-    EncodedTensor,
-    Header,
-    MaskedTensor,
-    StoredTensor,
-    dataset_entry,
-    write_container,
-)
+from pemn.artifact.format import ArtifactError, Entry, Header, dataset_entry, seal
 from pemn.artifact.weights import (
     SPARSE_FORMATS,
     TrainedWeights,
@@ -113,29 +105,28 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     return protos
 
 
-def _encode_masks(model: nn.Module, spec, codec: str) -> tuple[list[MaskedTensor], bytes]:
+# Each writer below gives the tensor table's rows as (Entry fields but offset and length, bytes)
+
+def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
     if codec != "auto" and codec not in list_codecs():
         raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
                             f"of {list_codecs()}")
-    entries, chunks = [], []
+    rows = []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
         k = int(mask.count_nonzero())
         name_ = choose_codec(ts.numel, k) if codec == "auto" else codec
-        data = get_codec(name_).encode(mask)
-        entries.append(MaskedTensor(ts.name, ts.shape, ts.fan_in, name_, k, len(data)))
-        chunks.append(data)
-    return entries, b"".join(chunks)
+        rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape,
+                          num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
+    return rows
 
 
-def _prototype_section(protos, spec, store: bool | None) -> tuple[bool, tuple[int, ...], bytes]:
+def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, bytes]]:
     drawn = [p.drawn(v, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
-    num_bytes = 4 * sum(len(d) for d in drawn)
-    if store is None:
-        store = num_bytes <= STORE_PROTOTYPE_MAX_BYTES
-    if not store:
-        return False, (), b""
-    return True, tuple(len(d) for d in drawn), b"".join(d.astype("<f4").tobytes() for d in drawn)
+    if not (store or store is None and 4 * sum(map(len, drawn)) <= STORE_PROTOTYPE_MAX_BYTES):
+        return []
+    return [(dict(name=f"prototype.{i}", encoding="prototype", dtype="<f4", shape=(len(d),)),
+             d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
 
 
 def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
@@ -157,11 +148,10 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
     return entries, ties
 
 
-def _encode_weights(model: nn.Module, spec, codec: str,
-                    sparse_format: str) -> tuple[list[EncodedTensor], bytes]:
+def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple[dict, bytes]]:
     """Each trained tensor (latent ``<name>_orig``, sparse mask ``<name>_mask``) encoded."""
     family = spec.strategy.encoding
-    entries, chunks = [], []
+    rows = []
     for ts in spec.tensors:
         fqn, _, name = ts.name.rpartition(".")
         module = model.get_submodule(fqn)
@@ -178,9 +168,9 @@ def _encode_weights(model: nn.Module, spec, codec: str,
             else family
         data = get_encoding(encoding).encode(latent.detach(), None if mask is None
                                              else mask.bool())
-        entries.append(EncodedTensor(ts.name, ts.shape, encoding, k, len(data)))
-        chunks.append(data)
-    return entries, b"".join(chunks)
+        rows.append((dict(name=ts.name, encoding=encoding, dtype="<f4", shape=ts.shape,
+                          num_kept=k), data))
+    return rows
 
 
 PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -272,7 +262,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
             ``codec``, then the kept float32 values) or ``"csr"`` (values, column indices, row
             pointers). Models of ``pemn.competitors`` store their weights as
-            :mod:`pemn.artifact.weights` encodes them, in a format-3 file.
+            :mod:`pemn.artifact.weights` encodes them.
 
     Returns:
         The file bytes.
@@ -287,33 +277,31 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
                             f"{list(SPARSE_FORMATS)}")
     trained = isinstance(spec.strategy, TrainedWeights)
     dense = isinstance(spec.strategy, Dense) or trained  # no masks, no prototype
-    sections = {"masks": b"", "prototype": b"", "weights": b""}
-    masked, stored, counts, encoded = [], False, (), []
-    if trained:
-        encoded, sections["weights"] = _encode_weights(model, spec, codec, sparse_format)
-    elif not dense:
-        protos = _check_fixed(model, spec)
-        masked, sections["masks"] = _encode_masks(model, spec, codec)
-        stored, counts, sections["prototype"] = _prototype_section(protos, spec, store_prototype)
     if precision not in PRECISIONS:
         raise ArtifactError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
+    rows = _weights(model, spec, codec, sparse_format) if trained else []
+    if not dense:
+        protos = _check_fixed(model, spec)
+        rows = _masks(model, spec, codec) + _prototypes(protos, spec, store_prototype)
     others, ties = _other_tensors(model, spec)
     folded = ()
     if PRECISIONS[precision] is not None:
         others, folded = _compact(model, others, PRECISIONS[precision])
+    rows += [(dict(name=k, encoding="raw", dtype=dtype_code(k, v), shape=tuple(v.shape)),
+              _raw_bytes(v)) for k, v in others]
+    table, offset = [], 0
+    for fields, data in rows:
+        table.append(Entry(**fields, offset=offset, length=len(data)))
+        offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
     header = Header(
         model=_zoo_args(model), strategy=strategy_to_dict(spec.strategy),
         keep_ratio=spec.keep_ratio, seed=spec.seed, generator=spec.generator,
-        prototype_sha256=() if dense else tuple(spec.prototype_sha256), masked=tuple(masked),
-        prototype_stored=stored, prototype_counts=counts,
-        tensors=tuple(StoredTensor(k, dtype_code(k, v), tuple(v.shape)) for k, v in others),
+        prototype_sha256=() if dense else tuple(spec.prototype_sha256), tensors=tuple(table),
         ties=tuple(ties), folded_norms=folded, dataset=_dataset_header(dataset),
         metadata=_json_object(metadata, "metadata") or {},
-        written_by={"pemn": _version("pemn"), "torch": torch.__version__},
-        encoded=tuple(encoded), format_version=3 if trained else 2)
-    sections["tensors"] = b"".join(_raw_bytes(v) for _, v in others)
-    return write_container(Header.from_json(header.to_json()), sections)
+        written_by={"pemn": _version("pemn"), "torch": torch.__version__})
+    return seal(Header.from_json(header.to_json()).to_json(), b"".join(d for _, d in rows))
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
