@@ -199,8 +199,10 @@ def test_sparse_masks_near_entropy_bound(convmixer_256_d8):
 def test_store_prototype_auto_rule():
     small = trained("convmixer_64_d4", pemn.RP(ratio=0.01))  # U = 41 values: stored
     big = trained("convmixer_64_d4", pemn.MP())  # U = 4096 values: regenerated
-    assert header_of(pack(small))["prototype"] == {"stored": True, "num_values": [41]}
-    assert header_of(pack(big))["prototype"] == {"stored": False, "num_values": []}
+    def stored(data):
+        return [e["shape"] for e in header_of(data)["tensors"] if e["encoding"] == "prototype"]
+
+    assert stored(pack(small)) == [[41]] and stored(pack(big)) == []
     forced = pack(big, store_prototype=True)
     assert 4 * 4096 < len(forced) - len(pack(big)) < 4 * 4096 + 32
     assert torch.equal(logits(unpack(forced), "convmixer_64_d4"),
@@ -301,7 +303,7 @@ def small_artifact():
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d[:30], "shorter than the 48-byte preamble"),
     (lambda d: b"GIF89a.." + d[8:], "wrong magic"),
-    (lambda d: d[:8] + struct.pack("<I", 4) + d[12:], "unsupported artifact format version 4"),
+    (lambda d: d[:8] + struct.pack("<I", 3) + d[12:], "unsupported artifact format version 3"),
     (lambda d: d[:12] + struct.pack("<I", 2**32 - 1) + d[16:], "header length 4294967295"),
     (lambda d: d[:60] + bytes([d[60] ^ 1]) + d[61:], "header checksum mismatch"),
     (lambda d: d[:-1] + bytes([d[-1] ^ 0x80]), "payload checksum mismatch"),
@@ -319,19 +321,26 @@ def test_corrupt_files(small_artifact, mutate, message):
     (lambda h: h["model"]["kwargs"].update(dim=65536), "in the file"),
     (lambda h: h["model"]["kwargs"].update(depth=10**9), "out of range"),
     (lambda h: h["model"]["kwargs"].update(depth=65536), "builds far more tensors"),
-    (lambda h: h["masked"][0][1].__setitem__(0, 2**40), r"must be an integer in \[0, "),
-    (lambda h: h["masked"].append(h["masked"][0]), "names a tensor twice"),
-    (lambda h: h["tensors"].pop(), "tensors section has the wrong length"),
-    (lambda h: h["tensors"][0].__setitem__(1, "<f2"), "tensors section has the wrong length"),
+    # the tensor table: masks first, then the raw tensors
+    (lambda h: h["tensors"][0]["shape"].__setitem__(0, 2**40), r"must be an integer in \[0, "),
+    (lambda h: h["tensors"][1].update(name=h["tensors"][0]["name"]), "names a tensor twice"),
+    (lambda h: h["tensors"].pop(), "truncated or padded"),
+    (lambda h: h["tensors"][-1].update(dtype="<f2"), r"bytes, but \[.*\] <f2 values take"),
+    (lambda h: h["tensors"][-1].update(offset=0), "must start at byte"),
+    (lambda h: h["tensors"].reverse(), "must start at byte 0 "),
+    (lambda h: h["tensors"][0].update(dtype="<f4"), "must have dtype [|]b1"),
+    (lambda h: h["tensors"][0].update(extra=1), "must have exactly the fields"),
     (lambda h: h["ties"].append(["a.weight", "b.weight"]), "which the file does not store"),
-    (lambda h: h["masked"][0].__setitem__(2, 7), "apply_ selects other tensors|SHA-256"),
+    (lambda h: h["tensors"][0].update(fan_in=7), "apply_ selects other tensors|SHA-256"),
     (lambda h: h["pemn"].update(keep_ratio=0.4), "keeps 128 values, keep_ratio 0.4 needs 103"),
     (lambda h: h["pemn"].update(prototype_sha256=["0" * 64]), "do not match their SHA-256"),
     (lambda h: h["pemn"].update(prototype_sha256=["0" * 64] * 2), "number of prototype digests"),
     (lambda h: h["pemn"]["strategy"].update(name="zip"), "unknown strategy"),
     (lambda h: h["pemn"].update(keep_ratio=float("nan")), "NaN"),
-    (lambda h: h["masked"][0].__setitem__(3, "lzma"), "unknown mask codec"),
-    (lambda h: h.update(sections=h["sections"][::-1]), "section table"),
+    (lambda h: h["tensors"][0].update(encoding="lzma"), "unknown encoding 'lzma'"),
+    (lambda h: h["tensors"][0].update(encoding="int8"), "exactly the fields"),
+    (lambda h: h["tensors"][0].update(encoding="bits+f32", dtype="<f4") or h["tensors"][0].pop(
+        "fan_in"), "holds mask, prototype, raw entries"),
     (lambda h: h.pop("pemn"), "no 'pemn' field"),
 ])
 def test_inconsistent_headers(small_artifact, edit, message):
@@ -513,4 +522,4 @@ def test_compact_keeps_non_affine_norms_unfolded():
                                             torch.nn.BatchNorm1d(6, affine=False)), pemn.MP())
     header = describe(pack(model, precision="fp16"))["header"]
     assert header.folded_norms == ()
-    assert {t.dtype for t in header.tensors} == {"<f2", "<i8"}
+    assert {t.dtype for t in header.raw} == {"<f2", "<i8"}

@@ -109,10 +109,15 @@ class ArtifactError(ValueError):
 
 
 def entry_kind(encoding: str) -> str:
-    """``raw``, ``prototype``, ``mask`` (a mask codec's name) or ``weight`` (any other name:
-    an encoding of :mod:`pemn.artifact.weights`, refused on decode when unknown)."""
-    return encoding if encoding in ("raw", "prototype") else (
-        "mask" if encoding in list_codecs() else "weight")
+    """``raw``, ``prototype``, ``mask`` (a codec of :mod:`pemn.artifact.codec`) or ``weight``
+    (an encoding of :mod:`pemn.artifact.weights`); ArtifactError for any other name."""
+    from pemn.artifact.weights import ENCODINGS  # it imports this module
+    if encoding in ("raw", "prototype"):
+        return encoding
+    if encoding in list_codecs() or encoding in ENCODINGS:
+        return "mask" if encoding in list_codecs() else "weight"
+    raise ArtifactError(f"unknown encoding {encoding[:40]!r}; known: raw, prototype, "
+                        f"{', '.join(list_codecs() + sorted(ENCODINGS))}")
 
 
 # ------------------------------------------------------------------------------------------
