@@ -308,14 +308,9 @@ def _resealed(data: bytes, edit) -> bytes:
     return fmt.seal(header, bytes(payload))
 
 
-def _tensor_offset(header: dict, name: str) -> int:
-    section = dict((n, off) for n, off, _ in header["sections"])["tensors"]
-    offset = section
-    for tname, dtype, shape in header["tensors"]:
-        if tname == name:
-            return offset
-        offset += fmt.DTYPES[dtype] * int(torch.tensor(shape).prod())
-    raise KeyError(name)
+def _offset(header: dict, test) -> int:
+    """The payload offset of the first entry of the tensor table that passes ``test``."""
+    return next(e["offset"] for e in header["tensors"] if test(e))
 
 
 def test_resealed_non_finite_values_are_refused():
@@ -323,12 +318,11 @@ def test_resealed_non_finite_values_are_refused():
     data = pack(model)
 
     def nan_running_var(header, payload):
-        name = next(t[0] for t in header["tensors"] if t[0].endswith("running_var"))
-        off = _tensor_offset(header, name)
+        off = _offset(header, lambda e: e["name"].endswith("running_var"))
         payload[off:off + 4] = torch.tensor([float("nan")]).numpy().tobytes()
 
     def huge_prototype(header, payload):
-        off = dict((n, o) for n, o, _ in header["sections"])["prototype"]
+        off = _offset(header, lambda e: e["encoding"] == "prototype")
         payload[off:off + 4] = torch.tensor([float("inf")]).numpy().tobytes()
 
     with pytest.raises(ArtifactError, match="NaN or infinite"):
