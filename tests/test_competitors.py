@@ -278,7 +278,7 @@ def family(request):
 
 def test_round_trip_is_bit_identical_in_train_and_dense_forms(family, tmp_path):
     strategy, model, data = family
-    assert fmt.read_container(data).version == 3
+    assert fmt.read_container(data).version == fmt.FORMAT_VERSION
     for form in ("train", "dense"):
         assert torch.equal(logits(unpack(data, form=form)), logits(model)), form
     skeleton = create_model("convmixer_64_d4", dim=16, in_channels=1, num_classes=10)
@@ -375,17 +375,21 @@ def test_sparse_readings_are_real_files():
     assert storage_readings(trained(Quantized(bits=4))).keys() == {"total"}
 
 
-def test_pemn_files_stay_format_2():
+def _kinds(data: bytes) -> set[str]:
+    return {e.kind for e in fmt.read_container(data).table.tensors}
+
+
+def test_one_tensor_table_for_masks_and_weights(family):
     model = pemn.apply_(create_model("convmixer_64_d4", dim=16, in_channels=1), pemn.RP())
-    c = fmt.read_container(pack(model))
-    assert c.version == 2 and "encoded" not in c.header and "weights" not in c.sections
+    assert _kinds(pack(model)) == {"mask", "prototype", "raw"} and _kinds(family[2]) == {
+        "weight", "raw"}
 
 
 def test_size_report_prices_the_weights(family):
     _, model, data = family
     report = size_report(data)
     b = report["bytes"]
-    assert b["weights"] == len(fmt.read_container(data).sections["weights"]) > 0
+    assert b["weights"] == sum(e.length for e in fmt.read_container(data).table.encoded) > 0
     assert sum(v for k, v in b.items() if k != "total") == b["total"] == len(data)
     assert report["num_masked"] == sum(t.numel for t in model.pemn_spec.tensors)
     assert "trained weights" in format_size_table(report)
@@ -396,24 +400,19 @@ def test_size_report_prices_the_weights(family):
 # ------------------------------------------------------------------------------------------
 
 def _edited(data: bytes, edit_payload=None, edit_header=None) -> bytes:
-    """Change the weights section and/or header, then re-seal (valid checksums)."""
+    """Change the payload (the weights first) and/or header, then re-seal (valid checksums)."""
     c = fmt.read_container(data)
-    header = c.header
-    sections = {name: bytearray(v) for name, v in c.sections.items()}
+    header, payload = c.header, bytearray(c.payload)
     if edit_payload:
-        edit_payload(sections["weights"], header["encoded"])
+        edit_payload(payload, header["tensors"])
     if edit_header:
         edit_header(header)
-    return fmt.seal(header, b"".join(bytes(sections[n]) for n, *_ in header["sections"]))
-
-
-def _scale_offset(entries, i: int = 0) -> int:
-    return sum(e[4] for e in entries[:i])
+    return fmt.seal(header, bytes(payload))
 
 
 def _set_code(value: int):
     def edit(w, entries):  # first entry: rows fp16 scales, then the codes
-        w[_scale_offset(entries) + 2 * entries[0][1][0]] = value
+        w[entries[0]["offset"] + 2 * entries[0]["shape"][0]] = value
     return edit
 
 
@@ -443,33 +442,36 @@ def test_bad_sparse_payloads_are_refused():
     csr = pack(model, sparse_format="csr")
 
     def pointers(w, entries):
-        w[entries[0][4] - 1] ^= 0x7F  # the last row pointer
+        w[entries[0]["length"] - 1] ^= 0x7F  # the last row pointer
     with pytest.raises(ArtifactError, match="row pointers"):
         unpack(_edited(csr, pointers))
 
     def columns(w, entries):
-        k = entries[0][3]
+        k = entries[0]["num_kept"]
         w[4 * k] = 200  # the first column index, past the 16 columns
     with pytest.raises(ArtifactError, match="column"):
         unpack(_edited(csr, columns))
 
     def nan_value(w, entries):
-        w[entries[0][4] - 4:entries[0][4]] = b"\x00\x00\xc0\x7f"  # last kept value of 1st
+        end = entries[0]["length"]
+        w[end - 4:end] = b"\x00\x00\xc0\x7f"  # the last kept value of the first
     with pytest.raises(ArtifactError, match="NaN"):
         unpack(_edited(pack(model), nan_value))
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda h: h["encoded"][0].__setitem__(2, "sign"), "does not use"),
-    (lambda h: h["encoded"][0].__setitem__(2, "int9"), "unknown weight encoding"),
-    (lambda h: h["encoded"][0].__setitem__(4, h["encoded"][0][4] + 1), "add up"),
-    (lambda h: h["encoded"][0].__setitem__(3, 1), "stores them all"),
-    (lambda h: h["encoded"].pop(), "does not hold|not have|add up"),
-    (lambda h: h.update(encoded=[]), "encoded weights"),
-    (lambda h: h["pemn"].update(strategy={"name": "rp", "ratio": 0.01}), "encoded weights"),
+    # the tensor table: the encoded weights first, then the raw tensors
+    (lambda h: h["tensors"][0].update(encoding="sign"), "does not use"),
+    (lambda h: h["tensors"][0].update(encoding="int9"), "unknown encoding 'int9'"),
+    (lambda h: h["tensors"][0].update(length=h["tensors"][0]["length"] + 1), "must start at"),
+    (lambda h: h["tensors"][0].update(num_kept=1), "stores them all"),
+    (lambda h: h["tensors"].pop(0), "must start at byte 0"),
+    (lambda h: h["tensors"][0].update(encoding="bits", dtype="|b1", fan_in=0),
+     "holds raw, weight entries"),
+    (lambda h: h["pemn"].update(strategy={"name": "rp", "ratio": 0.01}), "holds mask, proto"),
     (lambda h: h["pemn"].update(strategy={"name": "quantized", "bits": 5}), "8 or 4"),
-    (lambda h: h.update(format_version=2), "section table"),  # sealed as version 2
-    (lambda h: h["encoded"][0].__setitem__(1, [0, 4]), "output channel"),
+    (lambda h: h.update(format_version=3), "format_version must be 4"),
+    (lambda h: h["tensors"][0].update(shape=[0, 4]), "output channel"),
 ])
 def test_hostile_headers_are_refused(edit, match):
     data = pack(trained(Quantized(bits=4)))
@@ -477,20 +479,10 @@ def test_hostile_headers_are_refused(edit, match):
         unpack(_edited(data, edit_header=edit))
 
 
-def test_preamble_and_header_versions_must_agree():
-    data = _edited(pack(trained(Binary())), edit_header=lambda h: h.update(format_version=2))
-    with pytest.raises(ArtifactError, match="does not match"):
-        unpack(data[:8] + struct.pack("<I", 3) + data[12:])  # the header digest still holds
-
-
-def test_version_2_file_may_not_hold_trained_weights():
+def test_only_the_current_version_is_read():
     data = pack(trained(Binary()))
-    c = fmt.read_container(data)
-    header = {**c.header, "format_version": 2}
-    tensors = bytes(c.sections["tensors"])
-    header["sections"] = [["masks", 0, 0], ["prototype", 0, 0], ["tensors", 0, len(tensors)]]
-    with pytest.raises(ArtifactError, match="encoded weights"):
-        unpack(fmt.seal(header, tensors))
+    with pytest.raises(ArtifactError, match="unsupported artifact format version 3"):
+        unpack(data[:8] + struct.pack("<I", 3) + data[12:])  # the header digest still holds
 
 
 # ------------------------------------------------------------------------------------------

@@ -372,10 +372,10 @@ def _entry(e, i: int, offset: int) -> Entry:
         raise ArtifactError(f"{what} must start at byte {offset} of the payload, where the "
                             "entry before it ends")
     length = _count(e["length"], f"length of {what}", 2**62)
-    fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
-                        else MAX_ELEMENTS) for k in extra}
     if kind in ("mask", "weight") and not (shape and shape[0]):
         raise ArtifactError(f"{what} ({encoding}) needs at least one output channel")
+    fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
+                        else MAX_ELEMENTS) for k in extra}
     if kind in ("raw", "prototype") and length != math.prod(shape) * DTYPES[e["dtype"]]:
         raise ArtifactError(f"{what} is {length} bytes, but {list(shape)} {e['dtype']} "
                             "values take " + str(math.prod(shape) * DTYPES[e["dtype"]]))
