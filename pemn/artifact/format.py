@@ -364,7 +364,8 @@ def _entry(e, i: int, offset: int) -> Entry:
                             f"{[*_ENTRY_KEYS, *extra]}")
     name = _name(e["name"], f"tensors[{i}] name")
     what = f"tensor {name[:80]!r}"
-    if e["dtype"] not in DTYPES or dtype not in (None, e["dtype"]):
+    if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES or dtype not in (
+            None, e["dtype"]):
         raise ArtifactError(f"{what} ({encoding}) must have dtype "
                             f"{dtype or f'in {sorted(DTYPES)}'}, got {e['dtype']!r}"[:200])
     shape = _shape(e["shape"], what)

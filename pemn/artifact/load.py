@@ -28,7 +28,6 @@ from pemn import rng
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import get_codec
 from pemn.artifact.format import (
-    FLOAT_DTYPES,
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
     PREAMBLE_BYTES,
@@ -269,14 +268,11 @@ def _decode(e: Entry, payload: memoryview):
 
 def _raw(e: Entry, data: memoryview) -> torch.Tensor:
     raw = np.frombuffer(data, dtype="<i2" if e.dtype == "bf16" else e.dtype, count=e.numel)
-    raw = raw.astype(raw.dtype.newbyteorder("="))
-    if e.dtype in FLOAT_DTYPES and e.dtype != "bf16":
-        _finite(raw, f"tensor {e.name}")
-    value = torch.from_numpy(raw).view(e.shape)
-    if e.dtype == "bf16":
-        value = value.view(torch.bfloat16)
-        _finite(value.float().numpy(), f"tensor {e.name}")
-    return value.view(torch_dtype(e.dtype)) if e.dtype == "|b1" else value
+    value = torch.from_numpy(raw.astype(raw.dtype.newbyteorder("="))).view(e.shape)
+    value = value.view(torch_dtype(e.dtype))  # bfloat16 from its 16 bits
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ArtifactError(f"tensor {e.name} holds NaN or infinite values")
+    return value
 
 
 _DECODERS = {
@@ -295,11 +291,6 @@ def _decode_masks(header: Header, payload: memoryview) -> _Masks:
                                 f"{header.keep_ratio} needs {num_kept(m.numel, header.keep_ratio)}")
         out.append(_decode(m, payload))
     return out
-
-
-def _finite(values: np.ndarray, what: str) -> None:
-    if not np.isfinite(values).all():
-        raise ArtifactError(f"{what} holds NaN or infinite values")
 
 
 _GENERATOR_MISMATCH = ("regenerated weights differ from the ones that were trained (generator "
