@@ -29,7 +29,8 @@ def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
 def cmd_train(args) -> int:
     from pemn.config import ConfigError, load_config
     from pemn.distributed import World
-    from pemn.run import RunDir, run
+    from pemn.run import run
+    from pemn.rundir import RunDir
 
     if args.resume and not args.config_and_overrides:
         cfg = RunDir(args.resume).read_config()
@@ -93,7 +94,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from pemn.run import pack_trained
+    from pemn.trained import pack_trained
 
     out, num_bytes = pack_trained(args.path, args.output, codec=args.codec,
                                   precision=args.precision, sign_with=args.sign_with)
@@ -102,7 +103,8 @@ def cmd_pack(args) -> int:
 
 
 def cmd_size(args) -> int:
-    from pemn.run import ARTIFACT_SUFFIX, RunDir, load_model
+    from pemn.rundir import ARTIFACT_SUFFIX, RunDir
+    from pemn.trained import load_model
     from pemn.storage import format_size_table, size_report
 
     source = Path(args.path)
@@ -117,7 +119,8 @@ def cmd_size(args) -> int:
 
 def cmd_export(args) -> int:
     from pemn.artifact import export
-    from pemn.run import ARTIFACT_SUFFIX, load_model
+    from pemn.rundir import ARTIFACT_SUFFIX
+    from pemn.trained import load_model
 
     source = args.path
     if Path(source).suffix != ARTIFACT_SUFFIX:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from pemn.data import load_dataset
 from pemn.data.loader import BatchLoader
-from pemn.run import RunError, load_trained
+from pemn.rundir import RunError
+from pemn.trained import load_trained
 from pemn.train import evaluate
 
 __all__ = ["evaluate_path", "EVAL_BATCH_SIZE", "SPLITS"]
@@ -20,7 +21,7 @@ def evaluate_path(path: str | Path, split: str = "test", data_root: str | None =
     """Top-1 accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
 
     Args:
-        path: what :func:`pemn.run.load_trained` accepts.
+        path: what :func:`pemn.trained.load_trained` accepts.
         split: ``"test"`` or ``"train"``.
         data_root: where the dataset lives (default: where the run read it, else its usual
             place).

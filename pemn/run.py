@@ -1,135 +1,35 @@
-"""One run from a config (data -> model -> PEMN or a baseline -> train -> summary), the files of
-a run directory, and loading a trained model from a run directory, checkpoint or artifact.
+"""One run from a config (data -> model -> any strategy through ``pemn.apply_`` -> train ->
+summary), and a model built from a config or a checkpoint. A run's files are
+:class:`pemn.rundir.RunDir`'s; loading a trained one is :mod:`pemn.trained`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import platform
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pemn import fill, stats
-from pemn.checkpoint import CheckpointError, load_checkpoint
-from pemn.config import ConfigError, ModelConfig, RunConfig, flatten, from_dict, to_dict
+from pemn.checkpoint import CheckpointError
+from pemn.config import ConfigError, ModelConfig, RunConfig, to_dict
 from pemn.data import DatasetInfo, dataset_info, load_dataset, split_validation
 from pemn.data.loader import AugmentConfig, BatchLoader
 from pemn.distributed import World, setup, teardown
-from pemn.fileio import atomic_write
 from pemn.models import create_model, data_args
+from pemn.rundir import RunDir, RunError, check_same_config
 from pemn.train import resolve_device, train
 from pemn.transform import accepts, apply_
 
-__all__ = ["run", "build_model", "model_from_config", "RunDir", "RunError", "Trained",
-           "load_trained", "load_model", "pack_trained", "is_out_of_memory", "memory_text"]
+__all__ = ["run", "build_model", "model_from_config", "model_from_checkpoint", "data_info",
+           "model_kwargs", "summarize", "is_out_of_memory", "memory_text"]
 
 log = logging.getLogger(__name__)
-ARTIFACT_SUFFIX = ".pemn"
-# What loading a model needs from a checkpoint.
-MODEL_KEYS = ("config", "model_args", "model")
-
-
-class RunError(ValueError):
-    """A run directory in the wrong state (exists, missing, unfinished, unreadable)."""
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read {path}: {e}") from None
-
-
-def _write_json(path: Path, value) -> None:
-    atomic_write(path, (json.dumps(value, indent=2) + "\n").encode())
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """A run directory: the one owner of its file names.
-
-    ``config.json`` holds the resolved config (written first), ``metrics.jsonl`` one line per
-    epoch, ``checkpoint.pt`` the training state (rewritten atomically every epoch),
-    ``summary.json`` the results (written last, so its presence means the run finished) and
-    ``model.pemn`` the packed model (written by ``pemn pack`` or a sweep).
-    """
-
-    path: Path
-
-    CONFIG = "config.json"
-    METRICS = "metrics.jsonl"
-    CHECKPOINT = "checkpoint.pt"
-    SUMMARY = "summary.json"
-    ARTIFACT = "model" + ARTIFACT_SUFFIX
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
-
-    @classmethod
-    def of(cls, cfg: RunConfig) -> RunDir:
-        """The directory a run of ``cfg`` writes: ``cfg.out_dir / cfg.run_name()``."""
-        return cls(Path(cfg.out_dir) / cfg.run_name())
-
-    config = property(lambda self: self.path / self.CONFIG, doc="The resolved config (JSON).")
-    metrics = property(lambda self: self.path / self.METRICS, doc="One JSON line per epoch.")
-    checkpoint = property(lambda self: self.path / self.CHECKPOINT, doc="The training state.")
-    summary = property(lambda self: self.path / self.SUMMARY, doc="Results of a finished run.")
-    artifact = property(lambda self: self.path / self.ARTIFACT, doc="The packed model.")
-
-    @property
-    def started(self) -> bool:
-        return self.config.is_file()
-
-    @property
-    def finished(self) -> bool:
-        return self.summary.is_file()
-
-    def config_dict(self) -> dict:
-        """The stored config as plain JSON values.
-
-        Raises:
-            RunError: no config file (not a run directory), or an unreadable one.
-        """
-        if not self.started:
-            raise RunError(f"{self.path} is not a run directory (no {self.CONFIG})")
-        return _read_json(self.config)
-
-    def read_config(self) -> RunConfig:
-        """The stored config (raises RunError as :meth:`config_dict`, ConfigError if invalid)."""
-        return from_dict(RunConfig, self.config_dict())
-
-    def write_config(self, cfg: RunConfig) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        _write_json(self.config, to_dict(cfg))
-
-    def read_summary(self) -> dict:
-        if not self.finished:
-            raise RunError(f"{self.path} has not finished (no {self.SUMMARY})")
-        return _read_json(self.summary)
-
-    def write_summary(self, summary: dict) -> None:
-        _write_json(self.summary, summary)
-
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics.is_file():
-            return []
-        try:
-            return [json.loads(line) for line in self.metrics.read_text().splitlines()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(f"cannot read {self.metrics}: {e}") from None
-
-    def append_metrics(self, record: dict) -> None:
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def write_metrics(self, history: list[dict]) -> None:
-        atomic_write(self.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -221,6 +121,32 @@ def model_from_config(cfg: RunConfig, info: DatasetInfo | None = None) -> nn.Mod
         return build_model(cfg, **given)
 
 
+def model_from_checkpoint(state: dict, cfg: RunConfig, path: Path) -> nn.Module:
+    """The model a checkpoint's ``state`` holds, built as ``model_args`` say and filled.
+
+    Raises:
+        CheckpointError: bad ``model_args``, a model that does not fit in memory, or a
+            state that does not fit the model.
+    """
+    args = state["model_args"]
+    if not (isinstance(args, dict) and isinstance(args.get("name"), str)
+            and isinstance(args.get("kwargs"), dict)):
+        raise CheckpointError(f"checkpoint {path}: model_args must hold a name and a kwargs "
+                              f"dict, got {str(args)[:80]!r}")
+    kwargs = args["kwargs"]
+    what = f"{_describe_model(args.get('name'), kwargs)} from checkpoint {path}"
+    # model_args, not the config's model section, say what was built
+    cfg = replace(cfg, model=ModelConfig(name=args.get("name"), kwargs=kwargs))
+    with _enough_memory(CheckpointError, what):
+        model = build_model(cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit {what}: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
 def _loaders(cfg: RunConfig, ds, device, world: World):
     d, o = cfg.data, cfg.optim
     val = None
@@ -244,36 +170,6 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     if val is not None:
         evals["val"] = BatchLoader(val[0], val[1], o.eval_batch_size, shuffle=False, **common)
     return train_loader, evals
-
-
-# Keys that may differ between a run directory and the config that continues it.
-_RESUMABLE_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
-
-
-def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
-    """Refuse to continue or reuse a run directory that was made by a different config.
-
-    Only keys present on both sides are compared, and the recorded config is read through this
-    pemn first (fields it lacks take today's defaults), so a config field or a strategy option
-    added to ``pemn`` later does not orphan finished runs.
-
-    Raises:
-        ConfigError: the configs differ; the message names the keys and ends with ``remedy``.
-    """
-    if not run_dir.started:
-        return
-    recorded = run_dir.config_dict()
-    try:
-        recorded = to_dict(from_dict(RunConfig, recorded))
-    except (ConfigError, ValueError, TypeError):
-        pass  # compared as written: any difference is reported below
-    old, new = flatten(recorded), flatten(to_dict(cfg))
-    diff = sorted(k for k in old.keys() & new.keys()
-                  if k not in _RESUMABLE_KEYS and old[k] != new[k])
-    if diff:
-        raise ConfigError(f"{run_dir.path} was made with a different config ({', '.join(diff)}: "
-                          f"{[old.get(k) for k in diff]} there, {[new.get(k) for k in diff]} "
-                          f"now); {remedy}")
 
 
 def _prepare_dir(run_dir: RunDir, cfg: RunConfig, resume: bool, world: World) -> None:
@@ -351,152 +247,3 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
         return _train_run(cfg, run_dir, world, device, resume, progress)
     finally:
         teardown(world)
-
-
-# Loading a trained model
-# ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Trained:
-    """A model from :func:`load_trained` and what its source records about it.
-
-    Args:
-        model: the model, in eval mode.
-        dataset: the dataset it was trained on, when the source names it.
-        data_root: where that dataset was read from (None: its usual place).
-        data_options: the ``channels`` and ``image_size`` it was read at (a folder's images
-            are converted to them; 0: as stored).
-    """
-
-    model: nn.Module
-    dataset: str | None
-    data_root: str | None
-    data_options: dict = field(default_factory=dict)
-
-
-def _checkpoint_config(state: dict, path: Path) -> RunConfig:
-    try:
-        return from_dict(RunConfig, state["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
-                              f"{e}") from None
-
-
-def _rebuild(state: dict, cfg: RunConfig, path: Path) -> nn.Module:
-    args = state["model_args"]
-    if not (isinstance(args, dict) and isinstance(args.get("name"), str)
-            and isinstance(args.get("kwargs"), dict)):
-        raise CheckpointError(f"checkpoint {path}: model_args must hold a name and a kwargs "
-                              f"dict, got {str(args)[:80]!r}")
-    kwargs = args["kwargs"]
-    what = f"{_describe_model(args.get('name'), kwargs)} from checkpoint {path}"
-    # model_args, not the config's model section, say what was built
-    cfg = replace(cfg, model=ModelConfig(name=args.get("name"), kwargs=kwargs))
-    with _enough_memory(CheckpointError, what):
-        model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit {what}: "
-                              f"{str(e).splitlines()[0][:200]}") from None
-    return model.eval()
-
-
-def _in_form(model: nn.Module, form: str, device) -> nn.Module:
-    """A trained model in one of the artifact forms ("train", "dense", "packed")."""
-    if form == "train":
-        return model.to(device)
-    from pemn.artifact import pack, unpack  # the other forms are the artifact's to build
-    return unpack(pack(model), form=form, device=device)
-
-
-def _from_checkpoint(path: Path, device, form: str) -> Trained:
-    state = load_checkpoint(path, keys=MODEL_KEYS)
-    cfg = _checkpoint_config(state, path)
-    model = _in_form(_rebuild(state, cfg, path), form, device)
-    d = cfg.data
-    return Trained(model, d.dataset, d.root or None,
-                   {"channels": d.channels, "image_size": d.image_size})
-
-
-def _from_artifact(path: Path, device, form: str) -> Trained:
-    from pemn.artifact import load
-    model = load(path, form=form, device=device)
-    dataset = model.pemn_header.dataset or {}
-    shape = dataset.get("input_shape") or ()  # validated with the header (dataset_entry)
-    image = {"channels": shape[0], "image_size": shape[2]} if len(shape) == 3 else {}
-    return Trained(model, dataset.get("name"), None, image)
-
-
-def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
-                 form: str = "train") -> Trained:
-    """Load a trained model from a run directory, a checkpoint or a ``.pemn`` artifact.
-
-    Args:
-        path: a run directory (its checkpoint is read), a checkpoint file, or a file ending in
-            ``.pemn``.
-        device: where the model goes.
-        form: ``"train"`` (PEMN layers with scores), ``"dense"`` or ``"packed"`` (see
-            :mod:`pemn.artifact.forms`).
-
-    Returns:
-        The model in eval mode with what its source records (:class:`Trained`).
-
-    Raises:
-        RunError: nothing at ``path``, or a directory without a checkpoint.
-        CheckpointError: an unreadable or incomplete checkpoint, or a model that does not fit
-            in memory.
-        ArtifactError: a bad artifact or an unknown ``form``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        run_dir = RunDir(path)
-        if not run_dir.checkpoint.is_file():
-            raise RunError(f"{path} is a directory without {RunDir.CHECKPOINT}: not a run "
-                           f"directory, or its first epoch has not finished")
-        path = run_dir.checkpoint
-    elif not path.exists():
-        raise RunError(f"{path}: no run directory, checkpoint or artifact there")
-    if path.suffix == ARTIFACT_SUFFIX:
-        return _from_artifact(path, device, form)
-    return _from_checkpoint(path, device, form)
-
-
-def load_model(path: str | Path, *, device: str | torch.device = "cpu",
-               form: str = "train") -> nn.Module:
-    """The model of :func:`load_trained` alone (same arguments and errors)."""
-    return load_trained(path, device=device, form=form).model
-
-
-def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str = "auto",
-                 precision: str = "exact", sign_with=None) -> tuple[Path, int]:
-    """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records
-    its dataset (so ``pemn eval`` needs no ``--dataset``).
-
-    Args:
-        path: a run directory, checkpoint or artifact.
-        out: the file to write; default: the run directory's artifact (for a checkpoint file,
-            the directory holding it).
-        codec, precision, sign_with: as :func:`pemn.artifact.save`.
-
-    Returns:
-        The path written and its size in bytes.
-
-    Raises:
-        RunError: the default output is ``path`` itself.
-        ArtifactError: a model that cannot be packed (e.g. a pruning baseline).
-        CheckpointError, DatasetError: as :func:`load_trained` and the dataset registry.
-    """
-    from pemn.artifact import save
-
-    path = Path(path)
-    out = Path(out) if out else RunDir(path if path.is_dir() else path.parent).artifact
-    if out == path:
-        raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
-                       f"output")
-    trained = load_trained(path)
-    header = getattr(trained.model, "pemn_header", None)  # an artifact keeps its own record
-    dataset = header.dataset if header is not None else trained.dataset and dataset_info(
-        trained.dataset, trained.data_root, **trained.data_options)
-    return out, save(trained.model, out, codec=codec, dataset=dataset, precision=precision,
-                     sign_with=sign_with)

@@ -224,7 +224,7 @@ def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, 
     """Train ``model`` and evaluate on ``eval_loaders`` (e.g. {"test": ..., "val": ...}).
 
     Args:
-        run_dir: the run's :class:`pemn.run.RunDir`; rank 0 appends to its metrics and writes
+        run_dir: the run's :class:`pemn.rundir.RunDir`; rank 0 appends to its metrics and writes
             its checkpoint (atomically) after every epoch.
         meta: JSON-like entries stored in every checkpoint as they are (the run's config and
             the model's constructor arguments).

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import pemn
-from pemn.run import RunDir, load_model
+from pemn.rundir import RunDir
+from pemn.trained import load_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

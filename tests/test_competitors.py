@@ -19,7 +19,8 @@ from pemn.experiments import plot_results, read_records, run_sweep, summary_tabl
 from pemn.fill import strategy_from_dict, strategy_to_dict
 from pemn.masking import num_kept
 from pemn.models import create_model
-from pemn.run import RunDir, build_model
+from pemn.run import build_model
+from pemn.rundir import RunDir
 from pemn.storage import format_size_table, size_report, storage_readings
 
 FAMILIES = [Quantized(bits=8), Quantized(bits=4), Binary(), Sparse(),

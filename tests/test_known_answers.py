@@ -16,7 +16,8 @@ from pemn import rng
 from pemn.artifact.weights import csr_num_bytes, get_encoding
 from pemn.config import load_config
 from pemn.data import load_dataset
-from pemn.run import load_trained, run
+from pemn.run import run
+from pemn.trained import load_trained
 from pemn.storage import (bitmask_fp32_bytes, mask_entropy_bytes, paper_bytes,
                           paper_compression_ratio, size_report)
 from pemn.train import evaluate

@@ -32,7 +32,7 @@ from pemn.models import list_models
 from pemn.experiments.claims import try_claim
 from pemn.experiments.results import RESULT, csv_row
 from pemn.experiments.sweep import shard_of
-from pemn.run import RunDir, check_same_config
+from pemn.rundir import RunDir, check_same_config
 
 ROOT = Path(__file__).parent.parent
 SWEEPS = ROOT / "configs" / "sweeps"

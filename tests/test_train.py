@@ -15,7 +15,7 @@ import torch
 import pemn.train
 from pemn.config import ConfigError, OptimConfig, load_config
 from pemn.distributed import World
-from pemn.run import RunDir
+from pemn.rundir import RunDir
 from pemn.train import evaluate, lr_at
 
 TINY = ["data.dataset=digits", "model.name=convmixer_128_d4", "model.kwargs={dim=16, depth=1}",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pemn.config import RunConfig, from_dict, to_dict
 from pemn.fileio import atomic_write
-from pemn.run import RunDir
+from pemn.rundir import RunDir
 from pemn.storage import size_report, storage_readings
 
 __all__ = ["result_record", "write_result", "read_records", "record_results", "csv_row",
@@ -142,5 +142,5 @@ def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
     """
     if run_dir.artifact.exists():
         return
-    from pemn.run import pack_trained
+    from pemn.trained import pack_trained
     pack_trained(run_dir.path, run_dir.artifact)

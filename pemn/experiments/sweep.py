@@ -83,7 +83,8 @@ from pemn.config import (
 from pemn.distributed import World
 from pemn.experiments.claims import STALE_AFTER, try_claim
 from pemn.experiments.results import RESULT, record_results, write_result
-from pemn.run import RunDir, check_same_config, data_info, run
+from pemn.run import data_info, run
+from pemn.rundir import RunDir, check_same_config
 
 if sys.version_info >= (3, 11):
     import tomllib

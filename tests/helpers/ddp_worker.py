@@ -7,7 +7,8 @@ from pemn.config import load_config, to_dict
 from pemn.data import load_dataset
 from pemn.distributed import World, setup, teardown
 from pemn.masking import current_mask
-from pemn.run import RunDir, _loaders, model_from_config
+from pemn.run import _loaders, model_from_config
+from pemn.rundir import RunDir
 from pemn.train import train
 from pemn.transform import masked_tensors
 

@@ -1,0 +1,140 @@
+"""A run directory: the one owner of its file names, and whether a config may continue it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pemn.config import ConfigError, RunConfig, flatten, from_dict, to_dict
+from pemn.fileio import atomic_write
+
+__all__ = ["RunDir", "RunError", "ARTIFACT_SUFFIX", "check_same_config"]
+
+ARTIFACT_SUFFIX = ".pemn"
+
+
+class RunError(ValueError):
+    """A run directory in the wrong state (exists, missing, unfinished, unreadable)."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}") from None
+
+
+def _write_json(path: Path, value) -> None:
+    atomic_write(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory: the one owner of its file names.
+
+    ``config.json`` holds the resolved config (written first), ``metrics.jsonl`` one line per
+    epoch, ``checkpoint.pt`` the training state (rewritten atomically every epoch),
+    ``summary.json`` the results (written last, so its presence means the run finished) and
+    ``model.pemn`` the packed model (written by ``pemn pack`` or a sweep).
+    """
+
+    path: Path
+
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"
+    CHECKPOINT = "checkpoint.pt"
+    SUMMARY = "summary.json"
+    ARTIFACT = "model" + ARTIFACT_SUFFIX
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RunDir:
+        """The directory a run of ``cfg`` writes: ``cfg.out_dir / cfg.run_name()``."""
+        return cls(Path(cfg.out_dir) / cfg.run_name())
+
+    config = property(lambda self: self.path / self.CONFIG, doc="The resolved config (JSON).")
+    metrics = property(lambda self: self.path / self.METRICS, doc="One JSON line per epoch.")
+    checkpoint = property(lambda self: self.path / self.CHECKPOINT, doc="The training state.")
+    summary = property(lambda self: self.path / self.SUMMARY, doc="Results of a finished run.")
+    artifact = property(lambda self: self.path / self.ARTIFACT, doc="The packed model.")
+
+    @property
+    def started(self) -> bool:
+        return self.config.is_file()
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def config_dict(self) -> dict:
+        """The stored config as plain JSON values.
+
+        Raises:
+            RunError: no config file (not a run directory), or an unreadable one.
+        """
+        if not self.started:
+            raise RunError(f"{self.path} is not a run directory (no {self.CONFIG})")
+        return _read_json(self.config)
+
+    def read_config(self) -> RunConfig:
+        """The stored config (raises RunError as :meth:`config_dict`, ConfigError if invalid)."""
+        return from_dict(RunConfig, self.config_dict())
+
+    def write_config(self, cfg: RunConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.config, to_dict(cfg))
+
+    def read_summary(self) -> dict:
+        if not self.finished:
+            raise RunError(f"{self.path} has not finished (no {self.SUMMARY})")
+        return _read_json(self.summary)
+
+    def write_summary(self, summary: dict) -> None:
+        _write_json(self.summary, summary)
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in self.metrics.read_text().splitlines()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"cannot read {self.metrics}: {e}") from None
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_metrics(self, history: list[dict]) -> None:
+        atomic_write(self.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+# Keys that may differ between a run directory and the config that continues it.
+_RESUMABLE_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
+
+
+def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
+    """Refuse to continue or reuse a run directory that was made by a different config.
+
+    Only keys present on both sides are compared, and the recorded config is read through this
+    pemn first (fields it lacks take today's defaults), so a config field or a strategy option
+    added to ``pemn`` later does not orphan finished runs.
+
+    Raises:
+        ConfigError: the configs differ; the message names the keys and ends with ``remedy``.
+    """
+    if not run_dir.started:
+        return
+    recorded = run_dir.config_dict()
+    try:
+        recorded = to_dict(from_dict(RunConfig, recorded))
+    except (ConfigError, ValueError, TypeError):
+        pass  # compared as written: any difference is reported below
+    old, new = flatten(recorded), flatten(to_dict(cfg))
+    diff = sorted(k for k in old.keys() & new.keys()
+                  if k not in _RESUMABLE_KEYS and old[k] != new[k])
+    if diff:
+        raise ConfigError(f"{run_dir.path} was made with a different config ({', '.join(diff)}: "
+                          f"{[old.get(k) for k in diff]} there, {[new.get(k) for k in diff]} "
+                          f"now); {remedy}")

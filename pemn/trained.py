@@ -1,0 +1,146 @@
+"""A trained model from a run directory, checkpoint or artifact (``load_trained``), and the
+artifact of one (``pack_trained``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pemn.checkpoint import CheckpointError, load_checkpoint
+from pemn.config import ConfigError, RunConfig, from_dict
+from pemn.data import dataset_info
+from pemn.run import model_from_checkpoint
+from pemn.rundir import ARTIFACT_SUFFIX, RunDir, RunError
+
+__all__ = ["Trained", "load_trained", "load_model", "pack_trained"]
+
+# What loading a model needs from a checkpoint.
+MODEL_KEYS = ("config", "model_args", "model")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model from :func:`load_trained` and what its source records about it.
+
+    Args:
+        model: the model, in eval mode.
+        dataset: the dataset it was trained on, when the source names it.
+        data_root: where that dataset was read from (None: its usual place).
+        data_options: the ``channels`` and ``image_size`` it was read at (a folder's images
+            are converted to them; 0: as stored).
+    """
+
+    model: nn.Module
+    dataset: str | None
+    data_root: str | None
+    data_options: dict = field(default_factory=dict)
+
+
+def _checkpoint_config(state: dict, path: Path) -> RunConfig:
+    try:
+        return from_dict(RunConfig, state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
+                              f"{e}") from None
+
+
+def _in_form(model: nn.Module, form: str, device) -> nn.Module:
+    """A trained model in one of the artifact forms ("train", "dense", "packed")."""
+    if form == "train":
+        return model.to(device)
+    from pemn.artifact import pack, unpack  # the other forms are the artifact's to build
+    return unpack(pack(model), form=form, device=device)
+
+
+def _from_checkpoint(path: Path, device, form: str) -> Trained:
+    state = load_checkpoint(path, keys=MODEL_KEYS)
+    cfg = _checkpoint_config(state, path)
+    model = _in_form(model_from_checkpoint(state, cfg, path), form, device)
+    d = cfg.data
+    return Trained(model, d.dataset, d.root or None,
+                   {"channels": d.channels, "image_size": d.image_size})
+
+
+def _from_artifact(path: Path, device, form: str) -> Trained:
+    from pemn.artifact import load
+    model = load(path, form=form, device=device)
+    dataset = model.pemn_header.dataset or {}
+    shape = dataset.get("input_shape") or ()  # validated with the header (dataset_entry)
+    image = {"channels": shape[0], "image_size": shape[2]} if len(shape) == 3 else {}
+    return Trained(model, dataset.get("name"), None, image)
+
+
+def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
+                 form: str = "train") -> Trained:
+    """Load a trained model from a run directory, a checkpoint or a ``.pemn`` artifact.
+
+    Args:
+        path: a run directory (its checkpoint is read), a checkpoint file, or a file ending in
+            ``.pemn``.
+        device: where the model goes.
+        form: ``"train"`` (PEMN layers with scores), ``"dense"`` or ``"packed"`` (see
+            :mod:`pemn.artifact.forms`).
+
+    Returns:
+        The model in eval mode with what its source records (:class:`Trained`).
+
+    Raises:
+        RunError: nothing at ``path``, or a directory without a checkpoint.
+        CheckpointError: an unreadable or incomplete checkpoint, or a model that does not fit
+            in memory.
+        ArtifactError: a bad artifact or an unknown ``form``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        run_dir = RunDir(path)
+        if not run_dir.checkpoint.is_file():
+            raise RunError(f"{path} is a directory without {RunDir.CHECKPOINT}: not a run "
+                           f"directory, or its first epoch has not finished")
+        path = run_dir.checkpoint
+    elif not path.exists():
+        raise RunError(f"{path}: no run directory, checkpoint or artifact there")
+    if path.suffix == ARTIFACT_SUFFIX:
+        return _from_artifact(path, device, form)
+    return _from_checkpoint(path, device, form)
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu",
+               form: str = "train") -> nn.Module:
+    """The model of :func:`load_trained` alone (same arguments and errors)."""
+    return load_trained(path, device=device, form=form).model
+
+
+def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str = "auto",
+                 precision: str = "exact", sign_with=None) -> tuple[Path, int]:
+    """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records
+    its dataset (so ``pemn eval`` needs no ``--dataset``).
+
+    Args:
+        path: a run directory, checkpoint or artifact.
+        out: the file to write; default: the run directory's artifact (for a checkpoint file,
+            the directory holding it).
+        codec, precision, sign_with: as :func:`pemn.artifact.save`.
+
+    Returns:
+        The path written and its size in bytes.
+
+    Raises:
+        RunError: the default output is ``path`` itself.
+        ArtifactError: a model that cannot be packed (e.g. a pruning baseline).
+        CheckpointError, DatasetError: as :func:`load_trained` and the dataset registry.
+    """
+    from pemn.artifact import save
+
+    path = Path(path)
+    out = Path(out) if out else RunDir(path if path.is_dir() else path.parent).artifact
+    if out == path:
+        raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
+                       f"output")
+    trained = load_trained(path)
+    header = getattr(trained.model, "pemn_header", None)  # an artifact keeps its own record
+    dataset = header.dataset if header is not None else trained.dataset and dataset_info(
+        trained.dataset, trained.data_root, **trained.data_options)
+    return out, save(trained.model, out, codec=codec, dataset=dataset, precision=precision,
+                     sign_with=sign_with)
