@@ -5,16 +5,14 @@ Usage (CPU under the project's lock: other CPU-heavy work ruins 2-thread timings
 
 Three parts, all on random exact-k masks (a fixed seed):
 
-- ``speed``: encode and decode of ``"bits"``, the legacy ``"rans"`` and both Huffman codecs at
-  n = 65,536, 2**20 and 25M, keep 0.5 and 0.1; calls interleaved, min and median over repeats.
-  ``decode_speedup_vs_rans`` divides the ``"rans"`` decode time by that of each other codec,
-  min by min and median by median, from the same run. ``chosen`` is what
-  :func:`choose_codec` picks for new files.
+- ``speed``: encode and decode of ``"bits"`` and both Huffman codecs at n = 65,536, 2**20
+  and 25M, keep 0.5 and 0.1; calls interleaved, min and median over repeats. ``chosen`` is
+  what :func:`choose_codec` picks for new files.
 - ``sizes``: bytes of every codec and of the chosen one at n = 10k, 100k, 2**20 and 25M, keep
   0.5, 0.3, 0.1 and 0.01, as overhead over ``n H(k/n) / 8``.
 - ``bound``: decode time and peak traced memory (numpy and Python allocations, the mask
   included) of every current codec for 2**28 mask bits at keep 0.5 and 0.1 (``--bound-bits 0``
-  skips it). ``"rans"`` is left out: it would take minutes.
+  skips it).
 """
 from __future__ import annotations
 
@@ -34,7 +32,7 @@ SPEED_SIZES = (65_536, 1 << 20, 25_000_000)
 SIZE_SIZES = (10_000, 100_000, 1 << 20, 25_000_000)
 SPEED_KEEPS = (0.5, 0.1)
 SIZE_KEEPS = (0.5, 0.3, 0.1, 0.01)
-CODECS = ("bits", "rans", "huffman-bytes", "huffman-gaps")
+CODECS = ("bits", "huffman-bytes", "huffman-gaps")
 
 
 def random_mask(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -72,12 +70,9 @@ def speed_case(n: int, keep: float, repeats: int) -> dict:
             "decode_mbit_per_s": {"best": round(n / dec["min_s"] / 1e6, 1),
                                   "median": round(n / dec["median_s"] / 1e6, 1)},
         }
-    old = times["decode rans"]
-    speedup = {name: {stat[:-2]: round(old[stat] / times[f"decode {name}"][stat], 1)
-                      for stat in ("min_s", "median_s")} for name in CODECS if name != "rans"}
     return {"n": n, "keep": keep, "k": k, "repeats": repeats,
             "entropy_bytes": round(entropy_bytes(n, k), 1), "chosen": choose_codec(n, k),
-            "codecs": codecs, "decode_speedup_vs_rans": speedup}
+            "codecs": codecs}
 
 
 def size_case(n: int, keep: float) -> dict:
@@ -127,7 +122,7 @@ def main() -> None:
     for n in SPEED_SIZES:
         for keep in SPEED_KEEPS:
             result["speed"].append(case := speed_case(n, keep, repeats[n]))
-            print(n, keep, case["chosen"], case["decode_speedup_vs_rans"], flush=True)
+            print(n, keep, case["chosen"], flush=True)
     for n in SIZE_SIZES:
         for keep in SIZE_KEEPS:
             result["sizes"].append(case := size_case(n, keep))

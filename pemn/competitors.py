@@ -276,7 +276,7 @@ def _chosen(targets, dense_ends: bool):
 
 def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
     return PemnSpec(strategy, strategy.keep_ratio(), seed,
-                    [TensorSpec(t.qualified, tuple(getattr(t.module, t.name).shape))
+                    [TensorSpec(t.qualified, tuple(getattr(t.module, t.name + LATENT).shape))
                      for t in chosen], None)
 
 

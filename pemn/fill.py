@@ -131,9 +131,9 @@ PRESETS: dict[str, Callable[..., Strategy]] = {}  # names of thin constructors (
 def register_preset(name: str, make: Callable[..., Strategy]) -> None:
     """File ``make(**args) -> Strategy`` under ``name`` for configs: ``{ name = "random_prune",
     cr = 0.9 }`` reads as ``make(cr=0.9)``; the strategy it returns is stored as itself."""
-    if name in STRATEGIES or name in PRESETS:
+    if name in STRATEGIES:
         raise ValueError(f"strategy name {name!r} is already registered")
-    PRESETS[name] = make
+    file_under(PRESETS, name)(make)
 
 
 def _ratio_text(ratio: float) -> str:

@@ -128,7 +128,7 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str 
 
     Raises:
         RunError: the default output is ``path`` itself.
-        ArtifactError: a model that cannot be packed (e.g. a pruning baseline).
+        ArtifactError: a model that cannot be packed.
         CheckpointError, DatasetError: as :func:`load_trained` and the dataset registry.
     """
     from pemn.artifact import save

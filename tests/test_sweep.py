@@ -262,6 +262,22 @@ def test_collect_only_records_finished_runs_without_training(tiny_sweep, tmp_pat
     assert record_results(expand(path), other) == 0  # nothing new to append
 
 
+def test_assembling_keeps_lines_of_other_runs(tiny_sweep, tmp_path):
+    """Two sweeps may share one results file: rebuilding it from one grid keeps the other's."""
+    path, results = tiny_sweep
+    shared = tmp_path / "shared.jsonl"
+    foreign = {**read_records(results)[0], "run": "another-sweeps-run"}
+    shared.write_text(json.dumps(foreign) + "\n")
+    assert record_results(expand(path), shared) == 4
+    runs = [r["run"] for r in read_records(shared)]
+    assert runs == ["another-sweeps-run"] + [r["run"] for r in read_records(results)]
+
+
+def test_stale_after_must_be_positive(tiny_sweep):
+    with pytest.raises(ConfigError, match="--stale-after is a time in seconds, > 0; got 0"):
+        run_sweep(tiny_sweep[0], stale_after=0)
+
+
 def test_describe_and_limit(tiny_sweep):
     path, _ = tiny_sweep
     assert "3 runs (3 done, 0 to do)" in describe_sweep(path, limit=3)

@@ -66,6 +66,7 @@ positional sections) is refused with one line naming its version.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -172,10 +173,11 @@ class Header:
     def of_kind(self, kind: str) -> tuple[Entry, ...]:
         return tuple(e for e in self.tensors if e.kind == kind)
 
-    masked = property(lambda self: self.of_kind("mask"))
-    encoded = property(lambda self: self.of_kind("weight"))
-    raw = property(lambda self: self.of_kind("raw"))
-    prototypes = property(lambda self: self.of_kind("prototype"))
+    # Loaders index these per layer: computed once per header (the dataclass is frozen).
+    masked = functools.cached_property(lambda self: self.of_kind("mask"))
+    encoded = functools.cached_property(lambda self: self.of_kind("weight"))
+    raw = functools.cached_property(lambda self: self.of_kind("raw"))
+    prototypes = functools.cached_property(lambda self: self.of_kind("prototype"))
 
     @property
     def num_elements(self) -> int:

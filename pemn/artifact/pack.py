@@ -324,9 +324,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
     if sign_with is not None:
         from pemn.artifact.signing import sign
         data = sign(data, sign_with)
-    atomic_write(path, data)
     from pemn.artifact.contents import describe  # it imports this module
-    hint = unmasked_hint(describe(data))
+    hint = unmasked_hint(describe(data, model)) if model.pemn_spec.strategy.stores_mask else None
+    atomic_write(path, data)
     if hint:
         log.warning("%s: %s", path, hint)
     return len(data)

@@ -32,7 +32,7 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
                "images_per_s")
 
 
-def _bytes(summary: dict, run_dir: RunDir) -> tuple[dict, str]:
+def _bytes(run_dir: RunDir) -> tuple[dict, str]:
     """The artifact's bytes by section (every strategy has one; an old run may lack it)."""
     if run_dir.artifact.is_file():
         return size_report(run_dir.artifact)["bytes"], "artifact"
@@ -59,7 +59,7 @@ def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
     ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``; a ``Sparse`` run also has
     ``mask_fp32``, ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
     """
-    sizes, source = _bytes(summary, run_dir)
+    sizes, source = _bytes(run_dir)
     return {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": sizes,
             "bytes_source": source, "readings": _readings(run_dir)}
 
@@ -87,7 +87,9 @@ def read_records(path: str | Path) -> list[dict]:
 
 def record_results(configs: list[RunConfig], path: str | Path) -> int:
     """Assemble ``path`` from the result files of ``configs`` (in their order) and rewrite its
-    CSV export. A lock orders the assemblers, so the last one sees every finished run.
+    CSV export. A lock orders the assemblers, so the last one sees every finished run. Lines
+    already there for other runs (another sweep sharing the file) are kept, first; a run of
+    ``configs`` without a result file keeps its old line.
 
     Returns:
         How many runs the file gained.
@@ -96,12 +98,14 @@ def record_results(configs: list[RunConfig], path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # released when the file closes
-        before = {r["run"] for r in read_records(path)}
-        results = [RunDir.of(c).path / RESULT for c in configs]
-        lines = [r.read_text().strip() + "\n" for r in results if r.is_file()]
-        atomic_write(path, "".join(lines).encode())
+        old = {r["run"]: json.dumps(r) for r in read_records(path)}
+        grid = {c.name: RunDir.of(c).path / RESULT for c in configs}
+        new = {name: r.read_text().strip() for name, r in grid.items() if r.is_file()}
+        lines = [line for name, line in old.items() if name not in grid]
+        lines += [new.get(name) or old[name] for name in grid if name in new or name in old]
+        atomic_write(path, "".join(line + "\n" for line in lines).encode())
         export_csv(path, path.with_suffix(".csv"))
-    return len({r["run"] for r in read_records(path)} - before)
+    return len(new.keys() - old.keys())
 
 
 def csv_row(record: dict) -> dict:
@@ -114,7 +118,7 @@ def csv_row(record: dict) -> dict:
             "keep_ratio": strategy.keep_ratio(cfg.mask.keep_ratio), "seed": cfg.mask.seed,
             "epochs": cfg.optim.epochs, "lr": cfg.optim.lr, "P": s["num_masked"],
             "U": s["num_unique"], "CR": s["compression_ratio"],
-            "bytes": record["bytes"]["total"], "bytes_source": record["bytes_source"],
+            "bytes": record["bytes"].get("total", ""), "bytes_source": record["bytes_source"],
             **{k: s.get(k, "") for k in CSV_COLUMNS[15:]}}
 
 

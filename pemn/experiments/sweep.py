@@ -339,7 +339,10 @@ def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | 
     sweep = load_sweep(path)
     all_configs = expand(sweep)
     out = Path(results or sweep.results or Path(all_configs[0].out_dir) / "results.jsonl")
-    world, stale_after = World.from_env(), stale_after or STALE_AFTER
+    stale_after = STALE_AFTER if stale_after is None else stale_after
+    if not stale_after > 0:
+        raise ConfigError(f"--stale-after is a time in seconds, > 0; got {stale_after}")
+    world = World.from_env()
     configs = all_configs[:limit][k::n]
     todo, pause = list(enumerate(configs, 1)), min(stale_after / 4, 10.0)
     while todo:
