@@ -20,6 +20,7 @@ from torch import nn
 
 import pemn
 from pemn import masking
+from pemn.transform import accepts
 from pemn.models import create_model
 
 # name -> (model, model kwargs, input shape, batch)
