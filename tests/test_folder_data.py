@@ -168,7 +168,7 @@ def test_npz_splits_class_names_and_layouts(tmp_path):
     np.savez_compressed(tmp_path / "b.npz", images=x[:, :, :, 0], labels=np.arange(20) % 4)
     ds = load_dataset("npz", tmp_path / "b.npz")
     assert (ds.info.num_train, ds.info.num_test, ds.num_classes) == (16, 4, 4)
-    with pytest.raises(DatasetError, match="channels = 1, but data.channels = 3"):
+    with pytest.raises(DatasetError, match="npz images have channels = 1, not data.channels = 3"):
         load_dataset("npz", tmp_path / "b.npz", channels=3)
 
 
