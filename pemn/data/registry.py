@@ -18,9 +18,6 @@ from .errors import DatasetError, reader_errors
 __all__ = ["Dataset", "DatasetInfo", "check_options", "dataset_info", "list_datasets",
            "load_dataset", "register_dataset", "register_files_dataset", "split_validation"]
 
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-Reader = Callable[[str | Path | None], Splits]
-
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -54,8 +51,7 @@ class DatasetInfo:
         return (self.channels, self.image_size, self.image_size)
 
     def as_header(self) -> dict:
-        """What a user needs to feed a model trained on this dataset, as JSON values (the
-        ``dataset`` entry of a ``.pemn`` header)."""
+        """What feeding a model trained on this dataset needs, as JSON (a ``.pemn`` header's)."""
         return {"name": self.name, "input_shape": list(self.input_shape),
                 "mean": list(self.mean), "std": list(self.std),
                 "class_names": None if self.class_names is None else list(self.class_names)}
@@ -74,10 +70,9 @@ class Dataset:
 
     def __post_init__(self):
         for split in ("train", "test"):
-            self._check_split(split)
+            self._check(split, getattr(self, f"{split}_images"), getattr(self, f"{split}_labels"))
 
-    def _check_split(self, split: str) -> None:
-        x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+    def _check(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != self.info.input_shape \
                 or y.dtype != torch.int64 or y.shape != (x.shape[0],):
             raise DatasetError(f"{self.name} {split} split must be uint8 (N, "
@@ -88,11 +83,11 @@ class Dataset:
             raise DatasetError(f"{self.name} {split} labels must be in [0, {self.num_classes}), "
                                f"got [{y.min().item()}, {y.max().item()}]")
 
-    name = property(lambda self: self.info.name, doc="Registry name.")
-    num_classes = property(lambda self: self.info.num_classes, doc="Number of classes.")
-    mean = property(lambda self: self.info.mean, doc="Per-channel mean, 0..1 pixel units.")
-    std = property(lambda self: self.info.std, doc="Per-channel std, 0..1 pixel units.")
-    image_shape = property(lambda self: self.info.input_shape, doc="(C, H, W).")
+    name = property(lambda self: self.info.name)
+    num_classes = property(lambda self: self.info.num_classes)
+    mean = property(lambda self: self.info.mean)
+    std = property(lambda self: self.info.std)
+    image_shape = property(lambda self: self.info.input_shape)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.train_images.shape)}, "
