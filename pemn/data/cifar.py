@@ -34,7 +34,7 @@ _MAX_NDIM = 8
 
 
 class _Refused(DatasetError):
-    """Something a CIFAR file would never contain; the message says what."""
+    """Something a CIFAR file would never contain."""
 
 
 class _Dtype:
@@ -197,10 +197,7 @@ def read_cifar_batch(path: str | Path,
     """
     path = Path(path)
     with reader_errors(path, "CIFAR pickle"):
-        return _check_batch(path, _unpickle(path), label_key)
-
-
-def _check_batch(path: Path, batch: object, label_key: bytes):
+        batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} must hold a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
@@ -218,8 +215,9 @@ def _check_batch(path: Path, batch: object, label_key: bytes):
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise wrong
-    images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
-    return images, torch.from_numpy(labels.astype(np.int64))
+    with reader_errors(path, "CIFAR pickle"):  # the copy may run out of memory
+        images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
+        return images, torch.from_numpy(labels.astype(np.int64))
 
 
 def _describe(x: object) -> str:

@@ -44,7 +44,7 @@ class _Source:
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzipped else None
 
     def readinto(self, out: memoryview) -> int:
-        """Fill ``out`` as far as the data goes; returns the number of bytes written."""
+        """Fill ``out`` as far as the data goes; returns the bytes written."""
         if self._inflater is None:
             piece = self._raw[self._pos:self._pos + len(out)]
             out[:len(piece)] = piece
@@ -61,7 +61,7 @@ class _Source:
 
     @property
     def remaining(self) -> int:
-        """Bytes of the file not consumed yet (compressed bytes for gzip)."""
+        """Bytes of the file not consumed yet (compressed, for gzip)."""
         if self._inflater is not None and self._inflater.eof:  # what follows the member
             return len(self._inflater.unused_data)
         return len(self._raw) - self._pos

@@ -72,8 +72,8 @@ def _is_number(x) -> bool:
 
 
 def _mix_seed(*values: int) -> int:
-    """Hash integers into one 64-bit seed (splitmix64 finaliser), so that e.g. (seed=0, epoch=1)
-    and (seed=1, epoch=0) get unrelated streams, unlike ``seed + epoch``."""
+    """One 64-bit seed from integers (splitmix64): (seed=0, epoch=1) and (seed=1, epoch=0) get
+    unrelated streams, unlike ``seed + epoch``."""
     h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64

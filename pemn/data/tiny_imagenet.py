@@ -95,16 +95,6 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
-def _decode_folder(folder: Path, max_classes: int) -> dict[str, np.ndarray]:
-    wnids = _read_wnids(folder, max_classes)
-    arrays = {"wnids": np.array(wnids)}
-    for split, (paths, labels) in (("train", _train_files(folder, wnids)),
-                                   ("test", _val_files(folder, wnids))):
-        arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
-        arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
-    return arrays
-
-
 def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classes: int = 200):
     """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or ``root`` being that folder), with at
     most ``max_classes`` classes; ``cache``: read/write the decoded cache.
@@ -139,7 +129,12 @@ def _load(root: Path, cache: bool, max_classes: int):
         arrays = read_cache(cache_path, limits, "Tiny-ImageNet cache (delete it to rebuild)",
                             _MAX_CACHE_BYTES)
     else:
-        arrays = _decode_folder(folder, max_classes)
+        wnids = _read_wnids(folder, max_classes)
+        arrays = {"wnids": np.array(wnids)}
+        for split, (paths, labels) in (("train", _train_files(folder, wnids)),
+                                       ("test", _val_files(folder, wnids))):
+            arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
+            arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
         if cache:
             write_cache(cache_path, arrays)
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in limits)
