@@ -287,7 +287,7 @@ def test_non_fp32_model_is_refused():
 def test_unserialisable_kwargs_are_refused():
     model = pemn.apply_(create_model("mlp_paper"), pemn.MP())
     model.model_args = {"name": "mlp_paper", "kwargs": {"hidden": torch.tensor([3])}}
-    with pytest.raises(ArtifactError, match="model_args cannot be stored"):
+    with pytest.raises(ArtifactError, match="model_args is not JSON-serialisable"):
         pack(model)
 
 

@@ -1,8 +1,5 @@
-"""Export a PEMN model as a plain dense model that loads without pemn (safetensors or ONNX).
-
-The masks are baked in with ``pemn.materialize_`` on a loaded copy, so the exported weights
-are exactly the masked random weights the model computes with; the logits do not change.
-"""
+"""Export a PEMN model as a plain dense model that loads without pemn (safetensors or ONNX):
+the weights it computes with, baked into a copy, so the logits do not change."""
 from __future__ import annotations
 
 import copy
@@ -32,15 +29,9 @@ def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """``(1, *input_shape)`` of the header's dataset (validated when the file was read) if it
-    fits the first layer; else ``(1, C, S, S)`` for image models (``S``: ``img_size`` kwarg,
-    else 28 for one channel, 32 otherwise), ``(1, in_features)`` when the first layer is a
-    Linear.
-
-    Raises:
-        ArtifactError: if the first weight layer is neither a Conv2d nor a Linear, or the
-            header's input shape does not fit it.
-    """
+    """``(1, *input_shape)`` of the header's dataset if it fits the first layer (else
+    ArtifactError); without one, ``(1, C, S, S)`` for a first Conv2d (``S``: ``img_size``
+    kwarg, else 28 for one channel, 32 otherwise) or ``(1, in_features)`` for a Linear."""
     header = getattr(model, "pemn_header", None)
     shape = (header.dataset or {}).get("input_shape") if header is not None else None
     kwargs = getattr(model, "model_args", {}).get("kwargs", {})
@@ -104,20 +95,13 @@ def export(source, out_path: str | os.PathLike, format: str = "safetensors",
     """Write a plain dense model that loads without pemn.
 
     Args:
-        source: an artifact path, or a PEMN model (copied; the model is not modified).
-        out_path: file to write.
+        source: an artifact path, or a PEMN model (copied, not modified).
+        out_path: file to write; returns its size in bytes.
         format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
             and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
-        example_input_shape: ONNX input shape; default :func:`default_input_shape`. The batch
-            dimension is exported as dynamic.
-        model: for an artifact of a model outside the zoo, a freshly built skeleton of it
-            (as :func:`pemn.load` takes).
-
-    Returns:
-        Bytes written.
-
-    Raises:
-        ArtifactError: unknown format, unreadable artifact, or no input shape for ONNX.
+        example_input_shape: ONNX input shape (batch exported as dynamic); default
+            :func:`default_input_shape`.
+        model: for an artifact of a model outside the zoo, its skeleton (as ``pemn.load``).
 
     Example:
         >>> export("run.pemn", "run.safetensors")

@@ -1,19 +1,14 @@
-"""The three in-memory forms a loaded artifact can take (``pemn.load(..., form=...)``).
+"""The in-memory forms of a loaded artifact (``pemn.load(..., form=...)``), built from a
+checked :class:`Payload`:
 
-=========  ==========================================================  ======================
-form       what the model holds                                        use it to
-=========  ==========================================================  ======================
-train      frozen values + fp32 scores (PEMN layers, as after apply_)  fine-tune, keep training
-dense      plain layers, the masked weights baked in                   deploy; export
-packed     bit-packed masks + the prototype (a trained-weight family:    deploy where memory is
-           its file bytes); each layer rebuilds its weight from them   scarcer than compute
-           in every forward, nothing cached
-=========  ==========================================================  ======================
+- ``train``: PEMN layers as after ``apply_`` (frozen values + scores): fine-tune, keep training;
+- ``dense``: plain layers, the masked weights baked in: deploy, export;
+- ``packed``: bit-packed masks + each prototype as it really is (:func:`hold_prototype`), or a
+  trained family's file bytes; each weight rebuilt in every forward, nothing cached: deploy
+  where memory is scarcer than compute.
 
-Every form gives bit-identical eval logits on one device: ``fixed * mask`` is exact, and a
-trained family computes what its file decodes to. ``packed`` holds ``P/8`` bytes of masks plus
-each prototype as it really is (:func:`hold_prototype`). Every form's weight is a computed
-tensor (:func:`pemn.masking.compute_`), the one mechanism of every family.
+All give bit-identical eval logits on one device (``fixed * mask`` is exact). Every computed
+weight goes through :func:`pemn.masking.compute_`.
 """
 from __future__ import annotations
 
@@ -50,26 +45,21 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype = torch.uint8):
-    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype``, in the bit order of
-    :mod:`pemn.artifact.bitpack`, on ``bits``' device. A table lookup (``F.embedding``) is the
-    fastest way measured: 0.8 ms for 2.4M bits on 2 threads, 3x the shift-and-mask version."""
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype`` (bitpack's order), on
+    ``bits``' device. A table lookup is the fastest measured: 3x shift-and-mask."""
     table = _bit_table(bits.device, dtype)
     return F.embedding(bits.int(), table).view(-1)[:n]
 
 
 def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask -> its packed bytes as a uint8 tensor on the mask's device."""
     data = pack_bits(mask)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
 
 
 def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:
-    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``.
-
-    A copy-order RP vector is its short drawn values (tiled in every read). A prototype of
-    signed constants is ``+-magnitude`` throughout: its sign bits, 1 bit a value instead of 32,
-    rebuild it exactly, permuted or not. Anything else is held as it is.
-    """
+    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``:
+    a copy-order RP vector's short drawn values (tiled in every read), the sign bits of a
+    prototype of ``+-magnitude`` constants (exact, permuted or not), else ``full`` itself."""
     if proto.tile_to > proto.numel and not proto.permute:
         return full[: proto.numel].clone(), None  # clone: the full vector is not kept alive
     magnitude = full[:1].abs()
@@ -156,6 +146,7 @@ class Masks(list):
 
 
 def tensor_specs(header: Header) -> list[TensorSpec]:
+    """The masked tensors, as ``apply_`` selected them at save time."""
     return [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
 
 

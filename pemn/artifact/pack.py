@@ -1,11 +1,7 @@
-"""Pack a PEMN model into artifact bytes: seed + masks + every other tensor, no code.
-
-Any model that :func:`pemn.apply_` accepted can be packed. The file names every tensor and its
-shape, so a loader can fill a skeleton the user builds; zoo models (``pemn.models``) also record
-their name and constructor kwargs, so ``pemn.load(path)`` can build the skeleton itself.
-
-Only the masks of the learned scores are stored, not the score magnitudes: an artifact is for
-inference and fine-tuning of the other tensors; resume mask training from a checkpoint.
+"""Pack a model that :func:`pemn.apply_` accepted into artifact bytes: seed + masks (or
+encoded trained weights) + every other tensor, no code. Zoo models also record their name and
+kwargs. Only the masks of the scores are stored, not their magnitudes: resume mask training
+from a checkpoint, not an artifact.
 """
 from __future__ import annotations
 
@@ -48,7 +44,6 @@ _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 
 def dtype_code(name: str, t: torch.Tensor) -> str:
-    """The file's dtype code of tensor ``name`` (see ``pemn.artifact.format.DTYPES``)."""
     if t.dtype not in _DTYPE_CODES:
         raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
     return _DTYPE_CODES[t.dtype]
@@ -204,11 +199,7 @@ def _zoo_args(model: nn.Module) -> dict | None:
     if not (isinstance(args, dict) and isinstance(args.get("name"), str)
             and isinstance(args.get("kwargs"), dict)):
         return None
-    try:
-        return json.loads(json.dumps({"name": args["name"], "kwargs": dict(args["kwargs"])},
-                                     allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"model_args cannot be stored: not JSON-serialisable ({e})") from None
+    return _json_object({"name": args["name"], "kwargs": dict(args["kwargs"])}, "model_args")
 
 
 def _dataset_header(dataset) -> dict | None:
@@ -247,11 +238,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     Args:
         model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
         codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size
-            (``pemn.artifact.codec.choose_codec``: raw bits at keep 0.5, Huffman-coded when
-            sparser).
+            (:func:`pemn.artifact.codec.choose_codec`).
         store_prototype: store the prototype values instead of regenerating them from the
-            seed; ``None`` (auto) stores them when they take at most
-            ``STORE_PROTOTYPE_MAX_BYTES`` (1 KB), e.g. RP 1e-3. ``Dense`` stores all weights.
+            seed; ``None`` stores them when they take at most ``STORE_PROTOTYPE_MAX_BYTES``.
         metadata: your JSON object, stored as is (at most 64 KiB).
         dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
             ``input_shape``, ``mean``, ``std``, ``class_names``).
@@ -260,9 +249,8 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
             eval logits within 16-bit rounding (BN running statistics restart if fine-tuned).
         sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
-            ``codec``, then the kept float32 values) or ``"csr"`` (values, column indices, row
-            pointers). Models of ``pemn.competitors`` store their weights as
-            :mod:`pemn.artifact.weights` encodes them.
+            ``codec``, then the kept float32 values) or ``"csr"``
+            (:mod:`pemn.artifact.weights`).
 
     Returns:
         The file bytes.

@@ -1,17 +1,11 @@
 """Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
 
-The competitor strategies of :mod:`pemn.competitors` train ordinary weights and store them in a
-few bits each. The numerics they train with live here, next to the byte formats, so that the
-forward pass and the file agree bit for bit: a layer computes with :func:`dequantize` of
-:func:`quantize` (or :func:`debinarize` of :func:`binarize`), and a loader rebuilds exactly that
-tensor from the stored integers and scales.
+The numerics the strategies of :mod:`pemn.competitors` train with live next to their byte
+formats, so that the forward pass and the file agree bit for bit. A channel is an index of dim
+0; every scale is rounded to float16 *before* use, in training too, so 2 bytes store it exactly.
 
-"Per output channel" means per index of dim 0, torch's layout of Conv and Linear weights. Every
-scale is rounded to float16 *before* it is used, in training too, so two bytes per channel store
-it exactly.
-
-Encodings of one tensor of ``n`` values over ``rows = shape[0]`` channels (``k`` kept values for
-the sparse ones), all little-endian; a file records the encoding's name per tensor:
+Encodings of a tensor of ``n`` values over ``rows = shape[0]`` channels (``k`` kept values for
+the sparse ones), little-endian; a file names the encoding per tensor:
 
 ==================  =======================================================================
 ``int8``            ``rows`` float16 scales, then ``n`` int8 codes in C order (-127..127)
@@ -30,10 +24,9 @@ the sparse ones), all little-endian; a file records the encoding's name per tens
                     (``columns - 1``, resp. ``k``)
 ==================  =======================================================================
 
-Canonical forms, checked on decode so that a loaded model retrains into the same weights: a
-channel with a positive scale uses the extreme code (``max |q| = 2**(bits-1) - 1``), a channel
-with scale 0 has only zero codes and, for ``sign``, only 1 bits. Scales are finite and not
-negative; stored values are finite.
+Decoding accepts only canonical forms, so a loaded model retrains into the same weights: a
+channel with a positive scale uses the extreme code (``2**(bits-1) - 1``), one with scale 0
+only zero codes (``sign``: only 1 bits); scales and values are finite, scales not negative.
 """
 from __future__ import annotations
 
@@ -71,16 +64,8 @@ def _fp16_scale(v: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-channel quantization: ``q = round(w / s)`` with ``s = max|w| / qmax``.
-
-    Args:
-        w: a weight, ``(out, ...)``.
-        bits: 8 or 4 (``qmax`` 127 or 7).
-
-    Returns:
-        ``q`` (int8, ``w``'s shape, in ``[-qmax, qmax]``) and ``s`` (float32 ``(out,)``, every
-        value a float16 number; 0 for an all-zero channel).
-    """
+    """Symmetric per-channel ``q = round(w / s)``, ``s = max|w| / qmax`` (127 or 7 for 8 or
+    4 bits): int8 ``q`` of ``w``'s shape and float32 ``s`` ``(out,)`` of float16 numbers."""
     qmax = 2 ** (bits - 1) - 1
     w = w.detach()
     scale = _fp16_scale(_rows(w).abs().amax(1) / qmax)
@@ -95,13 +80,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary weights as in BWN/XNOR-Net (Rastegari et al. 2016): ``sign(w)`` and one scale
-    ``alpha = mean |w|`` per output channel.
-
-    Returns:
-        ``signs`` (bool, ``w``'s shape: True where ``w >= 0``, and everywhere in a channel
-        whose alpha is 0) and ``alpha`` (float32 ``(out,)``, float16 numbers).
-    """
+    """BWN/XNOR-Net (Rastegari et al. 2016): bool ``signs`` (True where ``w >= 0``, and in a
+    channel whose alpha is 0) and ``alpha = mean |w|`` per channel (float16 numbers)."""
     w = w.detach()
     alpha = _fp16_scale(_rows(w).abs().mean(1))
     return (w >= 0) | _per_row(alpha == 0, w), alpha
@@ -119,15 +99,11 @@ def debinarize(signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Encoding:
-    """One byte format of a trained tensor.
+    """One byte format of a trained tensor (``name``: never reused for another format).
 
-    Args:
-        name: stored in the file per tensor; never reuse a name for another format.
-        encode: ``(latent weight, bool mask or None) -> bytes``; the layer computes with what
-            :attr:`decode` returns.
-        decode: ``(bytes, shape, k) -> (float32 weight, bool mask or None)``; raises
-            ArtifactError on anything but the canonical encoding of some weight.
-        sparse: the tensor keeps ``k`` of its values (the others are 0) and stores a mask.
+    ``encode(latent, mask or None) -> bytes``; ``decode(bytes, shape, k) -> (float32 weight,
+    mask or None)`` raises ArtifactError on anything but a canonical encoding; ``sparse``: the
+    tensor keeps ``k`` values (the others 0) and stores a mask.
     """
 
     name: str
@@ -141,7 +117,6 @@ SPARSE_FORMATS = ("mask", "csr")  # pack(sparse_format=...): a coded mask + valu
 
 
 def get_encoding(name: str) -> Encoding:
-    """The encoding called ``name``; ArtifactError if unknown (names come from files)."""
     if name not in ENCODINGS:
         raise ArtifactError(f"unknown weight encoding {str(name)[:40]!r}; known: "
                             f"{sorted(ENCODINGS)}")
@@ -149,7 +124,6 @@ def get_encoding(name: str) -> Encoding:
 
 
 def register_encoding(encoding: Encoding) -> None:
-    """File a byte format under its name (a file names it per tensor)."""
     if encoding.name in ENCODINGS:
         raise ValueError(f"weight encoding {encoding.name!r} is already registered")
     ENCODINGS[encoding.name] = encoding
@@ -329,11 +303,7 @@ for _codec in list_codecs():
 
 
 def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
-    """The encoding of a sparse tensor: ``"csr-f32"``, or its mask codec (``"auto"``: the
-    smallest, as for PEMN masks) followed by ``"+f32"``."""
-    if sparse_format not in SPARSE_FORMATS:
-        raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
-                            f"{SPARSE_FORMATS}")
+    """``"csr-f32"``, or the mask codec (``"auto"``: the smallest) followed by ``"+f32"``."""
     if sparse_format == "csr":
         return "csr-f32"
     name = f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
