@@ -1,57 +1,14 @@
 """Mask codecs by name: a flat exact-k bool mask <-> bytes.
 
-The header stores each mask's ``n``, ``k`` and codec name (a name is never reused for another
-byte format). An exact-k mask holds ``log2 C(n, k) ~= n H(k/n)`` bits: 1 per weight at
-``k = n/2``, 0.469 at ``k = n/10``. Every codec but ``"bits"`` stores ``k`` of 0 or ``n`` in
-0 bytes.
+``"bits"`` (the raw bitmap), ``"huffman-bytes"`` (each byte of it a Huffman symbol, for
+``k/n`` near 1/2) and ``"huffman-gaps"`` (the runs of the minority value, for sparse masks);
+:func:`choose_codec` picks the smallest per tensor. The byte formats, built as the body of a
+DEFLATE block that ``zlib`` inflates, are specified in ``docs/FORMAT.md``.
 
-- ``"bits"``: the raw bitmap of :mod:`pemn.artifact.bitpack`, ``ceil(n / 8)`` bytes.
-- ``"huffman-bytes"``: each byte of ``"bits"`` a Huffman symbol (for ``k/n`` near 1/2).
-- ``"huffman-gaps"``: the runs of the minority value, Huffman-coded (for sparse or nearly
-  full masks).
-
-:func:`choose_codec` picks the smallest expected size per tensor: within 1 % of
-``n H(k/n) / 8`` for ``n >= 64k`` (``benchmarks/results/codec.json``, part ``sizes``).
-
-**Huffman formats.** Symbols ``0..255`` plus end-of-block 256, with a canonical Huffman code
-(RFC 1951 3.2.2) of at most 15-bit codes whose lengths depend on ``(n, k)`` alone, in integer
-arithmetic, so both sides build the same code:
-
-1. integer weights ``w[s]`` per symbol (below), ``w[256] = 1``; weight 0 means unused;
-2. merge the two lightest nodes, lighter first by ``(weight, id)``, leaves having ids
-   ``0..256`` and merged nodes the following ids in order;
-3. cut lengths over 15 as JPEG does (ITU T.81 Annex K.3, 15 for 16): while a length
-   ``i > 15`` has codes, take two codes of length ``i`` and one of the longest length
-   ``j < i - 1`` that has codes, and make them two of length ``j + 1`` and one of ``i - 1``;
-   the counts per length then go to the symbols by ``(-weight, symbol)``, shortest first.
-
-The payload is the symbols' codes, then the code of 256, packed as in a DEFLATE block (first
-bit = least significant bit), zero-padded to a byte, then (``"huffman-gaps"`` with ``r > 0``)
-the raw low bits below. It is the body of a dynamic-Huffman DEFLATE block with an implied
-header: the decoder prefixes three empty fixed blocks and the header (HLIT 257, HDIST 1 of
-length 0, all 19 code-length codes, lengths 0..15 in 4 bits each), 142 bytes, and lets
-``zlib`` inflate it.
-
-``"huffman-bytes"`` symbols are the ``ceil(n / 8)`` bytes of :func:`pack_bits`; a byte of
-``c`` ones weighs ``k**c * (n - k)**(8 - c)``.
-
-``"huffman-gaps"`` codes the ``m = min(k, n - k)`` positions of the minority value. With
-``F = 48`` fixed-point bits: ``t0 = floor(2**F (n - m) / n)``; Rice parameter
-``r = max(0, bit_length(n // m) - 8)``; ``t`` is ``t0`` squared ``r`` times, each time
-``floor(t * t / 2**F)``; ``a[0] = 2**F``, ``a[j + 1] = floor(a[j] * t / 2**F)``; the escape
-``E`` is the first ``j >= 1`` with ``a[j] < 2**(F - 12)``, or 255. Symbol ``j < E`` weighs
-``max(1, floor(a[j] (2**F - t) / 2**F))``, ``E`` weighs ``max(1, a[E])``, the rest 0. Each
-run of ``g`` majority values before a minority value is ``h = g >> r``: ``h // E`` symbols
-``E``, then ``h % E``; the trailing run is implied by ``n``. The low ``r`` bits of every run
-follow the Huffman part, least significant first, zero-padded to a byte.
-
-**Hostile bytes.** ``decode`` raises only :class:`CodecError` (a ``ValueError``) unless the
-bytes decode to a mask of exactly ``k`` ones. It first refuses data shorter than the shortest
-honest encoding (:meth:`MaskCodec.min_num_bytes`), so a tiny file cannot claim a large mask;
-then it takes O(n + len(data)) time and the n-byte mask plus at most about n/8 (n/2 for
-``"huffman-gaps"``) bytes. For ``2**28`` bits: at most 1.1 s and 409 MB traced
-(``benchmarks/results/codec.json``, part ``bound``). A corrupted payload may still decode to
-another valid mask; the artifact's checksum catches that.
+Hostile bytes: ``decode`` raises only :class:`CodecError` unless the bytes decode to a mask of
+exactly ``k`` ones. It refuses data shorter than any honest encoding of that ``(n, k)``
+(:meth:`MaskCodec.min_num_bytes`), then takes O(n + len(data)) time and the n-byte mask plus
+at most about n/2 bytes (``benchmarks/results/codec.json``, part ``bound``).
 """
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """Read an artifact into a model: the caller's skeleton, or the zoo model its header names.
 
-Every file is hostile. Before anything large is allocated: only a regular file of bounded size
-is read, the container's digests and the header's types, ranges and offsets are checked
-(:meth:`Header.from_json`), and the values it describes are held to ``max_elements``. Then
-every mask must decode to its kept count, every stored float be finite, every name and shape
-match the skeleton, and regenerated weights match their SHA-256 (a different generator fails
-loudly). Any failure raises one :class:`ArtifactError` naming the first problem. The
-in-memory forms are built by :mod:`pemn.artifact.forms`.
+Every file is hostile. Before anything large is allocated, the file's size, digests, header
+(:meth:`Header.from_json`) and value count (``max_elements``) are checked; then every mask
+must decode to its kept count, every float be finite, every name and shape match the
+skeleton, and regenerated weights match their SHA-256. Any failure raises one
+:class:`ArtifactError` naming the first problem. :mod:`pemn.artifact.forms` builds the forms.
 """
 from __future__ import annotations
 
@@ -110,10 +108,8 @@ _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[
 
 
 class _MetaBuild(TorchFunctionMode):
-    """Skip weight initialisation (useless on meta tensors, and its first use imports
-    torch._dynamo, ~1 s), and stop after ``budget`` torch calls: hostile kwargs
-    (``depth=65536``) cannot buy unbounded work. ``tests/test_artifact.py`` checks every
-    registered model builds within it."""
+    """Skip weight initialisation (on meta tensors it imports torch._dynamo, ~1 s), and stop
+    after ``budget`` torch calls, so hostile kwargs (``depth=65536``) cannot buy work."""
 
     def __init__(self, budget: int):
         super().__init__()
@@ -131,13 +127,9 @@ class _MetaBuild(TorchFunctionMode):
 
 
 def zoo_skeleton(header: Header) -> nn.Module:
-    """The zoo model the header names, on the meta device (shapes, no values), checked
-    against the file.
-
-    It may make 16 torch calls per state_dict entry the file lists, plus 1,024, and never
-    more than :data:`MAX_META_CALLS`: a header listing 32,768 names must not buy a minute of
-    building (a larger architecture loads with ``model=`` its skeleton).
-    """
+    """The zoo model the header names, on the meta device, checked against the file. Its
+    build may make 16 torch calls per entry the file lists, plus 1,024, and never more than
+    :data:`MAX_META_CALLS` (a larger architecture loads with ``model=`` its skeleton)."""
     if header.model is None:
         raise ArtifactError("this file was saved from a model outside pemn.models; build the "
                             "architecture yourself and pass it: pemn.load(path, model=MyNet())")
@@ -316,6 +308,7 @@ def _check_kinds(header: Header, strategy) -> None:
 
 
 def _payload(header: Header, payload: memoryview) -> Payload:
+    """Every entry decoded and checked against the strategy, before any skeleton exists."""
     strategy = strategy_from_dict(header.strategy)
     _check_kinds(header, strategy)
     p = Payload(header, strategy, {e.name: _decode(e, payload) for e in header.raw})
@@ -343,12 +336,8 @@ def _check_args(form: str, max_elements) -> None:
 
 
 def _element_limit(max_elements: int | None, num_bytes: int) -> int:
-    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file.
-
-    An honest file needs at least ``H(keep)/8`` bytes per masked value: 1/8 at keep 0.5,
-    1/700 at keep 0.001. Without an explicit ``max_elements``, a file that claims more values
-    per byte than that (a 750-byte file describing 2**31 weights) is refused before any work.
-    """
+    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file: an
+    honest file needs ``H(keep)/8`` bytes per masked value (1/700 at keep 0.001)."""
     if max_elements is not None:
         return max_elements
     return min(DEFAULT_MAX_ELEMENTS, max(2**16, VALUES_PER_BYTE * num_bytes))
@@ -394,16 +383,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str =
 
     Args:
         path: a ``.pemn`` file (regular files only).
-        model: a freshly built skeleton of the saved architecture (your constructor, your
-            config), filled in place as ``load_state_dict`` would; ``None`` builds the zoo
-            model the header names.
-        form: ``"train"`` (PEMN layers with scores: fine-tune or keep training), ``"dense"``
-            (plain layers, masks baked in; as much memory as the dense model) or ``"packed"``
-            (bit-packed masks + prototype, weights rebuilt per forward; least memory).
+        model: a freshly built skeleton of the saved architecture, filled in place as
+            ``load_state_dict`` would; ``None`` builds the zoo model the header names.
+        form: ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
         device: where the model is built.
         max_elements: refuse files describing more values than this, before allocating
-            anything. Default: 2**25 (128 MiB of float32) and at most 1,024 values per byte of
-            file (an honest file at keep 0.001 needs ~880).
+            anything. Default: 2**25 and at most 1,024 values per byte of file.
         verify_key: an author's ed25519 public key (hex, raw bytes or a key object): the file
             must carry a valid signature by it (:mod:`pemn.artifact.signing`).
 
@@ -412,8 +397,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str =
 
     Raises:
         ArtifactError: unreadable, corrupt, hostile or inconsistent file; a skeleton whose
-            names or shapes differ (the first bad tensor is named); regenerated weights that
-            differ from the trained ones.
+            names or shapes differ (the first is named); regenerated weights that differ.
 
     Example:
         >>> model = pemn.load("gpt2.pemn", model=GPT2LMHeadModel(config), form="dense")

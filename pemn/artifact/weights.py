@@ -1,32 +1,10 @@
 """Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
 
 The numerics the strategies of :mod:`pemn.competitors` train with live next to their byte
-formats, so that the forward pass and the file agree bit for bit. A channel is an index of dim
-0; every scale is rounded to float16 *before* use, in training too, so 2 bytes store it exactly.
-
-Encodings of a tensor of ``n`` values over ``rows = shape[0]`` channels (``k`` kept values for
-the sparse ones), little-endian; a file names the encoding per tensor:
-
-==================  =======================================================================
-``int8``            ``rows`` float16 scales, then ``n`` int8 codes in C order (-127..127)
-``int4``            ``rows`` float16 scales, then ``ceil(n / 2)`` bytes: code ``2i`` in the low
-                    nibble of byte ``i``, code ``2i + 1`` in the high one, two's complement
-                    (-7..7), a zero nibble pads an odd ``n``
-``sign``            ``rows`` float16 scales (alpha = mean of ``|w|`` per channel), then the
-                    ``ceil(n / 8)`` bytes of :func:`pemn.artifact.bitpack.pack_bits` of
-                    ``w >= 0`` (weight = +alpha where the bit is 1, -alpha where it is 0)
-``<codec>+f32``     the exact-k mask coded by mask codec ``<codec>`` (:mod:`.codec`, e.g.
-                    ``bits+f32``, ``huffman-gaps+f32``), then the ``k`` kept values as float32
-                    in C order
-``csr-f32``         CSR over ``rows`` rows of ``n / rows`` columns: ``k`` float32 values, ``k``
-                    column indices, ``rows + 1`` row pointers; each index array in the smallest
-                    unsigned width of 1, 2 or 4 bytes that holds its largest possible value
-                    (``columns - 1``, resp. ``k``)
-==================  =======================================================================
-
-Decoding accepts only canonical forms, so a loaded model retrains into the same weights: a
-channel with a positive scale uses the extreme code (``2**(bits-1) - 1``), one with scale 0
-only zero codes (``sign``: only 1 bits); scales and values are finite, scales not negative.
+formats (``docs/FORMAT.md``), so that the forward pass and the file agree bit for bit. A
+channel is an index of dim 0; every scale is rounded to float16 *before* use, in training
+too, so 2 bytes store it exactly. Decoding accepts only canonical forms (a positive scale uses
+the extreme code; scale 0 only zero codes), so a loaded model retrains into the same weights.
 """
 from __future__ import annotations
 
