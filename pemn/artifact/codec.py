@@ -151,7 +151,7 @@ register_codec(MaskCodec(
 
 
 # ------------------------------------------------------------------------------------------
-# Static canonical Huffman codes, decoded by zlib as one DEFLATE block (format: docstring)
+# Static canonical Huffman codes, decoded by zlib as one DEFLATE block (docs/FORMAT.md)
 # ------------------------------------------------------------------------------------------
 
 _MAX_LEN = 15  # DEFLATE's longest code
@@ -173,7 +173,7 @@ class _Code:
 
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
-    """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (see docstring)."""
+    """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
     count = _cut_to_max_length(_huffman_length_counts(weights))
     ranked = iter(sorted((s for s, w in enumerate(weights) if w > 0),
                          key=lambda s: (-weights[s], s)))
@@ -237,7 +237,7 @@ def _canonical_codes(lengths: list[int]) -> list[int]:
 
 
 def _deflate_prefix(lengths: list[int]) -> bytes:
-    """The 142-byte DEFLATE prefix of the docstring, declaring the code of ``lengths``."""
+    """The 142-byte DEFLATE prefix of docs/FORMAT.md, declaring the code of ``lengths``."""
     def uint(value: int, width: int) -> list[int]:
         return [value >> i & 1 for i in range(width)]
 

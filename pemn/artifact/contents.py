@@ -1,9 +1,7 @@
 """What an artifact holds, component by component, without building its values (``describe``).
 
-``pemn.storage.size_report`` prices a file from it, and ``pemn.save`` warns from it when
-unmasked layers hold most of a file. A tensor belongs to a norm layer when the module that owns
-it is one (BatchNorm, LayerNorm, GroupNorm), judged on the zoo architecture of the header or on
-the model at hand, never by its name.
+A tensor belongs to a norm layer when the module that owns it is one (BatchNorm, LayerNorm,
+GroupNorm), judged on the header's zoo architecture or the model at hand, never by its name.
 """
 from __future__ import annotations
 
@@ -36,7 +34,9 @@ def _num_unique(header: Header, strategy) -> int:
     """U: a weight fill's unique values, or the values a trained-weights file stores."""
     if isinstance(strategy, TrainedWeights):
         return sum(e.num_kept for e in header.encoded)
-    return 0 if isinstance(strategy, Dense) else plan_fill(strategy, tensor_specs(header)).num_unique
+    if isinstance(strategy, Dense):
+        return 0
+    return plan_fill(strategy, tensor_specs(header)).num_unique
 
 
 def _describe(data: bytes, model: nn.Module | None) -> dict:

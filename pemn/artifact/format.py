@@ -354,8 +354,7 @@ def _numbers(value, count: int | None) -> bool:
 
 
 def dataset_entry(d: dict | None) -> dict | None:
-    """The ``dataset`` entry validated (as the module docstring says), for writers and
-    readers alike; None stays None."""
+    """The ``dataset`` entry validated (docs/FORMAT.md), for writers and readers alike."""
     if d is None:
         return None
     name, shape = d.get("name"), d.get("input_shape")

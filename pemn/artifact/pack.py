@@ -103,9 +103,6 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
 # Each writer below gives the tensor table's rows as (Entry fields but offset and length, bytes)
 
 def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
-    if codec != "auto" and codec not in list_codecs():
-        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
-                            f"of {list_codecs()}")
     rows = []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
@@ -260,6 +257,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             cannot store, non-JSON metadata, or an unknown ``codec``.
     """
     spec = _check_packable(model)
+    if codec != "auto" and codec not in list_codecs():
+        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
+                            f"of {list_codecs()}")
     if sparse_format not in SPARSE_FORMATS:
         raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
                             f"{list(SPARSE_FORMATS)}")
