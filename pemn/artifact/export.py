@@ -14,6 +14,7 @@ from torch import nn
 
 from pemn.artifact.format import ArtifactError
 from pemn.artifact.load import load
+from pemn.artifact.pack import unique_tensors
 from pemn.transform import materialize_
 
 __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
@@ -57,22 +58,17 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
 
     # save_file refuses tensors that share memory (tied weights): store each once, as
     # safetensors' own save_model does, and name the ties in the metadata.
-    state, ties, seen = {}, {}, {}
-    for k, v in model.state_dict(keep_vars=True).items():
-        if id(v) in seen:
-            ties[k] = seen[id(v)]
-        else:
-            seen[id(v)] = k
-            state[k] = v.detach().contiguous()
+    entries, ties = unique_tensors(model.state_dict(keep_vars=True).items())
     metadata = {"format": "pt"}
     if ties:
-        metadata["pemn.ties"] = json.dumps(ties, sort_keys=True)
+        metadata["pemn.ties"] = json.dumps(dict(ties), sort_keys=True)
     args = getattr(model, "model_args", None) or (model.pemn_header.model if getattr(
         model, "pemn_header", None) is not None else None)
     if args:
         metadata.update({"pemn.architecture": args["name"],
                          "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)})
-    save_file(state, str(out_path), metadata=metadata)
+    save_file({k: v.detach().contiguous() for k, v in entries}, str(out_path),
+              metadata=metadata)
 
 
 def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:

@@ -29,7 +29,7 @@ from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, current_mask, part
 from pemn.transform import masked_tensors
 
 __all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
-           "unmasked_hint"]
+           "unique_tensors", "unmasked_hint"]
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +121,27 @@ def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, bytes]]:
              d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
 
 
-def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
-    """``(name, tensor)`` of every state_dict entry but the masks' machinery, each stored once,
-    and the ties: later names that hold a tensor already listed."""
-    masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
-    if isinstance(spec.strategy, Dense):
-        machinery = set()
+def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
+    """``(name, tensor)`` of each tensor of ``state`` (name, tensor pairs) once, and the ties:
+    ``(alias, name)`` for each later name of a tensor already listed."""
     entries, ties, first = [], [], {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if name in machinery:
-            continue
+    for name, t in state:
         if id(t) in first:
             ties.append((name, first[id(t)]))
         else:
             first[id(t)] = name
             entries.append((name, t))
     return entries, ties
+
+
+def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
+    """Every state_dict entry but the masks' machinery, by :func:`unique_tensors`."""
+    masked = {t.name for t in spec.tensors} | set(spec.ties)
+    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
+    if isinstance(spec.strategy, Dense):
+        machinery = set()
+    return unique_tensors((name, t) for name, t in model.state_dict(keep_vars=True).items()
+                          if name not in machinery)
 
 
 def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple[dict, bytes]]:
