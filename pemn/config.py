@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "MaskConfig", "DataConfig", "OptimConfig",
-           "load_config", "apply_overrides", "to_dict", "from_dict", "flatten", "unflatten",
+           "load_config", "read_file", "apply_overrides", "to_dict", "from_dict", "flatten", "unflatten",
            "validate", "format_value"]
 
 
@@ -238,18 +238,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_file(path: str | Path) -> dict:
+    """A TOML (or ``.json``) file as a dict; a missing or unreadable file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r} does not exist")
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults, then the TOML (or JSON) file at ``path``, then ``overrides``."""
-    data: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            text = path.read_text()
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot parse {path}: {e}") from None
+    data = read_file(path) if path else {}
     cfg = from_dict(RunConfig, apply_overrides(data, list(overrides)))
     validate(cfg)
     return cfg
