@@ -186,6 +186,12 @@ def _finish(ax, title: str, xlabel: str | None, metric: str, legend_size: int = 
     ax.legend(fontsize=legend_size)
 
 
+def _errorbar(ax, groups: list[dict], x: list[float], **style) -> None:
+    """The groups' means at ``x``, ± their std."""
+    ax.errorbar(x, [g["mean"] for g in groups], yerr=[g["std"] for g in groups], capsize=3,
+                **style)
+
+
 def _pyplot():
     import matplotlib
 
@@ -226,9 +232,8 @@ def _fig3(plt, groups: list[dict], metric: str):
             color = f"C{i % 10}"
             line = sorted((g for g in mine if g["arch"] == arch and _is_mask_fill(g["strategy"])),
                           key=lambda g: _sort_key(g["strategy"]))
-            x = [xs[g["strategy"]] for g in line]
-            ax.errorbar(x, [g["mean"] for g in line], yerr=[g["std"] for g in line], color=color,
-                        marker="o", ms=4, capsize=3, label=arch)
+            _errorbar(ax, line, [xs[g["strategy"]] for g in line], color=color, marker="o", ms=4,
+                      label=arch)
             for g in (g for g in mine if g["arch"] == arch and isinstance(g["strategy"], Dense)):
                 ax.axhline(g["mean"], color=color, ls="--", lw=1, label=f"{arch} Dense")
         ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45, ha="right")
@@ -260,17 +265,15 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
         pemn = sorted((g for g in mine if isinstance(g["strategy"], (MP, RP))),
                       key=lambda g: _sort_key(g["strategy"]))
         if pemn:
-            ax.errorbar([x_of(g) for g in pemn], [g["mean"] for g in pemn],
-                        yerr=[g["std"] for g in pemn], marker="o", ms=5, ls="none", capsize=3,
-                        color="C0", label="PEMN")
+            _errorbar(ax, pemn, [x_of(g) for g in pemn], marker="o", ms=5, ls="none", color="C0",
+                      label="PEMN")
         for i, g in enumerate(pemn):
             ax.annotate(g["strategy"].label(), (x_of(g), g["mean"]), fontsize=6,
                         xytext=(4, 4 - 8 * (i % 2)), textcoords="offset points")
         for i, (kind, title) in enumerate(_PRUNED.items()):
             pts = sorted((g for g in mine if _pruned(g["strategy"]) == kind), key=x_of)
-            ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
-                        yerr=[g["std"] for g in pts], marker="s^vD"[i % 4], ms=4, capsize=3,
-                        color=f"C{i + 1}", label=title)
+            _errorbar(ax, pts, [x_of(g) for g in pts], marker="s^vD"[i % 4], ms=4,
+                      color=f"C{i + 1}", label=title)
         for g in (g for g in mine if isinstance(g["strategy"], Dense)):
             ax.axhline(g["mean"], color="k", ls="--", lw=1, label="Dense")
             if logx:
@@ -312,15 +315,13 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
                                          if series_label(g) == n))
         for i, name in enumerate(names):
             pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
-            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, capsize=3, color=f"C{i % 10}")
-            ax.errorbar([g["bytes"] / 1000 for g in pts], [g["mean"] for g in pts],
-                        yerr=[g["std"] for g in pts], ls="--" if "depth" in name else "-",
-                        label=name, **style)
+            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, color=f"C{i % 10}")
+            _errorbar(ax, pts, [g["bytes"] / 1000 for g in pts],
+                      ls="--" if "depth" in name else "-", label=name, **style)
             for reading, ls in (("csr", ":"), ("values_only", "-.")):  # sparse: other readings
                 if all(reading in g["readings"] for g in pts):
-                    ax.errorbar([g["readings"][reading] / 1000 for g in pts],
-                                [g["mean"] for g in pts], yerr=[g["std"] for g in pts], ls=ls,
-                                mfc="none", label=f"{name}, {_READING_NAMES[reading]}", **style)
+                    _errorbar(ax, pts, [g["readings"][reading] / 1000 for g in pts], ls=ls,
+                              mfc="none", label=f"{name}, {_READING_NAMES[reading]}", **style)
         _log_axis(ax)
         _finish(ax, f"{dataset}: accuracy against actual bytes",
                 f"file size (kB, log scale; {precision} files)", metric, legend_size=6)
