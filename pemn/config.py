@@ -24,8 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "MaskConfig", "DataConfig", "OptimConfig",
-           "load_config", "read_file", "apply_overrides", "to_dict", "from_dict", "flatten", "unflatten",
-           "validate", "format_value"]
+           "load_config", "read_file", "apply_overrides", "to_dict", "from_dict", "flatten",
+           "unflatten", "validate", "format_value"]
 
 
 class ConfigError(ValueError):
@@ -266,12 +266,12 @@ def validate(cfg: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
-    if type(cfg.mask.strategy) not in FILLS.values() and cfg.mask.keep_ratio != MaskConfig.keep_ratio:
-        raise ConfigError(f"{cfg.mask.strategy.label()} keeps what its own arguments say; "
-                          f"leave mask.keep_ratio out (got {cfg.mask.keep_ratio})")
-    if not 0 < cfg.mask.keep_ratio <= 1:
-        raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got "
-                          f"{cfg.mask.keep_ratio}")
+    m = cfg.mask
+    if type(m.strategy) not in FILLS.values() and m.keep_ratio != MaskConfig.keep_ratio:
+        raise ConfigError(f"{m.strategy.label()} keeps what its own arguments say; leave "
+                          f"mask.keep_ratio out (got {m.keep_ratio})")
+    if not 0 < m.keep_ratio <= 1:
+        raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got {m.keep_ratio}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
     if not (cfg.optim.score_lr_scale > 0 and math.isfinite(cfg.optim.score_lr_scale)):

@@ -239,7 +239,6 @@ def _fig3(plt, groups: list[dict], metric: str):
         ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45, ha="right")
         _finish(ax, f"{dataset}: {family}", None, metric)
     fig.suptitle("Accuracy as unique values shrink (mean ± std over seeds)")
-    fig.tight_layout()
     return fig
 
 
@@ -248,9 +247,8 @@ _PRUNED = {"uniform": "Random", "magnitude": "Minimum"}  # the paper's pruning b
 
 def _pruned(s: Strategy) -> str | None:
     """The allocation of a pruning baseline (a Sparse preset, every layer sparse), else None."""
-    if isinstance(s, Sparse) and not s.dense_ends and s.allocation in _PRUNED:
-        return s.allocation
-    return None
+    baseline = isinstance(s, Sparse) and not s.dense_ends and s.allocation in _PRUNED
+    return s.allocation if baseline else None
 
 
 def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: bool):
@@ -281,7 +279,6 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
         if logx:
             _log_axis(ax)
         _finish(ax, f"{dataset}: {arch}", xlabel, metric)
-    fig.tight_layout()
     return fig
 
 
@@ -325,7 +322,6 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
         _log_axis(ax)
         _finish(ax, f"{dataset}: accuracy against actual bytes",
                 f"file size (kB, log scale; {precision} files)", metric, legend_size=6)
-    fig.tight_layout()
     return fig
 
 
@@ -358,13 +354,13 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
         "fig45_compression_ratio": _compression(
             plt, groups, metric, lambda g: 100 * g["CR"], "paper compression ratio (%)", False),
         "fig45_kilobytes": _compression(
-            plt, groups, metric, lambda g: g["bytes"] / 1000,
-            "size on disk (kB)", True),
+            plt, groups, metric, lambda g: g["bytes"] / 1000, "size on disk (kB)", True),
         "frontier_bytes": _frontier(plt, groups, metric, precision),
     }
     paths = []
     for stem, fig in figures.items():
         if fig is not None:
+            fig.tight_layout()
             paths += _save(fig, out_dir, prefix + stem)
             plt.close(fig)
     return paths
@@ -393,8 +389,7 @@ def summary_table(results: str | Path | Sequence[str | Path],
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
         readings = [f"{g['readings'][k] / 1000:,.1f}" if k in g["readings"] else ""
                     for k in other]
-        cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}",
-                 f"{g['lr']:g}",
+        cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}", f"{g['lr']:g}",
                  f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
                  f"{g['bytes'] / 1000:,.1f}", *readings, acc, str(g["n"])]
         if len(head) > len(cells):

@@ -1,49 +1,9 @@
 """Sweeps: a TOML grid of run configs, run by any number of processes, a results line per run.
 
-A sweep file has these top-level keys (anything else is an error):
-
-``base_config``
-    Optional path to a run recipe, **relative to the sweep file**, so a sweep works from any
-    working directory: ``base_config = "../cifar10_resnet32.toml"``.
-``seeds``
-    Optional list of ints, crossed with every run; a seed sets both ``mask.seed`` and
-    ``optim.seed``. Runs are ordered seed by seed, so a partial sweep covers the grid once.
-``name``
-    Optional run-name template; see *Run names* below.
-``results``
-    Optional path of the results file (relative to the working directory, like ``out_dir``);
-    default ``<out_dir>/results.jsonl``. Sweeps sharing an ``out_dir`` (and so each other's
-    identical runs) must write different results files.
-``[base]``
-    Overrides for every run, as dotted keys (``"optim.lr" = 0.005``) or nested tables
-    (``[base.optim]``), merged into the recipe key by key.
-``[grid]`` or ``[[grid]]``
-    Axes crossed as a cartesian product. A dotted key (or ``out_dir``) is a config key and its
-    list holds values (``"mask.strategy" = [{ name = "mp" }, { name = "rp", ratio = 1e-3 }]``;
-    a list-valued field takes a list of lists). Any other key is an axis *label* whose list
-    holds tables of overrides, one entry setting several keys:
-    ``strategy = [{ "mask.strategy" = { name = "dense" }, "optim.lr" = 0.005 }]``. Several
-    ``[[grid]]`` tables are a union of sub-grids ("PEMN strategies, plus baselines at four CRs").
-``[[points]]``
-    Explicit override sets, one run each (per seed), added after the grids.
-
-Keys are checked by :func:`pemn.config.from_dict` (an unknown key names the valid ones).
-
-*Run names* make each run directory unique and stable (resume relies on it). In a ``name``
-template, ``{field}`` takes ``dataset``, ``model``, ``strategy`` (its tag), ``seed``,
-``epochs``, ``auto`` (:meth:`RunConfig.run_name`) or any dotted config key
-(``{model.kwargs.dim}``). Without one, the name is ``run_name()`` plus ``-<leaf><value>`` for
-each key the run's grid entry or point sets that ``run_name()`` does not encode (``-lr0.005``).
-Two runs with the same name are an error.
-
-*Many processes* (README, "Sweeps on a cluster"): each run is claimed first
-(:mod:`pemn.experiments.claims`), so it is trained once, and a dead or silent process's run is
-taken over and resumed. ``shard="K/N"`` takes runs K, K+N, ... (default: the Slurm array
-task's). A run directory holding a different config than the sweep asks for stops the sweep.
-
-    >>> from pemn.experiments import expand, load_sweep
-    >>> len(expand(load_sweep("configs/sweeps/fmnist_cpu.toml")))
-    78
+The file format (``base_config``, ``seeds``, ``name``, ``results``, ``[base]``, ``[[grid]]``,
+``[[points]]``) and the run names are described in docs/SWEEPS.md. Each run is claimed before it
+is trained (:mod:`pemn.experiments.claims`), so it is trained once; a run directory holding a
+different config than the sweep asks for stops the sweep rather than mix results.
 """
 from __future__ import annotations
 
