@@ -223,7 +223,7 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted keys (``["optim.lr=0.1", "mask.strategy.ratio=1e-2"]``) on a nested dict."""
+    """A nested dict with dotted keys set (``["optim.lr=0.1", "mask.strategy.ratio=1e-2"]``)."""
     flat = flatten(data)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -232,10 +232,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key = key.strip()
         flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
         flat[key] = _parse_value(text.strip())
-    new = unflatten(flat)
-    data.clear()
-    data.update(new)
-    return data
+    return unflatten(flat)
 
 
 def read_file(path: str | Path) -> dict:

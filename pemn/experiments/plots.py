@@ -132,21 +132,18 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
             "family": _family(cfg.model.name) if len(families) > 1 else None,
             "P": s["num_masked"], "U": s["num_unique"],
-            "CR": s["compression_ratio"], "values": [], "bytes_all": [], "readings_all": []})
-        total, readings = _file_bytes(r, precision)
+            "CR": s["compression_ratio"], "values": [], "files": []})
         g["values"].append(s[metric])
-        g["bytes_all"].append(total)
-        g["readings_all"].append(readings)
+        g["files"].append(_file_bytes(r, precision))
     if rows and not groups:
         raise ValueError(f"no row of the results has a value for {metric!r}")
     for g in groups.values():
         v = g["values"]
-        readings = g.pop("readings_all")
+        sizes, readings = zip(*g.pop("files"))
         g.update(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0,
-                 min=min(v), max=max(v), n=len(v),
-                 bytes=statistics.fmean(g.pop("bytes_all")),
+                 min=min(v), max=max(v), n=len(v), bytes=statistics.fmean(sizes),
                  readings={k: statistics.fmean(x[k] for x in readings)
-                           for k in set.intersection(*(set(x) for x in readings))})
+                           for k in set.intersection(*map(set, readings))})
     return _matching(list(groups.values()), series)
 
 

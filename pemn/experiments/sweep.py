@@ -94,7 +94,7 @@ def _expand_grid(grid: Any, where: str) -> list[dict]:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Parse a sweep file (module docstring).
+    """Parse a sweep file (docs/SWEEPS.md).
 
     Raises:
         ConfigError: unknown top-level keys, bad values, a missing base config.
@@ -114,10 +114,10 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"points in {path} must be an array of tables ([[points]])")
     sets = [s for i, g in enumerate(grids) for s in _expand_grid(g, f"[[grid]] {i} of {path}")]
     sets += [_overrides(p, f"points[{i}] of {path}") for i, p in enumerate(points)]
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or any(type(v) is not int for v in seeds):
+    seeds = data.get("seeds", [None])  # None: the base's own seeds
+    if "seeds" in data and not (isinstance(seeds, list) and seeds
+                                and all(type(v) is int for v in seeds)):
         raise ConfigError(f"seeds in {path} must be a non-empty list of ints, got {seeds!r}")
-    seeds = seeds if "seeds" in data else [None]  # None: the base's own seeds
     for key in ("name", "results"):  # a run-name template, a path
         if not isinstance(data.get(key, ""), str):
             raise ConfigError(f"{key} in {path} must be a string, got {data[key]!r}")
