@@ -84,8 +84,7 @@ def file_under(table: dict, key, entry: Callable | None = None):
     under ``key``. A key filed twice raises ValueError (never a silent override)."""
     def register(fn):
         if key in table:
-            raise ValueError(f"{getattr(key, '__name__', key)} is already registered in "
-                             f"{fn.__module__}'s table")
+            raise ValueError(f"{getattr(key, '__name__', key)!r} is already registered")
         table[key] = fn if entry is None else entry(fn)
         return fn
     return register
