@@ -1,14 +1,10 @@
-"""Model zoo: plain ``nn.Module``s that know nothing about masks.
-
-One file per architecture family; every variant is registered by name::
+"""Model zoo: plain ``nn.Module``s that know nothing about masks (``pemn.apply_`` masks them
+from outside). One file per architecture family; every variant is registered by name::
 
     >>> from pemn.models import create_model, list_models
     >>> list_models("convmixer_256_*")
     ['convmixer_256_d6', 'convmixer_256_d8']
     >>> model = create_model("resnet32", num_classes=100)
-
-Masks and weight fills are applied from outside (``pemn.apply_``), which swaps or wraps every
-``Conv*d``, ``Linear`` and ``MultiheadAttention`` projection, so the models here stay ordinary.
 """
 from ._registry import DATA_ARGS, create_model, data_args, list_models, model_info, register_model
 from .convmixer import ConvMixer
