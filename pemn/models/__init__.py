@@ -6,7 +6,7 @@ from outside). One file per architecture family; every variant is registered by 
     ['convmixer_256_d6', 'convmixer_256_d8']
     >>> model = create_model("resnet32", num_classes=100)
 """
-from ._registry import DATA_ARGS, create_model, data_args, list_models, model_info, register_model
+from ._registry import DATA_ARGS, create_model, data_args, list_models, register_model
 from .convmixer import ConvMixer
 from .mlp import MLP
 from .resnet50 import ResNet
@@ -14,6 +14,6 @@ from .resnet_cifar import CifarResNet
 from .vit import VisionTransformer
 
 __all__ = [
-    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models", "model_info",
+    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models",
     "ConvMixer", "CifarResNet", "ResNet", "VisionTransformer", "MLP",
 ]

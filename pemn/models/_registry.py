@@ -9,8 +9,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models",
-           "model_info"]
+__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models"]
 
 # What a dataset can tell a model about its inputs; a run passes those a model accepts.
 DATA_ARGS = ("in_channels", "img_size", "in_features", "num_classes")
@@ -77,13 +76,3 @@ def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered names matching the shell-style ``pattern`` (e.g. ``"convmixer_*"``)."""
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
-
-def model_info(name: str) -> dict[str, str]:
-    """Name, family (the defining module, e.g. ``"convmixer"``) and one-line description."""
-    fn = _lookup(name)
-    doc = (fn.__doc__ or "").strip()
-    return {
-        "name": name,
-        "family": fn.__module__.rsplit(".", 1)[-1],
-        "description": doc.splitlines()[0] if doc else "",
-    }
