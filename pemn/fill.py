@@ -403,33 +403,22 @@ def _plan_one_layer(strategy: OneLayer, specs: list[TensorSpec]) -> FillPlan:
     return FillPlan(tuple(protos), tuple(sources))
 
 
-def _largest(specs: list[TensorSpec]) -> int:
-    # The first of several equally large layers wins, as in the official code.
-    return max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
-
-
-def _shared_plan(strategy: _SharedFill, specs: list[TensorSpec], proto: Prototype) -> FillPlan:
+@register_planner(MP)
+@register_planner(RP)
+def _plan_shared(strategy: _SharedFill, specs: list[TensorSpec]) -> FillPlan:
+    """One prototype for every layer: the first largest layer's values (as the official code);
+    RP draws only ``int(d_max * ratio) + 1`` of them and tiles them to ``d_max``."""
+    big = max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
+    d_max, std = specs[big].numel, specs[big].std
+    if isinstance(strategy, RP):
+        proto = Prototype(big, min(int(d_max * strategy.ratio) + 1, d_max), std, tile_to=d_max,
+                          permute=strategy.order == "permuted", signed=strategy.signed)
+    else:
+        proto = Prototype(big, d_max, std, signed=strategy.signed)
     scales = ()
     if strategy.scale == "layer":  # float32 factors, so every machine multiplies the same
-        scales = tuple(float(np.float32(s.std / proto.std)) for s in specs)
+        scales = tuple(float(np.float32(s.std / std)) for s in specs)
     return FillPlan((proto,), (0,) * len(specs), scales)
-
-
-@register_planner(MP)
-def _plan_mp(strategy: MP, specs: list[TensorSpec]) -> FillPlan:
-    big = _largest(specs)
-    proto = Prototype(big, specs[big].numel, specs[big].std, signed=strategy.signed)
-    return _shared_plan(strategy, specs, proto)
-
-
-@register_planner(RP)
-def _plan_rp(strategy: RP, specs: list[TensorSpec]) -> FillPlan:
-    big = _largest(specs)
-    d_max = specs[big].numel
-    num_unique = min(int(d_max * strategy.ratio) + 1, d_max)
-    proto = Prototype(big, num_unique, specs[big].std, tile_to=d_max,
-                      permute=strategy.order == "permuted", signed=strategy.signed)
-    return _shared_plan(strategy, specs, proto)
 
 
 def plan_fill(strategy: Strategy, specs: list[TensorSpec]) -> FillPlan:
