@@ -27,9 +27,8 @@ from pemn.transform import PemnSpec, register_handler
 __all__ = ["TrainedWeights", "Sparse", "Quantized", "Binary", "RandomPrune", "MagnitudePrune",
            "register_weight", "straight_through", "erk_counts", "ALLOCATIONS"]
 
-ALLOCATIONS = ("erk", "uniform", "magnitude", "global_magnitude")
-_ALLOCATION_TITLES = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
-                      "global_magnitude": "global |w|"}
+ALLOCATIONS = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
+               "global_magnitude": "global |w|"}  # name -> title
 
 
 @register_strategy("quantized")
@@ -101,14 +100,14 @@ class Sparse(TrainedWeights):
                 or not 0 < self.density <= 1:
             raise ValueError(f"sparse density is the kept fraction, in (0, 1] (e.g. 0.1); got "
                              f"{self.density!r}")
-        if self.allocation not in ALLOCATIONS:
+        if not isinstance(self.allocation, str) or self.allocation not in ALLOCATIONS:
             raise ValueError(f"sparse allocation must be one of {list(ALLOCATIONS)}, got "
                              f"{self.allocation!r}")
         super().__post_init__()
 
     def label(self) -> str:
         ends = "" if self.dense_ends else " (sparse ends)"
-        return f"Sparse {_ALLOCATION_TITLES[self.allocation]} @ {100 * self.density:g} %{ends}"
+        return f"Sparse {ALLOCATIONS[self.allocation]} @ {100 * self.density:g} %{ends}"
 
     def tag(self) -> str:
         return f"sparse-{self.allocation}{self.density:g}{self._ends_tag(True)}"
