@@ -9,14 +9,13 @@ from pemn.rundir import RunError
 from pemn.trained import load_trained
 from pemn.train import evaluate
 
-__all__ = ["evaluate_path", "EVAL_BATCH_SIZE", "SPLITS"]
+__all__ = ["evaluate_path", "SPLITS"]
 
 SPLITS = ("test", "train")
-EVAL_BATCH_SIZE = 1000
 
 
 def evaluate_path(path: str | Path, split: str = "test", data_root: str | None = None,
-                  dataset: str | None = None, batch_size: int = EVAL_BATCH_SIZE,
+                  dataset: str | None = None, batch_size: int = 1000,
                   form: str = "train") -> dict:
     """Top-1 accuracy (in %) of what :func:`pemn.trained.load_trained` loads, on a split of
     ``dataset`` (default: the one the source records, read where the run read it).

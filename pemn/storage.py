@@ -22,8 +22,7 @@ from pemn.fill import strategy_to_dict
 from pemn.masking import SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
-           "bitmask_fp32_bytes", "size_report",
-           "format_size_table", "storage_readings"]
+           "bitmask_fp32_bytes", "size_report", "format_size_table", "storage_readings"]
 
 
 def paper_compression_ratio(num_masked: int, num_unique: int) -> float:
@@ -220,15 +219,12 @@ def format_size_table(report: dict) -> str:
         f"  {'paper accounting ceil(P/8) + 4U':<38}{report['paper_bytes']:>14,}",
         "",
         f"{'compression ratio':<40}{'':>14}{'%':>11}",
-        f"  {'paper: 1 - (P + 32U) / 32P (no BN)':<38}{'':>14}"
-        f"{100 * report['paper_compression_ratio']:>10.3f}%",
-        f"  {'file vs masked weights in fp32 (4P)':<38}{'':>14}"
-        f"{100 * report['file_compression_ratio']:>10.3f}%",
-        f"  {'file vs whole model in fp32':<38}{'':>14}"
-        f"{100 * report['model_compression_ratio']:>10.3f}%",
-        "",
-        f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}",
     ]
+    ratios = [("paper: 1 - (P + 32U) / 32P (no BN)", "paper_compression_ratio"),
+              ("file vs masked weights in fp32 (4P)", "file_compression_ratio"),
+              ("file vs whole model in fp32", "model_compression_ratio")]
+    rows += [f"  {name:<38}{'':>14}{100 * report[key]:>10.3f}%" for name, key in ratios]
+    rows += ["", f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}"]
     names = {"fp32_dense": "fp32 dense", "fp16_dense": "fp16 dense",
              "csr": "CSR (csr-f32 encoding)", "csr_paper": "CSR, paper's 3p(1-r) x 32 bit",
              "bitmask_fp32": "bitmask + fp32 values"}
