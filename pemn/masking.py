@@ -10,17 +10,16 @@ edge-popup's straight-through estimator (docs/METHOD.md; docs/PERFORMANCE.md mea
 ``<name><suffix>`` (:data:`SUFFIXES`). ``forward`` and hooks are untouched, which matters for
 ``nn.MultiheadAttention``, which reads ``in_proj_weight`` directly. :func:`bake_` undoes it.
 
-Each scores tensor owns one :class:`_State`, shared by tied modules. In training the masked
-weight is built once per step and reused until a backward pass through it has run or the
-scores or fixed values change in place (version counters), so a weight read several times per
-step costs one top-k; writes through ``.data`` between a forward and the next, with no backward
-between, are not seen (as autograd). In evaluation it is cached until the scores differ from a
-snapshot; without gradients in training mode it is rebuilt on every read.
+Each scores tensor owns one :class:`_State` (shared by tied modules) caching the masked weight
+(docs/PERFORMANCE.md, "Masked-weight caches"). In training it is reused until a backward pass
+through it has run or a tensor changes in place (version counters), so a weight read several
+times per step costs one top-k; like autograd, it cannot see scores written through ``.data``
+between two forwards with no backward between. In evaluation it is kept until the scores differ
+from a snapshot.
 
 The top-k keeps exactly :func:`num_kept` entries, ties broken by lower flat position. It counts
-rather than sorts: probe a threshold, count ``|s| >= t``, move ``t`` by the local density until
-the count is exact, starting from the last step's threshold; entries between the last two
-probes are then resolved exactly. benchmarks/topk.py compares it with ``topk`` and ``sort``.
+rather than sorts: probe a threshold ``t``, count ``|s| >= t``, move ``t`` by the local density
+(starting from the last step's threshold), then resolve the entries between the last two probes.
 """
 from __future__ import annotations
 

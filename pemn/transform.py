@@ -54,13 +54,9 @@ _KINDS: list[MaskableKind] = []
 def register_maskable(layer: type | Callable[[nn.Module], bool], names, *,
                       fan_in: Callable[[tuple[int, ...]], int] | None = None,
                       default: bool = True) -> None:
-    """Declare the maskable tensors of another layer type; later registrations take precedence.
-
-    Args:
-        layer: a module class (matched with ``isinstance``) or a predicate ``module -> bool``.
-        names: the attribute names of its maskable Parameters (e.g. ``"weight"``).
-        fan_in: ``shape -> fan_in``; default torch's layout (``shape[1] * prod(shape[2:])``).
-        default: masked by default, or only when an ``include`` pattern selects it.
+    """Declare the maskable Parameters ``names`` of ``layer`` (a module class or a predicate
+    ``module -> bool``); later registrations take precedence. ``fan_in``: ``shape -> fan_in``
+    (default torch's layout); ``default=False``: masked only when ``include`` names it.
 
     Example:
         >>> register_maskable(MyBilinear, ("weight",), fan_in=lambda s: s[1] * s[2])
