@@ -121,8 +121,7 @@ class Dense(Strategy):
 def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(strategy, field)
     if value not in choices:
-        raise ValueError(f"{strategy.title} {field} must be one of {list(choices)}, "
-                         f"got {value!r}")
+        raise ValueError(f"{strategy.title} {field} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -105,8 +105,7 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str 
     path = Path(path)
     out = Path(out) if out else RunDir(path if path.is_dir() else path.parent).artifact
     if out == path:
-        raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
-                       f"output")
+        raise RunError(f"{path} would be overwritten by its own packed copy; choose another output")
     trained = load_trained(path)
     header = getattr(trained.model, "pemn_header", None)  # an artifact keeps its own record
     dataset = header.dataset if header is not None else trained.dataset and dataset_info(
