@@ -100,7 +100,7 @@ class PemnSpec:
     plan: fill_lib.FillPlan | None  # None for Dense
     prototype_sha256: list[str] = field(default_factory=list)
     generator: str = rng.GENERATOR_ID
-    ties: dict[str, str] = field(default_factory=dict)  # alias name -> masked tensor name
+    ties: dict[str, str] = field(default_factory=dict)  # alias name -> masked tensor name (apply_)
 
 
 @dataclass
@@ -275,14 +275,15 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None
     if getattr(model, "pemn_spec", None) is not None:
         raise ValueError("a strategy is already applied to this model; call "
                          "pemn.materialize_(model) first or start from a fresh model")
-    model.pemn_spec = handler.build(model, strategy, _select(model, include, exclude), **args)
+    targets = _select(model, include, exclude)
+    model.pemn_spec = handler.build(model, strategy, targets, **args)
+    model.pemn_spec.ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     return model
 
 
 @register_handler(Dense)
 def _dense(model, strategy: Dense, targets) -> PemnSpec:
-    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
-    return PemnSpec(strategy, 1.0, 0, [t.spec() for t in targets], None, ties=ties)
+    return PemnSpec(strategy, 1.0, 0, [t.spec() for t in targets], None)
 
 
 @register_handler(Strategy, uses=("keep_ratio", "seed"))
@@ -302,9 +303,8 @@ def _fill(model, strategy: Strategy, targets, keep_ratio: float, seed: int) -> P
         mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain)
         for _, module, name in t.aliases:
             tie_(module, name, t.module, t.name)
-    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     return PemnSpec(strategy, keep_ratio, seed, specs, plan,
-                    [rng.sha256_f32(v) for v in prototypes], ties=ties)
+                    [rng.sha256_f32(v) for v in prototypes])
 
 
 def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
