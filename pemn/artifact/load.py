@@ -39,7 +39,7 @@ from pemn.artifact.format import (
 from pemn.artifact.forms import hold_prototype, pack_encoded_, pack_module_
 from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
-from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
+from pemn.fill import Dense, TensorSpec, file_under, plan_fill, strategy_from_dict
 from pemn.masking import FIXED, GAIN, MASK, SCORES, num_kept
 from pemn.models import create_model
 from pemn.transform import accepts, apply_, masked_tensors, tie_
@@ -537,7 +537,10 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
     _check_kinds(header, strategy)
     tensors = {e.name: _decode(e, payload) for e in header.raw}
     if isinstance(strategy, TrainedWeights):
-        out = _trained_model(header, strategy, payload, tensors, model, form, device)
+        read = next((_READERS[t] for t in type(strategy).__mro__ if t in _READERS), None)
+        out = read(header, strategy, tensors, model, form, device,
+                   max_elements or DEFAULT_MAX_ELEMENTS) if read else \
+            _trained_model(header, strategy, payload, tensors, model, form, device)
         out.pemn_header = header
         return out.eval()
     plan = None if isinstance(strategy, Dense) else plan_fill(strategy, _specs(header))
@@ -567,6 +570,17 @@ def _check_kinds(header: Header, strategy) -> None:
 # ------------------------------------------------------------------------------------------
 # Trained weights (the strategies of pemn.competitors): encoded tensors, no masks or seed
 # ------------------------------------------------------------------------------------------
+
+_READERS: dict[type, object] = {}
+
+
+def register_reader(cls: type):
+    """Function decorator: ``fn(header, strategy, raw tensors, model, form, device, limit)
+    -> model`` builds the model of a trained-weight family whose weights no entry decodes
+    alone (:mod:`pemn.pranc`: a seed and coefficients shared by every layer); ``limit``
+    bounds the values it may regenerate (``max_elements``, default 2**25)."""
+    return file_under(_READERS, cls)
+
 
 def _trained_model(header: Header, strategy, payload, tensors, model, form: str,
                    device) -> nn.Module:
