@@ -203,9 +203,7 @@ def _read(header, strategy: PRANC, tensors: dict, model, form: str, device, limi
     ties = {a: t for a, t in header.ties if t == name}
     if ties != {e.name + GAIN: name for e in layers[1:]}:
         raise ArtifactError("PRANC's compressed layers must all share the one alpha")
-    layout = replace(header, tensors=tuple(e for e in header.tensors if e.name != name),
-                     ties=tuple(t for t in header.ties if t[0] not in ties))
-    out = _skeleton(layout, model, "train", device)
+    out = _skeleton(header, model, "train", device)  # alpha is a gain: no skeleton has it
     run = replace(strategy, dense_ends=False, basis_mib=0 if form == "packed"
                   else strategy.basis_mib)
     apply_(out, run, seed=header.seed, include=[_escape_glob(e.name) for e in layers])

@@ -142,8 +142,9 @@ def _skeleton_layout(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _gain_names(header: Header) -> set[str]:
-    """Names a learned gain of a masked tensor (or of a tied alias) takes in the file."""
-    masked = {m.name for m in header.masked}
+    """Names a learned gain of a masked or encoded tensor (or of a tied alias) takes in the
+    file (PRANC's alpha is its encoded layers' gain)."""
+    masked = {m.name for m in header.masked} | {e.name for e in header.encoded}
     return {n + GAIN for n in masked | {a for a, t in header.ties if t in masked}}
 
 
