@@ -45,7 +45,7 @@ def _readings(run_dir: RunDir) -> dict:
     if not run_dir.artifact.is_file():
         return {}
     from pemn.artifact import load
-    model = load(run_dir.artifact)
+    model = load(run_dir.artifact, max_elements=2**31)  # the sweep's own file (PRANC: k * P)
     header = model.pemn_header  # the same dataset and metadata as the file
     return {precision: storage_readings(model, precision, dataset=header.dataset,
                                         metadata=header.metadata)
