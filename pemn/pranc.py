@@ -196,10 +196,11 @@ def _read(header, strategy: PRANC, tensors: dict, model, form: str, device, limi
                             f"{limit:,}; pass a larger max_elements to load it")
     name = layers[0].name + GAIN
     alpha = tensors.get(name)
-    if alpha is None or tuple(alpha.shape) != (strategy.k,) or not alpha.is_floating_point():
+    if alpha is None or tuple(alpha.shape) != (strategy.k,) or not alpha.is_floating_point() \
+            or not bool(torch.isfinite(alpha.float()).all()):  # a float64 1e300: inf in float32
         got = "none" if alpha is None else f"{list(alpha.shape)} {alpha.dtype}"
-        raise ArtifactError(f"PRANC k={strategy.k} needs alpha {name} of {strategy.k} floats; "
-                            f"the file holds {got}")
+        raise ArtifactError(f"PRANC k={strategy.k} needs alpha {name} of {strategy.k} float32 "
+                            f"numbers; the file holds {got}")
     ties = {a: t for a, t in header.ties if t == name}
     if ties != {e.name + GAIN: name for e in layers[1:]}:
         raise ArtifactError("PRANC's compressed layers must all share the one alpha")

@@ -116,8 +116,8 @@ def _spoofed(model: nn.Module, **fields) -> bytes:
 
 def test_a_hostile_file_is_refused():
     model = _trained()
-    with pytest.raises(ArtifactError, match=r"needs alpha 0.weight_gain of 31 floats; the file "
-                                            r"holds \[30\] torch.float32"):
+    with pytest.raises(ArtifactError, match=r"needs alpha 0.weight_gain of 31 float32 "
+                                            r"numbers; the file holds \[30\] torch.float32"):
         unpack(_spoofed(model, k=31), _net())
     with pytest.raises(ArtifactError, match=r"PRANC k=65,536 over 264 weights regenerates "
                                             r"17,301,504 basis values, more than max_elements="
@@ -130,7 +130,12 @@ def test_a_hostile_file_is_refused():
     model = _trained()
     ints = nn.Parameter(torch.zeros(30, dtype=torch.int64), requires_grad=False)
     model[0].weight_gain = model[4].weight_gain = ints
-    with pytest.raises(ArtifactError, match=r"30 floats; the file holds \[30\] torch.int64"):
+    with pytest.raises(ArtifactError, match=r"30 float32 numbers; the file holds \[30\] "
+                                            r"torch.int64"):
+        unpack(pack(model), _net())
+    huge = nn.Parameter(torch.full((30,), 1e300, dtype=torch.float64))
+    model[0].weight_gain = model[4].weight_gain = huge
+    with pytest.raises(ArtifactError, match=r"the file holds \[30\] torch.float64"):
         unpack(pack(model), _net())
     with pytest.raises(ValueError, match="pranc k must be an integer >= 1, got 0"):
         strategy_from_dict({"name": "pranc", "k": 0})
