@@ -23,16 +23,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, keys: Iterable[str] = ()) -> dict:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
 
-    Args:
-        path: the checkpoint file.
-        keys: entries the caller needs; a checkpoint lacking any of them is refused.
-
-    Returns:
-        The saved state dict.
-
     Raises:
-        CheckpointError: no such file, an unreadable or foreign file, or missing ``keys``
-            (the message names them).
+        CheckpointError: no such file, an unreadable or foreign file, or missing ``keys``.
     """
     path = Path(path)
     if not path.is_file():

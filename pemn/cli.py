@@ -273,10 +273,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(error: Exception, command: str) -> tuple[str, bool]:
-    """One line naming what failed, and whether it is a user's mistake or a machine's limit
-    (else a failure whose traceback ``-v`` shows)."""
-    # The project's errors (ConfigError, CheckpointError, ArtifactError, DatasetError,
-    # RunError) are ValueErrors; OSError covers missing, unreadable or unwritable files.
+    """One line naming what failed, and whether it is expected (a user's mistake or a
+    machine's limit) or a failure whose traceback ``-v`` shows."""
+    # the project's errors are ValueErrors; OSError: missing, unreadable or unwritable files
     if isinstance(error, (ValueError, OSError, ImportError)):
         return " ".join(str(error).split()) or type(error).__name__, True
     from pemn.run import is_out_of_memory, memory_text

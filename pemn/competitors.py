@@ -1,29 +1,12 @@
 """What a user would pick instead of PEMN at a few bits per weight: trained weights, stored small.
 
-Each family is one dataclass (a registered :class:`TrainedWeights`) plus one function, built by
-``pemn.apply_`` like every strategy:
-
-* ``Sparse(density, allocation)``: sparse training from scratch with a fixed mask drawn at
-  initialisation. ``allocation="erk"`` spreads the kept weights as Erdos-Renyi-Kernel (Evci et
-  al. 2020, RigL): a layer's density is proportional to ``sum(shape) / prod(shape)``, scaled so
-  the kept count over the sparse layers is ``density`` of their weights; a layer that would
-  exceed density 1 is made dense and the others rescaled. ``"uniform"`` keeps ``density`` of
-  every layer (random, seeded); ``"magnitude"`` every layer's largest ``|w|`` at init;
-  ``"global_magnitude"`` the largest ``|w|`` at init over all sparse layers. The paper's
-  pruning baselines are presets: ``RandomPrune(cr)`` and ``MagnitudePrune(cr)``.
-* ``Quantized(bits)``: quantization-aware training, every weight fake-quantized per output
-  channel, symmetric, to 8 or 4 bits (``pemn.artifact.weights.quantize``), gradient straight
-  through the rounding.
-* ``Binary()``: binary-weight network (BWN/XNOR-Net, Rastegari et al. 2016): ``sign(w) *
-  alpha`` with ``alpha = mean |w|`` per output channel; the gradient passes straight through to
-  the latent weight where ``|w| <= 1`` (BinaryConnect's clipping), alpha counts as a constant.
-
-``dense_ends`` (the first and last selected layer, i.e. the stem and the head, stay ordinary
-dense weights, stored like every other tensor) is True by default for ``Sparse`` and False for
-the others. Each compressed layer keeps its latent weight as ``<name>_orig`` (and a sparse one
-its mask as ``<name>_mask``), and ``<name>`` is computed from them at every read, by the
-mechanism of PEMN's masked weights (:func:`pemn.masking.compute_`). What is stored and how
-bytes are counted: docs/METHOD.md, section 6.
+Each family is one dataclass (a registered :class:`TrainedWeights`) plus one weight function,
+built by ``pemn.apply_`` like every strategy: ``Sparse(density, allocation)`` (a mask fixed at
+initialisation; the paper's pruning baselines ``RandomPrune`` and ``MagnitudePrune`` are
+presets), ``Quantized(bits)`` (QAT per output channel) and ``Binary()`` (BWN). A compressed
+layer keeps its latent weight as ``<name>_orig`` (a sparse one its mask as ``<name>_mask``) and
+computes ``<name>`` from them (:func:`pemn.masking.compute_`). docs/METHOD.md, section 6, says
+what each family trains and stores.
 """
 from __future__ import annotations
 
@@ -37,26 +20,23 @@ import torch
 from torch import nn
 
 from pemn.artifact.weights import TrainedWeights, binarize, debinarize, dequantize, quantize
-from pemn.fill import TensorSpec, file_under, register_preset, register_strategy
+from pemn.fill import TensorSpec, register_preset, register_strategy
 from pemn.masking import LATENT, MASK, compute_, num_kept, topk_mask
 from pemn.transform import PemnSpec, register_handler
 
 __all__ = ["TrainedWeights", "Sparse", "Quantized", "Binary", "RandomPrune", "MagnitudePrune",
-           "register_weight", "straight_through", "erk_counts", "ALLOCATIONS"]
+           "register_weight", "straight_through", "erk_counts", "compressed_targets",
+           "trained_spec", "ALLOCATIONS"]
 
-ALLOCATIONS = ("erk", "uniform", "magnitude", "global_magnitude")
-_ALLOCATION_TITLES = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
-                      "global_magnitude": "global |w|"}
+ALLOCATIONS = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
+               "global_magnitude": "global |w|"}  # name -> title
 
 
 @register_strategy("quantized")
 @dataclass(frozen=True)
 class Quantized(TrainedWeights):
-    """Quantization-aware training: weights fake-quantized per output channel to ``bits``.
-
-    Raises:
-        ValueError: ``bits`` not 8 or 4, ``dense_ends`` not a bool.
-    """
+    """Quantization-aware training: weights fake-quantized per output channel to 8 or 4 bits,
+    symmetric, the gradient straight through the rounding."""
 
     bits: int = 8
     title: ClassVar[str] = "Quantized"
@@ -82,11 +62,8 @@ class Quantized(TrainedWeights):
 @register_strategy("binary")
 @dataclass(frozen=True)
 class Binary(TrainedWeights):
-    """Binary weights ``sign(w) * alpha`` per output channel (BWN), latent fp32 weights trained.
-
-    Raises:
-        ValueError: ``dense_ends`` not a bool.
-    """
+    """Binary weights ``sign(w) * alpha``, ``alpha = mean |w|`` per output channel (BWN); the
+    gradient passes to the latent weight where ``|w| <= 1``."""
 
     title: ClassVar[str] = "Binary"
     stores_mask: ClassVar[bool] = False
@@ -107,12 +84,10 @@ class Sparse(TrainedWeights):
     Args:
         density: kept fraction of the sparse layers' weights (the dense ends not counted), in
             (0, 1].
-        allocation: ``"erk"``, ``"uniform"``, ``"magnitude"`` or ``"global_magnitude"``
-            (module docstring).
+        allocation: ``"erk"`` (:func:`erk_counts`, random positions), ``"uniform"`` (random,
+            ``density`` of every layer), ``"magnitude"`` (every layer's largest ``|w|`` at
+            init) or ``"global_magnitude"`` (the largest ``|w|`` over all sparse layers).
         dense_ends: stem and head stay dense (and are stored in full).
-
-    Raises:
-        ValueError: a density outside (0, 1], an unknown allocation, ``dense_ends`` not a bool.
     """
 
     density: float = 0.1
@@ -126,14 +101,14 @@ class Sparse(TrainedWeights):
                 or not 0 < self.density <= 1:
             raise ValueError(f"sparse density is the kept fraction, in (0, 1] (e.g. 0.1); got "
                              f"{self.density!r}")
-        if self.allocation not in ALLOCATIONS:
+        if not isinstance(self.allocation, str) or self.allocation not in ALLOCATIONS:
             raise ValueError(f"sparse allocation must be one of {list(ALLOCATIONS)}, got "
                              f"{self.allocation!r}")
         super().__post_init__()
 
     def label(self) -> str:
         ends = "" if self.dense_ends else " (sparse ends)"
-        return f"Sparse {_ALLOCATION_TITLES[self.allocation]} @ {100 * self.density:g} %{ends}"
+        return f"Sparse {ALLOCATIONS[self.allocation]} @ {100 * self.density:g} %{ends}"
 
     def tag(self) -> str:
         return f"sparse-{self.allocation}{self.density:g}{self._ends_tag(True)}"
@@ -150,10 +125,6 @@ class Sparse(TrainedWeights):
             return num_kept(sum(numels), self.density)
         return sum(num_kept(n, self.density) for n in numels)
 
-
-# ------------------------------------------------------------------------------------------
-# Allocation of a sparse model's kept weights
-# ------------------------------------------------------------------------------------------
 
 def erk_counts(shapes: Sequence[tuple[int, ...]], density: float) -> list[int]:
     """Kept weights per layer under Erdos-Renyi-Kernel, summing to ``num_kept(total, density)``.
@@ -193,26 +164,20 @@ def _random_mask(weight: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
 
 
 def _sparse_masks(strategy: Sparse, weights: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
     if strategy.allocation == "magnitude":  # ties: the earlier position
         return [topk_mask(w.detach(), strategy.density) for w in weights]
-    if strategy.allocation == "global_magnitude":
-        flat = torch.cat([w.detach().abs().reshape(-1).cpu() for w in weights])
-        keep = torch.zeros(flat.numel(), dtype=weights[0].dtype)
-        order = torch.argsort(flat, descending=True, stable=True)  # ties: the earlier position
-        keep[order[: num_kept(flat.numel(), strategy.density)]] = 1
+    if strategy.allocation == "global_magnitude":  # one top-k over every layer, on the CPU
+        keep = topk_mask(torch.cat([w.detach().reshape(-1).cpu() for w in weights]),
+                         strategy.density)
         return [m.view_as(w).to(w.device)
                 for m, w in zip(keep.split([w.numel() for w in weights]), weights)]
+    gen = torch.Generator().manual_seed(seed)
     if strategy.allocation == "erk":
         counts = erk_counts([tuple(w.shape) for w in weights], strategy.density)
     else:
         counts = [num_kept(w.numel(), strategy.density) for w in weights]
     return [_random_mask(w.detach(), k, gen) for w, k in zip(weights, counts)]
 
-
-# ------------------------------------------------------------------------------------------
-# Effective weights: computed tensors (pemn.masking.compute_), as PEMN's masked weights
-# ------------------------------------------------------------------------------------------
 
 class _StraightThrough(torch.autograd.Function):
     """``fn(w)`` forward; the gradient passes to ``w`` unchanged (where ``|w| <= clip``)."""
@@ -238,30 +203,21 @@ def straight_through(w: torch.Tensor, fn: Callable, clip: float | None = None) -
     return _StraightThrough.apply(w, fn, clip)
 
 
-_WEIGHTS: dict[type, Callable] = {}
-
-
 def register_weight(cls: type[TrainedWeights]):
-    """Function decorator: ``fn(strategy, latent) -> weight`` is the weight every forward of a
-    ``cls`` layer computes from its trained latent weight (``<name>_orig``)."""
-    return file_under(_WEIGHTS, cls)
-
-
-@register_weight(Quantized)
-def _fake_quantize(strategy: Quantized, w: torch.Tensor) -> torch.Tensor:
-    return straight_through(w, lambda v: dequantize(*quantize(v, strategy.bits)))
-
-
-@register_weight(Binary)
-def _binary(strategy: Binary, w: torch.Tensor) -> torch.Tensor:
-    return straight_through(w, lambda v: debinarize(*binarize(v)), 1.0)
+    """Function decorator: ``fn(strategy, latent) -> weight`` is what every forward of a ``cls``
+    layer computes from its latent weight ``<name>_orig``; it files ``cls``'s ``apply_``
+    handler (:func:`pemn.transform.register_handler`)."""
+    def register(fn):
+        register_handler(cls)(functools.partial(_trained, fn))
+        return fn
+    return register
 
 
 def _sparse_weight(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name + LATENT) * getattr(module, name + MASK)
 
 
-def _chosen(targets, dense_ends: bool):
+def compressed_targets(targets, dense_ends: bool):
     """The targets, the ends left out when ``dense_ends``; refuses tied weights."""
     for t in targets:
         if t.aliases:
@@ -274,39 +230,51 @@ def _chosen(targets, dense_ends: bool):
     return chosen
 
 
-def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
+def trained_spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
+    """The ``PemnSpec`` of a trained-weight handler: ``chosen`` (its compressed targets) at
+    their latent weights' shapes."""
     return PemnSpec(strategy, strategy.keep_ratio(), seed,
                     [TensorSpec(t.qualified, tuple(getattr(t.module, t.name + LATENT).shape))
                      for t in chosen], None)
 
 
-@register_handler(TrainedWeights)
-def _trained(model: nn.Module, strategy: TrainedWeights, targets) -> PemnSpec:
-    """Each chosen weight becomes its latent ``<name>_orig``, read through the family's
-    registered weight function."""
-    fn = next((_WEIGHTS[t] for t in type(strategy).__mro__ if t in _WEIGHTS), None)
-    if fn is None:
-        raise TypeError(f"{type(strategy).__name__} has no weight function; decorate one "
-                        "with pemn.competitors.register_weight")
-    chosen = _chosen(targets, strategy.dense_ends)
+def _trained(fn, model: nn.Module, strategy: TrainedWeights, targets) -> PemnSpec:
+    """Each chosen weight becomes its latent ``<name>_orig``, read through ``fn``."""
+    chosen = compressed_targets(targets, strategy.dense_ends)
     for t in chosen:
         compute_(t.module, t.name, functools.partial(_latent_weight, fn, strategy),
                  {LATENT: getattr(t.module, t.name)})
-    return _spec(strategy, chosen, 0)
+    return trained_spec(strategy, chosen, 0)
 
 
 def _latent_weight(fn, strategy, module: nn.Module, name: str) -> torch.Tensor:
     return fn(strategy, getattr(module, name + LATENT))
 
 
+@register_handler(TrainedWeights)
+def _no_weight(model: nn.Module, strategy: TrainedWeights, targets) -> PemnSpec:
+    raise TypeError(f"{type(strategy).__name__} has no weight function; decorate one with "
+                    "pemn.competitors.register_weight")
+
+
+@register_weight(Quantized)
+def _fake_quantize(strategy: Quantized, w: torch.Tensor) -> torch.Tensor:
+    return straight_through(w, lambda v: dequantize(*quantize(v, strategy.bits)))
+
+
+@register_weight(Binary)
+def _binary(strategy: Binary, w: torch.Tensor) -> torch.Tensor:
+    return straight_through(w, lambda v: debinarize(*binarize(v)), 1.0)
+
+
 @register_handler(Sparse, uses=("seed",))
 def _sparse(model: nn.Module, strategy: Sparse, targets, seed: int) -> PemnSpec:
     """Each chosen weight keeps its latent values under a mask fixed now."""
-    chosen = _chosen(targets, strategy.dense_ends)
+    chosen = compressed_targets(targets, strategy.dense_ends)
     weights = [getattr(t.module, t.name) for t in chosen]
     for t, w, mask in zip(chosen, weights, _sparse_masks(strategy, weights, seed)):
         compute_(t.module, t.name, _sparse_weight, {LATENT: w, MASK: mask})
-    return _spec(strategy, chosen, seed)
+    return trained_spec(strategy, chosen, seed)
 
 
 def RandomPrune(cr: float = 0.9) -> Sparse:

@@ -1,13 +1,8 @@
-"""Run configuration: dataclass defaults are the single source of truth.
+"""Run configuration: dataclass defaults, then a TOML recipe, then dotted ``key=value`` overrides.
 
-A TOML recipe and dotted ``key=value`` overrides are applied on top; an unknown key or a value
-of the wrong type fails with a message naming the key and the valid choices. The resolved
-config is saved in every run directory and checkpoint.
-
-``mask.strategy`` is a strategy's dict form (``strategy = { name = "rp", ratio = 1e-3 }``, or a
-bare name such as ``"mp"`` for its defaults); :func:`from_dict` turns it into the strategy
-object once, and :func:`to_dict` writes the dict form back. Sweeps use the same machinery:
-:func:`flatten` and :func:`unflatten` are the one walker over config keys.
+An unknown key or a wrong type fails, naming the key and the valid choices. ``mask.strategy``
+is a strategy's dict form (``{ name = "rp", ratio = 1e-3 }``, or a bare name for its defaults).
+:func:`flatten` and :func:`unflatten` are the one walker over config keys (sweeps use them too).
 """
 from __future__ import annotations
 
@@ -21,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from pemn.fill import RP, Strategy, strategy_from_dict, strategy_to_dict
+from pemn.fill import FILLS, RP, Strategy, strategy_from_dict, strategy_to_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,8 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "MaskConfig", "DataConfig", "OptimConfig",
-           "load_config", "apply_overrides", "to_dict", "from_dict", "flatten", "unflatten",
-           "validate", "format_value"]
+           "load_config", "read_file", "apply_overrides", "to_dict", "from_dict", "flatten",
+           "unflatten", "validate", "format_value"]
 
 
 class ConfigError(ValueError):
@@ -49,7 +44,7 @@ class MaskConfig:
     # { name = "rp", ratio = 1e-3 }; names: dense mask one_layer mp rp sparse quantized binary
     # (pemn.fill.STRATEGIES) and the presets random_prune magnitude_prune (pemn.fill.PRESETS)
     strategy: Strategy = field(default_factory=RP)
-    keep_ratio: float = 0.5  # fraction of weights the masks keep (Sparse: its density instead)
+    keep_ratio: float = 0.5  # fraction of weights a weight fill's masks keep (not for Sparse etc.)
     seed: int = 0  # random weights, scores and baseline masks
 
 
@@ -121,11 +116,8 @@ def to_dict(cfg) -> dict:
 
 
 def format_value(value: Any, digits: int = 6, sep: str = "") -> str:
-    """A value for people and names: ``0.038125`` rather than ``0.038125000000000006``.
-
-    ``digits`` significant digits of a float; ``sep=","`` groups an int's thousands
-    (``80,128``, for people; names keep none); a strategy is its label.
-    """
+    """A value for people and names: ``0.038125``, not ``0.038125000000000006``; ``sep=","``
+    groups an int's thousands (``80,128``); a strategy is its label."""
     if isinstance(value, Strategy):
         return value.label()
     if isinstance(value, float):
@@ -147,12 +139,8 @@ def _strategy(value: Any, key: str, default: Strategy) -> Strategy:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int)
-          and not isinstance(v, bool), float: lambda v: isinstance(v, float),
-          str: lambda v: isinstance(v, str), dict: lambda v: isinstance(v, dict),
-          list: lambda v: isinstance(v, list)}[typ]
-    if not ok(value):
+        value = float(value)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
         raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
     return value
 
@@ -190,10 +178,8 @@ def _parse_value(text: str) -> Any:
 
 
 def _is_table(cls, key: str) -> bool:
-    """Whether ``key`` (dotted) is a section or a dict field, whose entries merge one by one.
-
-    Anything else, a strategy table included, is one value that replaces the old one.
-    """
+    """Whether dotted ``key`` is a section or a dict field (entries merge one by one), not one
+    value that replaces the old one (a strategy table)."""
     for part in key.split("."):
         if cls is dict:
             return False  # an entry of a dict field: a value
@@ -205,11 +191,7 @@ def _is_table(cls, key: str) -> bool:
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict -> ``{dotted key: value}``, down to single values.
-
-    Sections and dict fields (``model.kwargs``) flatten, so tables merge key by key;
-    a strategy table stays whole, so a new strategy replaces the old one.
-    """
+    """A nested config dict -> ``{dotted key: value}``; a strategy table stays whole."""
     out = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
@@ -221,10 +203,8 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-    """``{dotted key: value}`` -> the nested dict :func:`from_dict` reads.
-
-    Shorter keys are set first, so ``mask.strategy.ratio`` changes one argument of a
-    ``mask.strategy`` table whatever the order of the two.
+    """``{dotted key: value}`` -> a nested dict. Shorter keys are set first, so
+    ``mask.strategy.ratio`` changes one argument of a ``mask.strategy`` table in any order.
 
     Raises:
         ConfigError: a key sets an entry inside something that is not a table.
@@ -243,11 +223,7 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted keys: ``["optim.lr=0.1", "model.kwargs.act=relu"]`` on a nested dict.
-
-    ``mask.strategy={name="rp", ratio=1e-2}`` replaces the strategy; ``mask.strategy.ratio=1e-2``
-    changes one of its arguments.
-    """
+    """A nested dict with dotted keys set (``["optim.lr=0.1", "mask.strategy.ratio=1e-2"]``)."""
     flat = flatten(data)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -256,24 +232,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key = key.strip()
         flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
         flat[key] = _parse_value(text.strip())
-    new = unflatten(flat)
-    data.clear()
-    data.update(new)
-    return data
+    return unflatten(flat)
+
+
+def read_file(path: str | Path) -> dict:
+    """A TOML (or ``.json``) file as a dict; a missing or unreadable file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r} does not exist")
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults, then the TOML (or JSON) file at ``path``, then ``overrides``."""
-    data: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            text = path.read_text()
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot parse {path}: {e}") from None
+    data = read_file(path) if path else {}
     cfg = from_dict(RunConfig, apply_overrides(data, list(overrides)))
     validate(cfg)
     return cfg
@@ -287,9 +263,12 @@ def validate(cfg: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} = {value!r} is not one of {list(allowed)}")
-    if not 0 < cfg.mask.keep_ratio <= 1:
-        raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got "
-                          f"{cfg.mask.keep_ratio}")
+    m = cfg.mask
+    if type(m.strategy) not in FILLS.values() and m.keep_ratio != MaskConfig.keep_ratio:
+        raise ConfigError(f"{m.strategy.label()} keeps what its own arguments say; leave "
+                          f"mask.keep_ratio out (got {m.keep_ratio})")
+    if not 0 < m.keep_ratio <= 1:
+        raise ConfigError(f"mask.keep_ratio is the kept fraction, in (0, 1]; got {m.keep_ratio}")
     if cfg.optim.epochs < 1 or cfg.optim.batch_size < 1:
         raise ConfigError("optim.epochs and optim.batch_size must be >= 1")
     if not (cfg.optim.score_lr_scale > 0 and math.isfinite(cfg.optim.score_lr_scale)):

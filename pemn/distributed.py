@@ -1,7 +1,5 @@
-"""Multi-process training: the world as ``torchrun`` describes it (RANK, WORLD_SIZE, LOCAL_RANK).
-
-This module is the only reader of those variables: everything else asks :meth:`World.from_env`.
-"""
+"""The world as ``torchrun`` describes it (RANK, WORLD_SIZE, LOCAL_RANK): the one reader of
+those variables (:meth:`World.from_env`)."""
 from __future__ import annotations
 
 import os
@@ -31,11 +29,8 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        """The world ``torchrun`` announces in the environment; one process when unset.
-
-        Raises:
-            ValueError: a variable that is not an integer, or a rank outside the world.
-        """
+        """The world ``torchrun`` announces; one process when unset. A variable that is not
+        an integer, or a rank outside the world, raises ValueError."""
         world_size = _env_int("WORLD_SIZE", 1)
         if world_size <= 1:
             return cls()

@@ -9,29 +9,19 @@ from pemn.rundir import RunError
 from pemn.trained import load_trained
 from pemn.train import evaluate
 
-__all__ = ["evaluate_path", "EVAL_BATCH_SIZE", "SPLITS"]
+__all__ = ["evaluate_path", "SPLITS"]
 
 SPLITS = ("test", "train")
-EVAL_BATCH_SIZE = 1000
 
 
 def evaluate_path(path: str | Path, split: str = "test", data_root: str | None = None,
-                  dataset: str | None = None, batch_size: int = EVAL_BATCH_SIZE,
+                  dataset: str | None = None, batch_size: int = 1000,
                   form: str = "train") -> dict:
-    """Top-1 accuracy of a run directory, checkpoint or ``.pemn`` artifact on a dataset split.
-
-    Args:
-        path: what :func:`pemn.trained.load_trained` accepts.
-        split: ``"test"`` or ``"train"``.
-        data_root: where the dataset lives (default: where the run read it, else its usual
-            place).
-        dataset: the dataset name (default: the one the source records).
-        batch_size: images per forward pass.
-        form: the in-memory form to evaluate (``pemn.artifact.FORMS``); all give the same
-            accuracy for an exact file.
+    """Top-1 accuracy (in %) of what :func:`pemn.trained.load_trained` loads, on a split of
+    ``dataset`` (default: the one the source records, read where the run read it).
 
     Returns:
-        ``path``, ``dataset``, ``split``, ``num_images`` and ``accuracy`` (in %).
+        ``path``, ``dataset``, ``split``, ``num_images`` and ``accuracy``.
 
     Raises:
         ValueError: an unknown ``split``.

@@ -11,12 +11,8 @@ __all__ = ["atomic_write"]
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
                  fsync: bool = True) -> None:
-    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically.
-
-    The bytes go to a temporary file in the same directory, are flushed (and fsynced unless
-    ``fsync=False``), then renamed over ``path`` (atomic on POSIX); the temporary file is
-    removed on any failure.
-    """
+    """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically: a
+    temporary file in the same directory, flushed, fsynced, renamed over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 lets the umask decide the mode, as a plain open() would (mkstemp's

@@ -1,29 +1,11 @@
 """Strategies, and the weight fills: how the frozen random weights of masked layers are built.
 
-Every strategy (these weight fills and the trained-weight families of :mod:`pemn.competitors`)
-is a small frozen dataclass registered under a name with :func:`register_strategy`; the
-``{"name": ..., **fields}`` form of :func:`strategy_to_dict` is how configs and artifacts store
-it. A strategy owns its label (``"RP 1e-3"``), its tag for file names (``"rp0.001"``) and its
-storage count (:meth:`Strategy.num_stored`, the U of the paper's CR).
-
-``plan_fill`` turns a weight-fill strategy and the list of masked weight tensors into a
-:class:`FillPlan`: a few prototype vectors and, for every layer, which prototype serves it.
-Every layer then takes the *first* ``numel`` values of its prototype, which covers all
-strategies of the paper:
-
-=========  ======================================================  ===========================
-strategy   prototypes                                              unique values U
-=========  ======================================================  ===========================
-Mask       one per layer, its own kaiming-normal values            P (all weights)
-OneLayer   one per distinct weight shape (first such layer's)      sum of distinct shapes
-MP         the first largest layer's values                        d_max
-RP         first ``int(d_max*ratio)+1`` values of MP, tiled        int(d_max*ratio)+1
-=========  ======================================================  ===========================
-
-Values come from :mod:`pemn.rng`: layer ``i`` (in module order) owns stream ``i`` and its
-kaiming-normal std ``sqrt(2 / fan_in)`` (fan_in mode, relu gain), as in the official code. The
-RP permutation uses stream ``2**32`` so it never collides with a layer's stream. Section 3 of
-the paper (arXiv 2210.06699) describes the strategies; docs/METHOD.md our choices.
+Every strategy is a frozen dataclass registered by name (:func:`register_strategy`) and stored
+as ``{"name": ..., **fields}`` (:func:`strategy_to_dict`). A weight fill's planner
+(:func:`plan_fill`) gives a few prototype vectors and, per layer, which prototype serves it; a
+layer takes the first ``numel`` values of its prototype. Layer ``i`` (module order) draws from
+:mod:`pemn.rng` stream ``i`` at its kaiming std ``sqrt(2 / fan_in)``; the RP permutation from
+stream ``2**32``. docs/METHOD.md, section 2, tabulates the strategies and their U.
 """
 from __future__ import annotations
 
@@ -49,13 +31,8 @@ _PERMUTATION_STREAM = 2**32
 
 
 class Strategy:
-    """Base of every strategy; subclasses are frozen dataclasses, registered by name.
-
-    A subclass sets ``title`` (for people) and may override :meth:`label`, :meth:`tag`,
-    :meth:`num_stored` and :meth:`keep_ratio`; ``name`` is set by
-    :func:`register_strategy`. The default :meth:`num_stored` counts a weight fill's unique
-    values (:func:`plan_fill`).
-    """
+    """Base of every strategy: a frozen dataclass with a ``title``; ``name`` is set by
+    :func:`register_strategy`."""
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""  # for people: "MP", "One-layer"
@@ -70,7 +47,7 @@ class Strategy:
         return self.name
 
     def keep_ratio(self, requested: float) -> float:
-        """The fraction of weights this strategy keeps when the config asks for ``requested``."""
+        """The kept fraction when the config asks for ``requested``."""
         return requested
 
     def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float) -> int:
@@ -87,22 +64,15 @@ FILLS: dict[str, type[Strategy]] = {}  # those that ``pemn.apply_`` builds (weig
 
 
 def register_strategy(name: str, *, fill: bool = False):
-    """Class decorator: file a strategy dataclass under ``name`` for (de)serialisation.
-
-    Args:
-        name: the ``"name"`` of its dict form (``strategy = { name = "rp", ratio = 1e-3 }``).
-        fill: a weight fill built by ``pemn.apply_``; it then needs a planner
-            (:func:`register_planner`), unless it is ``Dense``.
+    """Class decorator: file a strategy under ``name``, the ``"name"`` of its dict form.
+    ``fill``: a weight fill, which needs a planner (:func:`register_planner`) unless Dense.
 
     Raises:
         ValueError: the name is taken.
     """
     def register(cls: type[Strategy]) -> type[Strategy]:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered by "
-                             f"{STRATEGIES[name].__module__}")
+        file_under(STRATEGIES, name)(cls)
         cls.name = name
-        STRATEGIES[name] = cls
         if fill:
             FILLS[name] = cls
         return cls
@@ -110,16 +80,11 @@ def register_strategy(name: str, *, fill: bool = False):
 
 
 def file_under(table: dict, key, entry: Callable | None = None):
-    """The one registry decorator (planners, weight functions, ``apply_`` handlers): it files
-    the function it decorates, or ``entry(fn)``, in ``table`` under ``key`` and returns it.
-
-    Raises:
-        ValueError: ``key`` is filed already (one entry per key, never a silent override).
-    """
+    """The one registry decorator: file the decorated function, or ``entry(fn)``, in ``table``
+    under ``key``. A key filed twice raises ValueError (never a silent override)."""
     def register(fn):
         if key in table:
-            raise ValueError(f"{getattr(key, '__name__', key)} is already registered in "
-                             f"{fn.__module__}'s table")
+            raise ValueError(f"{getattr(key, '__name__', key)!r} is already registered")
         table[key] = fn if entry is None else entry(fn)
         return fn
     return register
@@ -129,8 +94,8 @@ PRESETS: dict[str, Callable[..., Strategy]] = {}  # names of thin constructors (
 
 
 def register_preset(name: str, make: Callable[..., Strategy]) -> None:
-    """File ``make(**args) -> Strategy`` under ``name`` for configs: ``{ name = "random_prune",
-    cr = 0.9 }`` reads as ``make(cr=0.9)``; the strategy it returns is stored as itself."""
+    """``{ name = "random_prune", cr = 0.9 }`` in a config reads as ``make(cr=0.9)``; the
+    strategy it returns is stored as itself."""
     if name in STRATEGIES:
         raise ValueError(f"strategy name {name!r} is already registered")
     file_under(PRESETS, name)(make)
@@ -156,23 +121,18 @@ class Dense(Strategy):
 def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> None:
     value = getattr(strategy, field)
     if value not in choices:
-        raise ValueError(f"{strategy.title} {field} must be one of {list(choices)}, "
-                         f"got {value!r}")
+        raise ValueError(f"{strategy.title} {field} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Fill(Strategy):
-    """A weight fill of random values; ``values`` is a byte-neutral lever (docs/METHOD.md).
+    """A weight fill of random values; its levers are described in docs/METHOD.md.
 
     Args:
-        values: ``"signed_constant"`` (the default) keeps only the signs of the kaiming-normal
-            draws, times the same std: every value of a prototype is ``+-std`` (edge-popup's
-            "signed Kaiming constant", arXiv 1911.13299, Sec. 4.1); it gained about one point
-            on Mask and RP at no cost in bytes (docs/RESULTS.md). ``"normal"`` keeps the
-            kaiming-normal values themselves (the paper).
-        gain: ``"none"``; ``"layer"`` or ``"channel"`` learn one multiplier per masked tensor
-            or per output channel (dim 0), initialised to 1 and stored with the other
-            tensors (biprop's alpha, there computed rather than learned).
+        values: ``"signed_constant"`` (every value ``+-std``, the sign of its draw) or
+            ``"normal"`` (the kaiming-normal draws, as the paper).
+        gain: ``"none"``, or one learned multiplier per masked tensor (``"layer"``) or per
+            output channel (``"channel"``), initialised to 1.
     """
 
     values: Literal["normal", "signed_constant"] = "signed_constant"
@@ -182,6 +142,10 @@ class _Fill(Strategy):
         _check_choice(self, "values", ("normal", "signed_constant"))
         _check_choice(self, "gain", ("none", "layer", "channel"))
 
+    @property
+    def signed(self) -> bool:
+        return self.values == "signed_constant"
+
     def gain_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         if self.gain == "none":
             return None
@@ -189,7 +153,7 @@ class _Fill(Strategy):
         return (1, *ones) if self.gain == "layer" else (shape[0], *ones)
 
     def _choices(self) -> list[str]:
-        """The choices, in brackets after the title, that differ from the defaults."""
+        """Choices that differ from the defaults, in brackets after the title."""
         return ["normal"] if self.values == "normal" else []
 
     def _levers(self) -> list[tuple[str, str]]:
@@ -202,8 +166,7 @@ class _Fill(Strategy):
                 + "".join(text for text, _ in self._levers()))
 
     def tag(self) -> str:
-        # Run directories keep their names: "-sc" marks signed constants, the option that
-        # came later, whichever value is the default.
+        # "-sc" marks signed constants, whichever value is the default: run names stay stable
         signed = "-sc" if self.values == "signed_constant" else ""
         return self._base_tag() + signed + "".join(tag for _, tag in self._levers())
 
@@ -232,14 +195,9 @@ class OneLayer(_Fill):
 
 @dataclass(frozen=True, kw_only=True)
 class _SharedFill(_Fill):
-    """A fill whose one prototype serves every layer (MP, RP).
-
-    Args:
-        scale: ``"largest"`` gives every layer the values at the largest layer's kaiming std
-            (the official code); ``"layer"`` rescales each layer's slice to its own std
-            ``sqrt(2 / fan_in)``: one factor per layer, computed from the shapes, so nothing
-            more is stored.
-    """
+    """A fill whose one prototype serves every layer (MP, RP). ``scale``: ``"largest"`` (every
+    layer at the largest layer's std, the official code) or ``"layer"`` (each layer's slice
+    rescaled to its own std, by a factor computed from the shapes)."""
 
     scale: Literal["largest", "layer"] = "largest"
 
@@ -267,13 +225,8 @@ class RP(_SharedFill):
 
     Args:
         ratio: unique values relative to MP, in (0, 1]; 1e-3 is the paper's "RP 1e-3".
-        order: ``"permuted"`` (the default) shuffles the tiled vector once with a seeded
-            permutation (the official ``rand`` mode, there unseeded); ``"copy"`` tiles the
-            vector as is (the official default). Plain tiling makes every row of a layer a
-            shifted copy of the last; shuffling breaks that pattern and gained 0.7-1.2 points at
-            RP 1e-3 on Fashion-MNIST at no cost in bytes (docs/RESULTS.md). The ``packed``
-            load form holds the whole tiled vector, as sign bits with signed constants (the
-            default values), as ``d_max`` floats with normal values.
+        order: ``"permuted"`` shuffles the tiled vector once with a seeded permutation;
+            ``"copy"`` tiles it as is (the official default).
     """
 
     ratio: float = 1e-3
@@ -306,10 +259,7 @@ def strategy_to_dict(strategy: Strategy) -> dict:
 
 
 def strategy_from_dict(d: dict) -> Strategy:
-    """Inverse of :func:`strategy_to_dict`; unknown names list the valid ones.
-
-    Args:
-        d: ``{"name": ..., **fields}``; a field it leaves out takes its default.
+    """Inverse of :func:`strategy_to_dict` (a field left out takes its default).
 
     Raises:
         ValueError: not a table, an unknown name, or bad arguments for that strategy.
@@ -331,23 +281,14 @@ def strategy_from_dict(d: dict) -> Strategy:
 
 
 def fan_in(shape: tuple[int, ...]) -> int:
-    """Kaiming fan_in of a weight of ``shape``, laid out as torch's layers lay it out.
-
-    ``shape[1] * prod(shape[2:])`` for ``(out, in, *kernel)`` weights, as
-    ``torch.nn.init._calculate_fan_in_and_fan_out``. Torch refuses 1-D tensors; we say a 1-D
-    tensor (a scale vector) multiplies one input per value, so its fan_in is 1 (std sqrt(2)),
-    and so is a 0-D one. Layers with another layout (GPT-2's ``Conv1D`` stores ``(in, out)``)
-    give their own fan_in to :class:`TensorSpec`.
-    """
+    """Kaiming fan_in of an ``(out, in, *kernel)`` weight, as torch computes it; 1 for a 1-D or
+    0-D tensor (torch refuses those: a scale vector multiplies one input per value)."""
     return shape[1] * math.prod(shape[2:]) if len(shape) > 1 else 1
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A masked weight tensor: its qualified name, shape and kaiming fan_in.
-
-    ``fan_in`` 0 means :func:`fan_in` of the shape (torch's (out, in, *kernel) layout).
-    """
+    """A masked weight tensor; ``fan_in`` 0 means :func:`fan_in` of the shape."""
 
     name: str
     shape: tuple[int, ...]
@@ -363,13 +304,12 @@ class TensorSpec:
 
     @property
     def std(self) -> float:
-        # kaiming_normal(fan_in, relu): sqrt(2 / fan_in), as the official code initialises.
         return math.sqrt(2.0 / self.effective_fan_in)
 
 
 @dataclass(frozen=True)
 class Prototype:
-    """How to regenerate one stored vector: the stream, length, std and the tiling recipe."""
+    """How to regenerate one prototype vector: its stream, length, std and tiling."""
 
     stream: int
     numel: int  # values drawn from the stream
@@ -379,7 +319,7 @@ class Prototype:
     signed: bool = False  # keep only the signs of the draws: every value is +-std
 
     def draw(self, seed: int) -> np.ndarray:
-        """The drawn values (before tiling): kaiming-normal, or their signs times ``std``."""
+        """The drawn values, before tiling."""
         values = rng.normal(seed, self.stream, self.numel, self.std)
         if self.signed:
             # in place, no second array: no draw is ever 0, so its sign is that of >= 0
@@ -387,7 +327,7 @@ class Prototype:
         return values
 
     def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
-        """The drawn values -> the full prototype vector (RP tiling and permutation)."""
+        """The drawn values -> the full vector (RP tiling and permutation)."""
         values = drawn
         if self.tile_to > self.numel:
             values = np.tile(values, -(-self.tile_to // self.numel))[: self.tile_to]
@@ -406,7 +346,7 @@ class Prototype:
 
 @dataclass(frozen=True)
 class FillPlan:
-    """Prototypes plus, for each layer (same order as the specs), the index of its prototype."""
+    """Prototypes and, per layer (in spec order), the index of its prototype."""
 
     prototypes: tuple[Prototype, ...]
     sources: tuple[int, ...]
@@ -417,7 +357,7 @@ class FillPlan:
         return sum(p.numel for p in self.prototypes)
 
     def scale(self, layer: int) -> float:
-        """The factor on layer ``layer``'s slice of its prototype (1.0 unless ``scale="layer"``)."""
+        """The factor on layer ``layer``'s slice of its prototype."""
         return self.scales[layer] if self.scales else 1.0
 
     def generate(self, seed: int) -> list[np.ndarray]:
@@ -426,17 +366,8 @@ class FillPlan:
 
     def layer_values(self, prototypes: Sequence[torch.Tensor],
                      specs: Sequence[TensorSpec]) -> list[torch.Tensor]:
-        """Each layer's fixed values: a view ``prototypes[src][:numel].view(shape)``.
-
-        Args:
-            prototypes: the vectors of :meth:`generate` as torch tensors (on any device), in
-                plan order; layers that share a prototype share its storage.
-            specs: the masked tensors, in the order the plan was made for.
-
-        Returns:
-            One tensor per spec: a view into its prototype (no copy), or, for a layer with a
-            scale other than 1, its own scaled copy.
-        """
+        """Each layer's fixed values from the :meth:`generate` vectors as torch tensors: a view
+        into its prototype (layers share storage), or a scaled copy for a scale other than 1."""
         out = []
         for i, (src, s) in enumerate(zip(self.sources, specs)):
             view = prototypes[src][: s.numel].view(s.shape)
@@ -454,8 +385,8 @@ def register_planner(cls: type[Strategy]):
 
 @register_planner(Mask)
 def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:
-    signed = strategy.values == "signed_constant"
-    protos = tuple(Prototype(i, s.numel, s.std, signed=signed) for i, s in enumerate(specs))
+    protos = tuple(Prototype(i, s.numel, s.std, signed=strategy.signed)
+                   for i, s in enumerate(specs))
     return FillPlan(protos, tuple(range(len(specs))))
 
 
@@ -466,42 +397,27 @@ def _plan_one_layer(strategy: OneLayer, specs: list[TensorSpec]) -> FillPlan:
     for i, s in enumerate(specs):
         if s.shape not in first_of_shape:
             first_of_shape[s.shape] = len(protos)
-            protos.append(Prototype(i, s.numel, s.std,
-                                    signed=strategy.values == "signed_constant"))
+            protos.append(Prototype(i, s.numel, s.std, signed=strategy.signed))
         sources.append(first_of_shape[s.shape])
     return FillPlan(tuple(protos), tuple(sources))
 
 
-def _largest(specs: list[TensorSpec]) -> int:
-    # The first of several equally large layers wins, as in the official code.
-    return max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
-
-
-def _shared_plan(strategy: _SharedFill, specs: list[TensorSpec], proto: Prototype) -> FillPlan:
-    """One prototype for every layer, with per-layer scales if ``strategy.scale == "layer"``."""
+@register_planner(MP)
+@register_planner(RP)
+def _plan_shared(strategy: _SharedFill, specs: list[TensorSpec]) -> FillPlan:
+    """One prototype for every layer: the first largest layer's values (as the official code);
+    RP draws only ``int(d_max * ratio) + 1`` of them and tiles them to ``d_max``."""
+    big = max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
+    d_max, std = specs[big].numel, specs[big].std
+    if isinstance(strategy, RP):
+        proto = Prototype(big, min(int(d_max * strategy.ratio) + 1, d_max), std, tile_to=d_max,
+                          permute=strategy.order == "permuted", signed=strategy.signed)
+    else:
+        proto = Prototype(big, d_max, std, signed=strategy.signed)
     scales = ()
     if strategy.scale == "layer":  # float32 factors, so every machine multiplies the same
-        scales = tuple(float(np.float32(s.std / proto.std)) for s in specs)
+        scales = tuple(float(np.float32(s.std / std)) for s in specs)
     return FillPlan((proto,), (0,) * len(specs), scales)
-
-
-@register_planner(MP)
-def _plan_mp(strategy: MP, specs: list[TensorSpec]) -> FillPlan:
-    big = _largest(specs)
-    proto = Prototype(big, specs[big].numel, specs[big].std,
-                      signed=strategy.values == "signed_constant")
-    return _shared_plan(strategy, specs, proto)
-
-
-@register_planner(RP)
-def _plan_rp(strategy: RP, specs: list[TensorSpec]) -> FillPlan:
-    big = _largest(specs)
-    d_max = specs[big].numel
-    num_unique = min(int(d_max * strategy.ratio) + 1, d_max)
-    proto = Prototype(big, num_unique, specs[big].std, tile_to=d_max,
-                      permute=strategy.order == "permuted",
-                      signed=strategy.values == "signed_constant")
-    return _shared_plan(strategy, specs, proto)
 
 
 def plan_fill(strategy: Strategy, specs: list[TensorSpec]) -> FillPlan:

@@ -1,44 +1,25 @@
-"""Sparse selection: top-k of |scores| per tensor with a straight-through gradient.
+"""Top-k of |scores| per tensor with a straight-through gradient, and computed tensors.
 
-The paper (arXiv 2210.06699, Sec. 3) keeps frozen random weights and learns one score per weight;
-the forward pass uses the weights whose |score| is among the largest ``keep_ratio`` of their
-tensor, and the scores are trained with edge-popup's straight-through estimator (arXiv
-1911.13299). docs/METHOD.md describes the method; docs/PERFORMANCE.md measures this module.
+PEMN keeps frozen random weights and learns one score per weight; the forward pass uses the
+weights whose |score| is among the largest ``keep_ratio`` of their tensor, trained with
+edge-popup's straight-through estimator (docs/METHOD.md; docs/PERFORMANCE.md measures this).
 
-**Computed tensors**, the one mechanism of every family and load form: :func:`compute_` makes
-``module.<name>`` the tensor ``f(module, name)``, computed at every read from stored tensors
-``<name><suffix>`` (:data:`SUFFIXES`, their one table). It is a property of a dynamically
-created subclass of the module's own class (the mechanism of ``torch.nn.utils.parametrize``),
-so the module stays an instance of its torch class, its ``forward`` is untouched
-(``nn.MultiheadAttention`` reads ``in_proj_weight`` and ``out_proj.weight`` directly, so
-overriding ``forward`` could not cover it), and hooks keep working; :func:`bake_` turns it back
-into a plain Parameter. A PEMN-masked tensor (:func:`mask_tensor_`) stores ``_fixed`` (the
-frozen random values, a buffer), ``_scores`` (one learnable score per value) and, when the
-strategy asks for one, ``_gain`` (a learned multiplier per tensor or output channel), and
-computes ``[gain *] fixed * topk_mask(|scores|)``.
+**Computed tensors** are the one mechanism of every family and load form: :func:`compute_` makes
+``module.<name>`` a property of a dynamic subclass of the module's class (as
+``torch.nn.utils.parametrize`` does), computed at every read from stored tensors
+``<name><suffix>`` (:data:`SUFFIXES`). ``forward`` and hooks are untouched, which matters for
+``nn.MultiheadAttention``, which reads ``in_proj_weight`` directly. :func:`bake_` undoes it.
 
-Each scores tensor owns one :class:`_State` (shared by every module tied to it):
+Each scores tensor owns one :class:`_State` (shared by tied modules) caching the masked weight
+(docs/PERFORMANCE.md, "Masked-weight caches"). In training it is reused until a backward pass
+through it has run or a tensor changes in place (version counters), so a weight read several
+times per step costs one top-k; like autograd, it cannot see scores written through ``.data``
+between two forwards with no backward between. In evaluation it is kept until the scores differ
+from a snapshot.
 
-* **training** (gradients wanted): the masked weight is built once and reused by every read until
-  a backward pass through it has run or the scores or fixed values change in place (version
-  counters). A weight read several times in one step (tied embeddings; ``nn.MultiheadAttention``
-  reads ``in_proj_weight`` four times) so costs one top-k. Like autograd itself, this cannot see
-  scores written through ``.data`` between a forward and the next one when no backward ran in
-  between; in-place writes under ``torch.no_grad()`` are seen.
-* **evaluation** (no gradients, module in eval mode): the masked weight is cached until the
-  scores' values differ from a snapshot taken with it (so writes through ``.data``, which do not
-  move the version counter, are seen) or the fixed values change in place; a weight cached under
-  ``torch.inference_mode()`` is rebuilt before it is used outside it.
-* **no gradients in training mode**: built afresh on every read.
-
-The top-k itself is exact and deterministic: it keeps exactly :func:`num_kept` entries, the
-largest |score| first and, among equal |scores|, the lower flat position first. It is found by
-counting rather than sorting: probe a threshold ``t``, count ``|s| >= t`` (one cheap pass that
-also writes the mask), and move ``t`` by the local density until the count is exact; the last
-step's threshold is the next step's first probe, since scores move little per step. When the
-probes do not land exactly (ties, or a slow start), only the entries between the last two
-probes are resolved exactly. benchmarks/topk.py compares it with ``topk``, ``sort`` and
-``kthvalue``.
+The top-k keeps exactly :func:`num_kept` entries, ties broken by lower flat position. It counts
+rather than sorts: probe a threshold ``t``, count ``|s| >= t``, move ``t`` by the local density
+(starting from the last step's threshold), then resolve the entries between the last two probes.
 """
 from __future__ import annotations
 
@@ -54,16 +35,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 __all__ = ["num_kept", "topk_mask", "mask_tensor_", "masked_names", "current_mask",
            "cached_tensors", "compute_", "bake_", "computed_names", "parts", "SUFFIXES"]
 
-# Up to this many entries one exact resolution (a kthvalue) is cheaper than probing.
-_SMALL = 4096
-# Probes before the entries between the last two are resolved exactly; each probe is one
-# compare-and-count pass, the resolution about four (a nonzero scan plus a small kthvalue).
-_PROBES = 6
-# Entries sampled (strided) for the first guess of a tensor's threshold and density.
-_SAMPLE = 2048
-# A float32 sum of {0, 1} values is an exact count up to 2**24 entries; longer masks are summed
-# in chunks of that size.
-_EXACT_F32 = 1 << 24
+_SMALL = 4096  # up to this many entries one kthvalue is cheaper than probing
+_PROBES = 6  # one probe is one count pass; resolving the band costs about four
+_SAMPLE = 2048  # entries sampled for the first guess of threshold and density
+_EXACT_F32 = 1 << 24  # a float32 sum of {0, 1} counts exactly up to 2**24 entries
 
 
 def num_kept(numel: int, keep_ratio: float) -> int:
@@ -71,33 +46,27 @@ def num_kept(numel: int, keep_ratio: float) -> int:
     return numel - int((1.0 - keep_ratio) * numel)
 
 
-# --------------------------------------------------------------------------------------------
-# Exact top-k by counting
-# --------------------------------------------------------------------------------------------
-
 def _count(mask: torch.Tensor) -> int:
-    """Number of ones in a flat {0, 1} tensor, exactly."""
     if mask.numel() <= _EXACT_F32:
         return int(mask.sum(dtype=torch.float32))
     return sum(int(part.sum(dtype=torch.float32)) for part in mask.split(_EXACT_F32))
 
 
 def _sorted_select(a: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
-    """The reference selection: a stable sort keeps equal values in position order."""
+    """The reference: a stable sort keeps equal values in position order."""
     out.zero_()
     out[a.sort(descending=True, stable=True).indices[:k]] = 1
     return out
 
 
 def _rounded(x: float, dtype: torch.dtype) -> float:
-    """``x`` rounded to ``dtype``: a threshold compares as that value against the tensor."""
+    """``x`` as a threshold of ``dtype`` compares against the tensor."""
     if dtype == torch.float32:  # numpy's scalar is ten times cheaper than a tensor
         return float(np.float32(x))
     return float(torch.tensor(x, dtype=dtype))
 
 
 def _above(x: float, dtype: torch.dtype) -> float:
-    """The next value of ``dtype`` above ``x`` (a representable ``x``)."""
     t = torch.tensor(x, dtype=dtype)
     return float(torch.nextafter(t, torch.tensor(math.inf, dtype=dtype)))
 
@@ -118,9 +87,8 @@ def _first_guess(a: torch.Tensor, k: int) -> tuple[float, float]:
 class _Bracket:
     """Thresholds ``lo < hi`` with count(lo) > k > count(hi), where count(t) = #(|s| >= t).
 
-    Inside a closed bracket the next probe interpolates the count linearly (the Illinois
-    variant of regula falsi: an end kept twice in a row has its weight halved, so both ends
-    move); while one side is still open it steps by the density, doubling the step each time.
+    A closed bracket interpolates (Illinois regula falsi: an end kept twice has its weight
+    halved); while one side is open it steps by the density, doubling the step each time.
     """
 
     def __init__(self, n: int, k: int, density: float, dtype: torch.dtype) -> None:
@@ -160,14 +128,9 @@ class _Bracket:
 
 def _resolve(a: torch.Tensor, k: int, lo_t: float, hi_t: float, out: torch.Tensor
              ) -> float | None:
-    """Keep ``a >= hi_t``, then the largest of ``lo_t <= a < hi_t`` up to ``k``.
-
-    Equal values are taken in position order (``nonzero`` lists positions ascending).
-
-    Returns:
-        The smallest kept value (the next step's first probe), or None if the bracket cannot
-        give ``k`` (NaN scores): then the caller falls back to the sort.
-    """
+    """Keep ``a >= hi_t``, then the largest of ``lo_t <= a < hi_t`` up to ``k``, equal values
+    in position order. Returns the smallest kept value, or None if the bracket cannot give
+    ``k`` (NaN scores: the caller falls back to the sort)."""
     need = k - _count(torch.ge(a, hi_t, out=out))
     band = ((a >= lo_t) & (a < hi_t)).nonzero().squeeze(1)
     if not 0 <= need <= band.numel():
@@ -183,11 +146,8 @@ def _resolve(a: torch.Tensor, k: int, lo_t: float, hi_t: float, out: torch.Tenso
 
 
 def _next_to_bracket(a: torch.Tensor, bracket: _Bracket, buf: torch.Tensor) -> float | None:
-    """When an end of the bracket is one entry away from k, the threshold that keeps k.
-
-    One masked max (or min) finds the k-th largest value (or the (k+1)-th) directly, where
-    interpolation would need a few more probes to land in the gap between two values.
-    """
+    """When an end of the bracket is one entry away from k, the threshold that keeps k: one
+    masked max (or min) instead of a few probes landing between two values."""
     if bracket.hi_c == bracket.k - 1 and math.isfinite(bracket.hi_t):
         torch.lt(a, bracket.hi_t, out=buf)
         return float(buf.mul_(a).max())  # the largest value below hi: the k-th
@@ -219,8 +179,7 @@ class _Hint(NamedTuple):
 
 
 def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, _Hint | None]:
-    """A {0, 1} tensor like the flat ``a`` (|scores|) keeping its ``k`` largest, and the hint
-    for the next call on the same tensor."""
+    """A {0, 1} tensor keeping the ``k`` largest of flat ``a``, and the hint for the next call."""
     out = torch.empty_like(a)
     n = a.numel()
     if k >= n or k <= 0:
@@ -247,18 +206,11 @@ def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, 
 
 
 def topk_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """A {0,1} tensor (scores' dtype and shape) keeping exactly ``num_kept`` largest |scores|.
-
-    Among equal |scores| the lower flat position is kept first, so the mask is a deterministic
-    function of the scores, the same on every device.
-    """
+    """A {0,1} tensor like ``scores`` keeping exactly ``num_kept`` largest |scores|; among equal
+    ones the lower flat position first, so the mask is the same on every device."""
     a = scores.detach().abs().flatten()
     return _select(a, num_kept(a.numel(), keep_ratio), None)[0].view(scores.shape)
 
-
-# --------------------------------------------------------------------------------------------
-# The masked weight and its caches
-# --------------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
 class _StepWeight:
@@ -304,39 +256,25 @@ def _state(scores: torch.Tensor) -> _State:
 
 
 def _masked_values(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float,
-                   state: _State | None) -> torch.Tensor:
+                   state: _State) -> torch.Tensor:
     """``fixed * mask``; the mask buffer becomes the result. Call with autograd off."""
     a = scores.abs().flatten()
-    mask, hint = _select(a, num_kept(a.numel(), keep_ratio), state and state.hint)
-    if state is not None:
-        state.hint = hint
+    mask, state.hint = _select(a, num_kept(a.numel(), keep_ratio), state.hint)
     mask = mask.view(fixed.shape)
     if mask.dtype != fixed.dtype:
         return fixed * mask.to(fixed.dtype)
     return mask.mul_(fixed)
 
 
-def _key(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> tuple:
-    return (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
-
-
 class _MaskedWeight(torch.autograd.Function):
-    """``fixed * mask(|scores|)``; backward treats the mask as identity (STE).
-
-    The official code applies the STE to ``|scores|``, so autograd then multiplies by
-    ``sign(scores)``: ``dL/ds = dL/dw_eff * fixed * sign(scores)``, built here in the one
-    tensor that is returned. With a ``state``, the masked weight of the step is reused by
-    every read until a backward pass through it has run. Autograd is off in ``forward``, so
-    the selection records nothing.
-    """
+    """``fixed * mask(|scores|)``; backward treats the mask as identity on ``|scores|`` (as the
+    official code): ``dL/ds = dL/dw * fixed * sign(scores)``. The step's weight is reused by
+    every read until a backward pass through it has run."""
 
     @staticmethod
     def forward(ctx, fixed, scores, keep_ratio, state):
         ctx.save_for_backward(fixed, scores)
-        if state is None:
-            ctx.entry = None
-            return _masked_values(fixed, scores, keep_ratio, None)
-        key = _key(fixed, scores, keep_ratio)
+        key = (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
         if state.step is None or not state.step.valid(key):
             state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
         ctx.entry = state.step
@@ -344,8 +282,7 @@ class _MaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.entry is not None:  # the step is over: the next one needs a new mask
-            ctx.entry.value = None
+        ctx.entry.value = None  # the step is over: the next one needs a new mask
         fixed, scores = ctx.saved_tensors
         return None, torch.sign(scores).mul_(fixed).mul_(grad), None, None
 
@@ -377,12 +314,7 @@ def _masked(module: nn.Module, name: str) -> torch.Tensor:
     return weight if gain is None else weight * gain
 
 
-# --------------------------------------------------------------------------------------------
-# Computed tensors: the one mechanism of every family and every load form
-# --------------------------------------------------------------------------------------------
-
-# The one table of the suffixes under which a computed tensor ``w`` stores its parts, as
-# ``w_fixed`` etc. in the module and its state_dict; pack, load, storage and transform read it.
+# The one table of suffixes under which a computed tensor ``w`` stores its parts (``w_fixed``).
 FIXED, SCORES, GAIN = "_fixed", "_scores", "_gain"  # PEMN: frozen values, scores, learned gain
 LATENT, MASK = "_orig", "_mask"  # trained weights (the layout of torch.nn.utils.prune)
 BITS, VALUES = "_bits", "_values"  # the packed form: packed mask bits, shared prototype
@@ -415,11 +347,8 @@ def compute_(module: nn.Module, name: str, fn, stored: dict[str, torch.Tensor],
              transient: dict[str, torch.Tensor] | None = None) -> None:
     """Make ``module.<name>`` the tensor ``fn(module, name)``, computed at every read.
 
-    The Parameter ``module.<name>`` is removed. ``stored`` maps suffixes of :data:`SUFFIXES`
-    to tensors: a Parameter is registered as ``<name><suffix>`` and trains, any other tensor
-    is a buffer; ``transient`` ones are buffers left out of the state_dict. The module stays
-    an instance of its class (a dynamic subclass adds the property, as
-    ``torch.nn.utils.parametrize`` does), its ``forward`` and hooks are untouched.
+    ``stored`` maps suffixes to tensors, registered as ``<name><suffix>``: a Parameter trains,
+    any other tensor is a buffer; ``transient`` ones are buffers left out of the state_dict.
     """
     module._parameters.pop(name, None)
     transient = transient or {}
@@ -458,11 +387,8 @@ def masked_names(module: nn.Module) -> tuple[str, ...]:
 
 def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torch.Tensor,
                  keep_ratio: float, gain: torch.Tensor | None = None) -> None:
-    """Turn ``module.<name>`` (a Parameter) into frozen ``fixed`` values masked by ``scores``.
-
-    With a ``gain`` (broadcastable to the weight), the weight is ``gain * fixed * mask`` and
-    the gain is a learned Parameter ``{name}_gain``.
-    """
+    """Turn Parameter ``module.<name>`` into frozen ``fixed`` values masked by ``scores``, times
+    a learned ``gain`` (broadcastable) if given."""
     param = getattr(module, name)
     like = {"device": param.device, "dtype": param.dtype}
     stored = {FIXED: fixed.to(**like), SCORES: nn.Parameter(scores.to(**like))}
@@ -479,12 +405,8 @@ def current_mask(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def cached_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """The tensors the masked weight caches of ``module`` hold (for memory accounting).
-
-    Returns:
-        The cached masked weights and score snapshots of the module's masked tensors (a tied
-        tensor's cache is listed by every module that reads it).
-    """
+    """The cached masked weights and score snapshots of ``module`` (for memory accounting; a
+    tied tensor's cache is listed by every module that reads it)."""
     out = []
     for name in masked_names(module):
         state = _STATES.get(getattr(module, name + SCORES))

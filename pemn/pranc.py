@@ -14,21 +14,19 @@ is ONE trained vector of ``k`` values shared by every compressed layer. What we 
   float32. Counter-based words give any chunk of basis networks directly.
 * **Init** as the official code: ``alpha = 0`` but ``alpha[0] = 1``, so training starts from
   basis network 0, a standard random initialisation; there is no other offset term.
-* **Norm layers, biases and everything else not compressed** train and are stored as usual
-  (the "other tensors", as for PEMN). The official code reparametrises every parameter,
-  BatchNorm affines included; here only the maskable layers are (``dense_ends`` as the other
-  families). It trains a window of alphas per epoch to save compute; here all of ``alpha``
-  trains at every step (the paper's full gradient; the same optimizer as every family).
+* **Norm layers, biases, the rest** train and are stored as usual. The official code
+  reparametrises every parameter, BatchNorm included, and trains a window of alphas per epoch;
+  here only the maskable layers (``dense_ends`` as the other families), all of ``alpha``.
 
 Memory: the basis is held (``k * P * 4`` bytes) when that is at most ``basis_mib``, else each
-forward and backward regenerates it in chunks of basis networks (:class:`_Combine`). Both
-compute chunk by chunk in the same order, so they give bit-identical weights and gradients.
+forward and backward regenerates it in chunks of basis networks (:class:`_Combine`), in the
+same order: bit-identical weights and gradients.
 
 Stored (``pemn.save``): per compressed layer an empty ``pranc`` entry (its name and shape),
-``alpha`` once as a raw tensor ``<first layer>_gain`` at the file's precision (fp16 with
-``precision="fp16"``; the other layers tie to it), the seed in the header, the rest as usual.
-In the model, ``alpha`` is every compressed layer's ``<name>_gain`` (the gains of the basis
-networks; one Parameter) and ``<name>_orig`` a zero-byte placeholder of the layer's shape.
+``alpha`` once as a raw tensor ``<first layer>_gain`` at the file's precision (the other
+layers tie to it), the seed in the header, the rest as usual. In the model, ``alpha`` is every
+compressed layer's ``<name>_gain`` (one Parameter) and ``<name>_orig`` a zero-byte placeholder.
+Loaded by the forms of :mod:`pemn.artifact.forms` (:func:`_rebuild` is its rebuild hook).
 """
 from __future__ import annotations
 
@@ -44,17 +42,20 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.format import ArtifactError
-from pemn.artifact.load import _escape_glob, _fill_stored, _skeleton, register_reader
+from pemn.artifact.forms import register_rebuild
 from pemn.artifact.weights import Encoding, TrainedWeights, register_encoding
-from pemn.competitors import _chosen, _spec
+from pemn.competitors import compressed_targets, trained_spec
 from pemn.fill import register_strategy
 from pemn.masking import GAIN, LATENT, compute_
-from pemn.transform import apply_, materialize_, register_handler
+from pemn.transform import register_handler
 
-__all__ = ["PRANC"]
+__all__ = ["PRANC", "MAX_BASIS_VALUES"]
 
 _STREAM = 0x5052414E43 << 20  # "PRANC"; stream of compressed layer l: _STREAM + l
 _CHUNK_VALUES = 2**20  # basis values per chunk (4 MiB of float32, 8 MiB of words)
+# The loader's budget for a file's basis (k * P values; max_elements bounds allocations): ~40
+# ns a value, once at load or per forward when chunked (~11 s); the 16 kB fmnist file's 156 M fit
+MAX_BASIS_VALUES = 2**28
 
 
 @register_strategy("pranc")
@@ -97,8 +98,7 @@ class PRANC(TrainedWeights):
 
 
 def _no_decode(data: bytes, shape, k):
-    raise ArtifactError("pranc: a layer's weight is rebuilt from the seed and alpha, never "
-                        "decoded alone")
+    raise ArtifactError("pranc: a weight is rebuilt from the seed and alpha, never decoded")
 
 
 # The per-layer entry holds no bytes: it records the compressed layer's name and shape.
@@ -163,7 +163,7 @@ def _weight(basis: _Basis, shape, module: nn.Module, name: str) -> torch.Tensor:
 @register_handler(PRANC, uses=("seed",))
 def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
     """Each chosen weight becomes ``B_l @ alpha``, ``alpha`` one Parameter for all of them."""
-    chosen = _chosen(targets, strategy.dense_ends)
+    chosen = compressed_targets(targets, strategy.dense_ends)
     weights = [getattr(t.module, t.name) for t in chosen]
     device = weights[0].device
     alpha = nn.Parameter(torch.zeros(strategy.k, device=device))
@@ -178,44 +178,31 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
         placeholder = torch.zeros((), device=device).expand(w.shape)  # no bytes: see pack
         compute_(t.module, t.name, functools.partial(_weight, basis, tuple(w.shape)),
                  {GAIN: alpha}, {LATENT: placeholder})
-    return _spec(strategy, chosen, seed)
+    return trained_spec(strategy, chosen, seed)
 
 
-@register_reader(PRANC)
-def _read(header, strategy: PRANC, tensors: dict, model, form: str, device, limit: int):
-    """Checks the file against PRANC's layout, then rebuilds: ``train`` applies PRANC with the
-    file's seed and alpha, ``dense`` bakes that, ``packed`` holds no basis (regenerated in
-    chunks at every read)."""
-    layers = header.encoded
+@register_rebuild(PRANC)
+def _rebuild(p, form: str) -> PRANC:
+    """Checks the file against PRANC's layout and its work against :data:`MAX_BASIS_VALUES`;
+    the forms then apply PRANC with the file's seed, alpha filled in as a stored tensor. The
+    loader holds a basis of at most the default ``basis_mib`` whatever the file says, and none
+    in the ``packed`` form (regenerated in chunks at every read)."""
+    header, strategy, layers = p.header, p.strategy, p.header.encoded
     if any(e.encoding != "pranc" or e.length for e in layers):
         raise ArtifactError("a PRANC file stores an empty pranc entry per compressed layer")
     work = strategy.k * sum(e.numel for e in layers)
-    if work > limit:
+    if work > MAX_BASIS_VALUES:
         raise ArtifactError(f"PRANC k={strategy.k:,} over {work // strategy.k:,} weights "
-                            f"regenerates {work:,} basis values, more than max_elements="
-                            f"{limit:,}; pass a larger max_elements to load it")
+                            f"regenerates {work:,} basis values, more than pemn.pranc."
+                            f"MAX_BASIS_VALUES={MAX_BASIS_VALUES:,}; raise it to load this file")
     name = layers[0].name + GAIN
-    alpha = tensors.get(name)
+    alpha = p.tensors.get(name)
     if alpha is None or tuple(alpha.shape) != (strategy.k,) or not alpha.is_floating_point() \
             or not bool(torch.isfinite(alpha.float()).all()):  # a float64 1e300: inf in float32
         got = "none" if alpha is None else f"{list(alpha.shape)} {alpha.dtype}"
         raise ArtifactError(f"PRANC k={strategy.k} needs alpha {name} of {strategy.k} float32 "
                             f"numbers; the file holds {got}")
-    ties = {a: t for a, t in header.ties if t == name}
-    if ties != {e.name + GAIN: name for e in layers[1:]}:
+    if {a: t for a, t in header.ties if t == name} != {e.name + GAIN: name for e in layers[1:]}:
         raise ArtifactError("PRANC's compressed layers must all share the one alpha")
-    out = _skeleton(header, model, "train", device)  # alpha is a gain: no skeleton has it
-    run = replace(strategy, dense_ends=False, basis_mib=0 if form == "packed"
-                  else strategy.basis_mib)
-    apply_(out, run, seed=header.seed, include=[_escape_glob(e.name) for e in layers])
-    if [t.name for t in out.pemn_spec.tensors] != [e.name for e in layers]:
-        raise ArtifactError("PRANC compresses other tensors of this skeleton than the file "
-                            "lists")
-    out.pemn_spec.strategy = strategy
-    _fill_stored(out, header, tensors)
-    if form == "dense":
-        return materialize_(out)
-    if form == "packed":
-        del out.pemn_spec
-        out.get_parameter(layers[0].name + GAIN).requires_grad_(False)
-    return out
+    held = 0 if form == "packed" else min(strategy.basis_mib, PRANC.basis_mib)
+    return replace(strategy, basis_mib=held)

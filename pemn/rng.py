@@ -1,11 +1,9 @@
 """A portable random generator: the same seed gives the same float32 bytes on every machine.
 
 PEMN stores a model as a seed plus masks, so the frozen random weights must be regenerated
-bit-identically on any CPU or GPU, OS, torch or numpy version. torch's generators promise none of
-that (CUDA output depends on the GPU model for large tensors; CPU and CUDA differ), and libm's
-``log``/``cos`` may differ in the last bit between platforms. This module therefore uses only
-integer arithmetic and IEEE-754 operations that are correctly rounded by definition
-(+, -, *, /, sqrt), evaluated element-wise by numpy in a fixed order.
+bit-identically on any machine and library version. torch's generators promise none of that,
+and libm's ``log`` may differ in the last bit between platforms, so this module uses only
+integer arithmetic and correctly rounded IEEE-754 operations (+, -, *, /, sqrt), element-wise.
 
 Algorithm ``pemn-splitmix-polar-v1`` (the id is stored in every artifact):
 
@@ -96,11 +94,7 @@ def _polar(seed: int, stream: int, pair: int, num_pairs: int) -> np.ndarray:
 
 def normal(seed: int, stream: int, n: int, std: float = 1.0) -> np.ndarray:
     """``n`` float32 values ~ N(0, std**2) of stream ``stream``; identical on every machine.
-
-    Drawn in chunks of at most ``_CHUNK_PAIRS`` pairs, each scaled in float64 and rounded once
-    into the output: the bytes do not depend on the chunk size (the prefix property), and the
-    memory is the float32 output plus one chunk's temporaries.
-    """
+    Drawn in chunks (the bytes do not depend on their size: the prefix property)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     out = np.empty(n, dtype=np.float32)

@@ -61,15 +61,12 @@ def _describe_model(name, kwargs: dict) -> str:
 
 
 def build_model(cfg: RunConfig, **given) -> torch.nn.Module:
-    """``create_model`` + ``pemn.apply_`` of the configured strategy, given the config's
-    keep_ratio and seed where the strategy uses them.
-
-    ``given``: model arguments from the data (:func:`model_kwargs`); ``model.kwargs`` win.
-    """
+    """``create_model`` (``given``: arguments from the data, :func:`model_kwargs`; the config's
+    ``model.kwargs`` win), then ``pemn.apply_`` of the strategy with the ``mask`` options it
+    uses (keep_ratio, seed)."""
     model = create_model(cfg.model.name, **{**given, **cfg.model.kwargs})
     m = cfg.mask
-    args = {k: getattr(m, k) for k in accepts(m.strategy)}
-    return apply_(model, m.strategy, **args)
+    return apply_(model, m.strategy, **{k: getattr(m, k) for k in accepts(m.strategy)})
 
 
 def data_info(cfg: RunConfig) -> DatasetInfo:
@@ -79,15 +76,10 @@ def data_info(cfg: RunConfig) -> DatasetInfo:
 
 
 def model_kwargs(cfg: RunConfig, info: DatasetInfo) -> dict:
-    """What ``info`` says about the inputs of ``cfg``'s model: the ``pemn.models.DATA_ARGS``
-    it accepts (channels, image size, flat input size, classes).
-
-    ``model.kwargs`` win; one the data cannot train (other channels, size or input width, or
-    fewer classes than the labels) is refused, and a larger head is logged.
-
-    Raises:
-        ConfigError: a model kwarg that conflicts with the data, in one line.
-    """
+    """The ``pemn.models.DATA_ARGS`` that ``cfg``'s model accepts (channels, image size, flat
+    input size, classes), as ``info`` gives them. A ``model.kwargs`` value the data cannot
+    train (other channels, size or width, fewer classes) raises ConfigError; a larger head is
+    only logged."""
     c, s = info.channels, info.image_size
     said = {"in_channels": c, "img_size": s, "in_features": c * s * s,
             "num_classes": info.num_classes}
@@ -108,26 +100,23 @@ def model_kwargs(cfg: RunConfig, info: DatasetInfo) -> dict:
 
 
 def model_from_config(cfg: RunConfig, info: DatasetInfo | None = None) -> nn.Module:
-    """:func:`build_model` for ``cfg``'s dataset (``info``, default :func:`data_info`): the
-    model is given the data's channels, image size and classes (:func:`model_kwargs`).
+    """:func:`build_model` given what the data says (:func:`model_kwargs` of ``info``, default
+    :func:`data_info`). A bad model name is reported before any data file is read.
 
     Raises:
         RunError: the model does not fit in memory (e.g. a huge ``kernel_size``).
         ConfigError, DatasetError, ValueError: a bad config, dataset or model name, or model
             kwargs that conflict with the data.
     """
+    data_args(cfg.model.name)  # the cheap check first: an unknown name raises ValueError
     given = model_kwargs(cfg, info or data_info(cfg))
     with _enough_memory(RunError, _describe_model(cfg.model.name, {**given, **cfg.model.kwargs})):
         return build_model(cfg, **given)
 
 
 def model_from_checkpoint(state: dict, cfg: RunConfig, path: Path) -> nn.Module:
-    """The model a checkpoint's ``state`` holds, built as ``model_args`` say and filled.
-
-    Raises:
-        CheckpointError: bad ``model_args``, a model that does not fit in memory, or a
-            state that does not fit the model.
-    """
+    """The model a checkpoint's ``state`` holds, built as its ``model_args`` say; a
+    CheckpointError for bad ``model_args``, no memory, or a state that does not fit."""
     args = state["model_args"]
     if not (isinstance(args, dict) and isinstance(args.get("name"), str)
             and isinstance(args.get("kwargs"), dict)):
@@ -226,15 +215,15 @@ def _train_run(cfg: RunConfig, run_dir: RunDir, world: World, device: torch.devi
 
 
 def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train one configuration in ``RunDir.of(cfg)``; returns the summary.
-
-    A finished run is not trained again: its summary is returned.
+    """Train one configuration in ``RunDir.of(cfg)`` and return its summary (a finished run's
+    summary is returned without training).
 
     Raises:
         RunError: the directory exists and ``resume`` is False, or the model does not fit in
             memory.
         ConfigError, DatasetError, CheckpointError: a bad config, dataset or checkpoint.
     """
+    data_args(cfg.model.name)  # an unknown model name fails before any file is read or written
     world = World.from_env()
     device = resolve_device(cfg.optim.device, world)
     setup(world, device)

@@ -30,13 +30,10 @@ def _write_json(path: Path, value) -> None:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run directory: the one owner of its file names.
-
-    ``config.json`` holds the resolved config (written first), ``metrics.jsonl`` one line per
-    epoch, ``checkpoint.pt`` the training state (rewritten atomically every epoch),
-    ``summary.json`` the results (written last, so its presence means the run finished) and
-    ``model.pemn`` the packed model (written by ``pemn pack`` or a sweep).
-    """
+    """A run directory: ``config.json`` holds the resolved config (written first),
+    ``metrics.jsonl`` one line per epoch, ``checkpoint.pt`` the training state (rewritten
+    atomically every epoch), ``summary.json`` the results (written last: the run finished) and
+    ``model.pemn`` the packed model (written by ``pemn pack`` or a sweep)."""
 
     path: Path
 
@@ -54,11 +51,11 @@ class RunDir:
         """The directory a run of ``cfg`` writes: ``cfg.out_dir / cfg.run_name()``."""
         return cls(Path(cfg.out_dir) / cfg.run_name())
 
-    config = property(lambda self: self.path / self.CONFIG, doc="The resolved config (JSON).")
-    metrics = property(lambda self: self.path / self.METRICS, doc="One JSON line per epoch.")
-    checkpoint = property(lambda self: self.path / self.CHECKPOINT, doc="The training state.")
-    summary = property(lambda self: self.path / self.SUMMARY, doc="Results of a finished run.")
-    artifact = property(lambda self: self.path / self.ARTIFACT, doc="The packed model.")
+    config = property(lambda self: self.path / self.CONFIG)
+    metrics = property(lambda self: self.path / self.METRICS)
+    checkpoint = property(lambda self: self.path / self.CHECKPOINT)
+    summary = property(lambda self: self.path / self.SUMMARY)
+    artifact = property(lambda self: self.path / self.ARTIFACT)
 
     @property
     def started(self) -> bool:
@@ -69,11 +66,8 @@ class RunDir:
         return self.summary.is_file()
 
     def config_dict(self) -> dict:
-        """The stored config as plain JSON values.
-
-        Raises:
-            RunError: no config file (not a run directory), or an unreadable one.
-        """
+        """The stored config as JSON values; RunError if missing (not a run directory) or
+        unreadable."""
         if not self.started:
             raise RunError(f"{self.path} is not a run directory (no {self.CONFIG})")
         return _read_json(self.config)
@@ -115,15 +109,10 @@ _RESUMABLE_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
 
 
 def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
-    """Refuse to continue or reuse a run directory that was made by a different config.
-
-    Only keys present on both sides are compared, and the recorded config is read through this
-    pemn first (fields it lacks take today's defaults), so a config field or a strategy option
-    added to ``pemn`` later does not orphan finished runs.
-
-    Raises:
-        ConfigError: the configs differ; the message names the keys and ends with ``remedy``.
-    """
+    """Refuse (ConfigError naming the keys, ending with ``remedy``) to continue or reuse a run
+    directory made by a different config. Only keys on both sides are compared, after reading
+    the recorded config through this pemn (fields it lacks take today's defaults), so a field
+    added later does not orphan finished runs."""
     if not run_dir.started:
         return
     recorded = run_dir.config_dict()

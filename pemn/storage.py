@@ -1,32 +1,15 @@
-"""Storage accounting: the paper's compression ratio (arXiv 2210.06699, Eq. 10) and bytes.
+"""Storage accounting: the paper's P, U and compression ratio (arXiv 2210.06699, Eq. 10), and
+real bytes.
 
 The paper counts 1 bit of mask per masked weight plus 32 bits per unique stored value, and
-leaves BN and everything else out: ``CR = 1 - (P + 32 U) / (32 P)``. Real bytes on disk, with
-BN and headers, come from the artifact: :func:`size_report` reads a file (or packs a model)
-and prices it component by component, next to the usual ways of storing the same network at
-the same keep ratio. Baseline formats, per masked tensor viewed as a matrix of
-``rows = shape[0]`` rows with ``nnz = num_kept`` non-zeros (all sizes in bytes):
-
-- fp32 / fp16 dense: ``4 n`` / ``2 n`` (fp16 also halves the other float tensors);
-- CSR (as in Deep Compression, Han et al. 2016): the ``csr-f32`` encoding of
-  :func:`pemn.artifact.weights.csr_num_bytes`, fp32 values plus column indices and row pointers
-  in the smallest of 1, 2, 4 bytes that fits;
-- the paper's CSR accounting (its section 4.3): ``p (1 - r)`` fp32 values plus
-  ``2 p (1 - r)`` 32-bit positions, i.e. ``12 nnz``;
-- bitmask + fp32 values (compressed-tensors): ``ceil(n / 8) + 4 nnz + 4 rows`` (int32 row
-  offsets).
-
-Each baseline total adds the other tensors (BN, biases, unmasked layers) in fp32, exactly as an
-artifact stores them, and no header.
-
-The competitor strategies (:mod:`pemn.competitors`) are priced by real files too:
-:func:`storage_readings` packs a model in each storage reading (for ``Sparse``: a coded mask +
-fp32 values, a 1-bit bitmap + fp32 values, CSR, and the kept values alone) and returns the
-byte counts of what decodes back to the model.
+leaves BN and everything else out: ``CR = 1 - (P + 32 U) / (32 P)``. :func:`size_report` prices
+a real file component by component, next to the usual ways of storing the same network at the
+same keep ratio; :func:`storage_readings` packs a model in each storage reading of its family.
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -36,11 +19,10 @@ from pemn.artifact.format import FLOAT_DTYPES
 from pemn.artifact.weights import csr_num_bytes
 from pemn.artifact.pack import unmasked_hint
 from pemn.fill import strategy_to_dict
-from pemn.masking import SUFFIXES
+from pemn.masking import GAIN, SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
-           "bitmask_fp32_bytes", "size_report",
-           "format_size_table", "storage_readings"]
+           "bitmask_fp32_bytes", "size_report", "format_size_table", "storage_readings"]
 
 
 def paper_compression_ratio(num_masked: int, num_unique: int) -> float:
@@ -64,8 +46,7 @@ class Stats:
 
 
 def stats(model: nn.Module) -> Stats:
-    """P, U, the paper's CR and sizes of a model prepared by a strategy (``pemn.apply_`` or a
-    pruning baseline); the strategy counts its own stored values U.
+    """P, U, the paper's CR and sizes of a model prepared by ``pemn.apply_``.
 
     Raises:
         ValueError: if no strategy was applied to ``model``.
@@ -91,12 +72,8 @@ def _num_other(model: nn.Module, masked: set[str]) -> int:
                if t.is_floating_point() and not owned(n))
 
 
-# ------------------------------------------------------------------------------------------
-# Formulas (bytes) for one masked tensor or a whole model
-# ------------------------------------------------------------------------------------------
-
 def paper_bytes(num_masked: int, num_unique: int) -> int:
-    """The paper's storage: a 1-bit mask per weight and fp32 unique values, ``ceil(P/8) + 4U``."""
+    """The paper's storage: ``ceil(P/8) + 4U``."""
     return -(-num_masked // 8) + 4 * num_unique
 
 
@@ -109,15 +86,12 @@ def mask_entropy_bytes(numel: int, num_kept: int) -> float:
 
 
 def bitmask_fp32_bytes(shape, nnz: int) -> int:
-    """A 1-bit mask over all values + fp32 kept values + int32 row offsets."""
+    """A 1-bit mask over all values + fp32 kept values + int32 row offsets (compressed-tensors)."""
     return -(-math.prod(shape) // 8) + 4 * nnz + 4 * shape[0]
 
 
-# ------------------------------------------------------------------------------------------
-# size_report: real file bytes next to the formulas
-# ------------------------------------------------------------------------------------------
-
 def _baselines(masks, others_fp32: int, others_fp16: int) -> dict[str, int]:
+    """The masked tensors stored the usual ways; the other tensors in fp32 (fp16 with fp16)."""
     num_masked = sum(m["numel"] for m in masks)
     return {
         "fp32_dense": 4 * num_masked + others_fp32,
@@ -134,32 +108,27 @@ def size_report(source) -> dict:
     """Bytes per component of an artifact, P, U, compression ratios and baseline sizes.
 
     Args:
-        source: an artifact path or bytes, or a PEMN model (packed in memory as ``save``
-            would write it, with the default codec choice).
+        source: an artifact path or bytes, or a model (packed in memory as ``save`` would).
 
     Returns:
         A JSON-serialisable dict:
 
         - ``architecture``, ``strategy`` (dict), ``keep_ratio``, ``num_masked`` (P),
           ``num_unique`` (U), ``num_masked_tensors``, ``mask_codecs`` (name -> count);
-        - ``bytes``: ``header`` (preamble + JSON), ``masks``, ``prototype``, ``norm`` (BN /
-          LayerNorm / GroupNorm affine and running statistics), ``other`` (biases, unmasked
-          layers, embeddings, counters; for ``Dense`` also every weight) and ``total``, the
-          real file size, which is their exact sum; a file with trained weights
-          (:mod:`pemn.competitors`) also has ``weights``, its encoded tensors, which then count
-          as the masked ones (P, the baselines; ``weight_encodings``: encoding -> count);
-        - ``mask_bitmap_bytes`` (``sum ceil(n/8)``) and ``mask_entropy_bytes`` (``sum n H(k/n)
-          / 8``): what the masks cost raw and at best;
-        - ``paper_bytes`` = ``ceil(P/8) + 4U`` and ``paper_compression_ratio`` (the paper's CR,
-          0 for ``Dense``, as :func:`stats`);
-        - ``dense_fp32_bytes`` = ``4P`` (the masked weights), ``model_fp32_bytes`` (the whole
-          model in fp32), ``file_compression_ratio`` = ``1 - total / dense_fp32_bytes`` (the
-          paper's denominator with the real file as numerator) and
-          ``model_compression_ratio`` = ``1 - total / model_fp32_bytes``;
-        - ``unmasked_hint``: when unmasked layer weights hold most of the file, a line naming
-          the largest and the ``include=`` that masks them (else None);
+        - ``bytes``: ``header``, ``masks``, ``prototype``, ``norm`` (norm layers' affine and
+          running statistics), ``other`` (biases, unmasked layers; for ``Dense`` every
+          weight), ``signature`` and ``total``, the file size, their exact sum; a file with
+          trained weights also has ``weights``, which then count as the masked tensors
+          (``weight_encodings``: encoding -> count);
+        - ``mask_bitmap_bytes`` (``sum ceil(n/8)``), ``mask_entropy_bytes`` (``sum n H(k/n)
+          / 8``), ``paper_bytes`` (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
+        - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
+          (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
+        - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
+          of the file, else None;
         - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
-          ``fp16_dense``, ``csr``, ``csr_paper``, ``bitmask_fp32`` (module docstring).
+          ``fp16_dense``, ``csr``, ``csr_paper`` (the paper's ``12 nnz``) and
+          ``bitmask_fp32``, the other tensors in fp32 (fp16 for ``fp16_dense``).
 
     Raises:
         pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
@@ -167,13 +136,17 @@ def size_report(source) -> dict:
     info = describe(source)
     header, masks = info["header"], info["masks"] + info["encoded"]
     masked_names = {m["name"] for m in masks}
-    others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
+    # an encoded tensor's gain is its family's stored values (PRANC's alpha), not a model tensor
+    family = {m["name"] + GAIN for m in info["encoded"]}
+    others = [o for o in info["others"] if o["name"] not in masked_names | family]  # Dense weights
+    family_bytes = sum(o["num_bytes"] for o in info["others"] if o["name"] in family)
     num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
     norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
     kinds = info["kind_bytes"]
     sizes = {"header": info["header_bytes"], "masks": kinds["mask"],
-             "prototype": kinds["prototype"], "norm": norm, "other": kinds["raw"] - norm,
-             **({"weights": kinds["weight"]} if info["encoded"] else {}),
+             "prototype": kinds["prototype"], "norm": norm,
+             "other": kinds["raw"] - norm - family_bytes,
+             **({"weights": kinds["weight"] + family_bytes} if info["encoded"] else {}),
              "signature": info["file_bytes"] - info["header_bytes"] - sum(kinds.values()),
              "total": info["file_bytes"]}
     # the same tensors in fp32 / fp16, whatever precision the file stores them in; a folded
@@ -182,17 +155,15 @@ def size_report(source) -> dict:
               for o in others]
     folded = sum(math.prod(o["shape"]) for o in others if o["name"].rpartition(".")[0]
                  in header.folded_norms and o["name"].endswith(".weight"))
-    others_fp32 = sum(4 * n if f else b for n, b, f in floats) + 8 * folded \
-        + 8 * len(header.folded_norms)
-    others_fp16 = sum(2 * n if f else b for n, b, f in floats) + 4 * folded \
-        + 8 * len(header.folded_norms)
+
+    def others_in(width: int) -> int:  # the folded norms' mean, variance and int64 counter
+        return (sum(width * n if f else b for n, b, f in floats) + 2 * width * folded
+                + 8 * len(header.folded_norms))
+
+    others_fp32 = others_in(4)
     no_mask = not info["strategy"].stores_mask  # Dense, Quantized, Binary
-    codecs: dict[str, int] = {}
-    encodings: dict[str, int] = {}
-    for m in info["masks"]:
-        codecs[m["codec"]] = codecs.get(m["codec"], 0) + 1
-    for e in info["encoded"]:
-        encodings[e["encoding"]] = encodings.get(e["encoding"], 0) + 1
+    codecs = dict(Counter(m["codec"] for m in info["masks"]))
+    encodings = dict(Counter(e["encoding"] for e in info["encoded"]))
     return {
         "architecture": header.model["name"] if header.model else "(not a zoo model)",
         "strategy": strategy_to_dict(info["strategy"]),  # as this pemn reads the header
@@ -210,7 +181,7 @@ def size_report(source) -> dict:
         "file_compression_ratio": 0.0 if no_mask and not info["encoded"]
         else 1 - sizes["total"] / (4 * num_masked),
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
-        "baselines": _baselines(masks, others_fp32, others_fp16),
+        "baselines": _baselines(masks, others_fp32, others_in(2)),
         "folded_norms": len(header.folded_norms), "signed_by": info["signed_by"],
         "unmasked_hint": unmasked_hint(info),
     }
@@ -252,15 +223,12 @@ def format_size_table(report: dict) -> str:
         f"  {'paper accounting ceil(P/8) + 4U':<38}{report['paper_bytes']:>14,}",
         "",
         f"{'compression ratio':<40}{'':>14}{'%':>11}",
-        f"  {'paper: 1 - (P + 32U) / 32P (no BN)':<38}{'':>14}"
-        f"{100 * report['paper_compression_ratio']:>10.3f}%",
-        f"  {'file vs masked weights in fp32 (4P)':<38}{'':>14}"
-        f"{100 * report['file_compression_ratio']:>10.3f}%",
-        f"  {'file vs whole model in fp32':<38}{'':>14}"
-        f"{100 * report['model_compression_ratio']:>10.3f}%",
-        "",
-        f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}",
     ]
+    ratios = [("paper: 1 - (P + 32U) / 32P (no BN)", "paper_compression_ratio"),
+              ("file vs masked weights in fp32 (4P)", "file_compression_ratio"),
+              ("file vs whole model in fp32", "model_compression_ratio")]
+    rows += [f"  {name:<38}{'':>14}{100 * report[key]:>10.3f}%" for name, key in ratios]
+    rows += ["", f"{'same network, same keep ratio':<40}{'bytes':>14}{'x file':>11}"]
     names = {"fp32_dense": "fp32 dense", "fp16_dense": "fp16 dense",
              "csr": "CSR (csr-f32 encoding)", "csr_paper": "CSR, paper's 3p(1-r) x 32 bit",
              "bitmask_fp32": "bitmask + fp32 values"}
@@ -271,22 +239,15 @@ def format_size_table(report: dict) -> str:
 
 
 def storage_readings(model: nn.Module, precision: str = "exact", **save_args) -> dict[str, int]:
-    """Real bytes of ``model`` packed as ``pemn.save`` would, in every storage reading.
-
-    Args:
-        model: a model ``pemn.save`` accepts (a weight fill or a competitor strategy).
-        precision: as ``pemn.save`` (``"fp16"``: BatchNorm folded, other floats in 16 bits).
-        save_args: more arguments of ``pemn.save`` (``dataset``, ``metadata``), so that the
-            readings hold the same header as the file they are compared with.
+    """Real bytes of ``model`` packed as ``pemn.save(model, path, precision, **save_args)``
+    would, in every storage reading; each includes the header and the other tensors.
 
     Returns:
-        ``total``: the file ``pemn.save(model, path, precision=precision)`` writes. For a
-        ``Sparse`` model also ``mask_fp32`` (= ``total``: each mask by the smallest codec, then
-        the fp32 kept values), ``bitmap_fp32`` (a 1-bit mask + fp32 values: the paper's
-        reading), ``csr`` (fp32 values + column indices + row pointers, each index array in
-        the smallest of 1, 2, 4 bytes that fits) and ``values_only`` (the ``mask_fp32`` file
-        less its mask bytes: CR read as sparsity, no index cost; the one reading that does not
-        decode). Every reading includes the header, the dense ends and the other tensors.
+        ``total``: the file ``pemn.save`` writes. For a ``Sparse`` model also ``mask_fp32``
+        (= ``total``: each mask by the smallest codec, then the fp32 kept values),
+        ``bitmap_fp32`` (a 1-bit mask + fp32 values: the paper's reading), ``csr`` and
+        ``values_only`` (``mask_fp32`` less its mask bytes: CR read as sparsity; the one
+        reading that does not decode).
     """
     data = pack(model, precision=precision, **save_args)
     out = {"total": len(data)}

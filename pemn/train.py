@@ -1,9 +1,8 @@
 """The training loop: one visible loop, a pure learning-rate function, per-epoch checkpoints.
 
-Recipes (those of the paper's code, arXiv 2210.06699 section 4): the ConvMixer recipe is AdamW
-with a per-iteration triangular schedule ``0 -> lr at 40 % -> lr/20 at 80 % -> 0``; ResNet uses
-SGD with cosine decay. Only parameters with ``requires_grad`` are optimised (for PEMN: scores,
-BN affine, biases).
+The paper's recipes (arXiv 2210.06699 section 4): ConvMixer trains with AdamW on a triangular
+schedule ``0 -> lr at 40 % -> lr/20 at 80 % -> 0``, ResNet with SGD and cosine decay. Only
+parameters with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases).
 """
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from pemn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pemn.config import ConfigError, OptimConfig, format_value
@@ -44,12 +44,8 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 
 def resolve_device(name: str, world: World) -> torch.device:
-    """The device ``optim.device`` names; "auto" is CUDA when present, else the CPU, and a bare
-    "cuda" is this process's GPU (``world.local_rank``).
-
-    Raises:
-        ConfigError: a name torch does not know, or a CUDA device this machine lacks.
-    """
+    """The device ``optim.device`` names ("auto": CUDA when present, else the CPU; a bare
+    "cuda": this process's GPU); ConfigError for a name torch lacks or a missing GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -70,25 +66,20 @@ def resolve_device(name: str, world: World) -> torch.device:
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``optim.amp``. "auto" is bf16 (fp16 on old GPUs) on CUDA, and bf16
-    on CPUs with native bf16 instructions (AVX512-BF16 or AMX), where it was about 1.9x faster
-    in benchmarks/step_time.py; elsewhere fp32, since emulated bf16 is slower."""
+    on CPUs with native bf16 (AVX512-BF16 or AMX), about 1.9x faster there in
+    benchmarks/step_time.py; elsewhere fp32, since emulated bf16 is slower."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_native_bf16() else None
+        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return torch.bfloat16 if any(getattr(torch.cpu, c, lambda: False)() for c in native) \
+            else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _cpu_has_native_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters; mask scores get ``lr * score_lr_scale``.
-
-    Each group's ``lr_scale`` multiplies the scheduled lr (see :func:`train_one_epoch`).
-    """
+    """SGD or AdamW over the trainable parameters; each group's ``lr_scale`` multiplies the
+    scheduled lr, ``score_lr_scale`` for mask scores."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     scores = [p for n, p in named if n.endswith(SCORES)]
     others = [p for n, p in named if not n.endswith(SCORES)]
@@ -113,8 +104,11 @@ def _autocast(device, dtype):
 CPU_ACTIVATION_BYTES = 4 << 20
 
 
-def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the largest tensor a module of ``model`` returns for the input ``x``."""
+def _eval_chunk(model: nn.Module, x: torch.Tensor) -> int:
+    """Images per forward: the whole batch, or on CPU as many as keep every activation under
+    ``CPU_ACTIVATION_BYTES`` (eval mode has no batch statistics, so results do not change)."""
+    if x.device.type != "cpu":
+        return len(x)
     sizes = [0]
 
     def record(_module, _inputs, out):
@@ -123,27 +117,16 @@ def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
     try:
-        model(x)
+        model(x[:1])
     finally:
         for h in handles:
             h.remove()
-    return max(sizes)
-
-
-def _eval_chunk(model: nn.Module, x: torch.Tensor) -> int:
-    """Images per forward: the whole batch, or on CPU as many as keep every activation under
-    ``CPU_ACTIVATION_BYTES`` (the result does not depend on it: eval mode has no batch
-    statistics)."""
-    if x.device.type != "cpu":
-        return len(x)
-    per_image = _largest_activation(model, x[:1])
-    return max(1, min(len(x), CPU_ACTIVATION_BYTES // max(per_image, 1)))
+    return max(1, min(len(x), CPU_ACTIVATION_BYTES // max(max(sizes), 1)))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, amp_dtype=None) -> float:
-    """Top-1 accuracy in % over every batch of ``loader`` (in eval mode, under autocast to
-    ``amp_dtype`` if given)."""
+    """Top-1 accuracy in % over ``loader``, in eval mode, under autocast to ``amp_dtype``."""
     model.eval()
     correct = total = 0
     chunk = None
@@ -190,18 +173,6 @@ def _wrap_ddp(model: nn.Module, device: torch.device, world: World) -> nn.Module
                                    else None)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm  # degrades to nothing when stderr is not a terminal (CI logs)
-    return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()),
-                dynamic_ncols=True)
-
-
-def _state(model, opt, scaler, epoch, step, history, meta) -> dict:
-    return {**meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-            "rng_cpu": torch.get_rng_state(), "history": history}
-
-
 def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[dict]]:
     """Restore the last checkpoint; returns (epochs done, optimizer steps done, metrics)."""
     state = load_checkpoint(run_dir.checkpoint, keys=RESUME_KEYS)
@@ -221,21 +192,14 @@ def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[d
 
 def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, run_dir,
           world: World, meta: dict, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Train ``model`` and evaluate on ``eval_loaders`` (e.g. {"test": ..., "val": ...}).
+    """Train ``model``, evaluating on ``eval_loaders`` (e.g. {"test": ..., "val": ...}) after
+    each epoch; returns the per-epoch metrics.
 
     Args:
         run_dir: the run's :class:`pemn.rundir.RunDir`; rank 0 appends to its metrics and writes
-            its checkpoint (atomically) after every epoch.
-        meta: JSON-like entries stored in every checkpoint as they are (the run's config and
-            the model's constructor arguments).
-        resume: continue from the checkpoint, if there is one; the run then ends with the same
-            metrics as an uninterrupted one.
-
-    Returns:
-        The per-epoch metrics.
-
-    Raises:
-        CheckpointError: resuming from a checkpoint that is unreadable or incomplete.
+            its checkpoint after every epoch, with ``meta`` (JSON-like) stored as it is.
+        resume: continue from the checkpoint, if any; the run then ends with the same metrics
+            as an uninterrupted one (a bad checkpoint raises CheckpointError).
     """
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(cfg.amp, device)
@@ -249,8 +213,9 @@ def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, 
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
-        with _progress(len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}",
-                       progress and world.is_main) as bar:
+        show = progress and world.is_main and sys.stderr.isatty()  # no bars in CI logs
+        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                  disable=not show, dynamic_ncols=True) as bar:
             loss, step = train_one_epoch(ddp_model, train_loader, opt, scaler, cfg, step,
                                          total_steps, amp_dtype, bar)
         seconds = time.perf_counter() - t0
@@ -261,8 +226,10 @@ def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, 
             record[f"{split}_acc"] = round(evaluate(model, loader, amp_dtype), 3)
         history.append(record)
         if world.is_main:
-            save_checkpoint(_state(model, opt, scaler, epoch + 1, step, history, meta),
-                            run_dir.checkpoint)
+            state = {**meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
+                     "rng_cpu": torch.get_rng_state(), "history": history}
+            save_checkpoint(state, run_dir.checkpoint)
             run_dir.append_metrics(record)
             log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs, "  ".join(
                 f"{k} {format_value(v, 4)}" for k, v in record.items() if k != "epoch"))

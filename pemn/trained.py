@@ -16,21 +16,14 @@ from pemn.rundir import ARTIFACT_SUFFIX, RunDir, RunError
 
 __all__ = ["Trained", "load_trained", "load_model", "pack_trained"]
 
-# What loading a model needs from a checkpoint.
-MODEL_KEYS = ("config", "model_args", "model")
+MODEL_KEYS = ("config", "model_args", "model")  # what loading a model needs from a checkpoint
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A model from :func:`load_trained` and what its source records about it.
-
-    Args:
-        model: the model, in eval mode.
-        dataset: the dataset it was trained on, when the source names it.
-        data_root: where that dataset was read from (None: its usual place).
-        data_options: the ``channels`` and ``image_size`` it was read at (a folder's images
-            are converted to them; 0: as stored).
-    """
+    """A model (in eval mode) from :func:`load_trained` and what its source records: its
+    dataset, where it was read from (None: its usual place), and the ``channels`` and
+    ``image_size`` it was read at (0: as stored)."""
 
     model: nn.Module
     dataset: str | None
@@ -38,26 +31,19 @@ class Trained:
     data_options: dict = field(default_factory=dict)
 
 
-def _checkpoint_config(state: dict, path: Path) -> RunConfig:
+def _from_checkpoint(path: Path, device, form: str) -> Trained:
+    state = load_checkpoint(path, keys=MODEL_KEYS)
     try:
-        return from_dict(RunConfig, state["config"])
+        cfg = from_dict(RunConfig, state["config"])
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} holds a config this pemn cannot use: "
                               f"{e}") from None
-
-
-def _in_form(model: nn.Module, form: str, device) -> nn.Module:
-    """A trained model in one of the artifact forms ("train", "dense", "packed")."""
+    model = model_from_checkpoint(state, cfg, path)
     if form == "train":
-        return model.to(device)
-    from pemn.artifact import pack, unpack  # the other forms are the artifact's to build
-    return unpack(pack(model), form=form, device=device)
-
-
-def _from_checkpoint(path: Path, device, form: str) -> Trained:
-    state = load_checkpoint(path, keys=MODEL_KEYS)
-    cfg = _checkpoint_config(state, path)
-    model = _in_form(model_from_checkpoint(state, cfg, path), form, device)
+        model = model.to(device)
+    else:  # the other forms are the artifact's to build
+        from pemn.artifact import pack, unpack
+        model = unpack(pack(model), form=form, device=device)
     d = cfg.data
     return Trained(model, d.dataset, d.root or None,
                    {"channels": d.channels, "image_size": d.image_size})
@@ -74,17 +60,8 @@ def _from_artifact(path: Path, device, form: str) -> Trained:
 
 def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
                  form: str = "train") -> Trained:
-    """Load a trained model from a run directory, a checkpoint or a ``.pemn`` artifact.
-
-    Args:
-        path: a run directory (its checkpoint is read), a checkpoint file, or a file ending in
-            ``.pemn``.
-        device: where the model goes.
-        form: ``"train"`` (PEMN layers with scores), ``"dense"`` or ``"packed"`` (see
-            :mod:`pemn.artifact.forms`).
-
-    Returns:
-        The model in eval mode with what its source records (:class:`Trained`).
+    """Load a trained model from a run directory (its checkpoint), a checkpoint or a ``.pemn``
+    file, in ``form`` ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
 
     Raises:
         RunError: nothing at ``path``, or a directory without a checkpoint.
@@ -114,17 +91,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
 
 def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str = "auto",
                  precision: str = "exact", sign_with=None) -> tuple[Path, int]:
-    """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records
-    its dataset (so ``pemn eval`` needs no ``--dataset``).
-
-    Args:
-        path: a run directory, checkpoint or artifact.
-        out: the file to write; default: the run directory's artifact (for a checkpoint file,
-            the directory holding it).
-        codec, precision, sign_with: as :func:`pemn.artifact.save`.
-
-    Returns:
-        The path written and its size in bytes.
+    """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records its
+    dataset, by default the run directory's artifact; ``codec``, ``precision`` and
+    ``sign_with`` as :func:`pemn.artifact.save`. Returns the path and its size in bytes.
 
     Raises:
         RunError: the default output is ``path`` itself.
@@ -136,8 +105,7 @@ def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str 
     path = Path(path)
     out = Path(out) if out else RunDir(path if path.is_dir() else path.parent).artifact
     if out == path:
-        raise RunError(f"{path} would be overwritten by its own packed copy; choose another "
-                       f"output")
+        raise RunError(f"{path} would be overwritten by its own packed copy; choose another output")
     trained = load_trained(path)
     header = getattr(trained.model, "pemn_header", None)  # an artifact keeps its own record
     dataset = header.dataset if header is not None else trained.dataset and dataset_info(

@@ -1,28 +1,14 @@
 """``apply_``, the one verb: apply any strategy to any PyTorch model in place; ``materialize_``
 bakes any of them into a plain model.
 
-``apply_`` finds how to build a strategy by its type in one table (:func:`register_handler`):
-the weight fills, ``Dense`` and the trained-weight families of :mod:`pemn.competitors` each
-register one handler, and every handler selects its tensors the same way. Which tensors can be
-selected is a registry of layer kinds (:func:`register_maskable`). Built in:
+``apply_`` finds a strategy's handler by type (:func:`register_handler`). Which tensors can be
+selected is a registry of layer kinds (:func:`register_maskable`); built in: the ``weight`` of
+``nn.Linear`` and ``nn.Conv1d/2d/3d``, the input projections of ``nn.MultiheadAttention``,
+GPT-2's ``Conv1D`` (recognised by its class name and ``nf``, so ``transformers`` is never
+imported) and, opt-in through ``include``, ``nn.Embedding``.
 
-=======================================  =========================================  =========
-layer                                    tensors                                    default
-=======================================  =========================================  =========
-``nn.Linear``, ``nn.Conv1d/2d/3d``       ``weight`` (grouped, depthwise included)   masked
-``nn.MultiheadAttention``                ``in_proj_weight`` or ``q/k/v_proj_weight``  masked
-GPT-2 style ``Conv1D`` (``(in, out)``)   ``weight``, fan_in ``shape[0]``            masked
-``nn.Embedding``                         ``weight``                                 opt-in
-=======================================  =========================================  =========
-
-``Conv1D`` is recognised by its shape and attributes (a class named ``Conv1D`` with an ``nf``
-attribute equal to ``weight.shape[1]``), so ``transformers`` is never imported. Opt-in kinds
-are masked only when an ``include`` pattern names them; the paper masks Conv/Linear only.
-
-**Tied parameters** (one Parameter reachable under two names, e.g. GPT-2's ``lm_head.weight``
-and ``transformer.wte.weight``) are masked once and stay tied: every alias reads the same
-frozen values and the same scores. A tie to a tensor that no registered kind covers is refused
-with a message, never untied silently.
+**Tied parameters** (one Parameter under two names, e.g. GPT-2's ``lm_head.weight``) are masked
+once and stay tied; a tie to a tensor no registered kind covers is refused, never untied.
 """
 from __future__ import annotations
 
@@ -68,16 +54,9 @@ _KINDS: list[MaskableKind] = []
 def register_maskable(layer: type | Callable[[nn.Module], bool], names, *,
                       fan_in: Callable[[tuple[int, ...]], int] | None = None,
                       default: bool = True) -> None:
-    """Declare the maskable tensors of another layer type.
-
-    Args:
-        layer: a module class (matched with ``isinstance``) or a predicate ``module -> bool``.
-        names: the attribute names of its maskable Parameters (e.g. ``"weight"``).
-        fan_in: ``shape -> fan_in`` for the kaiming std of the random values and the score
-            init; default torch's layout (``shape[1] * prod(shape[2:])``).
-        default: masked by default (True) or only when an ``include`` pattern selects it.
-
-    Later registrations take precedence over earlier ones and over the built-ins.
+    """Declare the maskable Parameters ``names`` of ``layer`` (a module class or a predicate
+    ``module -> bool``); later registrations take precedence. ``fan_in``: ``shape -> fan_in``
+    (default torch's layout); ``default=False``: masked only when ``include`` names it.
 
     Example:
         >>> register_maskable(MyBilinear, ("weight",), fan_in=lambda s: s[1] * s[2])
@@ -96,7 +75,7 @@ def register_maskable(layer: type | Callable[[nn.Module], bool], names, *,
 
 
 def _is_transposed_linear(module: nn.Module) -> bool:
-    """GPT-2's ``Conv1D``: a Linear whose weight is stored ``(in, out)``, ``nf`` outputs."""
+    """GPT-2's ``Conv1D``: a Linear whose weight is stored ``(in, out)``."""
     weight = getattr(module, "weight", None)
     return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
             and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1])
@@ -112,7 +91,7 @@ register_maskable(lambda m: isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.C
 
 @dataclass
 class PemnSpec:
-    """What ``apply_`` did, kept on the model as ``model.pemn_spec`` (needed to store it)."""
+    """What ``apply_`` did, kept as ``model.pemn_spec`` (needed to store the model)."""
 
     strategy: Strategy
     keep_ratio: float
@@ -121,12 +100,12 @@ class PemnSpec:
     plan: fill_lib.FillPlan | None  # None for Dense
     prototype_sha256: list[str] = field(default_factory=list)
     generator: str = rng.GENERATOR_ID
-    ties: dict[str, str] = field(default_factory=dict)  # alias name -> masked tensor name
+    ties: dict[str, str] = field(default_factory=dict)  # alias name -> masked tensor name (apply_)
 
 
 @dataclass
 class _Target:
-    """One maskable tensor and every other name under which the same Parameter is reachable."""
+    """One maskable tensor and the other names of the same Parameter."""
 
     fqn: str
     module: nn.Module
@@ -136,8 +115,7 @@ class _Target:
 
     @property
     def default(self) -> bool:
-        """Masked without an include pattern: a tie to an opt-in kind makes the group opt-in
-        (a tie to a layer no kind covers is refused once selected, by :func:`_check_ties`)."""
+        """Masked without an include pattern; a tie to an opt-in kind makes the group opt-in."""
         kinds = [self.kind] + [_kind(m) for _, m, _ in self.aliases]
         return all(k is None or k.default for k in kinds)
 
@@ -155,19 +133,14 @@ def _kind(module: nn.Module) -> MaskableKind | None:
     return next((k for k in _KINDS if k.matches(module)), None)
 
 
-def _param_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
-    """id(Parameter) -> every (module fqn, module, name) holding it, in module order."""
-    owners: dict[int, list] = {}
+def _candidates(model: nn.Module) -> list[_Target]:
+    """Every maskable tensor, tied aliases folded into the first (in module order)."""
+    owners: dict[int, list] = {}  # id(Parameter) -> every (fqn, module, name) holding it
     for fqn, module in model.named_modules():
         for name, p in module._parameters.items():
             if p is not None:
                 owners.setdefault(id(p), []).append((fqn, module, name))
-    return owners
-
-
-def _candidates(model: nn.Module) -> list[_Target]:
-    """Every maskable tensor, tied aliases folded into the first (in module order)."""
-    owners, targets, seen = _param_owners(model), [], set()
+    targets, seen = [], set()
     for fqn, module in model.named_modules():
         kind = _kind(module)
         for name in kind.names if kind else ():
@@ -175,8 +148,8 @@ def _candidates(model: nn.Module) -> list[_Target]:
             if p is None or id(p) in seen:
                 continue
             seen.add(id(p))
-            holders = owners[id(p)]
-            targets.append(_Target(fqn, module, name, kind, holders[1:]))
+            aliases = [h for h in owners[id(p)] if h[1:] != (module, name)]
+            targets.append(_Target(fqn, module, name, kind, aliases))
     return targets
 
 
@@ -244,13 +217,9 @@ _HANDLERS: dict[type, _Handler] = {}
 
 
 def register_handler(cls: type, *, uses=()):
-    """Function decorator: ``fn(model, strategy, targets, **args) -> PemnSpec`` is how
-    :func:`apply_` builds strategies of ``cls`` (and its subclasses without their own).
-
-    ``targets`` are the selected tensors (``.module``, ``.name``, ``.qualified``,
-    ``.spec()``, ``.aliases``); ``uses`` names the arguments of ``apply_`` it takes among
-    ``"keep_ratio"`` and ``"seed"``: any other given is refused.
-    """
+    """Function decorator: ``fn(model, strategy, targets, **args) -> PemnSpec`` builds
+    strategies of ``cls`` and its subclasses. ``targets`` are the selected :class:`_Target`;
+    ``uses`` names the arguments of ``apply_`` it takes (``"keep_ratio"``, ``"seed"``)."""
     return file_under(_HANDLERS, cls, lambda fn: _Handler(fn, frozenset(uses)))
 
 
@@ -269,27 +238,20 @@ def accepts(strategy: Strategy) -> frozenset:
 
 def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None,
            seed: int | None = None, include=None, exclude=None) -> nn.Module:
-    """Apply ``strategy`` to ``model`` in place and return it: the one verb of every family.
+    """Apply ``strategy`` to ``model`` in place and return it, with ``model.pemn_spec``.
 
     A weight fill (``Mask()``, ``OneLayer()``, ``MP()``, ``RP(ratio)``) replaces every selected
-    weight by frozen random values (regenerated from ``seed`` by :mod:`pemn.rng`, shared as the
-    strategy says) times a learned top-k mask. ``Dense()`` changes nothing. The trained-weight
-    families of :mod:`pemn.competitors` (``Sparse``, ``Quantized``, ``Binary`` and the pruning
-    presets) train the selected weights, computed as their family says.
+    weight by frozen random values (regenerated from ``seed``) times a learned top-k mask;
+    ``Dense()`` changes nothing; the families of :mod:`pemn.competitors` train the selected
+    weights, computed as their family says.
 
     Args:
-        model: any ``nn.Module``; it is modified in place.
-        strategy: any strategy of ``pemn.__all__``; found by type in one table
-            (:func:`register_handler`).
         keep_ratio: a weight fill's kept fraction of each layer, in (0, 1]; default 0.5.
         seed: integer seed of the random weights, scores or masks; default 0.
-        include: glob pattern(s) over qualified names (``"blocks.*"``, ``"head"``, or
+        include: glob pattern(s) over qualified names (``"blocks.*"``,
             ``"attn.in_proj_weight"``); only matching tensors are selected, opt-in kinds
-            (``nn.Embedding``) included. Default: every default kind.
+            included. Default: every default kind.
         exclude: glob pattern(s) of layers left dense.
-
-    Returns:
-        ``model``, with ``model.pemn_spec`` recording what was done.
 
     Raises:
         TypeError, ValueError: bad strategy, keep_ratio or seed, or one the strategy does not
@@ -313,14 +275,15 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None
     if getattr(model, "pemn_spec", None) is not None:
         raise ValueError("a strategy is already applied to this model; call "
                          "pemn.materialize_(model) first or start from a fresh model")
-    model.pemn_spec = handler.build(model, strategy, _select(model, include, exclude), **args)
+    targets = _select(model, include, exclude)
+    model.pemn_spec = handler.build(model, strategy, targets, **args)
+    model.pemn_spec.ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     return model
 
 
 @register_handler(Dense)
 def _dense(model, strategy: Dense, targets) -> PemnSpec:
-    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
-    return PemnSpec(strategy, 1.0, 0, [t.spec() for t in targets], None, ties=ties)
+    return PemnSpec(strategy, 1.0, 0, [t.spec() for t in targets], None)
 
 
 @register_handler(Strategy, uses=("keep_ratio", "seed"))
@@ -340,14 +303,13 @@ def _fill(model, strategy: Strategy, targets, keep_ratio: float, seed: int) -> P
         mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain)
         for _, module, name in t.aliases:
             tie_(module, name, t.module, t.name)
-    ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     return PemnSpec(strategy, keep_ratio, seed, specs, plan,
-                    [rng.sha256_f32(v) for v in prototypes], ties=ties)
+                    [rng.sha256_f32(v) for v in prototypes])
 
 
 def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> None:
-    """Make ``module.<name>`` the same computed tensor as ``owner.<owner_name>``: one set of
-    stored tensors (so the tie holds in training), read by the same function."""
+    """Make ``module.<name>`` the same computed tensor as ``owner.<owner_name>`` (one set of
+    stored tensors, so the tie holds in training)."""
     module._pemn_keep_ratio = getattr(owner, "_pemn_keep_ratio", None)
     own = parts(owner, owner_name)
     compute_(module, name, owner._pemn_fns[owner_name], own,
@@ -361,10 +323,8 @@ def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:
 
 
 def masked_tensors(model: nn.Module):
-    """Yield ``(module_fqn, module, tensor_name)`` for every masked tensor, in module order.
-
-    A tied alias of a masked tensor is not listed again (it shares its values and scores).
-    """
+    """Yield ``(module_fqn, module, tensor_name)`` for every masked tensor, in module order
+    (a tied alias is not listed again)."""
     seen = set()
     for fqn, module in model.named_modules():
         for name in masked_names(module):
@@ -375,11 +335,8 @@ def masked_tensors(model: nn.Module):
 
 
 def materialize_(model: nn.Module) -> nn.Module:
-    """Bake every computed tensor into a plain Parameter holding its current value, whatever
-    the family or load form; the model no longer depends on pemn.
-
-    The logits do not change, and tied tensors stay tied. Returns ``model``.
-    """
+    """Bake every computed tensor, of any family or load form, into a plain Parameter of its
+    current value; the logits do not change and ties stay. Returns ``model``."""
     baked: dict[tuple, nn.Parameter] = {}
     for _, module in list(model.named_modules()):
         for name in computed_names(module):

@@ -133,7 +133,7 @@ MUTATIONS = [
        ("        if name not in expected:\n            raise",
         "        if name not in expected:\n            continue\n            raise")),
     _m("plot-no-std", "the plots' error bars (always 0)", "pemn/experiments/plots.py", "plots",
-       ("return statistics.stdev(values) if len(values) > 1 else 0.0", "return 0.0")),
+       ("std=statistics.stdev(v) if len(v) > 1 else 0.0,", "std=0.0,")),
 ]
 
 

@@ -139,12 +139,15 @@ def test_gpt2_tied_embedding_masked_once_and_stays_tied(tmp_path):
     assert dense.lm_head.weight is dense.transformer.wte.weight
 
 
-def test_a_tie_to_an_unmaskable_tensor_is_refused():
+@pytest.mark.parametrize("plain_first", [False, True])
+def test_a_tie_to_an_unmaskable_tensor_is_refused(plain_first):
     class Tied(nn.Module):
         def __init__(self):
             super().__init__()
+            if plain_first:  # the plain holder comes first in module order
+                self.other = nn.Module()
             self.head = nn.Linear(4, 4)
-            self.other = nn.Module()
+            self.other = getattr(self, "other", nn.Module())
             self.other.w = self.head.weight  # a Parameter held by a plain module
     with pytest.raises(ValueError, match="tied to other.w"):
         pemn.apply_(Tied(), pemn.Mask())

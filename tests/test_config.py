@@ -71,6 +71,9 @@ def test_strategy_arguments_apply_to_the_default():
     (["mask.strategy={name='rp', ratio=2}"], r"mask\.strategy: RP ratio must be in \(0, 1\]"),
     (["mask.strategy=mp", "mask.strategy.ratio=0.1"], "'mask.strategy' is a value"),
     (["mask.strategy={name='mp', ratio=0.1}"], "bad arguments for strategy 'mp'"),
+    (["mask.strategy=quantized", "mask.keep_ratio=0.3"], "leave mask.keep_ratio out"),
+    (["mask.strategy={name='random_prune', cr=0.9}", "mask.keep_ratio=0.1"],
+     "leave mask.keep_ratio out"),
 ])
 def test_bad_strategy_configs(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -133,6 +133,16 @@ def test_bombs_special_files_and_caps_are_refused(tmp_path, monkeypatch):
         load_dataset("folder", root, channels=2)
 
 
+def test_dataset_info_reads_the_files_once(tmp_path):
+    root = _images(tmp_path, per_class=2)
+    info = dataset_info("folder", root, image_size=8)
+    for image in root.rglob("*.png"):  # read again, the folder would have changed
+        image.unlink()
+    assert dataset_info("folder", root, image_size=8) == info
+    with pytest.raises(DatasetError, match="holds no .png"):  # other options: read anew
+        dataset_info("folder", root, image_size=4)
+
+
 def test_an_unreadable_image_is_named(tmp_path):
     root = _images(tmp_path, per_class=2)
     (root / "eel" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
@@ -168,7 +178,7 @@ def test_npz_splits_class_names_and_layouts(tmp_path):
     np.savez_compressed(tmp_path / "b.npz", images=x[:, :, :, 0], labels=np.arange(20) % 4)
     ds = load_dataset("npz", tmp_path / "b.npz")
     assert (ds.info.num_train, ds.info.num_test, ds.num_classes) == (16, 4, 4)
-    with pytest.raises(DatasetError, match="channels = 1, but data.channels = 3"):
+    with pytest.raises(DatasetError, match="npz images have channels = 1, not data.channels = 3"):
         load_dataset("npz", tmp_path / "b.npz", channels=3)
 
 

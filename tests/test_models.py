@@ -11,7 +11,6 @@ from pemn.models import (
     VisionTransformer,
     create_model,
     list_models,
-    model_info,
     register_model,
 )
 
@@ -153,13 +152,11 @@ def test_duplicate_registration_fails() -> None:
         register_model(resnet32)
 
 
-def test_list_models_and_info() -> None:
+def test_list_models() -> None:
     assert list_models("resnet*") == ["resnet20", "resnet32", "resnet50", "resnet56"]
     assert set(list_models("vit_*")) == {"vit_256_d6", "vit_256_d8", "vit_512_d6",
                                          "vit_512_d8", "vit_tiny"}
     assert list_models("nothing*") == []
-    info = model_info("convmixer_256_d6")
-    assert info["family"] == "convmixer" and "ConvMixer-256/6" in info["description"]
 
 
 @pytest.mark.parametrize("build, match", [

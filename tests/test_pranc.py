@@ -12,6 +12,7 @@ from pemn.experiments import read_records, run_sweep, summary_table
 from pemn.fill import strategy_from_dict
 from pemn.models import create_model
 from pemn.rundir import RunDir
+from pemn.storage import format_size_table, size_report
 
 
 def _net() -> nn.Module:
@@ -106,6 +107,17 @@ def test_the_file_holds_alpha_at_its_precision_and_no_weight():
         assert [o["num_bytes"] for o in alpha] == [30 * width], precision
         assert [e["num_bytes"] for e in info["encoded"]] == [0, 0]
         assert info["header"].seed == 5
+        report = size_report(pack(model, precision=precision))  # alpha: the family's values
+        assert report["num_unique"] == 30 and report["bytes"]["weights"] == 30 * width
+        assert report["bytes"]["other"] == sum(o["num_bytes"] for o in info["others"]) - 30 * width
+        assert "U=30" in format_size_table(report)
+
+
+def test_a_gain_of_another_familys_weight_is_refused(tmp_path):
+    model = pemn.apply_(_net(), pemn.Quantized())
+    model[4].register_parameter("weight_gain", nn.Parameter(torch.ones(3)))
+    with pytest.raises(ArtifactError, match="holds a gain 4.weight_gain but quantized has none"):
+        unpack(pack(model), _net())
 
 
 def _spoofed(model: nn.Module, **fields) -> bytes:
@@ -114,19 +126,28 @@ def _spoofed(model: nn.Module, **fields) -> bytes:
     return pack(model)
 
 
-def test_a_hostile_file_is_refused():
+def test_a_hostile_file_is_refused(monkeypatch):
     model = _trained()
     with pytest.raises(ArtifactError, match=r"needs alpha 0.weight_gain of 31 float32 "
                                             r"numbers; the file holds \[30\] torch.float32"):
         unpack(_spoofed(model, k=31), _net())
+    assert pranc.MAX_BASIS_VALUES == 2**28  # the 16 kB fmnist file's 156 M fit
+    monkeypatch.setattr(pranc, "MAX_BASIS_VALUES", 2**24)  # header ints stop k at 2**16
     with pytest.raises(ArtifactError, match=r"PRANC k=65,536 over 264 weights regenerates "
-                                            r"17,301,504 basis values, more than max_elements="
-                                            r"1,000,000"):
-        unpack(_spoofed(model, k=65536), _net(), max_elements=10**6)
-    whole = unpack(pack(_trained()), _net(), max_elements=7920)  # k * P = 30 * 264 fits
-    assert whole.pemn_spec.strategy.k == 30
-    with pytest.raises(ArtifactError, match="more than max_elements=7,919"):
-        unpack(pack(_trained()), _net(), max_elements=7919)
+                                            r"17,301,504 basis values, more than pemn.pranc."
+                                            r"MAX_BASIS_VALUES=16,777,216; raise it"):
+        unpack(_spoofed(model, k=65536), _net())
+    # the basis has its own budget: max_elements bounds what the file allocates, not k * P
+    assert unpack(pack(_trained()), _net(), max_elements=1000).pemn_spec.strategy.k == 30
+    monkeypatch.setattr(pranc, "MAX_BASIS_VALUES", 7920)  # k * P = 30 * 264 fits
+    assert unpack(pack(_trained()), _net()).pemn_spec.strategy.k == 30
+    monkeypatch.setattr(pranc, "MAX_BASIS_VALUES", 7919)
+    with pytest.raises(ArtifactError, match="more than pemn.pranc.MAX_BASIS_VALUES=7,919"):
+        unpack(pack(_trained()), _net())
+    # a file asking for a 64 GiB basis is held within the default 1 GiB (the record stays)
+    monkeypatch.setattr(pranc, "MAX_BASIS_VALUES", 2**28)
+    greedy = unpack(_spoofed(_trained(), k=30, basis_mib=2**16), _net())
+    assert greedy.pemn_spec.strategy.basis_mib == 2**16
     model = _trained()
     ints = nn.Parameter(torch.zeros(30, dtype=torch.int64), requires_grad=False)
     model[0].weight_gain = model[4].weight_gain = ints

@@ -112,6 +112,8 @@ def test_cli_errors_are_one_line(tmp_path):
                         (["train", "data.dataset=imagenet"], "unknown dataset"),
                         (["train", "data.dataset=digits", "model.name=resnet33"],  # no download
                          "Did you mean 'resnet32'"),
+                        (["train", "data.dataset=cifar10", "data.root=missing",  # name first
+                          "model.name=resnet33"], "Did you mean 'resnet32'"),
                         (["train", "optim.device=foo"], "optim.device must be"),
                         (["train", "optim.device=cuda:99"], "CUDA device(s)"),
                         (["eval", str(tmp_path / "none")], "no run directory")]:

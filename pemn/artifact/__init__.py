@@ -5,9 +5,7 @@
     >>> model = pemn.load("model.pemn", model=MyNet())   # fill your own skeleton
     >>> model = pemn.load("zoo.pemn", form="dense")      # zoo models: built from the header
 
-The file layout is documented in :mod:`pemn.artifact.format`; masks are coded by
-:mod:`pemn.artifact.codec`; the in-memory forms are described in :mod:`pemn.artifact.forms`;
-``pemn.storage.size_report`` prices a file component by component.
+The byte format: docs/FORMAT.md; the in-memory forms: :mod:`pemn.artifact.forms`.
 """
 from pemn.artifact.export import EXPORT_FORMATS, default_input_shape, export
 from pemn.artifact.format import FORMAT_VERSION, MAGIC, ArtifactError, Header

@@ -1,19 +1,10 @@
 """Bool tensors <-> bytes at 1 bit per element, with a fixed, documented bit order.
 
-Bit order (part of the artifact format; never change it): the mask is flattened in C
-(row-major) order, and flat element ``i`` is bit ``i % 8`` of byte ``i // 8``, least
-significant bit first (numpy's ``bitorder="little"``). A mask of ``n`` elements takes
-``ceil(n / 8)`` bytes; the unused high bits of the last byte (the padding) are zero.
-
-    >>> pack_bits(torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 1], dtype=torch.bool))
-    b'\\x01\\x01'
-
-:func:`pack_codes` writes variable-length codes in the same order: each code's bits go out
-least significant bit first, one code after another, so the stream reads like the packed bitmap
-(and like RFC 1951's Huffman data when each code is stored bit-reversed).
-
-``CodecError`` lives here, in the lowest module of ``pemn.artifact``, so that every mask codec
-can raise it without import cycles; ``pemn.artifact.codec`` re-exports it.
+Bit order (part of the artifact format; never change it): the mask is flattened in C order,
+and flat element ``i`` is bit ``i % 8`` of byte ``i // 8`` (numpy's ``bitorder="little"``).
+``n`` elements take ``ceil(n / 8)`` bytes; the padding bits of the last byte are zero.
+:func:`pack_codes` writes variable-length codes in the same order, each least significant bit
+first (RFC 1951's Huffman data when each code is stored bit-reversed).
 """
 from __future__ import annotations
 
@@ -28,27 +19,17 @@ _CHUNK = 1 << 18  # codes per step of pack_codes: bounds its temporaries to a fe
 
 
 class CodecError(ValueError):
-    """Encoded mask bytes are malformed: wrong length, non-zero padding, wrong count, ..."""
+    """Encoded mask bytes are malformed (defined here, the lowest module, so that every codec
+    can raise it; ``pemn.artifact.codec`` re-exports it)."""
 
 
 def packed_num_bytes(n: int) -> int:
-    """Bytes taken by ``n`` packed bits: ``ceil(n / 8)``."""
     return (n + 7) // 8
 
 
 def pack_bits(mask: torch.Tensor) -> bytes:
-    """Pack a bool tensor of any shape into bytes, 8 elements per byte (see module docstring).
+    """A bool tensor of any shape and device as bytes, 8 elements per byte.
 
-    Args:
-        mask: bool tensor, any shape, any device.
-
-    Returns:
-        ``ceil(mask.numel() / 8)`` bytes with zero padding bits.
-
-    Raises:
-        TypeError: if ``mask`` is not a bool tensor.
-
-    Example:
         >>> pack_bits(torch.tensor([[True, False], [True, True]]))
         b'\\r'
     """
@@ -60,19 +41,8 @@ def pack_bits(mask: torch.Tensor) -> bytes:
 
 
 def unpack_bits(data: bytes | bytearray | memoryview, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the first ``n`` bits of ``data`` as a flat bool tensor.
-
-    Args:
-        data: exactly ``ceil(n / 8)`` bytes.
-        n: number of mask elements (from the caller, who bounds it).
-
-    Returns:
-        bool tensor of shape ``(n,)``; reshape it to the layer's shape.
-
-    Raises:
-        CodecError: if ``n < 0``, ``len(data) != ceil(n / 8)`` or a padding bit is set.
-        TypeError: if ``data`` is not bytes-like or ``n`` is not an integer.
-    """
+    """Inverse of :func:`pack_bits`: a flat bool tensor ``(n,)`` (the caller bounds ``n``);
+    CodecError unless ``data`` is exactly ``ceil(n / 8)`` bytes with zero padding bits."""
     n = operator.index(n)
     if n < 0:
         raise CodecError(f"mask size must be >= 0, got n={n}")
@@ -88,16 +58,9 @@ def unpack_bits(data: bytes | bytearray | memoryview, n: int) -> torch.Tensor:
 
 
 def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> bytes:
-    """Concatenate variable-length codes into bytes, each code least significant bit first.
+    """The low ``lengths[i]`` bits (0 to 32) of each ``codes[i]``, back to back, least
+    significant first, zero-padded to a byte.
 
-    Args:
-        codes: unsigned integers (m,); only the low ``lengths[i]`` bits of ``codes[i]`` are used.
-        lengths: code lengths in bits (m,), each in ``[0, 32]``.
-
-    Returns:
-        ``ceil(lengths.sum() / 8)`` bytes; the unused high bits of the last byte are zero.
-
-    Example:
         >>> pack_codes(np.array([1, 2]), np.array([1, 2]))  # bits 1, then 0 1
         b'\\x05'
     """

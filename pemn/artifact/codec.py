@@ -1,77 +1,14 @@
 """Mask codecs by name: a flat exact-k bool mask <-> bytes.
 
-A PEMN mask keeps exactly ``k`` of ``n`` weights (the top-k of the learned scores), and the
-artifact header stores ``n``, ``k`` and the codec name. An exact-k mask holds at most
-``log2 C(n, k) ~= n H(k/n)`` bits, ``H`` the binary entropy: 1 bit per weight at PEMN's
-``k = n/2``, but only 0.469 at ``k = n/10``. Three codecs are registered; a name is never reused
-for another byte format. Masks with ``k == 0`` or ``k == n`` take 0 bytes in every codec but
-``"bits"``.
+``"bits"`` (the raw bitmap), ``"huffman-bytes"`` (each byte of it a Huffman symbol, for
+``k/n`` near 1/2) and ``"huffman-gaps"`` (the runs of the minority value, for sparse masks);
+:func:`choose_codec` picks the smallest per tensor. The byte formats, built as the body of a
+DEFLATE block that ``zlib`` inflates, are specified in ``docs/FORMAT.md``.
 
-- ``"bits"``: the raw bitmap of :mod:`pemn.artifact.bitpack`, ``ceil(n / 8)`` bytes.
-- ``"huffman-bytes"``: the packed bytes of ``"bits"``, each byte a symbol of a static Huffman
-  code. The smaller for ``k/n`` near 1/2 (but ``"bits"`` at 1/2 itself).
-- ``"huffman-gaps"``: the runs of the minority value, Huffman-coded. The smaller for sparse
-  (or nearly full) masks.
-:func:`choose_codec` picks, per tensor, the smallest expected size among the codecs:
-``"bits"`` at ``k = n/2`` and for tiny masks, a Huffman codec elsewhere: within 1 % of
-``n H(k/n) / 8`` for ``n >= 64k`` (``benchmarks/results/codec.json``, part ``sizes``).
-
-**Huffman formats.** Both Huffman codecs code a stream of symbols from ``0..255`` plus the
-end-of-block symbol 256 with a canonical Huffman code (RFC 1951 section 3.2.2) of at most 15-bit
-codes. The code lengths are computed from ``(n, k)`` alone, with integer arithmetic, so both
-sides build the same code on every machine:
-
-1. integer weights ``w[s]`` per symbol (below), ``w[256] = 1``; symbols of weight 0 are unused;
-2. Huffman code lengths: repeatedly merge the two lightest nodes, lighter first by
-   ``(weight, id)``, leaves having ids ``0..256`` and merged nodes the following ids in order;
-3. lengths over 15 are cut the way JPEG does (ITU T.81, Annex K.3, with 15 for 16): while a
-   length ``i > 15`` has codes, take two codes of length ``i`` and one of the longest length
-   ``j < i - 1`` that has codes, and give them two codes of length ``j + 1`` and one of
-   ``i - 1``; the counts per length then go to the symbols by ``(-weight, symbol)``, shortest
-   first.
-
-The payload is the codes of the symbols followed by the code of symbol 256, packed as in a
-DEFLATE block (each code's first bit is the least significant bit of the stream), then zero bits
-up to a byte boundary, then, for ``"huffman-gaps"`` with ``r > 0`` only, the raw low bits
-below. This is the body of a dynamic-Huffman DEFLATE block whose header is implied: the decoder
-prefixes three empty fixed-Huffman blocks and the header (HLIT 257, HDIST 1 of length 0, all 19
-code-length codes, lengths 0..15 coded in 4 bits each), exactly 142 bytes, and lets ``zlib``
-inflate it.
-
-``"huffman-bytes"`` symbols are the ``ceil(n / 8)`` bytes of :func:`pack_bits`, with weight
-``k**c * (n - k)**(8 - c)`` for a byte of ``c`` ones (its probability when every bit is one with
-probability ``k / n``).
-
-``"huffman-gaps"`` codes the ``m = min(k, n - k)`` positions of the minority value (the ones if
-``k <= n - k``, else the zeros). With ``F = 48`` bits of fixed point: ``t0 = floor(2**F (n - m)
-/ n)``; Rice parameter ``r = max(0, bit_length(n // m) - 8)``; ``t`` is ``t0`` squared ``r``
-times, each time ``floor(t * t / 2**F)`` (``t / 2**F`` approximates ``(1 - m/n)**(2**r)``);
-``a[0] = 2**F``, ``a[j + 1] = floor(a[j] * t / 2**F)``; the escape symbol ``E`` is the first
-``j >= 1`` with ``a[j] < 2**(F - 12)``, or 255. Symbol ``j < E`` has weight
-``max(1, floor(a[j] (2**F - t) / 2**F))``, ``E`` has ``max(1, a[E])``, the rest 0. Each run of
-``g`` non-minority values before a minority value, first to last, is coded as ``h = g >> r``:
-``h // E`` symbols ``E`` then symbol ``h % E``; the trailing run is implied by ``n``. The low
-``r`` bits ``g & (2**r - 1)`` of every run follow the Huffman part, ``r`` bits per run,
-least significant first, zero-padded to a byte.
-
-**Hostile bytes.** Every ``decode`` raises only :class:`CodecError` (a ``ValueError``) on bytes
-it cannot decode into a mask of exactly ``k`` ones: memory and ``zlib`` errors are wrapped. It
-first refuses data shorter than the shortest honest encoding of any exact-k mask of that
-``(n, k)`` (:meth:`MaskCodec.min_num_bytes`: every symbol costs at least the shortest code
-length), so a tiny file cannot claim a large dense mask. Decoding then takes O(n + len(data))
-time, with a small constant, and memory for the n-byte bool mask plus at most about
-n/8 bytes (``"bits"``, ``"huffman-bytes"``) or n/2 bytes (``"huffman-gaps"``: its symbol stream,
-at most ``m + n / E + 1`` bytes), and a few MB of per-chunk temporaries. For ``2**28`` bits,
-``benchmarks/results/codec.json`` (part ``bound``, from ``benchmarks/codec.py`` on a 2-core
-machine) records at most 1.1 s and 409 MB traced, the 256 MB mask included; 0.25 s and 307 MB
-for the codec chosen at keep 0.1. A corrupted payload may still decode to a *different* valid
-mask; the artifact's checksum catches that.
-
-    >>> mask = torch.zeros(1000, dtype=torch.bool); mask[::10] = True
-    >>> codec = get_codec(choose_codec(1000, 100))
-    >>> data = codec.encode(mask)
-    >>> codec.name, len(data), torch.equal(codec.decode(data, n=1000, k=100), mask)
-    ('huffman-gaps', 65, True)
+Hostile bytes: ``decode`` raises only :class:`CodecError` unless the bytes decode to a mask of
+exactly ``k`` ones. It refuses data shorter than any honest encoding of that ``(n, k)``
+(:meth:`MaskCodec.min_num_bytes`), then takes O(n + len(data)) time and the n-byte mask plus
+at most about n/2 bytes (``benchmarks/results/codec.json``, part ``bound``).
 """
 from __future__ import annotations
 
@@ -103,16 +40,12 @@ _DECODE_ERRORS = (MemoryError, ValueError, IndexError, OverflowError, RuntimeErr
 
 @dataclass(frozen=True)
 class MaskCodec:
-    """A named mask codec. Call :meth:`encode` / :meth:`decode`, which validate and then run
-    the codec's functions.
+    """A named mask codec; :meth:`encode` and :meth:`decode` validate, then call the functions.
 
-    Args:
-        name: stored in artifact headers; never reuse a name for a different byte format.
-        encode_fn: ``(flat bool mask (n,), k) -> bytes``.
-        decode_fn: ``(bytes, n, k) -> flat bool mask (n,)``; may return a wrong count (checked
-            here) and may raise the errors of ``_DECODE_ERRORS`` (wrapped here).
-        size_fn: ``(n, k) -> expected bytes`` of a random exact-k mask (for :func:`choose_codec`).
-        min_size_fn: ``(n, k) -> bytes`` no honest encoding of an exact-k mask is shorter than.
+    ``decode_fn`` may return a wrong count or raise one of ``_DECODE_ERRORS``: both are
+    turned into :class:`CodecError` here. ``size_fn`` is the expected size of a random exact-k
+    mask (for :func:`choose_codec`), ``min_size_fn`` the size no honest encoding is under.
+    With ``constant_free``, a mask of ``k`` 0 or ``n`` takes 0 bytes and calls none of them.
     """
 
     name: str
@@ -120,27 +53,30 @@ class MaskCodec:
     decode_fn: Callable[[bytes, int, int], torch.Tensor]
     size_fn: Callable[[int, int], int]
     min_size_fn: Callable[[int, int], int]
+    constant_free: bool = False
+
+    def _constant(self, n: int, k: int) -> bool:
+        return self.constant_free and k in (0, n)
 
     def encode(self, mask: torch.Tensor) -> bytes:
-        """Encode a bool mask of any shape, flattened in C order. ``k`` is its number of ones."""
+        """A bool mask of any shape, flattened in C order."""
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TypeError(f"codec {self.name!r} needs a torch.bool mask, got {got}")
         flat = mask.detach().cpu().reshape(-1)
-        return self.encode_fn(flat, int(flat.count_nonzero()))
+        k = int(flat.count_nonzero())
+        return b"" if self._constant(flat.numel(), k) else self.encode_fn(flat, k)
 
     def decode(self, data: bytes | bytearray | memoryview, n: int, k: int) -> torch.Tensor:
-        """Decode ``data`` into a bool tensor of shape ``(n,)`` with exactly ``k`` ones.
-
-        Raises:
-            CodecError: if ``not 0 <= k <= n``, ``data`` is shorter than any honest encoding
-                (:meth:`min_num_bytes`), or it does not decode to such a mask.
-            TypeError: if ``data`` is not bytes-like.
-        """
+        """``data`` as a bool tensor ``(n,)`` with exactly ``k`` ones, else CodecError."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"codec {self.name!r} decodes bytes, got {type(data).__name__}")
         n, k = _check_counts(n, k)
         data = bytes(data)
+        if self._constant(n, k):
+            if data:
+                raise CodecError(f"a mask with k={k} of n={n} takes 0 bytes, got {len(data)}")
+            return torch.full((n,), k > 0, dtype=torch.bool)
         least = self.min_size_fn(n, k)
         if len(data) < least:
             raise CodecError(f"{self.name!r} data for a mask of n={n}, k={k} takes at least "
@@ -158,19 +94,18 @@ class MaskCodec:
         return mask
 
     def expected_num_bytes(self, n: int, k: int) -> int:
-        """Expected payload size in bytes for a random exact-k mask of ``n`` elements."""
-        return self.size_fn(*_check_counts(n, k))
+        n, k = _check_counts(n, k)
+        return 0 if self._constant(n, k) else self.size_fn(n, k)
 
     def min_num_bytes(self, n: int, k: int) -> int:
-        """No honest encoding of an exact-k mask of ``n`` elements is shorter than this."""
-        return self.min_size_fn(*_check_counts(n, k))
+        n, k = _check_counts(n, k)
+        return 0 if self._constant(n, k) else self.min_size_fn(n, k)
 
 
 _CODECS: dict[str, MaskCodec] = {}
 
 
 def register_codec(codec: MaskCodec) -> MaskCodec:
-    """Add ``codec`` to the registry under ``codec.name``; returns it."""
     if codec.name in _CODECS:
         raise ValueError(f"mask codec {codec.name!r} is already registered; pick another name")
     _CODECS[codec.name] = codec
@@ -186,17 +121,13 @@ def get_codec(name: str) -> MaskCodec:
 
 
 def list_codecs() -> list[str]:
-    """Registered codec names, in registration order (``"bits"`` first)."""
+    """Registered codec names, ``"bits"`` first."""
     return list(_CODECS)
 
 
 def choose_codec(n: int, k: int) -> str:
-    """The codec with the smallest expected size for an exact-k mask of ``n``
-    elements; ties go to the earlier registered (``"bits"`` first).
-
-    ``"bits"`` at ``k = n/2`` (PEMN's default) and for tiny masks, ``"huffman-bytes"`` near
-    ``k = n/2`` and when ``k`` is 0 or ``n`` (0 bytes), ``"huffman-gaps"`` for sparse masks.
-    """
+    """The codec of smallest expected size for an exact-k mask; ties go to the earlier
+    registered (``"bits"`` at ``k = n/2`` and for tiny masks)."""
     return min(_CODECS.values(), key=lambda codec: codec.expected_num_bytes(n, k)).name
 
 
@@ -210,17 +141,6 @@ def _check_counts(n: int, k: int) -> tuple[int, int]:
     return n, k
 
 
-def _constant_mask(data: bytes, n: int, k: int) -> torch.Tensor:
-    """The mask of ``k`` in ``(0, n)``: fully known from the header, so it takes 0 bytes."""
-    if data:
-        raise CodecError(f"a mask with k={k} of n={n} takes 0 bytes, got {len(data)}")
-    return torch.full((n,), k > 0, dtype=torch.bool)
-
-
-# ------------------------------------------------------------------------------------------
-# "bits": the raw bitmap
-# ------------------------------------------------------------------------------------------
-
 register_codec(MaskCodec(
     name="bits",
     encode_fn=lambda flat, k: pack_bits(flat),
@@ -231,7 +151,7 @@ register_codec(MaskCodec(
 
 
 # ------------------------------------------------------------------------------------------
-# Static canonical Huffman codes, decoded by zlib as one DEFLATE block (format: docstring)
+# Static canonical Huffman codes, decoded by zlib as one DEFLATE block (docs/FORMAT.md)
 # ------------------------------------------------------------------------------------------
 
 _MAX_LEN = 15  # DEFLATE's longest code
@@ -249,12 +169,11 @@ class _Code:
     mean_bits: float  # expected code length of a symbol in 0..255, under the weights
 
     def min_bits(self, symbols: range) -> int:
-        """The shortest code among ``symbols`` (all used)."""
         return int(self.lengths[symbols.start:symbols.stop].min())
 
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
-    """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (see docstring)."""
+    """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
     count = _cut_to_max_length(_huffman_length_counts(weights))
     ranked = iter(sorted((s for s, w in enumerate(weights) if w > 0),
                          key=lambda s: (-weights[s], s)))
@@ -318,7 +237,7 @@ def _canonical_codes(lengths: list[int]) -> list[int]:
 
 
 def _deflate_prefix(lengths: list[int]) -> bytes:
-    """The 142-byte DEFLATE prefix of the docstring, declaring the code of ``lengths``."""
+    """The 142-byte DEFLATE prefix of docs/FORMAT.md, declaring the code of ``lengths``."""
     def uint(value: int, width: int) -> list[int]:
         return [value >> i & 1 for i in range(width)]
 
@@ -367,15 +286,11 @@ def _bytes_code(n: int, k: int) -> _Code:
 
 
 def _bytes_encode(flat: torch.Tensor, k: int) -> bytes:
-    n = flat.numel()
-    if k in (0, n):
-        return b""
-    return _encode_symbols(_bytes_code(n, k), np.frombuffer(pack_bits(flat), np.uint8))
+    symbols = np.frombuffer(pack_bits(flat), np.uint8)
+    return _encode_symbols(_bytes_code(flat.numel(), k), symbols)
 
 
 def _bytes_decode(data: bytes, n: int, k: int) -> torch.Tensor:
-    if k in (0, n):
-        return _constant_mask(data, n, k)
     num_symbols = packed_num_bytes(n)
     symbols, rest = _inflate(_bytes_code(n, k), data, num_symbols)
     if len(symbols) != num_symbols or rest:
@@ -385,22 +300,18 @@ def _bytes_decode(data: bytes, n: int, k: int) -> torch.Tensor:
 
 
 def _bytes_size(n: int, k: int) -> int:
-    if k in (0, n):
-        return 0
     code = _bytes_code(n, k)
     return math.ceil((packed_num_bytes(n) * code.mean_bits + code.lengths[_EOB]) / 8)
 
 
 def _bytes_min_size(n: int, k: int) -> int:
-    if k in (0, n):
-        return 0
     code = _bytes_code(n, k)
     return packed_num_bytes(packed_num_bytes(n) * code.min_bits(range(256)))
 
 
 register_codec(MaskCodec(name="huffman-bytes", encode_fn=_bytes_encode,
                          decode_fn=_bytes_decode, size_fn=_bytes_size,
-                         min_size_fn=_bytes_min_size))
+                         min_size_fn=_bytes_min_size, constant_free=True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -443,10 +354,7 @@ def _gap_model(n: int, k: int) -> _GapModel:
 
 
 def _gaps_encode(flat: torch.Tensor, k: int) -> bytes:
-    n = flat.numel()
-    if k in (0, n):
-        return b""
-    model = _gap_model(n, k)
+    model = _gap_model(flat.numel(), k)
     where = np.flatnonzero(flat.numpy() == model.minority)
     runs = np.diff(where, prepend=-1) - 1  # majority values before each minority value
     high, low = runs >> model.rice, runs & ((1 << model.rice) - 1)
@@ -460,8 +368,6 @@ def _gaps_encode(flat: torch.Tensor, k: int) -> bytes:
 
 
 def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
-    if k in (0, n):
-        return _constant_mask(data, n, k)
     model = _gap_model(n, k)
     stream, rest = _inflate(model.code, data, model.max_symbols(n))
     symbols = np.frombuffer(stream, np.uint8)
@@ -519,16 +425,12 @@ def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray | None:
 
 
 def _gaps_size(n: int, k: int) -> int:
-    if k in (0, n):
-        return 0
     model = _gap_model(n, k)
     bits_per_run = model.code.mean_bits / (1 - model.escape_share) + model.rice
     return math.ceil((model.num * bits_per_run + model.code.lengths[_EOB]) / 8)
 
 
 def _gaps_min_size(n: int, k: int) -> int:
-    if k in (0, n):
-        return 0
     model = _gap_model(n, k)
     shortest = model.code.min_bits(range(model.escape))
     return (packed_num_bytes(model.num * shortest + int(model.code.lengths[_EOB]))
@@ -536,4 +438,4 @@ def _gaps_min_size(n: int, k: int) -> int:
 
 
 register_codec(MaskCodec(name="huffman-gaps", encode_fn=_gaps_encode, decode_fn=_gaps_decode,
-                         size_fn=_gaps_size, min_size_fn=_gaps_min_size))
+                         size_fn=_gaps_size, min_size_fn=_gaps_min_size, constant_free=True))

@@ -1,28 +1,18 @@
 """What an artifact holds, component by component, without building its values (``describe``).
 
-``pemn.storage.size_report`` prices a file from it, and ``pemn.save`` warns from it when
-unmasked layers hold most of a file. A tensor belongs to a norm layer when the module that owns
-it is one (BatchNorm, LayerNorm, GroupNorm), judged on the zoo architecture of the header or on
-the model at hand, never by its name.
+A tensor belongs to a norm layer when the module that owns it is one (BatchNorm, LayerNorm,
+GroupNorm), judged on the header's zoo architecture or the model at hand, never by its name.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from pemn.artifact.format import KINDS, ArtifactError, Header, read_container
-from pemn.artifact.load import (
-    _LOWER_ERRORS,
-    DEFAULT_MAX_ELEMENTS,
-    _build_meta,
-    _check_layout,
-    _read_file,
-    _skeleton_layout,
-    _specs,
-    _wrap,
-)
+from pemn.artifact.format import KINDS, Header, read_container
+from pemn.artifact.forms import rebuilder, tensor_specs
+from pemn.artifact.load import guarded, zoo_skeleton
 from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights
-from pemn.fill import Dense, plan_fill, strategy_from_dict
+from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
 
 __all__ = ["describe"]
 
@@ -33,8 +23,7 @@ def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
     """Names of the tensors of norm layers, by module type: of ``model``, or of the header's
     zoo architecture (checked against the file); none without either."""
     if model is None and header.model is not None:
-        model = _build_meta(header.model, len(header.names))
-        _check_layout(header, _skeleton_layout(model), header.model["name"])
+        model = zoo_skeleton(header)
     if model is None:
         return set()
     return {f"{fqn}.{k}" if fqn else k for fqn, m in model.named_modules()
@@ -42,10 +31,15 @@ def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
 
 
 def _num_unique(header: Header, strategy) -> int:
-    """U: a weight fill's unique values, or the values a trained-weights file stores."""
+    """U: a weight fill's unique values, or the values a trained-weights file stores (a family
+    rebuilt from the seed: as its strategy counts them, e.g. PRANC's k)."""
+    if rebuilder(strategy) is not None:
+        return strategy.num_stored([TensorSpec(e.name, e.shape) for e in header.encoded])
     if isinstance(strategy, TrainedWeights):
         return sum(e.num_kept for e in header.encoded)
-    return 0 if isinstance(strategy, Dense) else plan_fill(strategy, _specs(header)).num_unique
+    if isinstance(strategy, Dense):
+        return 0
+    return plan_fill(strategy, tensor_specs(header)).num_unique
 
 
 def _describe(data: bytes, model: nn.Module | None) -> dict:
@@ -95,14 +89,5 @@ def describe(source, model: nn.Module | None = None) -> dict:
         ArtifactError: as :func:`pemn.artifact.load`.
     """
     if isinstance(source, nn.Module):
-        data, model = pack(source), source
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        data = _read_file(source, DEFAULT_MAX_ELEMENTS)
-    try:
-        return _describe(data, model)
-    except ArtifactError:
-        raise
-    except (MemoryError, *_LOWER_ERRORS) as e:
-        raise _wrap(e) from e
+        source, model = pack(source), source
+    return guarded(source, lambda data: _describe(data, model))

@@ -1,8 +1,5 @@
-"""Export a PEMN model as a plain dense model that loads without pemn (safetensors or ONNX).
-
-The masks are baked in with ``pemn.materialize_`` on a loaded copy, so the exported weights
-are exactly the masked random weights the model computes with; the logits do not change.
-"""
+"""Export a PEMN model as a plain dense model that loads without pemn (safetensors or ONNX):
+the weights it computes with, baked into a copy, so the logits do not change."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +14,7 @@ from torch import nn
 
 from pemn.artifact.format import ArtifactError
 from pemn.artifact.load import load
+from pemn.artifact.pack import unique_tensors
 from pemn.transform import materialize_
 
 __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
@@ -32,15 +30,9 @@ def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """``(1, *input_shape)`` of the header's dataset (validated when the file was read) if it
-    fits the first layer; else ``(1, C, S, S)`` for image models (``S``: ``img_size`` kwarg,
-    else 28 for one channel, 32 otherwise), ``(1, in_features)`` when the first layer is a
-    Linear.
-
-    Raises:
-        ArtifactError: if the first weight layer is neither a Conv2d nor a Linear, or the
-            header's input shape does not fit it.
-    """
+    """``(1, *input_shape)`` of the header's dataset if it fits the first layer (else
+    ArtifactError); without one, ``(1, C, S, S)`` for a first Conv2d (``S``: ``img_size``
+    kwarg, else 28 for one channel, 32 otherwise) or ``(1, in_features)`` for a Linear."""
     header = getattr(model, "pemn_header", None)
     shape = (header.dataset or {}).get("input_shape") if header is not None else None
     kwargs = getattr(model, "model_args", {}).get("kwargs", {})
@@ -66,22 +58,17 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
 
     # save_file refuses tensors that share memory (tied weights): store each once, as
     # safetensors' own save_model does, and name the ties in the metadata.
-    state, ties, seen = {}, {}, {}
-    for k, v in model.state_dict(keep_vars=True).items():
-        if id(v) in seen:
-            ties[k] = seen[id(v)]
-        else:
-            seen[id(v)] = k
-            state[k] = v.detach().contiguous()
+    entries, ties = unique_tensors(model.state_dict(keep_vars=True).items())
     metadata = {"format": "pt"}
     if ties:
-        metadata["pemn.ties"] = json.dumps(ties, sort_keys=True)
+        metadata["pemn.ties"] = json.dumps(dict(ties), sort_keys=True)
     args = getattr(model, "model_args", None) or (model.pemn_header.model if getattr(
         model, "pemn_header", None) is not None else None)
     if args:
         metadata.update({"pemn.architecture": args["name"],
                          "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)})
-    save_file(state, str(out_path), metadata=metadata)
+    save_file({k: v.detach().contiguous() for k, v in entries}, str(out_path),
+              metadata=metadata)
 
 
 def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:
@@ -104,20 +91,13 @@ def export(source, out_path: str | os.PathLike, format: str = "safetensors",
     """Write a plain dense model that loads without pemn.
 
     Args:
-        source: an artifact path, or a PEMN model (copied; the model is not modified).
-        out_path: file to write.
+        source: an artifact path, or a PEMN model (copied, not modified).
+        out_path: file to write; returns its size in bytes.
         format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
             and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
-        example_input_shape: ONNX input shape; default :func:`default_input_shape`. The batch
-            dimension is exported as dynamic.
-        model: for an artifact of a model outside the zoo, a freshly built skeleton of it
-            (as :func:`pemn.load` takes).
-
-    Returns:
-        Bytes written.
-
-    Raises:
-        ArtifactError: unknown format, unreadable artifact, or no input shape for ONNX.
+        example_input_shape: ONNX input shape (batch exported as dynamic); default
+            :func:`default_input_shape`.
+        model: for an artifact of a model outside the zoo, its skeleton (as ``pemn.load``).
 
     Example:
         >>> export("run.pemn", "run.safetensors")

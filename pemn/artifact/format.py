@@ -1,68 +1,8 @@
 """The ``.pemn`` file: a preamble, a typed JSON header with one tensor table, no pickle.
 
-A trained PEMN model is stored as what cannot be recomputed: the strategy, keep ratio and seed
-(the frozen random weights are regenerated from them by :mod:`pemn.rng`), one encoded mask per
-masked tensor, and every other ``state_dict`` entry (norm layers, biases, embeddings, unmasked
-weights) as raw little-endian numbers. No code is stored: a loader fills an architecture the
-caller builds (``load(path, model=MyNet())``), or, for zoo models, the one named in the header.
-
-Layout, format version 4 (all integers little-endian)::
-
-    offset  size  field
-    0       8     magic b"\\x89PEMN\\r\\n\\x1a" (PNG-style: catches text-mode and 7-bit damage)
-    8       4     format version, uint32 (4)
-    12      4     header length H in bytes, uint32, at most 16 MiB
-    16      32    SHA-256 of the H header bytes (raw digest)
-    48      H     header: zlib-compressed UTF-8 JSON object (below; at most 16 MiB inflated)
-    48 + H  ...   payload: the bytes of the tensor table's entries, back to back in table order;
-                  the file ends exactly where the last entry ends
-
-Header keys (``tests/test_artifact.py`` checks every writer field is documented here):
-
-- ``format`` = ``"pemn-artifact"``, ``format_version`` = 4 (the same as the binary field).
-- ``model``: ``{"name": str, "kwargs": {...}}`` for a ``pemn.models`` zoo model, else ``null``.
-- ``pemn``: ``strategy`` (``pemn.fill.strategy_to_dict``), ``keep_ratio`` (kept fraction),
-  ``seed``, ``generator`` (``pemn.rng.GENERATOR_ID``) and ``prototype_sha256``: the SHA-256
-  of every regenerated prototype vector (float32 little-endian, after tiling/permutation),
-  checked on load so a different generator fails loudly instead of giving another model.
-- ``tensors``: the tensor table, one object per stored tensor (like safetensors'
-  ``{dtype, shape, data_offsets}``): ``name``, ``encoding``, ``dtype``, ``shape``, ``offset``
-  and ``length`` (its bytes in the payload: the first at 0, each where the one before ends),
-  plus the fields its encoding needs. The encoding says what the bytes are:
-
-  - ``"raw"``: a ``state_dict`` entry as little-endian numbers of ``dtype`` (one of
-    :data:`DTYPES`), in ``state_dict`` order, each stored once (ties below);
-  - a mask codec of :mod:`pemn.artifact.codec` (``bits``, ``huffman-gaps``, ...): the
-    top-k mask of a masked tensor, ``dtype`` ``"|b1"``, with ``num_kept`` (its kept count)
-    and ``fan_in`` (kaiming fan_in, 0: torch's layout), in module order;
-  - an encoding of :mod:`pemn.artifact.weights` (``int8``, ``int4``, ``sign``,
-    ``<codec>+f32``, ``csr-f32``): a trained weight of a strategy of ``pemn.competitors``,
-    ``dtype`` ``"<f4"``, with ``num_kept`` (the stored values: all of them unless sparse);
-  - ``"prototype"``: the values drawn for prototype ``i`` (before RP tiling/permutation),
-    float32, named ``prototype.<i>``, in order; present only when the file stores them
-    instead of regenerating them from the seed.
-- ``ties``: ``[[alias, name], ...]``: ``state_dict`` names that hold the same tensor as
-  ``name`` (a masked or raw entry), e.g. a tied embedding and LM head.
-- ``folded_norms``: BatchNorm modules stored folded (``save(..., precision="fp16")``): their
-  ``weight``/``bias`` entries hold the eval-mode affine ``a = weight / sqrt(running_var + eps)``,
-  ``b = bias - running_mean * a``; a loader sets ``running_mean`` 0, ``running_var`` ``1 - eps``
-  and ``num_batches_tracked`` 0, which the file does not store.
-- ``dataset``: what a user needs to feed the model, or ``null``: ``name`` (1 to 64 letters,
-  digits, ``_``, ``.``, ``-``; never a path), and optionally ``input_shape`` (one example's
-  1 to 3 dimensions, at most :data:`MAX_INPUT_VALUES` values), ``mean`` and ``std`` (one
-  finite number per channel, std > 0) and ``class_names`` (strings).
-- ``metadata``: the caller's JSON object (``save(..., metadata=...)``), at most 64 KiB.
-- ``payload_sha256``: SHA-256 (hex) of the whole payload.
-- ``written_by``: ``{"pemn": version, "torch": version}``, informational only.
-
-Integrity, and what it is not: the header digest, ``payload_sha256`` and the exact file
-length detect any flipped, lost or added byte (corruption). They are not a signature: anyone
-can edit a file and recompute them. Every field's type and range is checked before anything is
-allocated, and every stored float must be finite; what a well-formed, re-sealed file *means*
-(another activation, other mask bits) cannot be checked without a key (see docs/THREAT_MODEL.md).
-
-Only version 4 is read; a file of any other version (versions 1 to 3 laid the payload out in
-positional sections) is refused with one line naming its version.
+The layout and every header key are specified in ``docs/FORMAT.md``. Every field's type and
+range is checked here (:meth:`Header.from_json`) before anything is allocated; the digests
+detect corruption, not tampering (:mod:`pemn.artifact.signing`). Only version 4 is read.
 """
 from __future__ import annotations
 
@@ -127,8 +67,7 @@ def entry_kind(encoding: str) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the tensor table: what its ``length`` bytes at ``offset`` of the payload
-    hold, in which encoding (``num_kept`` for masks and weights, ``fan_in`` for masks)."""
+    """One row of the tensor table (``num_kept`` for masks and weights, ``fan_in`` for masks)."""
 
     name: str
     encoding: str
@@ -279,11 +218,8 @@ def _validate_json_value(value, what: str, depth: int = 0) -> None:
     """Constructor kwargs and strategy fields: JSON scalars and short flat lists only."""
     if isinstance(value, bool) or value is None:
         return
-    if isinstance(value, int):
-        if abs(value) > 2**16:
-            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
-    elif isinstance(value, float):
-        if not math.isfinite(value) or abs(value) > 2**16:
+    if isinstance(value, (int, float)):
+        if abs(value) > 2**16 or not math.isfinite(value):  # in this order: a huge int
             raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
     elif isinstance(value, str):
         if len(value) > 64:
@@ -418,13 +354,7 @@ def _numbers(value, count: int | None) -> bool:
 
 
 def dataset_entry(d: dict | None) -> dict | None:
-    """The ``dataset`` entry validated, for writers and readers alike; None stays None.
-
-    Raises:
-        ArtifactError: a name that is not a plain registry name (a path), an input shape
-            that is not 1 to 3 positive sizes of at most :data:`MAX_INPUT_VALUES` values,
-            a mean or std that is not one finite number per channel, or an unknown key.
-    """
+    """The ``dataset`` entry validated (docs/FORMAT.md), for writers and readers alike."""
     if d is None:
         return None
     name, shape = d.get("name"), d.get("input_shape")
@@ -468,11 +398,9 @@ def _check_consistency(h: Header) -> None:
 # ------------------------------------------------------------------------------------------
 
 def seal(header_json: dict, payload: bytes) -> bytes:
-    """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set.
-
-    The preamble carries :data:`FORMAT_VERSION`, whatever the header says (a reader refuses
-    a mismatch). The only writer of the container layout; tests use it to re-seal edits.
-    """
+    """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set:
+    the only writer of the container (tests re-seal edits with it). The preamble carries
+    :data:`FORMAT_VERSION`, whatever the header says."""
     d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
     text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
@@ -504,14 +432,9 @@ SIGNATURE_BYTES = len(SIGNATURE_MAGIC) + 32 + 64
 
 
 def read_container(data: bytes) -> Container:
-    """Check the preamble, both digests and the header (with its tensor table) of ``data``.
-
-    A file may end with one signature block (:data:`SIGNATURE_MAGIC`, public key, signature)
-    right after the payload; it is returned, not verified (``pemn.artifact.signing`` does).
-
-    Raises:
-        ArtifactError: for anything but a complete, intact file.
-    """
+    """Check the preamble, both digests and the header of ``data``; ArtifactError for
+    anything but a complete, intact file. A signature block after the payload is returned,
+    not verified (``pemn.artifact.signing`` does)."""
     if len(data) < PREAMBLE_BYTES:
         raise ArtifactError(f"not a PEMN artifact: {len(data)} bytes is shorter than the "
                             f"{PREAMBLE_BYTES}-byte preamble (truncated file?)")

@@ -1,39 +1,42 @@
-"""The three in-memory forms a loaded artifact can take (``pemn.load(..., form=...)``).
+"""The in-memory forms of a loaded artifact (``pemn.load(..., form=...)``), built from a
+checked :class:`Payload`:
 
-=========  ==========================================================  ======================
-form       what the model holds                                        use it to
-=========  ==========================================================  ======================
-train      frozen values + fp32 scores (PEMN layers, as after apply_)  fine-tune, keep training
-dense      plain layers, the masked weights baked in                   deploy; export
-packed     bit-packed masks + the prototype (a trained-weight family:    deploy where memory is
-           its file bytes); each layer rebuilds its weight from them   scarcer than compute
-           in every forward, nothing cached
-=========  ==========================================================  ======================
+- ``train``: PEMN layers as after ``apply_`` (frozen values + scores): fine-tune, keep training;
+- ``dense``: plain layers, the masked weights baked in: deploy, export;
+- ``packed``: bit-packed masks + each prototype as it really is (:func:`hold_prototype`), or a
+  trained family's file bytes; each weight rebuilt in every forward, nothing cached: deploy
+  where memory is scarcer than compute.
 
-Every form gives the same eval logits: ``dense`` and ``packed`` hold the very same float32
-weights as ``train`` (``fixed * mask`` is exact, and a trained family computes what its file
-decodes to), so their logits are bit-identical on one device. ``packed`` holds ``P/8`` bytes
-of masks plus each prototype as it really is (:func:`hold_prototype`): signed constants as one
-bit a value, a copy-order RP vector as its short drawn values; only normal values of a long
-prototype stay float32. Every form's weight is a computed tensor
-(:func:`pemn.masking.compute_`), the one mechanism of every family.
+All give bit-identical eval logits on one device (``fixed * mask`` is exact). Every computed
+weight goes through :func:`pemn.masking.compute_`.
 """
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pemn.artifact.bitpack import pack_bits
+from pemn import rng
+from pemn.artifact.bitpack import pack_bits, unpack_bits
+from pemn.artifact.format import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
-from pemn.masking import BITS, GAIN, VALUES, compute_
+from pemn.fill import TensorSpec, file_under
+from pemn.masking import BITS, FIXED, GAIN, MASK, SCORES, VALUES, compute_
+from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
-__all__ = ["unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_",
+__all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
+           "unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_",
            "hold_prototype"]
 
+
+# ------------------------------------------------------------------------------------------
+# Packed weights: bits and a shared prototype, or a trained weight's file bytes
+# ------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -43,29 +46,21 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype = torch.uint8):
-    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype``, on ``bits``' device.
-
-    The bit order of :mod:`pemn.artifact.bitpack`: element ``i`` is bit ``i % 8`` (least
-    significant first) of byte ``i // 8``. A table lookup (``F.embedding``) is the fastest
-    way measured here: 0.8 ms for 2.4M bits on 2 threads, 3x the shift-and-mask version.
-    """
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype`` (bitpack's order), on
+    ``bits``' device. A table lookup is the fastest measured: 3x shift-and-mask."""
     table = _bit_table(bits.device, dtype)
     return F.embedding(bits.int(), table).view(-1)[:n]
 
 
 def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask -> its packed bytes as a uint8 tensor on the mask's device."""
     data = pack_bits(mask)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
 
 
 def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:
-    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``.
-
-    A copy-order RP vector is its short drawn values (tiled in every read). A prototype of
-    signed constants is ``+-magnitude`` throughout: its sign bits, 1 bit a value instead of 32,
-    rebuild it exactly, permuted or not. Anything else is held as it is.
-    """
+    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``:
+    a copy-order RP vector's short drawn values (tiled in every read), the sign bits of a
+    prototype of ``+-magnitude`` constants (exact, permuted or not), else ``full`` itself."""
     if proto.tile_to > proto.numel and not proto.permute:
         return full[: proto.numel].clone(), None  # clone: the full vector is not kept alive
     magnitude = full[:1].abs()
@@ -76,12 +71,8 @@ def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | Non
 
 def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, module: nn.Module,
             name: str) -> torch.Tensor:
-    """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read.
-
-    ``values`` is a prototype vector shared (same storage) by every layer it serves; a
-    copy-order RP vector is kept short and tiled here; with a ``magnitude``, ``values`` are
-    the prototype's sign bits (:func:`hold_prototype`).
-    """
+    """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read;
+    ``values`` is shared (same storage) by every layer of its prototype."""
     values, n = getattr(module, name + VALUES), math.prod(shape)
     bits = getattr(module, name + BITS)
     if magnitude is not None:  # 0/1 mask times -1/+1 signs times the magnitude: exact in fp32
@@ -102,10 +93,8 @@ def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, modul
 
 def pack_module_(module: nn.Module, name: str, held: tuple[torch.Tensor, float | None],
                  mask: torch.Tensor, scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
-    """Make ``module.<name>`` computed from its packed ``mask`` bits over ``held``, the
-    ``(values, magnitude)`` of :func:`hold_prototype` (the mechanism of every computed weight,
-    :func:`pemn.masking.compute_`); the bits (and the gain) are its stored tensors, the shared
-    prototype a transient one."""
+    """Make ``module.<name>`` computed from its packed ``mask`` bits (and gain: its stored
+    tensors) over ``held``, the shared ``(values, magnitude)`` of :func:`hold_prototype`."""
     values, magnitude = held
     stored = {BITS: pack_bits_torch(mask)} | ({} if gain is None else {GAIN: gain})
     fn = functools.partial(_packed, tuple(mask.shape), scale, magnitude)
@@ -121,9 +110,259 @@ def _decoded(encoding: str, shape: tuple[int, ...], k: int, module: nn.Module,
 
 def pack_encoded_(module: nn.Module, name: str, encoding: str, data: bytes,
                   shape: tuple[int, ...], k: int) -> None:
-    """Make ``module.<name>`` a trained weight decoded from its file bytes ``data`` (encoding
-    ``encoding`` of :mod:`pemn.artifact.weights`) at every read."""
+    """Make ``module.<name>`` a trained weight decoded from its file bytes at every read."""
     bits = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(
         0, dtype=torch.uint8)  # frombuffer refuses an empty buffer (a layer keeping nothing)
     bits = bits.to(getattr(module, name).device)
     compute_(module, name, functools.partial(_decoded, encoding, tuple(shape), k), {BITS: bits})
+
+
+# ------------------------------------------------------------------------------------------
+# A checked file, ready to fill a skeleton
+# ------------------------------------------------------------------------------------------
+
+class Masks(list):
+    """Decoded masks held as packed bits, unpacked one at a time on use: a bool per weight
+    for every layer at once would cost a byte per weight at the peak."""
+
+    def append(self, mask: torch.Tensor) -> None:
+        super().append((pack_bits(mask), mask.shape))
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        bits, shape = super().__getitem__(j)
+        return unpack_bits(bits, shape.numel()).view(shape)
+
+    def into(self, j: int, out: torch.Tensor) -> torch.Tensor:
+        """Mask ``j`` written into ``out`` as 0/1 a bit position at a time (temporaries of a
+        bit per weight, not a byte)."""
+        bits = torch.from_numpy(np.frombuffer(super().__getitem__(j)[0], np.uint8).copy())
+        flat = out.view(-1)
+        for b in range(8):  # bitpack's order: element i is bit i % 8 of byte i // 8
+            dst = flat[b::8]
+            dst.copy_(bits[:len(dst)].bitwise_right_shift(b).bitwise_and_(1))
+        return out
+
+    def __iter__(self):
+        return (self[j] for j in range(len(self)))
+
+
+def tensor_specs(header: Header) -> list[TensorSpec]:
+    """The masked tensors, as ``apply_`` selected them at save time."""
+    return [TensorSpec(m.name, m.shape, m.fan_in) for m in header.masked]
+
+
+def check_regenerated(header: Header, digests) -> None:
+    if list(digests) != list(header.prototype_sha256):
+        raise ArtifactError(
+            f"regenerated weights differ from the ones that were trained (generator "
+            f"{header.generator} in the file, {rng.GENERATOR_ID} here); refusing to load a "
+            "different model. Re-save on the training machine with store_prototype=True")
+
+
+@dataclass
+class Payload:
+    """A checked file. A weight fill has ``plan``, ``masks``, ``gains`` (per masked tensor,
+    None without one) and ``stored`` (the prototypes; None when regenerated from the seed);
+    a trained-weight file has ``weights`` (per encoded entry, ``(weight, mask or None)``) and
+    the ``payload`` bytes, or, for a family rebuilt by ``apply_``, ``rebuild`` (the strategy
+    its :func:`register_rebuild` function returned); Dense has neither."""
+
+    header: Header
+    strategy: object
+    tensors: dict[str, torch.Tensor]
+    plan: object = None
+    masks: Masks | None = None
+    stored: list[np.ndarray] | None = None
+    gains: list | None = None
+    weights: list | None = None
+    payload: memoryview | None = None
+    rebuild: object = None
+
+    def prototype(self, i: int) -> torch.Tensor:
+        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256 (a
+        form built one prototype at a time holds one, not all of them)."""
+        if self.stored is not None:
+            return torch.from_numpy(self.stored[i])
+        proto, seed = self.plan.prototypes[i], self.header.seed
+        values = proto.expand(proto.draw(seed), seed)
+        if rng.sha256_f32(values) != self.header.prototype_sha256[i]:
+            check_regenerated(self.header, ())  # raises, naming both generators
+        return torch.from_numpy(values)
+
+    def fixed(self, j: int, prototype: torch.Tensor) -> torch.Tensor:
+        """Masked tensor ``j``'s fixed values in its prototype, as ``FillPlan.layer_values``."""
+        m, scale = self.header.masked[j], self.plan.scale(j)
+        view = prototype[:m.numel].view(m.shape)
+        return view if scale == 1.0 else view * scale
+
+
+_REBUILDERS: dict[type, object] = {}
+
+
+def register_rebuild(cls: type):
+    """Function decorator for a trained-weight family whose weights no entry decodes alone
+    (:mod:`pemn.pranc`: a seed and coefficients shared by every layer): ``fn(p, form) ->
+    strategy`` checks the :class:`Payload` ``p`` before any skeleton exists (its stored
+    tensors, the work its rebuild takes) and returns the strategy ``apply_`` rebuilds the
+    file's layers with in ``form``. Every form is then the train form: as it is (``train``),
+    baked (``dense``), or with the family's stored tensors frozen (``packed``)."""
+    return file_under(_REBUILDERS, cls)
+
+
+def rebuilder(strategy):
+    """The :func:`register_rebuild` function of ``strategy``'s family, or None."""
+    return next((_REBUILDERS[t] for t in type(strategy).__mro__ if t in _REBUILDERS), None)
+
+
+def _fill_stored(model: nn.Module, p: Payload) -> None:
+    """Every stored tensor and tie, then the neutral statistics of folded norms."""
+    tensors = {**p.tensors, **{a: p.tensors[t] for a, t in p.header.ties if t in p.tensors}}
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            if name in tensors:
+                t.copy_(tensors[name])
+        for fqn in p.header.folded_norms:
+            norm = model.get_submodule(fqn)
+            if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                raise ArtifactError(f"folded norm {fqn!r} is a {type(norm).__name__}, not a "
+                                    "BatchNorm layer")
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)  # sqrt(running_var + eps) = 1
+            if norm.num_batches_tracked is not None:
+                norm.num_batches_tracked.zero_()
+
+
+def _copy_weights(model: nn.Module, p: Payload) -> None:
+    with torch.no_grad():
+        for e, (weight, _) in zip(p.header.encoded, p.weights):
+            model.get_parameter(e.name).copy_(weight)
+
+
+def _apply_to(model: nn.Module, strategy, p: Payload, names: list[str]) -> None:
+    """``apply_`` with the file's arguments, on exactly the tensors ``names`` (glob-escaped)."""
+    escaped = ["".join(f"[{c}]" if c in "*?[]" else c for c in n) for n in names]
+    apply_(model, strategy, **{k: getattr(p.header, k) for k in accepts(p.strategy)},
+           include=escaped or None)
+
+
+# ------------------------------------------------------------------------------------------
+# Forms
+# ------------------------------------------------------------------------------------------
+
+def _train_form(model: nn.Module, p: Payload) -> nn.Module:
+    """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores; a
+    trained family's Parameters become its latent weights (the same values)."""
+    header = p.header
+    if p.weights is not None or p.rebuild is not None:
+        if p.weights is not None:
+            _copy_weights(model, p)
+        # select exactly the file's tensors (the dense ends among them or not), then record
+        # the strategy as it was
+        _apply_to(model, replace(p.rebuild or p.strategy, dense_ends=False), p,
+                  [e.name for e in header.encoded])
+        model.pemn_spec.strategy = p.strategy
+        if [t.name for t in model.pemn_spec.tensors] != [e.name for e in header.encoded]:
+            raise ArtifactError(f"{p.strategy.name} compresses other tensors of this skeleton "
+                                "than the file lists")
+        with torch.no_grad():
+            for e, (_, mask) in zip(header.encoded, p.weights or ()):
+                if mask is not None:
+                    fqn, _, name = e.name.rpartition(".")
+                    getattr(model.get_submodule(fqn), name + MASK).copy_(mask)
+    else:
+        if p.plan is not None and p.stored is None:  # validate before use: a file whose seed
+            for i in range(len(p.plan.prototypes)):  # is wrong costs one prototype, not a model
+                p.prototype(i)
+        names = [m.name for m in header.masked]
+        _apply_to(model, p.strategy, p, names)
+        spec = model.pemn_spec
+        if p.plan is not None:
+            if spec.tensors != tensor_specs(header):
+                raise ArtifactError("apply_ selects other tensors than the file lists; register "
+                                    "the same maskable layers (pemn.register_maskable) as at save")
+            tied = {a: t for a, t in header.ties if t in names}
+            if spec.ties != tied:
+                raise ArtifactError(f"the skeleton ties {spec.ties} but the file ties {tied}")
+            if p.stored is None:
+                check_regenerated(header, spec.prototype_sha256)
+            _set_masks(model, spec, p)
+    _fill_stored(model, p)
+    return model
+
+
+def _set_masks(model: nn.Module, spec, p: Payload) -> None:
+    layers = list(masked_tensors(model))
+    with torch.no_grad():
+        if p.stored is not None:  # a stored prototype replaces what apply_ generated
+            for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
+                    [torch.from_numpy(v) for v in p.stored], spec.tensors)):
+                getattr(module, name + FIXED).copy_(fixed)
+        for j, (_, module, name) in enumerate(layers):
+            # kept 2, dropped 1: top-k is the mask, which decoded to exactly its kept count
+            # (so no top-k and its temporaries here)
+            p.masks.into(j, getattr(module, name + SCORES)).add_(1)
+
+
+def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
+    """A plain model: each masked weight is ``fixed * mask``, written into the skeleton."""
+    header = p.header
+    if p.rebuild is not None:
+        return materialize_(_train_form(model, p))
+    if p.weights is not None:
+        _copy_weights(model, p)
+    elif p.plan is not None:
+        with torch.no_grad():
+            for i in range(len(p.plan.prototypes)):  # one prototype alive at a time
+                prototype = p.prototype(i)
+                for j in (j for j, src in enumerate(p.plan.sources) if src == i):
+                    # written in place: no temporary per weight
+                    weight = model.get_parameter(header.masked[j].name)
+                    weight.copy_(p.fixed(j, prototype)).mul_(p.masks[j].to(weight.device))
+                    if p.gains[j] is not None:
+                        weight.mul_(p.gains[j].to(weight))
+            masked = {m.name: model.get_parameter(m.name) for m in header.masked}
+            for alias, target in header.ties:  # an untied skeleton still gets every alias
+                if target in masked and model.get_parameter(alias) is not masked[target]:
+                    model.get_parameter(alias).copy_(masked[target])
+    _fill_stored(model, p)
+    return model
+
+
+def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
+    """Bits + prototype per layer (a trained family: its file bytes), the weight rebuilt in
+    every forward (no cache)."""
+    if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
+        model = _train_form(model, p)
+        for e in p.header.encoded:
+            fqn, _, name = e.name.rpartition(".")
+            gain = getattr(model.get_submodule(fqn), name + GAIN, None)
+            if gain is not None:
+                gain.requires_grad_(False)
+        return model
+    _fill_stored(model, p)
+    for e in p.header.encoded if p.weights is not None else ():
+        fqn, _, name = e.name.rpartition(".")
+        pack_encoded_(model.get_submodule(fqn), name, e.encoding,
+                      bytes(p.payload[e.offset:e.offset + e.length]), e.shape, e.num_kept)
+    if p.plan is None:
+        return model
+    device = next(iter(model.state_dict().values())).device
+    # what each prototype really is, held once and shared by its layers
+    shared = [hold_prototype(p.prototype(i).to(device), proto)  # one full vector at a time
+              for i, proto in enumerate(p.plan.prototypes)]
+    owners = {}
+    for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
+        fqn, _, name = m.name.rpartition(".")
+        module = model.get_submodule(fqn)
+        gain = p.gains[i]
+        pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),
+                     None if gain is None else gain.to(device, torch.float32))
+        owners[m.name] = (module, name)
+    for alias, target in p.header.ties:
+        if target in owners:
+            fqn, _, name = alias.rpartition(".")
+            tie_(model.get_submodule(fqn), name, *owners[target])
+    return model
+
+
+FORM_BUILDERS = {"train": _train_form, "dense": _dense_form, "packed": _packed_form}

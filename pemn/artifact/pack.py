@@ -1,11 +1,7 @@
-"""Pack a PEMN model into artifact bytes: seed + masks + every other tensor, no code.
-
-Any model that :func:`pemn.apply_` accepted can be packed. The file names every tensor and its
-shape, so a loader can fill a skeleton the user builds; zoo models (``pemn.models``) also record
-their name and constructor kwargs, so ``pemn.load(path)`` can build the skeleton itself.
-
-Only the masks of the learned scores are stored, not the score magnitudes: an artifact is for
-inference and fine-tuning of the other tensors; resume mask training from a checkpoint.
+"""Pack a model that :func:`pemn.apply_` accepted into artifact bytes: seed + masks (or
+encoded trained weights) + every other tensor, no code. Zoo models also record their name and
+kwargs. Only the masks of the scores are stored, not their magnitudes: resume mask training
+from a checkpoint, not an artifact.
 """
 from __future__ import annotations
 
@@ -33,7 +29,7 @@ from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, current_mask, part
 from pemn.transform import masked_tensors
 
 __all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
-           "unmasked_hint"]
+           "unique_tensors", "unmasked_hint"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +44,6 @@ _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 
 def dtype_code(name: str, t: torch.Tensor) -> str:
-    """The file's dtype code of tensor ``name`` (see ``pemn.artifact.format.DTYPES``)."""
     if t.dtype not in _DTYPE_CODES:
         raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
     return _DTYPE_CODES[t.dtype]
@@ -108,9 +103,6 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
 # Each writer below gives the tensor table's rows as (Entry fields but offset and length, bytes)
 
 def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
-    if codec != "auto" and codec not in list_codecs():
-        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
-                            f"of {list_codecs()}")
     rows = []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
@@ -129,23 +121,27 @@ def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, bytes]]:
              d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
 
 
-def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
-    """``(name, tensor)`` of every state_dict entry but the masks' machinery, each stored once,
-    and the ties: later names that hold a tensor already listed."""
-    masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
-    if isinstance(spec.strategy, Dense):
-        machinery = set()
+def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
+    """``(name, tensor)`` of each tensor of ``state`` (name, tensor pairs) once, and the ties:
+    ``(alias, name)`` for each later name of a tensor already listed."""
     entries, ties, first = [], [], {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if name in machinery:
-            continue
+    for name, t in state:
         if id(t) in first:
             ties.append((name, first[id(t)]))
         else:
             first[id(t)] = name
             entries.append((name, t))
     return entries, ties
+
+
+def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
+    """Every state_dict entry but the masks' machinery, by :func:`unique_tensors`."""
+    masked = {t.name for t in spec.tensors} | set(spec.ties)
+    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
+    if isinstance(spec.strategy, Dense):
+        machinery = set()
+    return unique_tensors((name, t) for name, t in model.state_dict(keep_vars=True).items()
+                          if name not in machinery)
 
 
 def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple[dict, bytes]]:
@@ -204,11 +200,7 @@ def _zoo_args(model: nn.Module) -> dict | None:
     if not (isinstance(args, dict) and isinstance(args.get("name"), str)
             and isinstance(args.get("kwargs"), dict)):
         return None
-    try:
-        return json.loads(json.dumps({"name": args["name"], "kwargs": dict(args["kwargs"])},
-                                     allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"model_args cannot be stored: not JSON-serialisable ({e})") from None
+    return _json_object({"name": args["name"], "kwargs": dict(args["kwargs"])}, "model_args")
 
 
 def _dataset_header(dataset) -> dict | None:
@@ -247,11 +239,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     Args:
         model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
         codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size
-            (``pemn.artifact.codec.choose_codec``: raw bits at keep 0.5, Huffman-coded when
-            sparser).
+            (:func:`pemn.artifact.codec.choose_codec`).
         store_prototype: store the prototype values instead of regenerating them from the
-            seed; ``None`` (auto) stores them when they take at most
-            ``STORE_PROTOTYPE_MAX_BYTES`` (1 KB), e.g. RP 1e-3. ``Dense`` stores all weights.
+            seed; ``None`` stores them when they take at most ``STORE_PROTOTYPE_MAX_BYTES``.
         metadata: your JSON object, stored as is (at most 64 KiB).
         dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
             ``input_shape``, ``mean``, ``std``, ``class_names``).
@@ -260,9 +250,8 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
             eval logits within 16-bit rounding (BN running statistics restart if fine-tuned).
         sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
-            ``codec``, then the kept float32 values) or ``"csr"`` (values, column indices, row
-            pointers). Models of ``pemn.competitors`` store their weights as
-            :mod:`pemn.artifact.weights` encodes them.
+            ``codec``, then the kept float32 values) or ``"csr"``
+            (:mod:`pemn.artifact.weights`).
 
     Returns:
         The file bytes.
@@ -272,6 +261,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
             cannot store, non-JSON metadata, or an unknown ``codec``.
     """
     spec = _check_packable(model)
+    if codec != "auto" and codec not in list_codecs():
+        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
+                            f"of {list_codecs()}")
     if sparse_format not in SPARSE_FORMATS:
         raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
                             f"{list(SPARSE_FORMATS)}")

@@ -1,13 +1,9 @@
 """Optional ed25519 signatures: who wrote an artifact, not only whether it is intact.
 
-The checksums inside a file detect corruption, but anyone can edit a file and recompute them.
-A signature made with the author's private key cannot be recomputed by someone else: a user
-who knows the author's public key (published beside the model) can check that the file is
-exactly what the author saved. Keys and signatures come from ``cryptography`` (install
-``pemn[sign]``); pemn only lays out the bytes.
-
-Layout: an unsigned file followed by one 104-byte block, ``b"PEMNSIG1"`` + the 32-byte
-public key + the 64-byte ed25519 signature of every byte before the block.
+Anyone can edit a file and recompute its checksums, but not the author's signature: a user
+who knows the author's public key can check that the file is exactly what the author saved.
+Keys and signatures come from ``cryptography`` (``pemn[sign]``). Layout: the unsigned file,
+then ``b"PEMNSIG1"`` + the 32-byte public key + the 64-byte signature of every byte before.
 
     >>> key = generate_key("author.key")              # once; keep it private
     >>> pemn.save(model, "model.pemn", sign_with="author.key")

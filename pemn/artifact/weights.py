@@ -1,39 +1,10 @@
 """Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
 
-The competitor strategies of :mod:`pemn.competitors` train ordinary weights and store them in a
-few bits each. The numerics they train with live here, next to the byte formats, so that the
-forward pass and the file agree bit for bit: a layer computes with :func:`dequantize` of
-:func:`quantize` (or :func:`debinarize` of :func:`binarize`), and a loader rebuilds exactly that
-tensor from the stored integers and scales.
-
-"Per output channel" means per index of dim 0, torch's layout of Conv and Linear weights. Every
-scale is rounded to float16 *before* it is used, in training too, so two bytes per channel store
-it exactly.
-
-Encodings of one tensor of ``n`` values over ``rows = shape[0]`` channels (``k`` kept values for
-the sparse ones), all little-endian; a file records the encoding's name per tensor:
-
-==================  =======================================================================
-``int8``            ``rows`` float16 scales, then ``n`` int8 codes in C order (-127..127)
-``int4``            ``rows`` float16 scales, then ``ceil(n / 2)`` bytes: code ``2i`` in the low
-                    nibble of byte ``i``, code ``2i + 1`` in the high one, two's complement
-                    (-7..7), a zero nibble pads an odd ``n``
-``sign``            ``rows`` float16 scales (alpha = mean of ``|w|`` per channel), then the
-                    ``ceil(n / 8)`` bytes of :func:`pemn.artifact.bitpack.pack_bits` of
-                    ``w >= 0`` (weight = +alpha where the bit is 1, -alpha where it is 0)
-``<codec>+f32``     the exact-k mask coded by mask codec ``<codec>`` (:mod:`.codec`, e.g.
-                    ``bits+f32``, ``huffman-gaps+f32``), then the ``k`` kept values as float32
-                    in C order
-``csr-f32``         CSR over ``rows`` rows of ``n / rows`` columns: ``k`` float32 values, ``k``
-                    column indices, ``rows + 1`` row pointers; each index array in the smallest
-                    unsigned width of 1, 2 or 4 bytes that holds its largest possible value
-                    (``columns - 1``, resp. ``k``)
-==================  =======================================================================
-
-Canonical forms, checked on decode so that a loaded model retrains into the same weights: a
-channel with a positive scale uses the extreme code (``max |q| = 2**(bits-1) - 1``), a channel
-with scale 0 has only zero codes and, for ``sign``, only 1 bits. Scales are finite and not
-negative; stored values are finite.
+The numerics the strategies of :mod:`pemn.competitors` train with live next to their byte
+formats (``docs/FORMAT.md``), so that the forward pass and the file agree bit for bit. A
+channel is an index of dim 0; every scale is rounded to float16 *before* use, in training
+too, so 2 bytes store it exactly. Decoding accepts only canonical forms (a positive scale uses
+the extreme code; scale 0 only zero codes), so a loaded model retrains into the same weights.
 """
 from __future__ import annotations
 
@@ -71,16 +42,8 @@ def _fp16_scale(v: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-channel quantization: ``q = round(w / s)`` with ``s = max|w| / qmax``.
-
-    Args:
-        w: a weight, ``(out, ...)``.
-        bits: 8 or 4 (``qmax`` 127 or 7).
-
-    Returns:
-        ``q`` (int8, ``w``'s shape, in ``[-qmax, qmax]``) and ``s`` (float32 ``(out,)``, every
-        value a float16 number; 0 for an all-zero channel).
-    """
+    """Symmetric per-channel ``q = round(w / s)``, ``s = max|w| / qmax`` (127 or 7 for 8 or
+    4 bits): int8 ``q`` of ``w``'s shape and float32 ``s`` ``(out,)`` of float16 numbers."""
     qmax = 2 ** (bits - 1) - 1
     w = w.detach()
     scale = _fp16_scale(_rows(w).abs().amax(1) / qmax)
@@ -95,13 +58,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def binarize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary weights as in BWN/XNOR-Net (Rastegari et al. 2016): ``sign(w)`` and one scale
-    ``alpha = mean |w|`` per output channel.
-
-    Returns:
-        ``signs`` (bool, ``w``'s shape: True where ``w >= 0``, and everywhere in a channel
-        whose alpha is 0) and ``alpha`` (float32 ``(out,)``, float16 numbers).
-    """
+    """BWN/XNOR-Net (Rastegari et al. 2016): bool ``signs`` (True where ``w >= 0``, and in a
+    channel whose alpha is 0) and ``alpha = mean |w|`` per channel (float16 numbers)."""
     w = w.detach()
     alpha = _fp16_scale(_rows(w).abs().mean(1))
     return (w >= 0) | _per_row(alpha == 0, w), alpha
@@ -119,15 +77,11 @@ def debinarize(signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Encoding:
-    """One byte format of a trained tensor.
+    """One byte format of a trained tensor (``name``: never reused for another format).
 
-    Args:
-        name: stored in the file per tensor; never reuse a name for another format.
-        encode: ``(latent weight, bool mask or None) -> bytes``; the layer computes with what
-            :attr:`decode` returns.
-        decode: ``(bytes, shape, k) -> (float32 weight, bool mask or None)``; raises
-            ArtifactError on anything but the canonical encoding of some weight.
-        sparse: the tensor keeps ``k`` of its values (the others are 0) and stores a mask.
+    ``encode(latent, mask or None) -> bytes``; ``decode(bytes, shape, k) -> (float32 weight,
+    mask or None)`` raises ArtifactError on anything but a canonical encoding; ``sparse``: the
+    tensor keeps ``k`` values (the others 0) and stores a mask.
     """
 
     name: str
@@ -141,7 +95,6 @@ SPARSE_FORMATS = ("mask", "csr")  # pack(sparse_format=...): a coded mask + valu
 
 
 def get_encoding(name: str) -> Encoding:
-    """The encoding called ``name``; ArtifactError if unknown (names come from files)."""
     if name not in ENCODINGS:
         raise ArtifactError(f"unknown weight encoding {str(name)[:40]!r}; known: "
                             f"{sorted(ENCODINGS)}")
@@ -149,7 +102,6 @@ def get_encoding(name: str) -> Encoding:
 
 
 def register_encoding(encoding: Encoding) -> None:
-    """File a byte format under its name (a file names it per tensor)."""
     if encoding.name in ENCODINGS:
         raise ValueError(f"weight encoding {encoding.name!r} is already registered")
     ENCODINGS[encoding.name] = encoding
@@ -329,18 +281,10 @@ for _codec in list_codecs():
 
 
 def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
-    """The encoding of a sparse tensor: ``"csr-f32"``, or its mask codec (``"auto"``: the
-    smallest, as for PEMN masks) followed by ``"+f32"``."""
-    if sparse_format not in SPARSE_FORMATS:
-        raise ArtifactError(f"unknown sparse_format {sparse_format!r}; use one of "
-                            f"{SPARSE_FORMATS}")
+    """``"csr-f32"``, or the mask codec (``"auto"``: the smallest) followed by ``"+f32"``."""
     if sparse_format == "csr":
         return "csr-f32"
-    name = f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
-    if name not in ENCODINGS:
-        raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
-                            f"of {[e[:-4] for e in ENCODINGS if e.endswith('+f32')]}")
-    return name
+    return f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
 
 
 # ------------------------------------------------------------------------------------------

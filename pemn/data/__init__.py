@@ -1,9 +1,9 @@
 """Datasets as uint8 tensors, their metadata, a name registry, and a device-resident loader.
 
-``dataset_info(name)`` gives a dataset's metadata without reading a file;
-``load_dataset(name, root)`` parses it once into a :class:`Dataset` of uint8 image tensors
-(N, C, H, W) and int64 labels. Nothing here downloads: when files are missing, the error says
-how to get them. Every reader failure, hostile files included, is a :class:`DatasetError`.
+``dataset_info(name)`` gives a dataset's metadata, ``load_dataset(name, root)`` a
+:class:`Dataset` of uint8 (N, C, H, W) images and int64 labels. Nothing downloads: a missing
+file's error says how to get it. Every reader failure, hostile files included, is a
+:class:`DatasetError`.
 
 | name              | images           | classes | files looked for                               |
 |-------------------|------------------|---------|------------------------------------------------|

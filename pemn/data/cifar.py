@@ -1,16 +1,14 @@
 """CIFAR-10 and CIFAR-100 from the official "python version" pickles (Krizhevsky, 2009).
 
-``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
-``cifar-100-python/`` holds ``train`` and ``test``. Each is a Python 2 pickle of a dict with
-``b"data"``, a uint8 numpy array (N, 3072) whose rows are the red plane, then green, then blue,
-each 32x32 row-major, and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
+``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``5`` and ``test_batch``; ``cifar-100-python/``
+holds ``train`` and ``test``. Each pickles a dict with ``b"data"``, uint8 (N, 3072) rows of the
+R, G, B planes (32x32 each), and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
 
-Pickles can run arbitrary code when loaded, so they are read with an unpickler that builds only
-dicts, lists, numbers, bytes and plain numeric numpy arrays. The numpy names a pickle asks for
-resolve to stand-ins here, never to numpy's own reconstructors: an array is rebuilt from one
-buffer whose size must be exactly what its shape and dtype need (no strides, no views, no
-object arrays), so a file can never claim more memory than it holds. The stand-ins cannot be
-changed by the pickle (``BUILD`` on one is refused), so no file alters the reader for the next.
+Pickles can run code, so the unpickler builds only dicts, lists, numbers, bytes and plain
+numeric arrays. The numpy names a pickle asks for resolve to stand-ins, never to numpy's
+reconstructors: an array is rebuilt from one buffer exactly as large as its shape and dtype
+need (no strides, views or objects), so a file never claims more memory than it holds. A
+stand-in refuses ``BUILD``, so no file alters the reader for the next.
 """
 from __future__ import annotations
 
@@ -36,7 +34,7 @@ _MAX_NDIM = 8
 
 
 class _Refused(DatasetError):
-    """Something a CIFAR file would never contain; the message says what."""
+    """Something a CIFAR file would never contain."""
 
 
 class _Dtype:
@@ -59,9 +57,8 @@ class _Dtype:
 
 
 class _StandIn:
-    """What a name in a pickle resolves to: a callable the pickle cannot change. ``BUILD``,
-    a pickle's only way to set attributes, calls ``__setstate__``, which refuses; so no file
-    alters the reader (a function's ``__defaults__``, a ``__class__``) for the next one."""
+    """What a name in a pickle resolves to: a callable that refuses ``BUILD``, a pickle's only
+    way to set attributes (a function's ``__defaults__``, a ``__class__``)."""
 
     __slots__ = ("_fn",)
 
@@ -77,7 +74,7 @@ class _StandIn:
 
 def _ndarray(*args):
     """``numpy.ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as
-    gigabytes: the name is only a marker for ``_reconstruct``."""
+    gigabytes: only a marker for ``_reconstruct``."""
     raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
 
 
@@ -137,8 +134,7 @@ def _latin1(text, encoding):
 
 
 def _empty_bytes(*args):
-    """``bytes()``: how Python 3 writes ``b""`` at pickle protocol < 3; any argument (a size,
-    an iterable) is refused."""
+    """``bytes()``: how Python 3 writes ``b""`` at pickle protocol < 3; arguments are refused."""
     if args:
         raise _Refused("bytes(...) with arguments")
     return b""
@@ -159,8 +155,6 @@ _ALLOWED = {
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that builds dicts, lists, numbers, bytes and numpy arrays, and nothing else."""
-
     def find_class(self, module: str, name: str):
         try:
             return _ALLOWED[(module, name)]
@@ -185,7 +179,7 @@ def _unpickle(path: Path) -> object:
 
 
 def _resolve(value: object) -> object:
-    """A stand-in array becomes its numpy array; anything else is returned as it is."""
+    """A stand-in array becomes its numpy array."""
     if isinstance(value, _Array):
         if value.array is None:
             raise _Refused("a numpy array without data")
@@ -195,24 +189,15 @@ def _resolve(value: object) -> object:
 
 def read_cifar_batch(path: str | Path,
                      label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one CIFAR pickle file.
-
-    Args:
-        path: e.g. ``cifar-10-batches-py/data_batch_1``.
-        label_key: ``b"labels"`` for CIFAR-10, ``b"fine_labels"`` for CIFAR-100.
-
-    Returns:
-        ``(images, labels)``: uint8 (N, 3, 32, 32) and int64 (N,).
+    """One CIFAR pickle (e.g. ``data_batch_1``) -> uint8 (N, 3, 32, 32) images and int64 (N,)
+    labels; ``label_key`` is ``b"fine_labels"`` for CIFAR-100.
 
     Raises:
         DatasetError: not a dict of the expected keys, shapes and dtypes, or an unsafe pickle.
     """
     path = Path(path)
     with reader_errors(path, "CIFAR pickle"):
-        return _check_batch(path, _unpickle(path), label_key)
-
-
-def _check_batch(path: Path, batch: object, label_key: bytes):
+        batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} must hold a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
@@ -230,8 +215,9 @@ def _check_batch(path: Path, batch: object, label_key: bytes):
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise wrong
-    images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
-    return images, torch.from_numpy(labels.astype(np.int64))
+    with reader_errors(path, "CIFAR pickle"):  # the copy may run out of memory
+        images = torch.from_numpy(data.copy(order="C")).view(-1, 3, 32, 32)  # R, G, B planes
+        return images, torch.from_numpy(labels.astype(np.int64))
 
 
 def _describe(x: object) -> str:
@@ -242,60 +228,33 @@ def _describe(x: object) -> str:
     return type(x).__name__
 
 
-def _find_dir(root: str | Path, name: str) -> Path | None:
-    """``root/name``, or ``root`` itself when the user pointed at the extracted folder."""
-    root = Path(root)
-    for d in (root / name, root):
-        if d.name == name and d.is_dir():
-            return d
-    return None
-
-
-def _read_split(folder: Path, files: tuple[str, ...], label_key: bytes):
-    parts = [read_cifar_batch(folder / f, label_key) for f in files]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def _missing(root: Path, name: str, archive: str) -> DatasetError:
-    return DatasetError(
-        f"{name} not found: download https://www.cs.toronto.edu/~kriz/{archive} and extract it "
-        f"so that {root.resolve() / name} exists (or pass root=<folder containing {name}>)"
-    )
-
-
 def load_cifar10(root: str | Path = "data"):
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` being that folder).
-
-    Returns:
-        ``(train_images, train_labels, test_images, test_labels)``: 50,000 / 10,000 images,
-        uint8 (N, 3, 32, 32), labels int64 in [0, 10).
-
-    Raises:
-        DatasetError: folder or files missing (the message says how to get them), or malformed.
-    """
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` being that folder):
+    ``(train_images, train_labels, test_images, test_labels)``, 50,000 / 10,000 uint8
+    (N, 3, 32, 32) images and int64 labels in [0, 10). Missing files raise a DatasetError that
+    says how to get them."""
     return _load(root, CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_TRAIN, "test_batch",
                  b"labels")
 
 
 def load_cifar100(root: str | Path = "data"):
-    """CIFAR-100 (fine labels, 100 classes) from ``root/cifar-100-python``.
-
-    Returns:
-        ``(train_images, train_labels, test_images, test_labels)``: 50,000 / 10,000 images,
-        uint8 (N, 3, 32, 32), labels int64 in [0, 100).
-
-    Raises:
-        DatasetError: folder or files missing (the message says how to get them), or malformed.
-    """
+    """CIFAR-100 (fine labels, 100 classes) from ``root/cifar-100-python``, as
+    :func:`load_cifar10`."""
     return _load(root, CIFAR100_DIR, "cifar-100-python.tar.gz", ("train",), "test",
                  b"fine_labels")
 
 
 def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
           label_key: bytes):
+    root = Path(root)
     with reader_errors(root, "CIFAR folder"):  # stat may be denied, torch.cat run out of memory
-        folder = _find_dir(root, name)
-        if folder is None or not all((folder / f).exists() for f in (*train_files, test_file)):
-            raise _missing(Path(root), name, archive)
-        return (*_read_split(folder, train_files, label_key),
-                *_read_split(folder, (test_file,), label_key))
+        folder = root if root.name == name else root / name  # root may be the folder itself
+        if not all((folder / f).exists() for f in (*train_files, test_file)):
+            raise DatasetError(f"{name} not found: download https://www.cs.toronto.edu/~kriz/"
+                               f"{archive} and extract it so that {root.resolve() / name} exists "
+                               f"(or pass root=<folder containing {name}>)")
+        splits = []
+        for files in (train_files, (test_file,)):
+            parts = [read_cifar_batch(folder / f, label_key) for f in files]
+            splits += [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
+        return tuple(splits)

@@ -57,37 +57,16 @@ DIGITS = DatasetInfo("digits", channels=1, num_classes=10, image_size=8, num_tra
 
 @register_dataset(FASHION_MNIST)
 def _fashion_mnist(root):
-    folders = [root] if root is not None else [FASHION_MNIST_SYSTEM_DIR,
-                                               DEFAULT_ROOT / "fashion_mnist"]
+    folders = [root] if root else [FASHION_MNIST_SYSTEM_DIR, DEFAULT_ROOT / "fashion_mnist"]
     return load_idx_splits("fashion_mnist", folders,
                            "run `sudo apt-get install dataset-fashion-mnist` or ")
 
 
-@register_dataset(MNIST)
-def _mnist(root):
-    return load_idx_splits("mnist", [root if root is not None else DEFAULT_ROOT / "mnist"])
-
-
-@register_dataset(CIFAR10)
-def _cifar10(root):
-    return load_cifar10(root if root is not None else DEFAULT_ROOT)
-
-
-@register_dataset(CIFAR100)
-def _cifar100(root):
-    return load_cifar100(root if root is not None else DEFAULT_ROOT)
-
-
-@register_dataset(TINY_IMAGENET)
-def _tiny_imagenet(root):
-    return load_tiny_imagenet(root if root is not None else DEFAULT_ROOT,
-                              max_classes=TINY_IMAGENET.num_classes)
-
-
-@register_dataset(DIGITS)
-def _digits(root):
-    return load_digits()
-
-
+register_dataset(MNIST)(lambda root: load_idx_splits("mnist", [root or DEFAULT_ROOT / "mnist"]))
+register_dataset(CIFAR10)(lambda root: load_cifar10(root or DEFAULT_ROOT))
+register_dataset(CIFAR100)(lambda root: load_cifar100(root or DEFAULT_ROOT))
+register_dataset(TINY_IMAGENET)(lambda root: load_tiny_imagenet(
+    root or DEFAULT_ROOT, max_classes=TINY_IMAGENET.num_classes))
+register_dataset(DIGITS)(lambda root: load_digits())
 register_files_dataset("folder")(load_folder)
 register_files_dataset("npz")(load_npz)

@@ -1,9 +1,6 @@
-"""scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), bundled with sklearn.
-
-No download is needed, which makes it the dataset for fast end-to-end tests. Pixel values
-0..16 are rescaled to uint8 0..255 (``round(v * 255 / 16)``). The dataset has no official
-split: a ``numpy.random.RandomState(SPLIT_SEED)`` permutation puts its last 20% (359 images)
-in the test set.
+"""scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): no download, so the dataset of
+fast end-to-end tests. Pixels 0..16 become uint8 ``round(v * 255 / 16)``; with no official
+split, the last 20 % (359) of a ``RandomState(SPLIT_SEED)`` permutation is the test set.
 """
 from __future__ import annotations
 
@@ -19,13 +16,8 @@ TEST_FRACTION = 0.2
 
 
 def load_digits():
-    """Returns ``(train_images, train_labels, test_images, test_labels)``.
-
-    Images are uint8 (N, 1, 8, 8); labels int64 in [0, 10). Train has 1,438 images, test 359.
-
-    Raises:
-        DatasetError: scikit-learn is not installed, or its bundled file cannot be read.
-    """
+    """``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 1, 8, 8) and int64;
+    a DatasetError without scikit-learn."""
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:

@@ -11,24 +11,14 @@ _MAX_DETAIL = 200  # characters of a hostile value or a library message quoted i
 
 
 class DatasetError(ValueError):
-    """A dataset is missing, malformed, unsafe or too large to load.
-
-    The message is one line that names the file or folder and says what is wrong.
-    """
+    """A dataset is missing, malformed, unsafe or too large; one line naming the file."""
 
 
 @contextmanager
 def reader_errors(path: str | Path, what: str) -> Iterator[None]:
-    """Re-raise any failure inside the block as a one-line :class:`DatasetError` naming ``path``.
-
-    Dataset files come from strangers, so numpy, zlib, pickle, Pillow and the allocator can
-    fail in ways no reader enumerates; callers must still see only the project's error.
-    ``DatasetError`` passes through unchanged.
-
-    Args:
-        path: the file or folder being read.
-        what: what it should be, e.g. ``"IDX file"``.
-    """
+    """Re-raise any failure inside the block as a one-line :class:`DatasetError` naming
+    ``path``, ``what`` it should be (e.g. ``"IDX file"``). Files from strangers make numpy, zlib,
+    pickle, Pillow and the allocator fail in ways no reader enumerates."""
     try:
         yield
     except DatasetError:

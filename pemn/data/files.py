@@ -1,9 +1,5 @@
-"""Opening dataset files: regular files only, sizes checked before anything is read.
-
-A path from a stranger may name a FIFO (blocks forever), a device such as ``/dev/zero``
-(never ends) or a file far larger than the format allows; each is refused here, before a byte
-is read.
-"""
+"""Opening dataset files safely: paths kept inside the dataset folder, regular files only,
+sizes checked before a byte is read (a FIFO blocks forever, ``/dev/zero`` never ends)."""
 from __future__ import annotations
 
 import os
@@ -13,18 +9,22 @@ from typing import BinaryIO
 
 from .errors import DatasetError, reader_errors
 
-__all__ = ["open_regular", "read_regular"]
+__all__ = ["inside", "open_regular", "read_regular"]
+
+
+def inside(folder: Path, path: Path) -> Path:
+    """``path`` resolved, refused unless it stays inside ``folder`` (already resolved): this
+    catches absolute paths, ``..`` and symlinks that point out."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder):
+        raise DatasetError(f"{path} resolves to {resolved}, outside the dataset folder {folder}; "
+                           "refusing to read it")
+    return resolved
 
 
 def open_regular(path: str | Path, max_bytes: int, what: str) -> BinaryIO:
-    """Open ``path`` for reading, refusing anything but a regular file of at most ``max_bytes``.
-
-    Returns:
-        A binary file object; the caller closes it.
-
-    Raises:
-        DatasetError: missing, unreadable, not a regular file, or larger than ``max_bytes``.
-    """
+    """Open ``path`` for reading, refusing anything but a regular file of at most ``max_bytes``
+    (the caller closes it)."""
     with reader_errors(path, what):
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on files
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

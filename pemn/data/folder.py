@@ -1,23 +1,19 @@
 """``data.dataset = "folder"``: your own labelled images, one subfolder per class.
 
-Layout (torchvision's ImageFolder): ``root/<class>/<image>`` with PNG or JPEG images, or
-``root/train/<class>/...`` and ``root/test/<class>/...``. A single tree is split by
-:func:`pemn.data.npz.holdout` on the images' paths: 20 % of each class is the test split, the
-same on every machine. Class indices follow the sorted folder names. Files that are hidden or
-not ``.png``/``.jpg``/``.jpeg`` are ignored.
+Layout (torchvision's ImageFolder): ``root/<class>/<image>`` (PNG or JPEG), or ``root/train/``
+and ``root/test/`` trees of them. A single tree is split by :func:`pemn.data.npz.holdout` on the
+images' paths (20 % of each class, the same on every machine). Class indices follow the sorted
+folder names; hidden files and other suffixes are ignored.
 
-Images are decoded with Pillow, converted to ``channels`` (1: greyscale, 3: RGB; default 3) and
-resized to ``image_size`` x ``image_size`` (default 32), once: the uint8 arrays are cached in
-``root/.pemn-cache-<C>x<S>.npz``, written atomically when the folder is writable. The cache
-records a fingerprint of every image's path, size and modification time, so adding, removing
-or editing an image rebuilds it. Class names come from the folders, mean and std from the
-training split (:func:`pemn.data.npz.describe`).
+Images are converted to ``channels`` (1: greyscale, 3: RGB; default 3) and resized to
+``image_size`` (default 32) once, then cached in ``root/.pemn-cache-<C>x<S>.npz`` (written
+atomically when the folder is writable). The cache records a fingerprint of every image's path,
+size and modification time, so changing the folder rebuilds it.
 
-Hostile folders: every path is resolved and must stay inside ``root`` (symlinks that leave it
-are refused); only regular files of at most :data:`MAX_FILE_BYTES` are opened, and only by
-Pillow's PNG and JPEG parsers; an image's pixel count is read from its header and refused
-above :data:`MAX_SOURCE_PIXELS` (a decompression bomb) before it is decoded; the number of
-images and the decoded bytes are capped (:data:`pemn.data.npz.MAX_IMAGES`).
+Hostile folders: every path must resolve inside ``root``; only regular files of at most
+:data:`MAX_FILE_BYTES` are opened, only by Pillow's PNG and JPEG parsers; an image above
+:data:`MAX_SOURCE_PIXELS` (read from its header) is refused before it is decoded (a
+decompression bomb); the image count and decoded bytes are capped (:mod:`pemn.data.npz`).
 """
 from __future__ import annotations
 
@@ -33,11 +29,12 @@ import torch
 from pemn.fileio import atomic_write
 
 from .errors import DatasetError, reader_errors, short
-from .files import open_regular
-from .npz import MAX_IMAGES, MAX_PIXEL_BYTES, MAX_SIDE, describe, holdout, read_npz
+from .files import inside, open_regular
+from .npz import MAX_IMAGES, MAX_NPZ_BYTES, MAX_PIXEL_BYTES, MAX_SIDE, describe, holdout, read_npz
 from .registry import Dataset
 
-__all__ = ["MAX_FILE_BYTES", "MAX_SOURCE_PIXELS", "decode_images", "load_folder", "write_cache"]
+__all__ = ["MAX_FILE_BYTES", "MAX_SOURCE_PIXELS", "decode_images", "load_folder", "read_cache",
+           "write_cache"]
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FILE_BYTES = 1 << 25
@@ -46,29 +43,21 @@ _CACHE_VERSION = "1"  # part of the fingerprint: a new decoding rebuilds old cac
 log = logging.getLogger(__name__)
 
 
-def _inside(root: Path, path: Path) -> Path:
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise DatasetError(f"{path} resolves to {resolved}, outside the dataset folder {root}; "
-                           "refusing to read it")
-    return resolved
-
-
 def _entries(folder: Path) -> list[os.DirEntry]:
     with reader_errors(folder, "dataset folder"), os.scandir(folder) as it:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
 def _classes(root: Path, tree: Path) -> dict[str, list[Path]]:
-    """Class name -> its image files, for one tree (folders sorted by name)."""
+    """Class name -> its image files, for one tree."""
     out = {}
     for entry in _entries(tree):
-        folder = _inside(root, Path(entry.path))
+        folder = inside(root, Path(entry.path))
         if not folder.is_dir():
             continue  # a stray file beside the class folders
         if not entry.name.isprintable():
             raise DatasetError(f"{tree}: class folder name {short(entry.name)} is not printable")
-        out[entry.name] = [_inside(root, Path(e.path)) for e in _entries(folder)
+        out[entry.name] = [inside(root, Path(e.path)) for e in _entries(folder)
                            if e.name.lower().endswith(SUFFIXES)]
         if not out[entry.name]:
             raise DatasetError(f"{folder} holds no .png or .jpg image")
@@ -78,7 +67,7 @@ def _classes(root: Path, tree: Path) -> dict[str, list[Path]]:
 def _list_splits(root: Path) -> tuple[list[str], dict[str, tuple[list[Path], np.ndarray]]]:
     """Class names and, per split, the image paths and labels."""
     split_trees = (root / "train").is_dir() and (root / "test").is_dir()
-    trees = {s: _classes(root, _inside(root, root / s)) for s in ("train", "test")} \
+    trees = {s: _classes(root, inside(root, root / s)) for s in ("train", "test")} \
         if split_trees else {"all": _classes(root, root)}
     names = sorted(trees.get("train", trees.get("all", {})))
     if not names:
@@ -145,25 +134,23 @@ def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) 
     return out.transpose(0, 3, 1, 2)
 
 
-def _read_cache(path: Path, fingerprint: str, sizes: dict[str, int], shape: tuple) -> dict | None:
-    """The cached arrays when the cache exists and matches ``fingerprint``, else None."""
-    def check(key, dtype, found):
-        split = key.split("_")[0]
-        want = {"fingerprint": ("U64", ()), f"{split}_images": ("u1", (sizes.get(split), *shape)),
-                f"{split}_labels": ("i8", (sizes.get(split),))}.get(key)
-        if want is None or dtype != np.dtype(want[0]) or found != want[1]:
-            raise DatasetError(f"{path}: {key} is {dtype} {found}, not what this folder holds")
+def read_cache(path: Path, limits: dict[str, tuple[str, tuple]], what: str,
+               max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of a decoded-images cache, all of ``limits``. Each is refused from its header,
+    before its data is read, unless it has the dtype and shape of ``limits[key]``, except for a
+    first dimension (N) that may be smaller."""
+    def check(key, dtype, shape):
+        want, largest = limits[key]
+        if dtype != np.dtype(want) or len(shape) != len(largest) or shape[1:] != largest[1:] \
+                or shape[:1] > largest[:1]:
+            dims = ", ".join([f"N <= {n}" for n in largest[:1]] + [str(n) for n in largest[1:]])
+            raise DatasetError(f"{path}: {key} is {dtype} {shape}, expected {np.dtype(want)} "
+                               f"({dims}); delete the cache to rebuild it")
 
-    if not path.exists():
-        return None
-    keys = ("fingerprint", "train_images", "train_labels", "test_images", "test_labels")
-    try:
-        arrays = read_npz(path, keys, check, "dataset cache")
-    except DatasetError as e:
-        log.info("rebuilding the dataset cache: %s", e)
-        return None
-    if len(arrays) != len(keys) or str(arrays["fingerprint"]) != fingerprint:
-        return None  # the folder changed since the cache was written
+    arrays = read_npz(path, limits, check, what, max_bytes)
+    missing = set(limits) - set(arrays)
+    if missing:
+        raise DatasetError(f"{path} lacks {', '.join(sorted(missing))}; delete it to rebuild")
     return arrays
 
 
@@ -175,13 +162,22 @@ def write_cache(path: Path, arrays: dict) -> None:
         log.info("not caching the decoded images to %s: %s", path, e)
 
 
-def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
-    """The ``folder`` dataset at ``root`` (see the module docstring).
+def _cached(path: Path, fingerprint: str, limits: dict) -> dict | None:
+    """The cache's arrays if it holds this folder as it is now, else None (rebuild it)."""
+    if not path.exists():
+        return None
+    try:
+        arrays = read_cache(path, limits, "dataset cache")
+    except DatasetError as e:
+        log.info("rebuilding the dataset cache: %s", e)
+        return None
+    same_sizes = all(arrays[k].shape == shape for k, (_, shape) in limits.items())
+    return arrays if same_sizes and str(arrays["fingerprint"]) == fingerprint else None
 
-    Args:
-        root: the folder holding one subfolder per class, or ``train/`` and ``test/``.
-        channels: 1 (greyscale) or 3 (RGB); 0 means 3.
-        image_size: the side images are resized to, 1 to :data:`MAX_SIDE`; 0 means 32.
+
+def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
+    """The ``folder`` dataset at ``root`` (see the module docstring); ``channels`` 1 or 3 (0:
+    3), ``image_size`` 1 to :data:`MAX_SIDE` (0: 32).
 
     Raises:
         DatasetError: no such folder, no class folders, a class without images, a path that
@@ -203,9 +199,12 @@ def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dat
                            f"{MAX_PIXEL_BYTES:,} bytes a dataset may take; lower data.image_size")
     mode = "L" if channels == 1 else "RGB"
     fingerprint = _fingerprint(root, names, splits, mode, size)
-    cache = _inside(root, root / f".pemn-cache-{channels}x{size}.npz")
-    sizes = {s: len(p) for s, (p, _) in splits.items()}
-    arrays = _read_cache(cache, fingerprint, sizes, (channels, size, size))
+    cache = inside(root, root / f".pemn-cache-{channels}x{size}.npz")
+    limits = {"fingerprint": ("U64", ())}
+    for s, (paths, _) in splits.items():
+        limits[f"{s}_images"] = ("u1", (len(paths), channels, size, size))
+        limits[f"{s}_labels"] = ("i8", (len(paths),))
+    arrays = _cached(cache, fingerprint, limits)
     if arrays is None:
         arrays = {"fingerprint": np.array(fingerprint)}
         for s, (paths, labels) in splits.items():

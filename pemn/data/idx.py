@@ -1,14 +1,12 @@
 """IDX reader for MNIST and Fashion-MNIST (LeCun's format), gzipped or plain.
 
-An IDX file is a 4-byte big-endian magic number ``00 00 <dtype> <ndim>``, then ``ndim``
-big-endian uint32 sizes, then the values in row-major order. MNIST uses dtype 0x08 (unsigned
-byte): images are ``0x00000803`` (N, rows, cols), labels ``0x00000801`` (N,).
+An IDX file is a magic number ``00 00 <dtype> <ndim>``, ``ndim`` big-endian uint32 sizes, then
+the values row-major. MNIST uses unsigned bytes (0x08): images ``0x00000803`` (N, rows, cols),
+labels ``0x00000801`` (N,).
 
-Hostile files. The header's sizes are multiplied as Python ints and checked against
-``max_bytes`` (:data:`MAX_BYTES` by default) and against what the file can hold before the
-output is allocated; a gzipped file is inflated in chunks into that output and never past the
-size the header declares, so a gzip bomb costs at most the declared size. A gzip file may hold
-several members one after the other (``cat a.gz b.gz``); they are read as one stream.
+Hostile files: the declared size is checked against ``max_bytes`` and against what the file can
+hold before the output is allocated, and gzip is inflated in chunks never past that size, so a
+gzip bomb costs at most the declared size. Concatenated gzip members are read as one stream.
 """
 from __future__ import annotations
 
@@ -23,8 +21,8 @@ import torch
 from .errors import DatasetError, reader_errors
 from .files import read_regular
 
-__all__ = ["IDX_FILES", "MAX_BYTES", "find_idx_files", "load_idx_images", "load_idx_labels",
-           "load_idx_splits", "read_idx"]
+__all__ = ["IDX_FILES", "MAX_BYTES", "load_idx_images", "load_idx_labels", "load_idx_splits",
+           "read_idx"]
 
 MAX_BYTES = 1 << 28  # 256 MiB of values per file; Fashion-MNIST's largest file holds 47 MB
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -37,8 +35,8 @@ _CHUNK = 1 << 22  # bytes inflated per step
 
 
 class _Source:
-    """The bytes of an IDX file in order, inflated on demand when gzipped, so that no more
-    is ever inflated than the caller asks for."""
+    """The bytes of an IDX file in order, inflated on demand when gzipped (never more than
+    asked for)."""
 
     def __init__(self, path: Path, raw: bytes):
         self.path, self.gzipped = path, raw.startswith(_GZIP_MAGIC)
@@ -46,7 +44,7 @@ class _Source:
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzipped else None
 
     def readinto(self, out: memoryview) -> int:
-        """Fill ``out`` as far as the data goes; returns the number of bytes written."""
+        """Fill ``out`` as far as the data goes; returns the bytes written."""
         if self._inflater is None:
             piece = self._raw[self._pos:self._pos + len(out)]
             out[:len(piece)] = piece
@@ -63,7 +61,7 @@ class _Source:
 
     @property
     def remaining(self) -> int:
-        """Bytes of the file not consumed yet (compressed bytes for gzip)."""
+        """Bytes of the file not consumed yet (compressed, for gzip)."""
         if self._inflater is not None and self._inflater.eof:  # what follows the member
             return len(self._inflater.unused_data)
         return len(self._raw) - self._pos
@@ -95,18 +93,11 @@ class _Source:
 
 
 def read_idx(path: str | Path, ndim: int, max_bytes: int = MAX_BYTES) -> torch.Tensor:
-    """Read an unsigned-byte IDX file into a uint8 tensor of its stored shape.
-
-    Args:
-        path: ``.gz`` or plain IDX file (gzip is detected from the content).
-        ndim: expected number of dimensions (3 for images, 1 for labels).
-        max_bytes: the most values (bytes) the file may declare.
-
-    Returns:
-        uint8 tensor with the shape written in the header.
+    """An unsigned-byte IDX file of ``ndim`` dimensions, gzipped or not (from its content), as
+    a uint8 tensor of its stored shape.
 
     Raises:
-        DatasetError: not a regular file, bad magic number, wrong dtype or ndim, a declared size
+        DatasetError: not a regular file, a bad magic number, dtype or ndim, a declared size
             above ``max_bytes`` or beyond what the file can hold, data shorter or longer than
             declared, corrupt gzip, or not enough memory.
     """
@@ -162,30 +153,10 @@ def load_idx_labels(path: str | Path) -> torch.Tensor:
     return read_idx(path, ndim=1).long()
 
 
-def find_idx_files(folder: str | Path) -> list[Path] | None:
-    """The four :data:`IDX_FILES` in ``folder``, each gzipped (``.gz``) or not, or None if any
-    is missing."""
-    found = []
-    for stem in IDX_FILES:
-        candidates = [Path(folder) / (stem + ext) for ext in (".gz", "")]
-        hit = next((p for p in candidates if p.is_file()), None)
-        if hit is None:
-            return None
-        found.append(hit)
-    return found
-
-
 def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
-    """Train and test split from the first of ``folders`` that holds the four IDX files.
-
-    Args:
-        name: dataset name, for messages.
-        folders: where to look, in order.
-        hint: how to get the files, put first in the error message (e.g. an apt command).
-
-    Returns:
-        ``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 1, H, W) and
-        int64 (N,).
+    """``(train_images, train_labels, test_images, test_labels)`` from the first of ``folders``
+    holding the four :data:`IDX_FILES`, each gzipped (``.gz``) or not; ``hint`` (how to get the
+    files) starts the message when none does.
 
     Raises:
         DatasetError: no folder holds all four files (the message says what to put where), a
@@ -193,8 +164,9 @@ def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
     """
     for folder in folders:
         with reader_errors(folder, f"{name} folder"):  # a denied stat is an OSError
-            files = find_idx_files(folder)
-        if files is not None:
+            files = [next((p for p in (Path(folder) / (stem + ".gz"), Path(folder) / stem)
+                           if p.is_file()), None) for stem in IDX_FILES]
+        if None not in files:
             splits = [load_idx_images(files[0]), load_idx_labels(files[1]),
                       load_idx_images(files[2]), load_idx_labels(files[3])]
             for x, y, f in ((splits[0], splits[1], files[1]), (splits[2], splits[3], files[3])):

@@ -1,15 +1,12 @@
 """Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch.
 
-The whole split lives on ``device`` as one uint8 tensor (N, C, H, W), as in airbench's
-``CifarLoader``: no workers, no per-image transforms. Per batch, in this order (the order of the
-PEMN authors' recipe): random crop after zero padding and horizontal flip (one gather on uint8),
-optional RandAugment / ColorJitter (torchvision, only if installed), normalisation to float32,
-random erasing (fill 0 after normalisation, like torchvision's ``RandomErasing(value=0)``).
+The whole split lives on ``device`` as one uint8 tensor, as in airbench's ``CifarLoader``. Per
+batch, in the PEMN authors' order: padded random crop and flip (one gather on uint8), optional
+RandAugment / ColorJitter (torchvision), normalisation to float32, random erasing (fill 0).
 
-Randomness. Every random number is drawn on the CPU from a ``torch.Generator`` seeded from
-``(seed, epoch)`` for the permutation (the same on every rank) and ``(seed, epoch, rank)`` for
-augmentation, then moved to ``device``. An epoch is therefore reproducible on any device and
-world size, and ``set_epoch`` must be called each epoch, as with ``DistributedSampler``.
+Every random number is drawn on the CPU from a generator seeded by ``(seed, epoch)`` (the
+permutation, the same on every rank) or ``(seed, epoch, rank)`` (augmentation), so an epoch is
+reproducible on any device and world size; call ``set_epoch`` each epoch.
 """
 from __future__ import annotations
 
@@ -33,18 +30,13 @@ class AugmentConfig:
     """Training-time augmentation, applied per batch.
 
     Args:
-        crop_padding: pixels of zero padding on each side before a random crop back to
-            (H, W); 0 disables the crop. 4 is usual for CIFAR, 2 for 28x28, 8 for Tiny-ImageNet.
+        crop_padding: zero padding per side before a random crop back to (H, W); 0: no crop.
+            4 is usual for CIFAR, 2 for 28x28, 8 for Tiny-ImageNet.
         flip: random horizontal flip with probability 0.5.
         erase_prob: probability that a random rectangle (area 2-33%, aspect 0.3-3.3) of an
             image is set to 0 after normalisation.
-        randaugment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None. Needs
-            torchvision.
-        color_jitter: brightness = contrast = saturation jitter strength, 0 disables. Needs
-            torchvision.
-
-    Example:
-        >>> AugmentConfig(crop_padding=4, flip=True, erase_prob=0.2)
+        randaugment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None.
+        color_jitter: brightness = contrast = saturation jitter strength, 0: off (torchvision).
     """
 
     crop_padding: int = 0
@@ -74,18 +66,14 @@ class AugmentConfig:
                                  f"magnitude in 0..30), got {ra!r}")
             object.__setattr__(self, "randaugment", tuple(ra))  # a TOML list becomes a tuple
 
-    @property
-    def needs_torchvision(self) -> bool:
-        return self.randaugment is not None or self.color_jitter > 0
-
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _mix_seed(*values: int) -> int:
-    """Hash integers into one 64-bit seed (splitmix64 finaliser), so that e.g. (seed=0, epoch=1)
-    and (seed=1, epoch=0) get unrelated streams, unlike ``seed + epoch``."""
+    """One 64-bit seed from integers (splitmix64): (seed=0, epoch=1) and (seed=1, epoch=0) get
+    unrelated streams, unlike ``seed + epoch``."""
     h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
@@ -95,7 +83,9 @@ def _mix_seed(*values: int) -> int:
 
 
 def _torchvision_ops(cfg: AugmentConfig):
-    """Compose torchvision's RandAugment / ColorJitter, or raise a message that says what to do."""
+    """torchvision's RandAugment / ColorJitter, or None when ``cfg`` uses neither."""
+    if cfg.randaugment is None and not cfg.color_jitter:
+        return None
     try:
         from torchvision.transforms import v2
     except Exception:
@@ -112,22 +102,9 @@ def _torchvision_ops(cfg: AugmentConfig):
     return v2.Compose(ops)
 
 
-# ---------------------------------------------------------------------------------------------
-# Batch augmentation (random numbers on the CPU generator, pixels on the images' device)
-# ---------------------------------------------------------------------------------------------
-
 def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop of zero-padded images and random horizontal flip, as one gather.
-
-    Args:
-        x: (B, C, H, W) images, any dtype.
-        padding: zero padding per side; offsets are uniform in [0, 2 * padding].
-        flip: flip each image with probability 0.5.
-        gen: CPU generator.
-
-    Returns:
-        (B, C, H, W) tensor, contiguous.
-    """
+    """Random crop of (B, C, H, W) images zero-padded by ``padding`` (offsets uniform in
+    [0, 2 * padding]), and a random horizontal flip if ``flip``, as one gather."""
     B, C, H, W = x.shape
     if padding:
         x = F.pad(x, (padding,) * 4)  # zeros = black, as torchvision's RandomCrop(padding)
@@ -145,15 +122,11 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
 
 def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-image random rectangles, torchvision's RandomErasing rule, vectorised.
+    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised.
 
-    Each image is erased with probability ``prob``. Its box has area ``s * H * W`` with
-    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3), so
-    ``h = round(sqrt(s H W r))`` and ``w = round(sqrt(s H W / r))``; the first of 10 draws with
-    ``h < H`` and ``w < W`` is used, and if none fits the image is left alone.
-
-    Returns:
-        bool mask (B, H, W) on ``device``, True where pixels are erased.
+    Each image is erased with probability ``prob``; its box has area ``s H W`` with
+    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3) (``h = round(sqrt(s H W r))``,
+    ``w = round(sqrt(s H W / r))``); the first of 10 draws that fits is used, else none.
     """
     area = H * W * torch.empty(B, _ERASE_TRIES).uniform_(*_ERASE_SCALE, generator=gen)
     log_ratio = torch.empty(B, _ERASE_TRIES).uniform_(
@@ -186,41 +159,23 @@ def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Loader
-# ---------------------------------------------------------------------------------------------
-
 class BatchLoader:
-    """Iterate over ``(images, labels)`` batches of one split held on ``device``.
+    """Batches ``(images, labels)`` of one split held on ``device``: normalised float32
+    (B, C, H, W) images and int64 labels.
 
     Args:
-        images: uint8 (N, C, H, W).
-        labels: integer (N,).
+        images, labels: uint8 (N, C, H, W) and integer (N,).
         batch_size: images per batch on this rank.
-        shuffle: new seeded permutation every epoch; False keeps the stored order.
+        shuffle: a new seeded permutation every epoch; False keeps the stored order.
         augment: per-batch augmentation, or None (evaluation).
-        mean, std: per-channel normalisation in 0..1 units, length C.
-        device: where the data and the batches live.
-        seed: base seed; the permutation uses (seed, epoch), augmentation (seed, epoch, rank).
+        mean, std: per-channel normalisation in 0..1 units.
         rank, world_size: this process's shard ``perm[rank::world_size]`` of the first
             ``world_size * (N // world_size)`` positions, so every rank has as many batches.
         drop_last: drop this rank's last incomplete batch.
-        channels_last: return images in ``torch.channels_last`` memory format.
-
-    Yields:
-        float32 images (B, C, H, W), normalised, and int64 labels (B,), both on ``device``.
 
     Raises:
         ValueError: inconsistent shapes, a non-uint8 image tensor, a bad rank, or no batch.
-        ImportError: ``augment`` asks for torchvision ops and torchvision is not installed.
-
-    Example:
-        >>> loader = BatchLoader(ds.train_images, ds.train_labels, 256, shuffle=True,
-        ...                      augment=AugmentConfig(crop_padding=4, flip=True),
-        ...                      mean=ds.mean, std=ds.std, seed=0)
-        >>> for epoch in range(epochs):
-        ...     loader.set_epoch(epoch)
-        ...     for x, y in loader: ...
+        ImportError: ``augment`` needs torchvision and it is not installed.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
@@ -239,7 +194,7 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last, self.channels_last = drop_last, channels_last
         self.epoch = 0
-        self._tv_ops = _torchvision_ops(augment) if augment and augment.needs_torchvision else None
+        self._tv_ops = _torchvision_ops(augment) if augment is not None else None
         # x_norm = (x / 255 - mean) / std = x * scale - shift, per channel, shaped (1, C, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32)
         mean_t = torch.tensor(mean, dtype=torch.float32)
@@ -249,14 +204,6 @@ class BatchLoader:
         if len(self) == 0:
             raise ValueError(f"no batch: {self.num_samples} images per rank, batch_size "
                              f"{batch_size}, drop_last={drop_last}")
-
-    @classmethod
-    def from_dataset(cls, ds, split: str, batch_size: int, **kwargs) -> BatchLoader:
-        """Loader over ``ds``'s ``"train"`` or ``"test"`` split with its mean and std."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        return cls(getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels"), batch_size,
-                   mean=ds.mean, std=ds.std, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation stream; call before each epoch."""

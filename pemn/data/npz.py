@@ -1,14 +1,13 @@
-"""``.npz`` archives read safely, the ``npz`` dataset, and what a dataset of your own needs.
+"""Checked ``.npz`` reading, the ``npz`` dataset, and the metadata of a dataset of your own.
 
-An ``.npz`` is a zip of ``.npy`` arrays. :func:`read_npz` reads each array's dtype and shape
-from its header and hands them to a check before a byte of data is read, and never unpickles,
-so a hostile archive can neither allocate more than the check allows nor run code.
+:func:`read_npz` hands each array's dtype and shape, read from its header, to a check before a
+byte of data is read, and never unpickles: a hostile archive can neither allocate more than the
+check allows nor run code.
 
-``data.dataset = "npz"`` reads ``data.root``, an ``.npz`` holding uint8 images (N, H, W) or
-(N, H, W, C) with C = 1 or 3, square, and integer labels in [0, classes): either
-``train_images``, ``train_labels``, ``test_images``, ``test_labels``, or ``images`` and
-``labels`` split by :func:`holdout`; ``class_names`` (strings) is optional. Class names, mean
-and std come from the files, as for an image folder (:mod:`pemn.data.folder`).
+``data.dataset = "npz"`` reads the archive ``data.root``: square uint8 images (N, S, S) or
+(N, S, S, C), C = 1 or 3, and integer labels in [0, classes), as ``train_images``,
+``train_labels``, ``test_images``, ``test_labels``, or as ``images`` and ``labels`` split by
+:func:`holdout`; optional ``class_names`` (strings). Mean and std come from the training split.
 """
 from __future__ import annotations
 
@@ -21,14 +20,15 @@ import torch
 
 from .errors import DatasetError, reader_errors, short
 from .files import open_regular
-from .registry import Dataset, DatasetInfo
+from .registry import Dataset, DatasetInfo, check_options
 
-__all__ = ["MAX_IMAGES", "MAX_SIDE", "describe", "holdout", "load_npz", "read_npz"]
+__all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz",
+           "read_npz"]
 
 MAX_IMAGES = 1_000_000  # per dataset, both splits
 MAX_SIDE = 1024  # pixels, the side of a stored (or resized) image
 MAX_PIXEL_BYTES = 1 << 32  # all images of a dataset together, as uint8
-_MAX_NPZ_BYTES = 1 << 33
+MAX_NPZ_BYTES = 1 << 33
 _MAX_CLASSES = 100_000
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
@@ -36,16 +36,10 @@ Check = Callable[[str, np.dtype, tuple], None]
 
 
 def read_npz(path: Path, wanted: Collection[str], check: Check, what: str,
-             max_bytes: int = _MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
-    """The arrays named in ``wanted`` that the archive at ``path`` holds.
-
-    ``check(key, dtype, shape)`` sees every wanted array's header before its data is read and
-    raises :class:`DatasetError` to refuse it.
-
-    Raises:
-        DatasetError: not a regular file, larger than ``max_bytes``, not an ``.npz``, an
-            object array, or whatever ``check`` refuses.
-    """
+             max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays named in ``wanted`` that the archive at ``path`` holds; ``check(key, dtype,
+    shape)`` sees each header first and raises :class:`DatasetError` to refuse the array.
+    Object arrays, and files that are not regular or exceed ``max_bytes``, are refused."""
     out = {}
     with open_regular(path, max_bytes, what) as f, reader_errors(path, what), \
             zipfile.ZipFile(f) as z:
@@ -81,8 +75,7 @@ def holdout(labels: np.ndarray, keys: list) -> np.ndarray:
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images in 0..1 units, in chunks so no
-    float copy of the whole split is made."""
+    """Per-channel mean and std in 0..1 units, in chunks (no float copy of the whole split)."""
     c = images.shape[1]
     total = torch.zeros(2, c, dtype=torch.float64)
     for chunk in images.split(4096):
@@ -96,8 +89,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
-    """A :class:`Dataset` whose metadata comes from its arrays: uint8 (N, C, S, S) images and
-    int64 labels per split; mean and std of the training split."""
+    """A :class:`Dataset` whose metadata comes from its (images, labels) splits."""
     (x, y), (tx, ty) = train, test
     if len(y) == 0 or len(ty) == 0:
         raise DatasetError(f"{name}: the training and test splits must both hold images, got "
@@ -109,14 +101,6 @@ def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
                        class_names=None if class_names is None else tuple(class_names),
                        mean=mean, std=std)
     return Dataset(info, x, y, tx, ty)
-
-
-def _check_options(source, channels: int, image_size: int, found: tuple[int, int]) -> None:
-    """Refuse ``data.channels`` / ``data.image_size`` (0: any) that the images do not have."""
-    for key, want, got in (("channels", channels, found[0]), ("image_size", image_size, found[1])):
-        if want and want != got:
-            raise DatasetError(f"{source} holds images with {key} = {got}, but data.{key} = "
-                               f"{want}; only the folder dataset converts images")
 
 
 def _check_array(path: Path, key: str, dtype: np.dtype, shape: tuple) -> None:
@@ -152,12 +136,8 @@ def _split_arrays(path: Path, images: np.ndarray, labels: np.ndarray, classes) -
 
 
 def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
-    """The ``npz`` dataset from the archive ``root`` (see the module docstring).
-
-    Raises:
-        DatasetError: a missing or malformed archive, arrays of the wrong kind or too large,
-            labels out of range, or images without the asked ``channels`` / ``image_size``.
-    """
+    """The ``npz`` dataset from the archive ``root``; ``channels`` and ``image_size`` (0: any)
+    are checked, not converted."""
     path = Path(root)
     keys = ("train_images", "train_labels", "test_images", "test_labels", "images", "labels",
             "class_names")
@@ -176,5 +156,6 @@ def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Datase
     if train[0].shape[1:] != test[0].shape[1:]:
         raise DatasetError(f"{path}: train images {tuple(train[0].shape[1:])} and test images "
                            f"{tuple(test[0].shape[1:])} differ in shape")
-    _check_options(path, channels, image_size, (train[0].shape[1], train[0].shape[-1]))
-    return describe("npz", train, test, classes)
+    ds = describe("npz", train, test, classes)
+    check_options(ds.info, {"channels": channels, "image_size": image_size})
+    return ds

@@ -1,13 +1,9 @@
 """What a dataset is (:class:`DatasetInfo`), its loaded form (:class:`Dataset`), and the registry.
 
-A dataset is registered once with its metadata and a reader ``fn(root) -> (train_images,
-train_labels, test_images, test_labels)``. The metadata answers questions that need no file
-(channels, classes, image size, number of training images, normalisation), so a model can be
-built or a sweep budgeted without reading the data.
-
-A dataset of your own (an image folder, an ``.npz``) is registered without metadata, by
-:func:`register_files_dataset`: its reader ``fn(root, channels, image_size) -> Dataset`` finds
-the classes, mean and std in the files, so :func:`dataset_info` reads them (through a cache).
+A registered dataset has metadata known without its files (so a model can be built or a sweep
+budgeted without reading data) and a reader ``fn(root) -> (train_images, train_labels,
+test_images, test_labels)``. A dataset of your own (:func:`register_files_dataset`) has a reader
+``fn(root, channels, image_size) -> Dataset`` that finds its metadata in the files.
 """
 from __future__ import annotations
 
@@ -19,26 +15,15 @@ import torch
 
 from .errors import DatasetError, reader_errors
 
-__all__ = ["Dataset", "DatasetInfo", "dataset_info", "list_datasets",
+__all__ = ["Dataset", "DatasetInfo", "check_options", "dataset_info", "list_datasets",
            "load_dataset", "register_dataset", "register_files_dataset", "split_validation"]
-
-Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-Reader = Callable[[str | Path | None], Splits]
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset's metadata, known without reading its files.
-
-    Args:
-        name: registry name.
-        channels: image channels C.
-        num_classes: number of classes; labels are in ``[0, num_classes)``.
-        image_size: images are square, ``image_size`` x ``image_size`` pixels.
-        num_train, num_test: images in the official training and test splits.
-        class_names: one name per class index, or None when the names live in the files.
-        mean, std: per-channel normalisation the loader applies, in 0..1 pixel units:
-            ``x = (pixel / 255 - mean) / std``.
+    """A dataset's metadata. Images are square (``image_size``), labels in
+    ``[0, num_classes)``; ``class_names`` is None when the names live in the files; ``mean`` and
+    ``std`` are per channel in 0..1 pixel units: the loader gives ``(pixel / 255 - mean) / std``.
     """
 
     name: str
@@ -66,8 +51,7 @@ class DatasetInfo:
         return (self.channels, self.image_size, self.image_size)
 
     def as_header(self) -> dict:
-        """What a user needs to feed a model trained on this dataset, as JSON values (the
-        ``dataset`` entry of a ``.pemn`` header)."""
+        """What feeding a model trained on this dataset needs, as JSON (a ``.pemn`` header's)."""
         return {"name": self.name, "input_shape": list(self.input_shape),
                 "mean": list(self.mean), "std": list(self.std),
                 "class_names": None if self.class_names is None else list(self.class_names)}
@@ -75,16 +59,8 @@ class DatasetInfo:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """One dataset, train and test split, as uint8 tensors.
-
-    Args:
-        info: the registered metadata; images must have its (C, H, W).
-        train_images, test_images: uint8 (N, C, H, W).
-        train_labels, test_labels: int64 (N,), in [0, num_classes).
-
-    Raises:
-        DatasetError: tensors of the wrong dtype or shape, or labels out of range.
-    """
+    """Train and test split: uint8 (N, C, H, W) images of ``info``'s shape and int64 (N,)
+    labels in [0, num_classes); anything else raises :class:`DatasetError`."""
 
     info: DatasetInfo
     train_images: torch.Tensor
@@ -94,10 +70,9 @@ class Dataset:
 
     def __post_init__(self):
         for split in ("train", "test"):
-            self._check_split(split)
+            self._check(split, getattr(self, f"{split}_images"), getattr(self, f"{split}_labels"))
 
-    def _check_split(self, split: str) -> None:
-        x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+    def _check(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != self.info.input_shape \
                 or y.dtype != torch.int64 or y.shape != (x.shape[0],):
             raise DatasetError(f"{self.name} {split} split must be uint8 (N, "
@@ -108,11 +83,11 @@ class Dataset:
             raise DatasetError(f"{self.name} {split} labels must be in [0, {self.num_classes}), "
                                f"got [{y.min().item()}, {y.max().item()}]")
 
-    name = property(lambda self: self.info.name, doc="Registry name.")
-    num_classes = property(lambda self: self.info.num_classes, doc="Number of classes.")
-    mean = property(lambda self: self.info.mean, doc="Per-channel mean, 0..1 pixel units.")
-    std = property(lambda self: self.info.std, doc="Per-channel std, 0..1 pixel units.")
-    image_shape = property(lambda self: self.info.input_shape, doc="(C, H, W).")
+    name = property(lambda self: self.info.name)
+    num_classes = property(lambda self: self.info.num_classes)
+    mean = property(lambda self: self.info.mean)
+    std = property(lambda self: self.info.std)
+    image_shape = property(lambda self: self.info.input_shape)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.train_images.shape)}, "
@@ -121,6 +96,8 @@ class Dataset:
 
 # name -> (metadata, reader); metadata None: a dataset described by its files
 _REGISTRY: dict[str, tuple[DatasetInfo | None, Callable]] = {}
+# the metadata of datasets described by their files, read once per process
+_FILES_INFO: dict[tuple, DatasetInfo] = {}
 
 
 def register_dataset(info: DatasetInfo):
@@ -151,30 +128,38 @@ def list_datasets() -> list[str]:
 
 def dataset_info(name: str, root: str | Path | None = None, **options: int) -> DatasetInfo:
     """The metadata of ``name``: the registered one, without reading any file, or, for a
-    dataset described by its files, the one :func:`load_dataset` finds in them.
+    dataset described by its files, the one :func:`load_dataset` finds in them (read once per
+    process and root).
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones).
-        DatasetError: as :func:`load_dataset`, for a dataset described by its files, or
-            ``options`` a registered dataset does not have.
+        ValueError, DatasetError: as :func:`load_dataset`.
 
     Example:
         >>> dataset_info("cifar10").class_names[:2]
         ('airplane', 'automobile')
     """
     info = _entry(name, options)[0]
-    return load_dataset(name, root, **options).info if info is None else info
+    if info is not None:
+        return info
+    key = (name, str(Path(root).resolve()) if root else None, tuple(sorted(options.items())))
+    if key not in _FILES_INFO:
+        _FILES_INFO[key] = load_dataset(name, root, **options).info
+    return _FILES_INFO[key]
+
+
+def check_options(info: DatasetInfo, options: dict) -> None:
+    """Refuse ``channels`` / ``image_size`` options (0: any) that ``info``'s images lack."""
+    for key, value in options.items():
+        if value and value != getattr(info, key):
+            raise DatasetError(f"{info.name} images have {key} = {getattr(info, key)}, not "
+                               f"data.{key} = {value}; only the folder dataset converts images")
 
 
 def _entry(name: str, options: dict) -> tuple[DatasetInfo | None, Callable]:
-    """The registry entry of ``name``, refusing ``options`` a registered dataset lacks."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
-    info = _REGISTRY[name][0]
-    for key, value in options.items() if info is not None else ():
-        if value and value != getattr(info, key):  # only a folder converts its images
-            raise DatasetError(f"{name} images have {key} = {getattr(info, key)}, not data.{key}"
-                               f" = {value}; only the folder dataset converts images")
+    if _REGISTRY[name][0] is not None:
+        check_options(_REGISTRY[name][0], options)
     return _REGISTRY[name]
 
 
@@ -188,17 +173,13 @@ def load_dataset(name: str, root: str | Path | None = None, **options: int) -> D
         **options: ``channels`` and ``image_size``: what the images must have (0: any); the
             folder dataset converts its images to them.
 
-    Returns:
-        The :class:`Dataset`.
-
     Raises:
         ValueError: unknown name (the message lists the valid ones).
         DatasetError: files missing (the message says how to get them), malformed, unsafe,
             or too large for memory.
 
     Example:
-        >>> ds = load_dataset("fashion_mnist")
-        >>> ds.train_images.shape
+        >>> load_dataset("fashion_mnist").train_images.shape
         torch.Size([60000, 1, 28, 28])
     """
     info, reader = _entry(name, options)
@@ -213,19 +194,12 @@ def load_dataset(name: str, root: str | Path | None = None, **options: int) -> D
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int = 0):
-    """Hold out a seeded random fraction of the training set for validation.
-
-    The test split is untouched, so model selection on the returned validation set never sees
-    the test images.
-
-    Args:
-        ds: dataset to split.
-        fraction: share of the training images held out, in (0, 1).
-        seed: seed of the permutation (torch CPU generator).
+    """Hold out a seeded random ``fraction`` (in (0, 1)) of the training set; the test split is
+    untouched, so selecting on validation never sees it.
 
     Returns:
-        ``(train_ds, (val_images, val_labels))``: ``ds`` with a reduced training set, and the
-        held-out uint8 images and int64 labels.
+        ``(train_ds, (val_images, val_labels))``: ``ds`` with the reduced training set, and the
+        held-out images and labels.
     """
     n = len(ds.train_labels)
     num_val = int(round(fraction * n))

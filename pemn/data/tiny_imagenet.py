@@ -1,20 +1,16 @@
 """Tiny-ImageNet (200 classes, 64x64 RGB) from the standard ``tiny-imagenet-200/`` folder.
 
-Layout: ``wnids.txt`` (one WordNet id per line), ``train/<wnid>/images/*.JPEG`` (500 per
-class), ``val/images/*.JPEG`` with ``val/val_annotations.txt`` (tab-separated: file name, wnid,
-bounding box). The validation set serves as the test set, as in the PEMN authors' code.
-
-Class index = position of the wnid in ``sorted(wnids)``, the order torchvision's ImageFolder
-gives the ``train/`` folders. Decoding 110,000 JPEGs takes about a minute, so the decoded
-tensors are cached to ``tiny-imagenet-200/pemn_cache_v1.npz`` when the folder is writable;
+Layout: ``wnids.txt`` (one WordNet id per line), ``train/<wnid>/images/*.JPEG`` and
+``val/images/*.JPEG`` listed in ``val/val_annotations.txt`` (file, wnid, box; tab-separated).
+The validation set is the test set, as in the PEMN authors' code. Class index = position of the
+wnid in ``sorted(wnids)`` (torchvision ImageFolder's order). Decoding takes about a minute, so
+the arrays are cached to ``tiny-imagenet-200/pemn_cache_v1.npz`` when the folder is writable;
 delete that file to rebuild it.
 
-Hostile folders. Every path, whether built from ``wnids.txt``, ``val_annotations.txt`` or a
-folder listing, is resolved and must stay inside the dataset folder: absolute paths, ``..``
-and symlinks that leave it are refused, so no file outside it is opened. Only regular files
-are read; an image's size is checked before it is decoded; the split sizes may not exceed the
-official ones (:data:`MAX_TRAIN_PER_CLASS`, :data:`MAX_VAL`), nor may a cached array's
-declared shape, so memory stays bounded by the real dataset's.
+Hostile folders: every path, from ``wnids.txt``, ``val_annotations.txt`` or a listing, must be
+plain names that resolve inside the dataset folder; only regular files are read; an image's
+size is checked before it is decoded; splits and cached arrays may not exceed the official
+sizes (:data:`MAX_TRAIN_PER_CLASS`, :data:`MAX_VAL`), so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -25,9 +21,8 @@ import numpy as np
 import torch
 
 from .errors import DatasetError, reader_errors, short
-from .files import read_regular
-from .folder import decode_images, write_cache
-from .npz import read_npz
+from .files import inside, read_regular
+from .folder import decode_images, read_cache, write_cache
 
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
 
@@ -41,24 +36,17 @@ _MAX_CACHE_BYTES = 1 << 32  # the full cache holds 1.35 GB of arrays
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..", no "/"
 
 
-def _inside(folder: Path, *parts: str) -> Path:
-    """``folder/parts`` resolved, refused unless it stays inside ``folder`` (already resolved).
-
-    Each part must be one plain name; the resolved path catches symlinks that point out.
-    """
+def _path(folder: Path, *parts: str) -> Path:
+    """``folder/parts``, each part one plain name, resolved inside ``folder``."""
     for part in parts:
         if not _NAME.fullmatch(part) or part.strip(".") == "":
             raise DatasetError(f"{folder}: refusing the path component {short(part)}: names in a "
                                "Tiny-ImageNet folder are plain file or folder names")
-    path = folder.joinpath(*parts).resolve()
-    if not path.is_relative_to(folder):
-        raise DatasetError(f"{folder.joinpath(*parts)} resolves to {path}, outside the dataset "
-                           f"folder {folder}; refusing to read it")
-    return path
+    return inside(folder, folder.joinpath(*parts))
 
 
 def _read_text(folder: Path, *parts: str) -> str:
-    path = _inside(folder, *parts)
+    path = _path(folder, *parts)
     with reader_errors(path, "Tiny-ImageNet text file"):
         return read_regular(path, _MAX_TEXT_BYTES, "Tiny-ImageNet text file").decode("utf-8")
 
@@ -69,16 +57,15 @@ def _read_wnids(folder: Path, max_classes: int) -> list[str]:
         raise DatasetError(f"{folder / 'wnids.txt'} lists {len(wnids)} classes, expected 1 to "
                            f"{max_classes}")
     for wnid in wnids:
-        _inside(folder, "train", wnid)  # refuse "/etc", "..", ... before any listing
+        _path(folder, "train", wnid)  # refuse "/etc", "..", ... before any listing
     return wnids
 
 
 def _train_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     paths, labels = [], []
     for label, wnid in enumerate(wnids):
-        images = _inside(folder, "train", wnid, "images")
-        files = sorted(_inside(folder, *p.relative_to(folder).parts)
-                       for p in images.glob("*.JPEG"))
+        images = _path(folder, "train", wnid, "images")
+        files = sorted(_path(folder, *p.relative_to(folder).parts) for p in images.glob("*.JPEG"))
         if not files:
             raise DatasetError(f"no JPEGs in {images}")
         if len(files) > MAX_TRAIN_PER_CLASS:
@@ -103,61 +90,18 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
         if len(fields) < 2 or fields[1] not in index:
             raise DatasetError(f"{annotations} line {line_no} must be 'file<TAB>wnid<TAB>...' "
                                "with a wnid from wnids.txt")
-        paths.append(_inside(folder, "val", "images", fields[0]))
+        paths.append(_path(folder, "val", "images", fields[0]))
         labels.append(index[fields[1]])
     return paths, labels
 
 
-def _decode_folder(folder: Path, max_classes: int) -> dict[str, np.ndarray]:
-    wnids = _read_wnids(folder, max_classes)
-    arrays = {"wnids": np.array(wnids)}
-    for split, (paths, labels) in (("train", _train_files(folder, wnids)),
-                                   ("test", _val_files(folder, wnids))):
-        arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
-        arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
-    return arrays
-
-
-# what the cache may hold: dtype and the largest shape (first dim N), checked before reading
-def _cache_limits(max_classes: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    max_train = max_classes * MAX_TRAIN_PER_CLASS
-    return {"train_images": (np.dtype(np.uint8), (max_train, 3, SIZE, SIZE)),
-            "train_labels": (np.dtype(np.int64), (max_train,)),
-            "test_images": (np.dtype(np.uint8), (MAX_VAL, 3, SIZE, SIZE)),
-            "test_labels": (np.dtype(np.int64), (MAX_VAL,))}
-
-
-def _read_cache(path: Path, max_classes: int) -> dict[str, np.ndarray]:
-    """The cached arrays, each dtype and shape checked from its header before it is read."""
-    limits = _cache_limits(max_classes)
-
-    def check(key, found, shape):
-        dtype, largest = limits[key]
-        if found != dtype or len(shape) != len(largest) or shape[1:] != largest[1:] \
-                or shape[0] > largest[0]:
-            raise DatasetError(f"{path}: {key} is {found} {shape}, expected {dtype} with shape "
-                               f"(N <= {largest[0]}, {', '.join(map(str, largest[1:]))}); "
-                               "delete the cache to rebuild it")
-
-    arrays = read_npz(path, limits, check, "Tiny-ImageNet cache (delete it to rebuild)",
-                      _MAX_CACHE_BYTES)
-    missing = set(limits) - set(arrays)
-    if missing:
-        raise DatasetError(f"{path} lacks {', '.join(sorted(missing))}; delete it to rebuild")
-    return arrays
-
-
 def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classes: int = 200):
-    """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or ``root`` being that folder).
-
-    Args:
-        root: folder containing ``tiny-imagenet-200``.
-        cache: read/write the decoded ``.npz`` cache inside the dataset folder.
-        max_classes: the most classes ``wnids.txt`` may list.
+    """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or ``root`` being that folder), with at
+    most ``max_classes`` classes; ``cache``: read/write the decoded cache.
 
     Returns:
         ``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 3, 64, 64) and
-        int64 labels in [0, 200); the test split is the official validation set.
+        int64 labels; the test split is the official validation set.
 
     Raises:
         DatasetError: folder missing (the message says how to get it), bad annotations, a path
@@ -176,12 +120,21 @@ def _load(root: Path, cache: bool, max_classes: int):
             f"and unzip it so that {folder.resolve()}/wnids.txt exists"
         )
     folder = folder.resolve()  # the user's own choice of folder may be a symlink
-    cache_path = _inside(folder, CACHE_NAME)
+    cache_path = _path(folder, CACHE_NAME)
+    max_train = max_classes * MAX_TRAIN_PER_CLASS
+    limits = {"train_images": ("u1", (max_train, 3, SIZE, SIZE)),
+              "train_labels": ("i8", (max_train,)),
+              "test_images": ("u1", (MAX_VAL, 3, SIZE, SIZE)), "test_labels": ("i8", (MAX_VAL,))}
     if cache and cache_path.exists():
-        arrays = _read_cache(cache_path, max_classes)
+        arrays = read_cache(cache_path, limits, "Tiny-ImageNet cache (delete it to rebuild)",
+                            _MAX_CACHE_BYTES)
     else:
-        arrays = _decode_folder(folder, max_classes)
+        wnids = _read_wnids(folder, max_classes)
+        arrays = {"wnids": np.array(wnids)}
+        for split, (paths, labels) in (("train", _train_files(folder, wnids)),
+                                       ("test", _val_files(folder, wnids))):
+            arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
+            arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
         if cache:
             write_cache(cache_path, arrays)
-    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in
-                 ("train_images", "train_labels", "test_images", "test_labels"))
+    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in limits)

@@ -1,12 +1,6 @@
-"""Experiments: sweeps over run configs, their results lines, and the paper-style figures.
-
-    >>> from pemn.experiments import run_sweep, plot_results, summary_table
-    >>> results = run_sweep("configs/sweeps/fmnist_cpu.toml")     # doctest: +SKIP
-    >>> plot_results(results, "docs/figures")                     # doctest: +SKIP
-    >>> print(summary_table(results))                             # doctest: +SKIP
-
-matplotlib is imported only when a figure is drawn.
-"""
+"""Experiments: sweeps over run configs (``run_sweep``), their results lines, and the
+paper-style figures and tables (``plot_results``, ``summary_table``; matplotlib is imported only
+when a figure is drawn)."""
 from pemn.experiments.figures import FIG3, FIG4, FIG5, PAPER_CIFAR10, paper_accuracy
 from pemn.experiments.plots import group_results, plot_results, read_results, summary_table
 from pemn.experiments.results import (

@@ -1,11 +1,9 @@
 """Claims: which of many sweep processes trains a run, with nothing shared but the filesystem.
 
-A claim is a file ``claim.<generation>`` in the run directory, created exclusively
-(``O_CREAT | O_EXCL``) and holding its owner's host and pid. Its modification time is the
-heartbeat, refreshed by a thread while the owner works. A claim is stale when its owner is gone
-(same host, pid not alive) or its heartbeat is older than ``stale_after`` seconds; it is then
-taken over by creating the next generation, exclusively again, so that of two processes finding
-the same stale claim exactly one wins. Nothing is ever renamed over a live claim.
+A claim is a file ``claim.<generation>`` in the run directory, created with ``O_EXCL`` and
+holding its owner's host and pid; its mtime is a heartbeat a thread refreshes. A claim whose
+owner is gone (same host, pid not alive) or whose heartbeat is older than ``stale_after`` is
+taken over by creating the next generation, exclusively again: of two takers exactly one wins.
 """
 from __future__ import annotations
 
@@ -99,11 +97,8 @@ class Claim:
 
 
 def try_claim(run_dir: Path, stale_after: float = STALE_AFTER) -> Claim | None:
-    """Claim ``run_dir`` for this process, taking over a stale claim.
-
-    Returns:
-        The claim, or None while another live process holds the run.
-    """
+    """Claim ``run_dir`` for this process, taking over a stale claim; None while another live
+    process holds the run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     found = _generations(run_dir)
     if found and not _stale(found[-1][1], stale_after):

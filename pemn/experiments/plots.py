@@ -1,15 +1,9 @@
-"""Results lines (from :func:`pemn.experiments.run_sweep`) -> paper-style figures and tables.
+"""Results lines -> the paper's figures (arXiv 2210.06699, Figs. 3-5), a frontier, a table.
 
-* Fig. 3 style (arXiv 2210.06699, Fig. 3): test accuracy along Mask -> One-layer -> MP -> RP
-  1e-1 ... 1e-5, one line per model, Dense as a dashed horizontal line in the same colour;
-* Fig. 4/5 style: accuracy against the paper's compression ratio (%), PEMN (MP and RP, the
-  paper's "Ours") next to the Random and Minimum (magnitude) pruning baselines, one panel per
-  model that has baseline runs;
-* the same against kilobytes on disk (the artifact's size, or the formula's for baselines).
-
-Every point is the mean over seeds with ± one standard deviation (sample std; 0 for one seed).
-Plots read only the results lines: each holds the resolved config, parsed back into a
-``RunConfig``, so every strategy brings its own label and the numbers keep their JSON types.
+Fig. 3: accuracy along Mask -> One-layer -> MP -> RP 1e-1 ... 1e-5, Dense as a dashed line.
+Figs. 4/5: PEMN (MP and RP, the paper's "Ours") against the Random and Minimum pruning
+baselines, by the paper's compression ratio and by file kilobytes. Every point is the mean over
+seeds ± the sample std (0 for one seed). Plots read only the results lines.
 """
 from __future__ import annotations
 
@@ -34,19 +28,14 @@ __all__ = ["read_results", "group_results", "plot_results", "summary_table", "se
 METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val", "best_val_acc")
 
 
-# ------------------------------------------------------------------------------------------
-# Reading and grouping
-# ------------------------------------------------------------------------------------------
+# --- Reading and grouping ---
 
 def read_results(paths: str | Path | Sequence[str | Path]) -> list[dict]:
-    """One row per results line: its ``config`` (a RunConfig), ``summary`` and ``bytes``.
-
-    Args:
-        paths: one results file, or several (sweeps that share a recipe are read as one).
+    """The lines of one or several results files (read as one), each ``config`` parsed into
+    a RunConfig.
 
     Raises:
-        ValueError: a line that is not a pemn results line.
-        ConfigError: a line whose config this pemn cannot read.
+        ValueError: a line that is not a pemn results line, or a config this pemn cannot read.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -59,8 +48,7 @@ def _kwargs_key(cfg: RunConfig) -> str:
 
 
 def _arch_labels(rows: list[dict]) -> dict[tuple, str]:
-    """(model, kwargs json) -> a label naming the kwargs that vary in the file, and width and
-    depth whenever the kwargs set them."""
+    """(model, kwargs json) -> a label naming the kwargs that vary, and width and depth."""
     archs = {(r["config"].model.name, _kwargs_key(r["config"])) for r in rows}
     varying = {k for _, kw in archs for k, v in json.loads(kw).items()
                if len({json.dumps(json.loads(o).get(k)) for _, o in archs}) > 1}
@@ -85,10 +73,6 @@ def _family(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 READINGS = ("exact", "fp16")  # the precision a frontier prices every file at
 
 
@@ -107,22 +91,18 @@ def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
 
 def group_results(rows: list[dict], metric: str = "best_test_acc",
                   precision: str = "exact", series: Sequence[str] = ()) -> list[dict]:
-    """Mean and std of ``metric`` over seeds for each (dataset, model, strategy, ...) group.
+    """Mean and std of ``metric`` over seeds for each (dataset, arch, strategy, keep ratio,
+    epochs, lr, score lr scale) group, in order of first appearance.
 
-    Returns:
-        One dict per group, in order of first appearance, with the group's keys (``dataset``,
-        ``arch`` label, ``model``, ``depth``, ``strategy`` (the object), ``keep_ratio``,
-        ``epochs``, ``lr``, ``score_lr_scale``), ``P``, ``U``, ``CR``, ``bytes`` (mean),
-        ``mean``, ``std``, ``min``, ``max``, ``n`` and ``values``.
+    Each group dict has those keys and ``model``, ``depth``, ``P``, ``U``, ``CR``, ``bytes``
+    (mean), ``readings`` (the mean of each other reading: a sparse run's ``csr``, ...),
+    ``mean``, ``std``, ``min``, ``max``, ``n`` and ``values``.
 
     Args:
-        precision: which file each run is priced by: ``"exact"`` (fp32, as packed by the
-            sweep) or ``"fp16"`` (BatchNorm folded, floats in 16 bits); the other storage
-            readings of that precision (sparse runs: ``csr``, ``values_only``, ...) are
-            averaged into ``readings``.
-        series: glob patterns over the series labels (:func:`series_label`, as the legend
-            and the table's strategy column spell them, e.g. ``"RP 1e-3*"``); only groups
-            that match one are kept. Empty: every group.
+        precision: the file each run is priced by: ``"exact"`` (fp32, as the sweep packed it)
+            or ``"fp16"`` (BatchNorm folded, floats in 16 bits).
+        series: globs over the series labels (:func:`series_label`, e.g. ``"RP 1e-3*"``);
+            only matching groups are kept. Empty: every group.
 
     Raises:
         ValueError: an unknown metric or precision, a metric that no row has, a run
@@ -152,20 +132,18 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
             "family": _family(cfg.model.name) if len(families) > 1 else None,
             "P": s["num_masked"], "U": s["num_unique"],
-            "CR": s["compression_ratio"], "values": [], "bytes_all": [], "readings_all": []})
-        total, readings = _file_bytes(r, precision)
+            "CR": s["compression_ratio"], "values": [], "files": []})
         g["values"].append(s[metric])
-        g["bytes_all"].append(total)
-        g["readings_all"].append(readings)
+        g["files"].append(_file_bytes(r, precision))
     if rows and not groups:
         raise ValueError(f"no row of the results has a value for {metric!r}")
     for g in groups.values():
         v = g["values"]
-        readings = g.pop("readings_all")
-        g.update(mean=statistics.fmean(v), std=_std(v), min=min(v), max=max(v), n=len(v),
-                 bytes=statistics.fmean(g.pop("bytes_all")),
+        sizes, readings = zip(*g.pop("files"))
+        g.update(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0,
+                 min=min(v), max=max(v), n=len(v), bytes=statistics.fmean(sizes),
                  readings={k: statistics.fmean(x[k] for x in readings)
-                           for k in set.intersection(*(set(x) for x in readings))})
+                           for k in set.intersection(*map(set, readings))})
     return _matching(list(groups.values()), series)
 
 
@@ -181,9 +159,8 @@ def _matching(groups: list[dict], series: Sequence[str]) -> list[dict]:
 
 
 def _sort_key(s: Strategy) -> tuple:
-    """Registry order (Dense, Mask, One-layer, MP, RP, baselines), then the least compressed
-    first: more kept weights (baselines: CR 90 % before 96 %), then larger numeric arguments
-    (RP 1e-1 before 1e-2)."""
+    """Registry order, then the least compressed first (CR 90 % before 96 %, RP 1e-1 before
+    1e-2)."""
     args = tuple(-v if isinstance(v, (int, float)) else v for v in dataclasses.astuple(s))
     return (list(STRATEGIES).index(s.name), -s.keep_ratio(1.0), args)
 
@@ -193,13 +170,23 @@ def _is_mask_fill(s: Strategy) -> bool:
     return type(s) in FILLS.values() and not isinstance(s, Dense)
 
 
-# ------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------
+# --- Figures ---
 
-def _accuracy_label(metric: str) -> str:
+def _finish(ax, title: str, xlabel: str | None, metric: str, legend_size: int = 7) -> None:
+    """The labels, grid and legend every panel has."""
     kind = "validation" if metric == "best_val_acc" else "test"
-    return f"{kind} accuracy (%), {metric}"
+    ax.set_title(title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{kind} accuracy (%), {metric}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size)
+
+
+def _errorbar(ax, groups: list[dict], x: list[float], **style) -> None:
+    """The groups' means at ``x``, ± their std."""
+    ax.errorbar(x, [g["mean"] for g in groups], yerr=[g["std"] for g in groups], capsize=3,
+                **style)
 
 
 def _pyplot():
@@ -234,28 +221,21 @@ def _fig3(plt, groups: list[dict], metric: str):
         return None
     cats = sorted({g["strategy"] for g in pemn}, key=_sort_key)
     xs = {s: i for i, s in enumerate(cats)}
-    panels = sorted({(g["dataset"], g["model"].split("_")[0]) for g in pemn})
+    panels = sorted({(g["dataset"], _family(g["model"])) for g in pemn})
     fig, axes = _panels(plt, len(panels), width=max(5.0, 0.7 * len(cats) + 1.5))
     for ax, (dataset, family) in zip(axes, panels):
-        mine = [g for g in groups if g["dataset"] == dataset
-                and g["model"].split("_")[0] == family]
+        mine = [g for g in groups if (g["dataset"], _family(g["model"])) == (dataset, family)]
         for i, arch in enumerate(dict.fromkeys(g["arch"] for g in mine)):  # CSV order
             color = f"C{i % 10}"
             line = sorted((g for g in mine if g["arch"] == arch and _is_mask_fill(g["strategy"])),
                           key=lambda g: _sort_key(g["strategy"]))
-            x = [xs[g["strategy"]] for g in line]
-            ax.errorbar(x, [g["mean"] for g in line], yerr=[g["std"] for g in line], color=color,
-                        marker="o", ms=4, capsize=3, label=arch)
+            _errorbar(ax, line, [xs[g["strategy"]] for g in line], color=color, marker="o", ms=4,
+                      label=arch)
             for g in (g for g in mine if g["arch"] == arch and isinstance(g["strategy"], Dense)):
                 ax.axhline(g["mean"], color=color, ls="--", lw=1, label=f"{arch} Dense")
-        ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45,
-                      ha="right")
-        ax.set_title(f"{dataset}: {family}")
-        ax.set_ylabel(_accuracy_label(metric))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45, ha="right")
+        _finish(ax, f"{dataset}: {family}", None, metric)
     fig.suptitle("Accuracy as unique values shrink (mean ± std over seeds)")
-    fig.tight_layout()
     return fig
 
 
@@ -264,9 +244,8 @@ _PRUNED = {"uniform": "Random", "magnitude": "Minimum"}  # the paper's pruning b
 
 def _pruned(s: Strategy) -> str | None:
     """The allocation of a pruning baseline (a Sparse preset, every layer sparse), else None."""
-    if isinstance(s, Sparse) and not s.dense_ends and s.allocation in _PRUNED:
-        return s.allocation
-    return None
+    baseline = isinstance(s, Sparse) and not s.dense_ends and s.allocation in _PRUNED
+    return s.allocation if baseline else None
 
 
 def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: bool):
@@ -281,29 +260,22 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
         pemn = sorted((g for g in mine if isinstance(g["strategy"], (MP, RP))),
                       key=lambda g: _sort_key(g["strategy"]))
         if pemn:
-            ax.errorbar([x_of(g) for g in pemn], [g["mean"] for g in pemn],
-                        yerr=[g["std"] for g in pemn], marker="o", ms=5, ls="none", capsize=3,
-                        color="C0", label="PEMN")
+            _errorbar(ax, pemn, [x_of(g) for g in pemn], marker="o", ms=5, ls="none", color="C0",
+                      label="PEMN")
         for i, g in enumerate(pemn):
             ax.annotate(g["strategy"].label(), (x_of(g), g["mean"]), fontsize=6,
                         xytext=(4, 4 - 8 * (i % 2)), textcoords="offset points")
         for i, (kind, title) in enumerate(_PRUNED.items()):
             pts = sorted((g for g in mine if _pruned(g["strategy"]) == kind), key=x_of)
-            ax.errorbar([x_of(g) for g in pts], [g["mean"] for g in pts],
-                        yerr=[g["std"] for g in pts], marker="s^vD"[i % 4], ms=4, capsize=3,
-                        color=f"C{i + 1}", label=title)
+            _errorbar(ax, pts, [x_of(g) for g in pts], marker="s^vD"[i % 4], ms=4,
+                      color=f"C{i + 1}", label=title)
         for g in (g for g in mine if isinstance(g["strategy"], Dense)):
             ax.axhline(g["mean"], color="k", ls="--", lw=1, label="Dense")
             if logx:
                 ax.plot([x_of(g)], [g["mean"]], "k*", ms=7)
         if logx:
             _log_axis(ax)
-        ax.set_title(f"{dataset}: {arch}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(_accuracy_label(metric))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        _finish(ax, f"{dataset}: {arch}", xlabel, metric)
     return fig
 
 
@@ -323,10 +295,8 @@ _READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
 
 
 def _frontier(plt, groups: list[dict], metric: str, precision: str):
-    """Accuracy against actual bytes (log axis), one line per strategy, one panel per dataset.
-
-    A line joins the points of one strategy that differ only in size (width, keep ratio).
-    """
+    """Accuracy against file bytes (log axis), one panel per dataset; a line joins the points
+    of one series that differ only in size (width, keep ratio)."""
     datasets = list(dict.fromkeys(g["dataset"] for g in groups))
     series = {(g["dataset"], series_label(g)) for g in groups}
     if len(series) < 2:
@@ -339,22 +309,16 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
                                          if series_label(g) == n))
         for i, name in enumerate(names):
             pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
-            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, capsize=3, color=f"C{i % 10}")
-            ax.errorbar([g["bytes"] / 1000 for g in pts], [g["mean"] for g in pts],
-                        yerr=[g["std"] for g in pts], ls="--" if "depth" in name else "-",
-                        label=name, **style)
+            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, color=f"C{i % 10}")
+            _errorbar(ax, pts, [g["bytes"] / 1000 for g in pts],
+                      ls="--" if "depth" in name else "-", label=name, **style)
             for reading, ls in (("csr", ":"), ("values_only", "-.")):  # sparse: other readings
                 if all(reading in g["readings"] for g in pts):
-                    ax.errorbar([g["readings"][reading] / 1000 for g in pts],
-                                [g["mean"] for g in pts], yerr=[g["std"] for g in pts], ls=ls,
-                                mfc="none", label=f"{name}, {_READING_NAMES[reading]}", **style)
+                    _errorbar(ax, pts, [g["readings"][reading] / 1000 for g in pts], ls=ls,
+                              mfc="none", label=f"{name}, {_READING_NAMES[reading]}", **style)
         _log_axis(ax)
-        ax.set_title(f"{dataset}: accuracy against actual bytes")
-        ax.set_xlabel(f"file size (kB, log scale; {precision} files)")
-        ax.set_ylabel(_accuracy_label(metric))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+        _finish(ax, f"{dataset}: accuracy against actual bytes",
+                f"file size (kB, log scale; {precision} files)", metric, legend_size=6)
     return fig
 
 
@@ -370,24 +334,13 @@ def _log_axis(ax) -> None:
 def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
                  metric: str = "best_test_acc", prefix: str = "",
                  precision: str = "exact", series: Sequence[str] = ()) -> list[Path]:
-    """Write the paper-style figures for a results file as PNG and SVG.
+    """Write the figures the results support, as PNG and SVG in ``out_dir``; return the paths.
 
-    Files (each as ``.png`` and ``.svg``, only those the data supports):
     ``fig3_unique_values`` (needs Mask/One-layer/MP/RP rows), ``fig45_compression_ratio`` and
-    ``fig45_kilobytes`` (need baseline rows), ``frontier_bytes`` (needs two strategies or
-    more), each prefixed by ``prefix``.
-
-    Args:
-        results: results JSONL written by :func:`pemn.experiments.run_sweep` (one or several).
-        out_dir: created if missing.
-        metric: ``best_test_acc`` (the paper's protocol), ``final_test_acc``,
-            ``test_acc_at_best_val`` or ``best_val_acc`` (to choose a learning rate).
-        prefix: prepended to every file name.
-        precision: the files that price every run (:func:`group_results`).
-        series: only the series that match these globs (:func:`group_results`).
-
-    Returns:
-        The paths written.
+    ``fig45_kilobytes`` (need baseline rows), ``frontier_bytes`` (needs two series), each
+    prefixed by ``prefix``. ``metric``: one of :data:`METRICS` (``best_test_acc`` is the
+    paper's protocol; ``best_val_acc`` chooses a learning rate). ``precision``, ``series``: as
+    :func:`group_results`.
     """
     groups = group_results(read_results(results), metric, precision, series)
     out_dir = Path(out_dir)
@@ -398,33 +351,27 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
         "fig45_compression_ratio": _compression(
             plt, groups, metric, lambda g: 100 * g["CR"], "paper compression ratio (%)", False),
         "fig45_kilobytes": _compression(
-            plt, groups, metric, lambda g: g["bytes"] / 1000,
-            "size on disk (kB; baselines: 1-bit masks + fp32 kept values + BN)", True),
+            plt, groups, metric, lambda g: g["bytes"] / 1000, "size on disk (kB)", True),
         "frontier_bytes": _frontier(plt, groups, metric, precision),
     }
     paths = []
     for stem, fig in figures.items():
         if fig is not None:
+            fig.tight_layout()
             paths += _save(fig, out_dir, prefix + stem)
             plt.close(fig)
     return paths
 
 
-# ------------------------------------------------------------------------------------------
-# Table
-# ------------------------------------------------------------------------------------------
+# --- Table ---
 
 def summary_table(results: str | Path | Sequence[str | Path],
                   metric: str = "best_test_acc", precision: str = "exact",
                   series: Sequence[str] = ()) -> str:
-    """A markdown table: mean ± std of ``metric`` per (model, strategy) group, with n seeds.
+    """A markdown table: mean ± std of ``metric`` per group (:func:`group_results`), n seeds.
 
-    The strategy column carries the levers (:func:`series_label`), so rows that differ only
-    in the score learning rate or the depth stay apart; sparse runs add their CSR and
-    values-only readings in kB.
-
-    A "paper" column with the paper's CIFAR-10 number is added when any group has one
-    (:mod:`pemn.experiments.figures`). ``series``: as :func:`group_results`.
+    The strategy column is :func:`series_label`; sparse runs add their CSR and values-only
+    kB; a "paper" column holds the paper's CIFAR-10 number where one exists.
     """
     groups = group_results(read_results(results), metric, precision, series)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
@@ -439,8 +386,7 @@ def summary_table(results: str | Path | Sequence[str | Path],
         acc = f"{g['mean']:.2f} ± {g['std']:.2f}" if g["n"] > 1 else f"{g['mean']:.2f}"
         readings = [f"{g['readings'][k] / 1000:,.1f}" if k in g["readings"] else ""
                     for k in other]
-        cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}",
-                 f"{g['lr']:g}",
+        cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}", f"{g['lr']:g}",
                  f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
                  f"{g['bytes'] / 1000:,.1f}", *readings, acc, str(g["n"])]
         if len(head) > len(cells):

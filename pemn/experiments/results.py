@@ -1,13 +1,12 @@
 """Results of a sweep: one results line per finished run, the results file, and a CSV export.
 
-Each finished run writes its own results line, ``result.json`` in its directory; the
-results file (JSON lines, in grid order) is assembled from them under a lock, so concurrent
-sweeps neither lose nor duplicate a line. A line holds ``run`` (its name), ``config`` (the
-resolved config, :func:`pemn.config.to_dict`), ``summary`` (``summary.json``) and ``bytes`` (the
-packed artifact by section, ``header``, ``masks``, ``prototype``, ``norm``, ``other`` and
-``total``, with ``bytes_source = "artifact"``: every strategy, the pruning baselines included,
-is priced by its real file), and ``readings``: the packed model in every storage reading at
-``exact`` and ``fp16`` precision (:func:`result_record`). :func:`export_csv` writes a flat CSV of it.
+Each finished run writes its own line, ``result.json`` in its directory; the results file
+(JSON lines, in grid order) is assembled from them under a lock, so concurrent sweeps neither
+lose nor duplicate a line. A line holds ``run`` (its name), ``config`` (the resolved config,
+:func:`pemn.config.to_dict`), ``summary`` (``summary.json``), ``bytes`` (the packed artifact by
+section, ``header``, ``masks``, ``prototype``, ``norm``, ``other`` and ``total``, with
+``bytes_source = "artifact"``: every strategy is priced by its real file) and ``readings``
+(the packed model in every storage reading at ``exact`` and ``fp16`` precision).
 """
 from __future__ import annotations
 
@@ -17,10 +16,12 @@ import io
 import json
 from pathlib import Path
 
+from pemn.artifact import load
 from pemn.config import RunConfig, from_dict, to_dict
 from pemn.fileio import atomic_write
 from pemn.rundir import RunDir
 from pemn.storage import size_report, storage_readings
+from pemn.trained import pack_trained
 
 __all__ = ["result_record", "write_result", "read_records", "record_results", "csv_row",
            "export_csv", "CSV_COLUMNS", "RESULT"]
@@ -32,36 +33,33 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
                "images_per_s")
 
 
-def _bytes(run_dir: RunDir) -> tuple[dict, str]:
-    """The artifact's bytes by section (every strategy has one; an old run may lack it)."""
-    if run_dir.artifact.is_file():
-        return size_report(run_dir.artifact)["bytes"], "artifact"
-    return {}, "none"
-
-
-def _readings(run_dir: RunDir) -> dict:
-    """The artifact's model packed in each storage reading, ``exact`` and ``fp16`` (real
-    bytes, :func:`pemn.storage.storage_readings`); empty without an artifact."""
-    if not run_dir.artifact.is_file():
-        return {}
-    from pemn.artifact import load
-    model = load(run_dir.artifact, max_elements=2**31)  # the sweep's own file (PRANC: k * P)
-    header = model.pemn_header  # the same dataset and metadata as the file
-    return {precision: storage_readings(model, precision, dataset=header.dataset,
-                                        metadata=header.metadata)
-            for precision in ("exact", "fp16")}
-
-
 def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
-    """The results line of a finished run: its name, resolved config, metrics and bytes.
+    """The results line of a finished run; ``bytes`` and ``readings`` stay empty without an
+    artifact.
 
-    ``readings`` holds every storage reading of the packed model at both precisions, e.g.
-    ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``; a ``Sparse`` run also has
-    ``mask_fp32``, ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
+    ``readings`` is ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``
+    (:func:`pemn.storage.storage_readings`); a ``Sparse`` run also has ``mask_fp32``,
+    ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
     """
-    sizes, source = _bytes(run_dir)
-    return {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": sizes,
-            "bytes_source": source, "readings": _readings(run_dir)}
+    record = {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": {},
+              "bytes_source": "none", "readings": {}}
+    if run_dir.artifact.is_file():
+        model = load(run_dir.artifact)
+        header = model.pemn_header  # the same dataset and metadata as the file
+        record.update(bytes=size_report(run_dir.artifact)["bytes"], bytes_source="artifact",
+                      readings={p: storage_readings(model, p, dataset=header.dataset,
+                                                    metadata=header.metadata)
+                                for p in ("exact", "fp16")})
+    return record
+
+
+def write_result(cfg: RunConfig, run_dir: RunDir) -> None:
+    """Pack a finished run (so its line holds real bytes) and write its result file
+    atomically: a line is whole or absent."""
+    if not run_dir.artifact.exists():
+        pack_trained(run_dir.path, run_dir.artifact)
+    record = result_record(cfg, run_dir.read_summary(), run_dir)
+    atomic_write(run_dir.path / RESULT, (json.dumps(record) + "\n").encode())
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -87,24 +85,23 @@ def read_records(path: str | Path) -> list[dict]:
 
 def record_results(configs: list[RunConfig], path: str | Path) -> int:
     """Assemble ``path`` from the result files of ``configs`` (in their order) and rewrite its
-    CSV export. A lock orders the assemblers, so the last one sees every finished run. Lines
-    already there for other runs (another sweep sharing the file) are kept, first; a run of
-    ``configs`` without a result file keeps its old line.
+    CSV export; return how many runs the file gained.
 
-    Returns:
-        How many runs the file gained.
+    A lock orders the assemblers, so the last one sees every finished run. Lines of other runs
+    (another sweep sharing the file) are kept, first; a run of ``configs`` without a result
+    file keeps its old line.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # released when the file closes
-        old = {r["run"]: json.dumps(r) for r in read_records(path)}
+        old = {r["run"]: r for r in read_records(path)}
         grid = {c.name: RunDir.of(c).path / RESULT for c in configs}
-        new = {name: r.read_text().strip() for name, r in grid.items() if r.is_file()}
-        lines = [line for name, line in old.items() if name not in grid]
-        lines += [new.get(name) or old[name] for name in grid if name in new or name in old]
-        atomic_write(path, "".join(line + "\n" for line in lines).encode())
-        export_csv(path, path.with_suffix(".csv"))
+        new = {name: json.loads(r.read_text()) for name, r in grid.items() if r.is_file()}
+        records = [r for name, r in old.items() if name not in grid]
+        records += [new.get(name) or old[name] for name in grid if name in new or name in old]
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+        _write_csv(records, path.with_suffix(".csv"))
     return len(new.keys() - old.keys())
 
 
@@ -123,28 +120,14 @@ def csv_row(record: dict) -> dict:
 
 
 def export_csv(results: str | Path, csv_path: str | Path) -> Path:
-    """Write the results lines as a flat CSV (:data:`CSV_COLUMNS`), for spreadsheets."""
+    """Write the lines of a results file as a flat CSV (:data:`CSV_COLUMNS`), for spreadsheets."""
+    return _write_csv(read_records(results), Path(csv_path))
+
+
+def _write_csv(records: list[dict], csv_path: Path) -> Path:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_row(r) for r in read_records(results))
-    atomic_write(Path(csv_path), out.getvalue().encode())
-    return Path(csv_path)
-
-
-def write_result(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Pack a finished run and write its result file (atomically: a line is whole or absent)."""
-    _pack(cfg, run_dir)
-    record = result_record(cfg, run_dir.read_summary(), run_dir)
-    atomic_write(run_dir.path / RESULT, (json.dumps(record) + "\n").encode())
-
-
-def _pack(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Write the run's ``.pemn`` artifact, so the results hold real bytes on disk.
-
-    Every strategy has one, the pruning baselines (``Sparse`` presets) included.
-    """
-    if run_dir.artifact.exists():
-        return
-    from pemn.trained import pack_trained
-    pack_trained(run_dir.path, run_dir.artifact)
+    writer.writerows(csv_row(r) for r in records)
+    atomic_write(csv_path, out.getvalue().encode())
+    return csv_path

@@ -1,61 +1,9 @@
 """Sweeps: a TOML grid of run configs, run by any number of processes, a results line per run.
 
-A sweep file has these top-level keys (anything else is an error):
-
-``base_config``
-    Optional path to a run recipe (``configs/*.toml``), **relative to the sweep file**, so a
-    sweep works from any working directory: ``base_config = "../cifar10_resnet32.toml"``.
-``seeds``
-    Optional list of ints, crossed with every run; a seed sets both ``mask.seed`` (random
-    weights, scores, baseline masks) and ``optim.seed`` (data order, augmentation). Runs are
-    ordered seed by seed, so a partial sweep already covers the whole grid once.
-``name``
-    Optional run-name template; see *Run names* below.
-``results``
-    Optional path of the results file, JSON lines (relative to the working directory, like
-    ``out_dir``); default ``<out_dir>/results.jsonl``. Two sweeps may share an ``out_dir`` (and
-    so reuse each other's identical runs) as long as they write different results files.
-``[base]``
-    Overrides for every run, as dotted keys (``"optim.lr" = 0.005``) or nested tables
-    (``[base.optim]``). Tables are merged into the recipe, never replaced wholesale.
-``[grid]`` or ``[[grid]]``
-    Axes expanded as a cartesian product. A key with a dot (or ``out_dir``) is a config key and
-    its list holds values: ``"mask.strategy" = [{ name = "mp" }, { name = "rp", ratio = 1e-3 }]``
-    (a strategy table replaces the base's strategy whole); to vary a list-valued field, give a
-    list of lists. Any other key is an axis *label* whose list holds tables of overrides, so one
-    entry can set several keys at once:
-    ``strategy = [{ "mask.strategy" = { name = "dense" }, "optim.lr" = 0.005 }]``.
-    Several ``[[grid]]`` tables are expanded one after the other (a union of sub-grids): this
-    is how "PEMN strategies, plus baselines at four CRs" or "dense with its own lr" are said.
-``[[points]]``
-    Explicit override sets, one run each (per seed), added after the grids.
-
-Keys are checked by the config machinery (:func:`pemn.config.from_dict`): an unknown key fails
-with the valid ones and a close match. The pruning baselines take the paper's compression ratio
-as a strategy argument: ``{ name = "random_prune", cr = 0.9 }``.
-
-*Run names.* Each run gets ``name`` set so that its directory is unique and stable (resume
-relies on it). With a ``name`` template, ``{field}`` takes ``dataset``, ``model``,
-``strategy`` (the strategy's tag: ``rp0.001``, ``rp0.001p`` for permuted), ``seed``,
-``epochs``, ``auto`` (:meth:`RunConfig.run_name`) or any dotted config key
-(``{model.kwargs.dim}``, ``{optim.lr}``). Without one, the name is ``run_name()`` plus a
-``-<leaf><value>`` tag for each key the run's own grid entry or point sets that ``run_name()``
-does not encode (``-dim64``, ``-lr0.005``). Two runs with the same name are an error.
-
-*Many processes.* Any number of ``pemn sweep`` processes, on machines sharing the filesystem,
-may run one sweep: each run is claimed first (:mod:`pemn.experiments.claims`), so it is trained
-once, and a run left by a dead or silent process is taken over and resumes from its checkpoint.
-Its results line is its own file (:mod:`pemn.experiments.results`). ``shard="K/N"`` takes runs
-K, K+N, ... of the grid (default: the Slurm array task's). A run directory holding a different
-config than the sweep asks for stops the sweep rather than mix results.
-
-Example::
-
-    >>> from pemn.experiments import expand, load_sweep, run_sweep
-    >>> len(expand(load_sweep("configs/sweeps/fmnist_cpu.toml")))
-    78
-    >>> run_sweep("configs/sweeps/fmnist_cpu.toml", limit=2)  # doctest: +SKIP
-    PosixPath('runs/fmnist_cpu/results.jsonl')
+The file format (``base_config``, ``seeds``, ``name``, ``results``, ``[base]``, ``[[grid]]``,
+``[[points]]``) and the run names are described in docs/SWEEPS.md. Each run is claimed before it
+is trained (:mod:`pemn.experiments.claims`), so it is trained once; a run directory holding a
+different config than the sweep asks for stops the sweep rather than mix results.
 """
 from __future__ import annotations
 
@@ -65,7 +13,6 @@ import itertools
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +23,7 @@ from pemn.config import (
     flatten,
     format_value,
     from_dict,
+    read_file,
     to_dict,
     unflatten,
     validate,
@@ -86,18 +34,12 @@ from pemn.experiments.results import RESULT, record_results, write_result
 from pemn.run import data_info, run
 from pemn.rundir import RunDir, check_same_config
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = ["Sweep", "load_sweep", "expand", "run_sweep", "describe_sweep", "shard_of"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_KEYS = ("base_config", "seeds", "name", "results", "base", "grid", "points")
-# keys that RunConfig.run_name() already encodes (no extra name tag for them), besides the
-# strategy's arguments (its tag holds them)
+# keys that RunConfig.run_name() encodes (no name tag for them), besides the strategy's arguments
 _NAMED_KEYS = {"data.dataset", "model.name", "mask.strategy", "mask.keep_ratio", "optim.epochs",
                "mask.seed", "optim.seed"}
 
@@ -114,9 +56,7 @@ class Sweep:
     results: str = ""  # results JSONL, "" = <out_dir>/results.jsonl
 
 
-# ------------------------------------------------------------------------------------------
-# Parsing
-# ------------------------------------------------------------------------------------------
+# --- Parsing ---
 
 def _overrides(table: Any, where: str) -> dict:
     if not isinstance(table, dict):
@@ -139,7 +79,10 @@ def _axis_values(key: str, values: Any, where: str) -> list[dict]:
     return [_overrides(v, f"{where} {key}[{i}]") for i, v in enumerate(values)]
 
 
-def _grid_axes(grid: dict, where: str) -> list[list[dict]]:
+def _expand_grid(grid: Any, where: str) -> list[dict]:
+    """A grid table -> one override set per combination of its axes."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where} must be a table of axes, got {grid!r}")
     axes, pending = [], list(grid.items())
     while pending:  # TOML dotted keys (mask.keep_ratio = [...]) arrive as nested tables
         key, value = pending.pop(0)
@@ -147,40 +90,22 @@ def _grid_axes(grid: dict, where: str) -> list[list[dict]]:
             pending[:0] = [(f"{key}.{k}", v) for k, v in value.items()]
         else:
             axes.append(_axis_values(key, value, where))
-    return axes
-
-
-def _expand_grid(grid: Any, where: str) -> list[dict]:
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{where} must be a table of axes, got {grid!r}")
-    axes = _grid_axes(grid, where)
     return [{k: v for d in combo for k, v in d.items()} for combo in itertools.product(*axes)]
 
 
-def _field(data: dict, key: str, path: Path, check, what: str, default):
-    value = data.get(key, default)
-    if not check(value):
-        raise ConfigError(f"{key} in {path} must be {what}, got {value!r}")
-    return value
-
-
-def _is_seed(s) -> bool:
-    return s is None or isinstance(s, int) and not isinstance(s, bool)
-
-
 def load_sweep(path: str | Path) -> Sweep:
-    """Parse a sweep file (see the module docstring for its keys).
+    """Parse a sweep file (docs/SWEEPS.md).
 
     Raises:
         ConfigError: unknown top-level keys, bad values, a missing base config.
     """
     path = Path(path)
-    data = _read_toml(path)
+    data = read_file(path)
     unknown = sorted(set(data) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"unknown sweep key {unknown[0]!r} in {path}; valid keys: "
                           f"{', '.join(SWEEP_KEYS)}")
-    base = flatten(_read_toml(path.parent / data["base_config"])) if "base_config" in data else {}
+    base = flatten(read_file(path.parent / data["base_config"])) if "base_config" in data else {}
     base.update(_overrides(data.get("base", {}), f"[base] of {path}"))
     grids = data.get("grid", [])
     grids = [grids] if isinstance(grids, dict) else grids
@@ -189,25 +114,17 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"points in {path} must be an array of tables ([[points]])")
     sets = [s for i, g in enumerate(grids) for s in _expand_grid(g, f"[[grid]] {i} of {path}")]
     sets += [_overrides(p, f"points[{i}] of {path}") for i, p in enumerate(points)]
-    seeds = _field(data, "seeds", path, lambda v: isinstance(v, list) and v and all(map(_is_seed, v)),
-                   "a non-empty list of ints", [None])
-    name = _field(data, "name", path, lambda v: isinstance(v, str), "a template string", "")
-    results = _field(data, "results", path, lambda v: isinstance(v, str), "a path string", "")
-    return Sweep(path, base, sets or [{}], seeds, name, results)
+    seeds = data.get("seeds", [None])  # None: the base's own seeds
+    if "seeds" in data and not (isinstance(seeds, list) and seeds
+                                and all(type(v) is int for v in seeds)):
+        raise ConfigError(f"seeds in {path} must be a non-empty list of ints, got {seeds!r}")
+    for key in ("name", "results"):  # a run-name template, a path
+        if not isinstance(data.get(key, ""), str):
+            raise ConfigError(f"{key} in {path} must be a string, got {data[key]!r}")
+    return Sweep(path, base, sets or [{}], seeds, data.get("name", ""), data.get("results", ""))
 
 
-def _read_toml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"file {str(path)!r} does not exist")
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from None
-
-
-# ------------------------------------------------------------------------------------------
-# Expansion into RunConfigs
-# ------------------------------------------------------------------------------------------
+# --- Expansion into RunConfigs ---
 
 def _build(sweep: Sweep, overrides: dict, seed: int | None) -> RunConfig:
     flat = {k: v for k, v in sweep.base.items()
@@ -267,9 +184,7 @@ def expand(sweep: Sweep | str | Path) -> list[RunConfig]:
     return configs
 
 
-# ------------------------------------------------------------------------------------------
-# Running
-# ------------------------------------------------------------------------------------------
+# --- Running ---
 
 def shard_of(shard: str | None = None, env=os.environ) -> tuple[int, int]:
     """``(K, N)`` from ``"K/N"``; without it, from a Slurm job array's variables; else (0, 1).
@@ -313,22 +228,15 @@ def describe_sweep(path: str | Path, limit: int | None = None, shard: str | None
 def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | None = None,
               collect_only: bool = False, shard: str | None = None,
               stale_after: float | None = None) -> Path:
-    """Run a sweep's runs (or one shard's) that no other process holds; return the results path.
+    """Run the runs of a sweep (or of one shard) until every one has finished, by this or
+    another process; return the results path.
 
-    Each run is claimed, trained through ``pemn.run.run(cfg, resume=True, progress=False)``,
-    packed, and given its result file; the results file and its CSV export (same path,
-    ``.csv``) are then assembled again. Returns once every run of the shard has finished.
-
-    Args:
-        path: the sweep TOML.
-        results: the results JSONL (default: the sweep's ``results`` key, else
-            ``<out_dir>/results.jsonl`` of the first run).
-        limit: only the first ``limit`` runs of the sweep.
-        collect_only: train nothing; pack the finished runs and record them.
-        shard: ``"K/N"``: runs K, K+N, ... of the grid (default: the Slurm array task's).
-        stale_after: seconds without a heartbeat after which another process's run is taken
-            over (default :data:`~pemn.experiments.claims.STALE_AFTER`); a dead process's run
-            on this host is taken over at once.
+    Each run is claimed, trained (resumed) by :func:`pemn.run.run`, packed and given its
+    result file; the results file and its CSV export are then assembled again. ``results``
+    defaults to the sweep's ``results`` key, else ``<out_dir>/results.jsonl``.
+    ``collect_only`` trains nothing: it packs and records the finished runs. ``stale_after``:
+    seconds without a heartbeat before another process's run is taken over (default
+    :data:`~pemn.experiments.claims.STALE_AFTER`; a dead process's on this host at once).
 
     Raises:
         ConfigError: a bad sweep file or shard, or a run directory holding a different config.

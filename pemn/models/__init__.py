@@ -1,16 +1,12 @@
-"""Model zoo: plain ``nn.Module``s that know nothing about masks.
-
-One file per architecture family; every variant is registered by name::
+"""Model zoo: plain ``nn.Module``s that know nothing about masks (``pemn.apply_`` masks them
+from outside). One file per architecture family; every variant is registered by name::
 
     >>> from pemn.models import create_model, list_models
     >>> list_models("convmixer_256_*")
     ['convmixer_256_d6', 'convmixer_256_d8']
     >>> model = create_model("resnet32", num_classes=100)
-
-Masks and weight fills are applied from outside (``pemn.apply_``), which swaps or wraps every
-``Conv*d``, ``Linear`` and ``MultiheadAttention`` projection, so the models here stay ordinary.
 """
-from ._registry import DATA_ARGS, create_model, data_args, list_models, model_info, register_model
+from ._registry import DATA_ARGS, create_model, data_args, list_models, register_model
 from .convmixer import ConvMixer
 from .mlp import MLP
 from .resnet50 import ResNet
@@ -18,6 +14,6 @@ from .resnet_cifar import CifarResNet
 from .vit import VisionTransformer
 
 __all__ = [
-    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models", "model_info",
+    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models",
     "ConvMixer", "CifarResNet", "ResNet", "VisionTransformer", "MLP",
 ]

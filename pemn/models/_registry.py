@@ -1,9 +1,4 @@
-"""Model registry: variant name -> constructor function (the timm / DiT pattern).
-
-A variant is a function that only sets hyperparameters and forwards ``**kwargs`` to the model
-class; ``@register_model`` files it under the function's own name. The registry drives the CLI
-``choices`` and the parametrized tests, so a new size is one decorated two-line function.
-"""
+"""Model registry: variant name -> a function that only sets hyperparameters (timm's pattern)."""
 from __future__ import annotations
 
 import difflib
@@ -14,8 +9,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models",
-           "model_info"]
+__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models"]
 
 # What a dataset can tell a model about its inputs; a run passes those a model accepts.
 DATA_ARGS = ("in_channels", "img_size", "in_features", "num_classes")
@@ -25,11 +19,7 @@ _Fn = TypeVar("_Fn", bound=Callable[..., nn.Module])
 
 
 def register_model(fn: _Fn) -> _Fn:
-    """Register ``fn`` under ``fn.__name__`` and return it unchanged.
-
-    Raises:
-        ValueError: if the name is already registered (two families must not shadow each other).
-    """
+    """Register ``fn`` under ``fn.__name__``; a name registered twice raises ValueError."""
     name = fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered by {_MODELS[name].__module__}")
@@ -46,24 +36,14 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered variant ``name``.
+    """Build the registered variant ``name`` with constructor overrides ``kwargs``; those that
+    are ``None`` are dropped (a CLI flag left unset keeps the variant's default).
 
-    Keyword arguments that are ``None`` are dropped, so a CLI flag left at its ``None`` default
-    never overrides the variant's own default; the others override it.
-
-    Args:
-        name: a name from :func:`list_models`.
-        **kwargs: constructor overrides, e.g. ``num_classes=100`` or ``in_channels=1``.
-
-    Returns:
-        A freshly initialised ``nn.Module`` whose ``model_args`` attribute holds ``name`` and
-        the keyword arguments, so it can be rebuilt.
+    ``model.model_args`` records ``name`` and the kwargs, so a checkpoint or artifact can
+    rebuild it (nanoGPT's ``model_args``).
 
     Raises:
-        ValueError: for an unknown name; the message lists the valid names.
-
-    Example:
-        >>> model = create_model("convmixer_256_d6", num_classes=10, in_channels=None)
+        ValueError: an unknown name (the message lists the valid ones) or bad arguments.
     """
     fn = _lookup(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -71,22 +51,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         model = fn(**kwargs)
     except TypeError as e:  # a wrong keyword is a user mistake, not a crash
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
-    # Recorded so a checkpoint or artifact can rebuild the architecture (nanoGPT's model_args).
     model.model_args = {"name": name, "kwargs": kwargs}
     return model
 
 
 def data_args(name: str) -> tuple[str, ...]:
-    """The :data:`DATA_ARGS` that variant ``name`` accepts, read from its signature, or, for a
-    variant taking ``**kwargs``, from the class it is annotated to return.
-
-    A variant whose class cannot be found is assumed to take ``in_channels`` and
-    ``num_classes``, as every image classifier of the zoo does.
-
-    Example:
-        >>> data_args("vit_tiny")
-        ('in_channels', 'img_size', 'num_classes')
-    """
+    """The :data:`DATA_ARGS` that variant ``name`` accepts, from its signature or, for a variant
+    taking ``**kwargs``, from the class it is annotated to return (none found: ``in_channels``
+    and ``num_classes``, as every image classifier of the zoo)."""
     fn = _lookup(name)
     params = dict(inspect.signature(fn).parameters)
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -104,13 +76,3 @@ def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered names matching the shell-style ``pattern`` (e.g. ``"convmixer_*"``)."""
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
-
-def model_info(name: str) -> dict[str, str]:
-    """Name, family (the defining module, e.g. ``"convmixer"``) and one-line description."""
-    fn = _lookup(name)
-    doc = (fn.__doc__ or "").strip()
-    return {
-        "name": name,
-        "family": fn.__module__.rsplit(".", 1)[-1],
-        "description": doc.splitlines()[0] if doc else "",
-    }

@@ -1,14 +1,7 @@
-"""ConvMixer (Trockman & Kolter, "Patches Are All You Need?", TMLR 2023), CIFAR form.
-
-Exactly the architecture of the official PEMN code::
-
-    Conv2d(in -> dim, kernel = stride = patch, bias=False) -> act -> BN
-    depth x [ Residual(depthwise Conv2d(k, groups=dim, padding="same", bias=False) -> act -> BN)
-              -> pointwise Conv2d(1x1, bias=False) -> act -> BN ]
-    -> AdaptiveAvgPool2d(1) -> Flatten -> Linear(dim -> classes, bias=False)
-
-No layer has a bias, so the weights are exactly the masked values P of the paper's CR
-(dim 256, depth 6, 10 classes: 437,248). The network is input-size agnostic.
+"""ConvMixer (Trockman & Kolter, "Patches Are All You Need?", TMLR 2023), exactly as the official
+PEMN code builds it: a patch stem, ``depth`` blocks of a residual depthwise conv and a pointwise
+conv (each followed by act and BN), average pooling and a linear head. No layer has a bias, so
+the weights are exactly the paper's P (dim 256, depth 6, 10 classes: 437,248).
 """
 from __future__ import annotations
 
@@ -25,8 +18,6 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 class Residual(nn.Module):
-    """``x + fn(x)``: the skip around each depthwise (spatial mixing) convolution."""
-
     def __init__(self, fn: nn.Module) -> None:
         super().__init__()
         self.fn = fn
@@ -36,11 +27,8 @@ class Residual(nn.Module):
 
 
 class ConvMixer(nn.Module):
-    """ConvMixer-``dim``/``depth`` with a ``kernel_size`` depthwise kernel and ``patch_size`` stem.
-
-    ``bn_affine=False`` makes every BatchNorm non-affine (no learned scale and shift), the
-    official PEMN code's ``--bn_type not-learn`` ablation.
-    """
+    """ConvMixer-``dim``/``depth``; ``bn_affine=False`` is the official code's ``--bn_type
+    not-learn`` ablation (every BatchNorm without scale and shift)."""
 
     def __init__(self, dim: int, depth: int, kernel_size: int = 5, patch_size: int = 2,
                  in_channels: int = 3, num_classes: int = 10, act: str = "gelu",

@@ -1,10 +1,5 @@
-"""Multilayer perceptron: flatten, then Linear + ReLU layers, then a Linear classifier.
-
-``mlp_paper`` is the paper's worked example of One-layer (arXiv 2210.06699, Eq. 4-6): layer sizes
-[512, 100, 100, 100, 10], i.e. weight matrices 512x100, 100x100, 100x100, 100x10, where
-One-layer makes the first 100x100 layer the prototype of the second. ``mlp`` is a small
-classifier for 28x28 grayscale images (784 inputs). Every Linear has a bias.
-"""
+"""Multilayer perceptron: flatten, Linear + ReLU layers, a Linear classifier (every Linear with
+a bias). ``mlp_paper`` is the paper's One-layer example (arXiv 2210.06699, Eq. 4-6)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,7 +18,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int | None = None, hidden: Sequence[int] = (512, 100, 100),
                  num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> None:
         super().__init__()
-        # Image models are built with in_channels (and img_size); the MLP derives its input.
+        # a run passes in_channels and img_size, as to image models
         in_features = in_features or in_channels * img_size * img_size
         self.in_features = in_features
         self.num_classes = num_classes

@@ -1,15 +1,6 @@
-"""ResNet-50 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Table 1).
-
-The torchvision layout ("ResNet v1.5": the stride sits on the 3x3 conv of a bottleneck), written
-here without torchvision::
-
-    7x7 conv stride 2 -> BN -> ReLU -> 3x3 max-pool stride 2
-    -> stages of 3, 4, 6, 3 bottlenecks (1x1 -> 3x3 -> 1x1, expansion 4, widths 64..512)
-    -> global average pool -> Linear(2048 -> classes)
-
-The first block of each stage projects its shortcut with a 1x1 conv + BN. Conv weights total
-23,454,912; with 100 classes P = 23,659,712 (the FC bias is not part of P). The largest tensor
-is the first 512x512x3x3 conv (2,359,296 values), the MP prototype.
+"""ResNet-50 (He et al., CVPR 2016), the torchvision layout ("v1.5": the stride sits on the 3x3
+conv of a bottleneck), written without torchvision. With 100 classes P = 23,659,712; the largest
+tensor, the MP prototype, is the first 512x512x3x3 conv (2,359,296 values).
 """
 from __future__ import annotations
 
@@ -55,10 +46,7 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     """Bottleneck ResNet for ImageNet-style inputs; ``layers=(3, 4, 6, 3)`` is ResNet-50.
-
-    ``bn_affine=False`` makes every BatchNorm non-affine (the official PEMN code's
-    ``--bn_type not-learn`` ablation).
-    """
+    ``bn_affine=False``: every BatchNorm without scale and shift (``--bn_type not-learn``)."""
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), in_channels: int = 3,
                  num_classes: int = 1000, bn_affine: bool = True) -> None:

@@ -1,16 +1,8 @@
-"""CIFAR ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2).
-
-A 3x3 conv ``in -> 16``, three stages of ``n = (depth - 2) / 6`` basic blocks with 16, 32 and 64
-channels (stride 2 at the start of stages 2 and 3), global average pooling and ``Linear(64 ->
-classes)``, as in the official PEMN code. All convolutions are bias-free; BN follows every conv.
-
-Shortcuts where the shape changes:
-
-* ``option="A"`` (default, the paper's CIFAR choice): parameter-free; subsample ``x[:, :, ::2,
-  ::2]`` and zero-pad the new channels. P: ResNet20 268,336, ResNet32 461,872, ResNet56 848,944.
-* ``option="B"``: a 1x1 conv + BN projection; adds 16*32 + 32*64 = 2,560 weights.
-
-The network is input-size agnostic (28x28 Fashion-MNIST works with ``in_channels=1``).
+"""CIFAR ResNet (He et al., CVPR 2016, section 4.2), as in the official PEMN code: a 3x3 stem,
+three stages of ``(depth - 2) / 6`` basic blocks (16, 32, 64 channels), average pooling and a
+linear head; every conv is bias-free. Shortcuts where the shape changes: ``option="A"`` (the
+paper's) subsamples and zero-pads (P: ResNet20 268,336, ResNet32 461,872, ResNet56 848,944);
+``option="B"`` projects with a 1x1 conv + BN (2,560 more weights).
 """
 from __future__ import annotations
 
@@ -66,11 +58,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-``depth`` for 32x32 inputs; ``depth`` must be ``6n + 2`` (20, 32, 44, 56, 110...).
-
-    ``bn_affine=False`` makes every BatchNorm non-affine (no learned scale and shift), the
-    official PEMN code's ``--bn_type not-learn`` ablation.
-    """
+    """ResNet-``depth`` for 32x32 inputs, ``depth = 6n + 2``; ``bn_affine=False``: every
+    BatchNorm without scale and shift (``--bn_type not-learn``)."""
 
     def __init__(self, depth: int = 32, in_channels: int = 3, num_classes: int = 10,
                  option: str = "A", bn_affine: bool = True) -> None:

@@ -1,19 +1,9 @@
 """A small Vision Transformer for CIFAR-sized inputs (Dosovitskiy et al., ICLR 2021).
 
-PEMN uses a ViT with depth 6/8 and hidden dim 256/512 on CIFAR-10 (Fig. 3) but gives no other
-detail and no code. Everything else here is OUR choice, a standard small
-CIFAR ViT:
-
-* patch embedding: ``Conv2d(in, dim, patch, stride=patch)`` with ``patch_size = 4``
-  (32x32 -> 8x8 = 64 tokens; 28x28 Fashion-MNIST -> 7x7 = 49 tokens), ``img_size = 32``;
-* a learnable class token and learnable position embedding (init N(0, 0.02));
-* ``depth`` pre-norm blocks: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))`` with
-  ``MLP = Linear(dim, mlp_ratio*dim) -> GELU -> Linear(mlp_ratio*dim, dim)``;
-  ``num_heads = 8``, ``mlp_ratio = 2``; no dropout;
-* final LayerNorm, then ``Linear(dim -> classes)`` on the class token.
-
-Attention is ``nn.MultiheadAttention``, whose ``in_proj_weight`` (3*dim x dim) and ``out_proj``
-(a Linear) pemn masks like any other weight. Every Linear and the patch conv keep their bias.
+The paper uses ViTs of depth 6/8 and dim 256/512 on CIFAR-10 (Fig. 3) with no other detail;
+the rest is our choice of a standard small ViT: 4x4 patches, a class token and a learned
+position embedding (N(0, 0.02)), pre-norm blocks with ``nn.MultiheadAttention`` (8 heads) and
+an MLP of ratio 2 (GELU), no dropout, a final LayerNorm and a linear head on the class token.
 """
 from __future__ import annotations
 
@@ -26,8 +16,6 @@ __all__ = ["VisionTransformer"]
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: attention then MLP, each with a residual."""
-
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
