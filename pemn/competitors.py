@@ -25,7 +25,8 @@ from pemn.masking import LATENT, MASK, compute_, num_kept, topk_mask
 from pemn.transform import PemnSpec, register_handler
 
 __all__ = ["TrainedWeights", "Sparse", "Quantized", "Binary", "RandomPrune", "MagnitudePrune",
-           "register_weight", "straight_through", "erk_counts", "ALLOCATIONS"]
+           "register_weight", "straight_through", "erk_counts", "compressed_targets",
+           "trained_spec", "ALLOCATIONS"]
 
 ALLOCATIONS = {"erk": "ERK", "uniform": "uniform", "magnitude": "|w|",
                "global_magnitude": "global |w|"}  # name -> title
@@ -216,7 +217,7 @@ def _sparse_weight(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name + LATENT) * getattr(module, name + MASK)
 
 
-def _chosen(targets, dense_ends: bool):
+def compressed_targets(targets, dense_ends: bool):
     """The targets, the ends left out when ``dense_ends``; refuses tied weights."""
     for t in targets:
         if t.aliases:
@@ -229,7 +230,9 @@ def _chosen(targets, dense_ends: bool):
     return chosen
 
 
-def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
+def trained_spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
+    """The ``PemnSpec`` of a trained-weight handler: ``chosen`` (its compressed targets) at
+    their latent weights' shapes."""
     return PemnSpec(strategy, strategy.keep_ratio(), seed,
                     [TensorSpec(t.qualified, tuple(getattr(t.module, t.name + LATENT).shape))
                      for t in chosen], None)
@@ -237,11 +240,11 @@ def _spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
 
 def _trained(fn, model: nn.Module, strategy: TrainedWeights, targets) -> PemnSpec:
     """Each chosen weight becomes its latent ``<name>_orig``, read through ``fn``."""
-    chosen = _chosen(targets, strategy.dense_ends)
+    chosen = compressed_targets(targets, strategy.dense_ends)
     for t in chosen:
         compute_(t.module, t.name, functools.partial(_latent_weight, fn, strategy),
                  {LATENT: getattr(t.module, t.name)})
-    return _spec(strategy, chosen, 0)
+    return trained_spec(strategy, chosen, 0)
 
 
 def _latent_weight(fn, strategy, module: nn.Module, name: str) -> torch.Tensor:
@@ -267,11 +270,11 @@ def _binary(strategy: Binary, w: torch.Tensor) -> torch.Tensor:
 @register_handler(Sparse, uses=("seed",))
 def _sparse(model: nn.Module, strategy: Sparse, targets, seed: int) -> PemnSpec:
     """Each chosen weight keeps its latent values under a mask fixed now."""
-    chosen = _chosen(targets, strategy.dense_ends)
+    chosen = compressed_targets(targets, strategy.dense_ends)
     weights = [getattr(t.module, t.name) for t in chosen]
     for t, w, mask in zip(chosen, weights, _sparse_masks(strategy, weights, seed)):
         compute_(t.module, t.name, _sparse_weight, {LATENT: w, MASK: mask})
-    return _spec(strategy, chosen, seed)
+    return trained_spec(strategy, chosen, seed)
 
 
 def RandomPrune(cr: float = 0.9) -> Sparse:

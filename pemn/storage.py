@@ -19,7 +19,7 @@ from pemn.artifact.format import FLOAT_DTYPES
 from pemn.artifact.weights import csr_num_bytes
 from pemn.artifact.pack import unmasked_hint
 from pemn.fill import strategy_to_dict
-from pemn.masking import SUFFIXES
+from pemn.masking import GAIN, SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
            "bitmask_fp32_bytes", "size_report", "format_size_table", "storage_readings"]
@@ -136,13 +136,17 @@ def size_report(source) -> dict:
     info = describe(source)
     header, masks = info["header"], info["masks"] + info["encoded"]
     masked_names = {m["name"] for m in masks}
-    others = [o for o in info["others"] if o["name"] not in masked_names]  # Dense stores weights
+    # an encoded tensor's gain is its family's stored values (PRANC's alpha), not a model tensor
+    family = {m["name"] + GAIN for m in info["encoded"]}
+    others = [o for o in info["others"] if o["name"] not in masked_names | family]  # Dense weights
+    family_bytes = sum(o["num_bytes"] for o in info["others"] if o["name"] in family)
     num_masked, num_unique = sum(m["numel"] for m in masks), info["num_unique"]
     norm = sum(o["num_bytes"] for o in info["others"] if o["is_norm"])
     kinds = info["kind_bytes"]
     sizes = {"header": info["header_bytes"], "masks": kinds["mask"],
-             "prototype": kinds["prototype"], "norm": norm, "other": kinds["raw"] - norm,
-             **({"weights": kinds["weight"]} if info["encoded"] else {}),
+             "prototype": kinds["prototype"], "norm": norm,
+             "other": kinds["raw"] - norm - family_bytes,
+             **({"weights": kinds["weight"] + family_bytes} if info["encoded"] else {}),
              "signature": info["file_bytes"] - info["header_bytes"] - sum(kinds.values()),
              "total": info["file_bytes"]}
     # the same tensors in fp32 / fp16, whatever precision the file stores them in; a folded

@@ -18,7 +18,7 @@ _ARTIFACT_NEEDS = ("pemn.transform", "pemn.fill", "pemn.masking", "pemn.rng", "p
 # module (or package prefix) -> pemn modules (or prefixes) it may import. Longest prefix wins;
 # "pemn" is the package's __init__ only.
 ALLOWED = {
-    "pemn": ("pemn.artifact", "pemn.competitors", "pemn.fill",
+    "pemn": ("pemn.artifact", "pemn.competitors", "pemn.fill", "pemn.pranc",
              "pemn.storage", "pemn.transform"),
     # leaves
     "pemn.rng": (),
@@ -34,6 +34,8 @@ ALLOWED = {
     "pemn.transform": ("pemn.fill", "pemn.masking", "pemn.rng"),
     "pemn.artifact": ("pemn.artifact", *_ARTIFACT_NEEDS),
     "pemn.competitors": ("pemn.fill", "pemn.masking", "pemn.transform", "pemn.artifact"),
+    "pemn.pranc": ("pemn.competitors", "pemn.fill", "pemn.masking", "pemn.transform",
+                   "pemn.artifact", "pemn.rng"),
     "pemn.storage": ("pemn.artifact", "pemn.fill", "pemn.transform", "pemn.masking"),
     # training and runs
     "pemn.config": ("pemn.fill",),

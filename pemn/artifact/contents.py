@@ -8,11 +8,11 @@ from __future__ import annotations
 from torch import nn
 
 from pemn.artifact.format import KINDS, Header, read_container
-from pemn.artifact.forms import tensor_specs
+from pemn.artifact.forms import rebuilder, tensor_specs
 from pemn.artifact.load import guarded, zoo_skeleton
 from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights
-from pemn.fill import Dense, plan_fill, strategy_from_dict
+from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
 
 __all__ = ["describe"]
 
@@ -31,7 +31,10 @@ def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
 
 
 def _num_unique(header: Header, strategy) -> int:
-    """U: a weight fill's unique values, or the values a trained-weights file stores."""
+    """U: a weight fill's unique values, or the values a trained-weights file stores (a family
+    rebuilt from the seed: as its strategy counts them, e.g. PRANC's k)."""
+    if rebuilder(strategy) is not None:
+        return strategy.num_stored([TensorSpec(e.name, e.shape) for e in header.encoded])
     if isinstance(strategy, TrainedWeights):
         return sum(e.num_kept for e in header.encoded)
     if isinstance(strategy, Dense):

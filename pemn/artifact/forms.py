@@ -25,12 +25,13 @@ from pemn import rng
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.format import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
-from pemn.fill import TensorSpec
+from pemn.fill import TensorSpec, file_under
 from pemn.masking import BITS, FIXED, GAIN, MASK, SCORES, VALUES, compute_
-from pemn.transform import accepts, apply_, masked_tensors, tie_
+from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
-__all__ = ["FORM_BUILDERS", "Masks", "Payload", "tensor_specs", "unpack_bits_torch",
-           "pack_bits_torch", "pack_module_", "pack_encoded_", "hold_prototype"]
+__all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
+           "unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_",
+           "hold_prototype"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ class Payload:
     """A checked file. A weight fill has ``plan``, ``masks``, ``gains`` (per masked tensor,
     None without one) and ``stored`` (the prototypes; None when regenerated from the seed);
     a trained-weight file has ``weights`` (per encoded entry, ``(weight, mask or None)``) and
-    the ``payload`` bytes; Dense has neither."""
+    the ``payload`` bytes, or, for a family rebuilt by ``apply_``, ``rebuild`` (the strategy
+    its :func:`register_rebuild` function returned); Dense has neither."""
 
     header: Header
     strategy: object
@@ -174,6 +176,7 @@ class Payload:
     gains: list | None = None
     weights: list | None = None
     payload: memoryview | None = None
+    rebuild: object = None
 
     def prototype(self, i: int) -> torch.Tensor:
         """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256 (a
@@ -191,6 +194,24 @@ class Payload:
         m, scale = self.header.masked[j], self.plan.scale(j)
         view = prototype[:m.numel].view(m.shape)
         return view if scale == 1.0 else view * scale
+
+
+_REBUILDERS: dict[type, object] = {}
+
+
+def register_rebuild(cls: type):
+    """Function decorator for a trained-weight family whose weights no entry decodes alone
+    (:mod:`pemn.pranc`: a seed and coefficients shared by every layer): ``fn(p, form) ->
+    strategy`` checks the :class:`Payload` ``p`` before any skeleton exists (its stored
+    tensors, the work its rebuild takes) and returns the strategy ``apply_`` rebuilds the
+    file's layers with in ``form``. Every form is then the train form: as it is (``train``),
+    baked (``dense``), or with the family's stored tensors frozen (``packed``)."""
+    return file_under(_REBUILDERS, cls)
+
+
+def rebuilder(strategy):
+    """The :func:`register_rebuild` function of ``strategy``'s family, or None."""
+    return next((_REBUILDERS[t] for t in type(strategy).__mro__ if t in _REBUILDERS), None)
 
 
 def _fill_stored(model: nn.Module, p: Payload) -> None:
@@ -232,18 +253,19 @@ def _train_form(model: nn.Module, p: Payload) -> nn.Module:
     """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores; a
     trained family's Parameters become its latent weights (the same values)."""
     header = p.header
-    if p.weights is not None:
-        _copy_weights(model, p)
+    if p.weights is not None or p.rebuild is not None:
+        if p.weights is not None:
+            _copy_weights(model, p)
         # select exactly the file's tensors (the dense ends among them or not), then record
         # the strategy as it was
-        _apply_to(model, replace(p.strategy, dense_ends=False), p,
+        _apply_to(model, replace(p.rebuild or p.strategy, dense_ends=False), p,
                   [e.name for e in header.encoded])
         model.pemn_spec.strategy = p.strategy
         if [t.name for t in model.pemn_spec.tensors] != [e.name for e in header.encoded]:
             raise ArtifactError(f"{p.strategy.name} compresses other tensors of this skeleton "
                                 "than the file lists")
         with torch.no_grad():
-            for e, (_, mask) in zip(header.encoded, p.weights):
+            for e, (_, mask) in zip(header.encoded, p.weights or ()):
                 if mask is not None:
                     fqn, _, name = e.name.rpartition(".")
                     getattr(model.get_submodule(fqn), name + MASK).copy_(mask)
@@ -284,6 +306,8 @@ def _set_masks(model: nn.Module, spec, p: Payload) -> None:
 def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
     """A plain model: each masked weight is ``fixed * mask``, written into the skeleton."""
     header = p.header
+    if p.rebuild is not None:
+        return materialize_(_train_form(model, p))
     if p.weights is not None:
         _copy_weights(model, p)
     elif p.plan is not None:
@@ -307,6 +331,14 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
 def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
     """Bits + prototype per layer (a trained family: its file bytes), the weight rebuilt in
     every forward (no cache)."""
+    if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
+        model = _train_form(model, p)
+        for e in p.header.encoded:
+            fqn, _, name = e.name.rpartition(".")
+            gain = getattr(model.get_submodule(fqn), name + GAIN, None)
+            if gain is not None:
+                gain.requires_grad_(False)
+        return model
     _fill_stored(model, p)
     for e in p.header.encoded if p.weights is not None else ():
         fqn, _, name = e.name.rpartition(".")

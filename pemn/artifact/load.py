@@ -28,7 +28,7 @@ from pemn.artifact.format import (
     Header,
     read_container,
 )
-from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, tensor_specs
+from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
 from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, plan_fill, strategy_from_dict
@@ -146,9 +146,10 @@ def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
     model; a float64 1e300 is finite, but inf in a float32 model)."""
     expected = {e.name: e.shape for e in header.tensors if e.kind != "prototype"}
     expected.update({alias: expected[target] for alias, target in header.ties})
-    masked = {m.name for m in header.masked}
+    masked = {m.name for m in header.masked} | {e.name for e in header.encoded}
     for name in masked | {a for a, t in header.ties if t in masked}:
-        expected.pop(name + GAIN, None)  # a skeleton has no learned gains (_gains checks them)
+        expected.pop(name + GAIN, None)  # a skeleton has no learned gains (_gains checks them;
+        # an encoded tensor's: its family's rebuilder, else _payload refuses them)
     for fqn in header.folded_norms:  # statistics a folded file does not store
         prefix = f"{fqn}." if fqn else ""
         channels = expected.get(prefix + "weight")
@@ -307,12 +308,19 @@ def _check_kinds(header: Header, strategy) -> None:
                             f"{', '.join(sorted(kinds)) or 'none'}")
 
 
-def _payload(header: Header, payload: memoryview) -> Payload:
+def _payload(header: Header, payload: memoryview, form: str) -> Payload:
     """Every entry decoded and checked against the strategy, before any skeleton exists."""
     strategy = strategy_from_dict(header.strategy)
     _check_kinds(header, strategy)
     p = Payload(header, strategy, {e.name: _decode(e, payload) for e in header.raw})
-    if isinstance(strategy, TrainedWeights):
+    rebuild = rebuilder(strategy)
+    if rebuild is not None:  # weights no entry decodes alone (PRANC): the family checks p
+        p.rebuild = rebuild(p, form)
+    elif isinstance(strategy, TrainedWeights):
+        gains = {e.name + GAIN for e in header.encoded} & {*p.tensors, *dict(header.ties)}
+        if gains:
+            raise ArtifactError(f"the file holds a gain {min(gains)} but {strategy.name} has "
+                                "none")
         p.weights, p.payload = _trained_weights(header, strategy, payload), payload
     elif not isinstance(strategy, Dense):
         p.plan = plan_fill(strategy, tensor_specs(header))
@@ -354,8 +362,10 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
         raise ArtifactError(f"the file describes {header.num_elements:,} values, more than "
                             f"max_elements={limit:,} ({len(data):,} bytes); pass a larger "
                             "max_elements to load a model this large or this sparse")
-    p = _payload(header, container.payload)
-    out = FORM_BUILDERS[form](_skeleton(header, model, form, device), p)
+    p = _payload(header, container.payload, form)
+    # a family rebuilt by apply_ (forms.register_rebuild) needs the weights' real shapes
+    skeleton = _skeleton(header, model, form if p.rebuild is None else "train", device)
+    out = FORM_BUILDERS[form](skeleton, p)
     if form != "train" and getattr(out, "pemn_spec", None) is not None:
         del out.pemn_spec
     out.pemn_header = header

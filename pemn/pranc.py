@@ -1,0 +1,208 @@
+"""PRANC: a model stored as a seed plus ``k`` coefficients over ``k`` random basis networks.
+
+Nooralinejad et al., "PRANC: Pseudo RAndom Networks for Compacting deep models", ICCV 2023
+(arXiv 2206.08464; official code UCDvision/PRANC). Every compressed weight is a linear
+combination of the same ``k`` seeded random networks, ``w_l = B_l @ alpha``: ``B_l`` is layer
+``l``'s slice of the basis (``P_l x k``, regenerated from the seed, never stored) and ``alpha``
+is ONE trained vector of ``k`` values shared by every compressed layer. What we follow:
+
+* **Basis** as the official code draws it (``fill_net``): each basis network is initialised
+  like a fresh layer, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (torch's ``kaiming_uniform_(a=
+  sqrt(5))``), from pemn's portable generator (:mod:`pemn.rng`) so a file regenerates it
+  bit-identically anywhere: basis ``j`` of layer ``l`` is words ``j*P_l .. (j+1)*P_l - 1`` of
+  stream ``_STREAM + l``, made uniform as ``rng`` step 3 does, times the bound, rounded once to
+  float32. Counter-based words give any chunk of basis networks directly.
+* **Init** as the official code: ``alpha = 0`` but ``alpha[0] = 1``, so training starts from
+  basis network 0, a standard random initialisation; there is no other offset term.
+* **Norm layers, biases, the rest** train and are stored as usual. The official code
+  reparametrises every parameter, BatchNorm included, and trains a window of alphas per epoch;
+  here only the maskable layers (``dense_ends`` as the other families), all of ``alpha``.
+
+Memory: the basis is held (``k * P * 4`` bytes) when that is at most ``basis_mib``, else each
+forward and backward regenerates it in chunks of basis networks (:class:`_Combine`), in the
+same order: bit-identical weights and gradients.
+
+Stored (``pemn.save``): per compressed layer an empty ``pranc`` entry (its name and shape),
+``alpha`` once as a raw tensor ``<first layer>_gain`` at the file's precision (the other
+layers tie to it), the seed in the header, the rest as usual. In the model, ``alpha`` is every
+compressed layer's ``<name>_gain`` (one Parameter) and ``<name>_orig`` a zero-byte placeholder.
+Loaded by the forms of :mod:`pemn.artifact.forms` (:func:`_rebuild` is its rebuild hook).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from pemn import rng
+from pemn.artifact.format import ArtifactError
+from pemn.artifact.forms import register_rebuild
+from pemn.artifact.weights import Encoding, TrainedWeights, register_encoding
+from pemn.competitors import compressed_targets, trained_spec
+from pemn.fill import register_strategy
+from pemn.masking import GAIN, LATENT, compute_
+from pemn.transform import register_handler
+
+__all__ = ["PRANC", "MAX_BASIS_VALUES"]
+
+_STREAM = 0x5052414E43 << 20  # "PRANC"; stream of compressed layer l: _STREAM + l
+_CHUNK_VALUES = 2**20  # basis values per chunk (4 MiB of float32, 8 MiB of words)
+# The loader's budget for a file's basis (k * P values; max_elements bounds allocations): ~40
+# ns a value, once at load or per forward when chunked (~11 s); the 16 kB fmnist file's 156 M fit
+MAX_BASIS_VALUES = 2**28
+
+
+@register_strategy("pranc")
+@dataclass(frozen=True)
+class PRANC(TrainedWeights):
+    """Every compressed weight is ``B_l @ alpha``: ``k`` trained coefficients shared by all
+    layers over ``k`` seeded random basis networks (module docstring).
+
+    Args:
+        k: basis networks (stored coefficients), at least 1.
+        basis_mib: hold the basis in memory while it takes at most this many MiB (default 1
+            GiB), else regenerate it in chunks in every forward and backward.
+        dense_ends: stem and head stay ordinary dense weights.
+
+    Raises:
+        ValueError: ``k`` not a positive integer, ``basis_mib`` not an integer >= 0.
+    """
+
+    k: int = 4000
+    basis_mib: int = dataclasses.field(default=1024, kw_only=True)
+    title: ClassVar[str] = "PRANC"
+    stores_mask: ClassVar[bool] = False
+    encoding: ClassVar[str] = "pranc"
+
+    def __post_init__(self):
+        for field, low in (("k", 1), ("basis_mib", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"pranc {field} must be an integer >= {low}, got {value!r}")
+        super().__post_init__()
+
+    def label(self) -> str:
+        return f"PRANC k={self.k}" + (" (dense ends)" if self.dense_ends else "")
+
+    def tag(self) -> str:
+        return f"pranc{self.k}{self._ends_tag(False)}"
+
+    def num_stored(self, specs, keep_ratio: float = 0.0) -> int:
+        return self.k
+
+
+def _no_decode(data: bytes, shape, k):
+    raise ArtifactError("pranc: a weight is rebuilt from the seed and alpha, never decoded")
+
+
+# The per-layer entry holds no bytes: it records the compressed layer's name and shape.
+register_encoding(Encoding("pranc", lambda latent, mask: b"", _no_decode))
+
+
+@dataclass(eq=False)
+class _Basis:
+    """Layer ``stream``'s basis, ``k`` networks of ``numel`` values each: held (a list of
+    chunks) or regenerated chunk by chunk."""
+
+    seed: int
+    stream: int
+    numel: int
+    bound: float
+    k: int
+    held: list[torch.Tensor] | None = None
+
+    def bounds(self) -> list[tuple[int, int]]:
+        rows = max(1, _CHUNK_VALUES // self.numel)
+        return [(j, min(j + rows, self.k)) for j in range(0, self.k, rows)]
+
+    def draw(self, j0: int, j1: int, device) -> torch.Tensor:
+        """Basis networks ``j0 .. j1-1``, ``(j1 - j0, numel)`` float32."""
+        words = rng.uniform_words(self.seed, _STREAM + self.stream, j0 * self.numel,
+                                  (j1 - j0) * self.numel)
+        u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0  # (-1, 1)
+        values = (u * self.bound).astype(np.float32).reshape(j1 - j0, self.numel)
+        return torch.from_numpy(values).to(device)
+
+    def chunks(self, device):
+        if self.held is not None and self.held[0].device != device:
+            self.held = [c.to(device) for c in self.held]
+        for i, (j0, j1) in enumerate(self.bounds()):
+            yield j0, j1, self.held[i] if self.held is not None else self.draw(j0, j1, device)
+
+    def hold(self, device) -> None:
+        self.held = [self.draw(j0, j1, device) for j0, j1 in self.bounds()]
+
+
+class _Combine(torch.autograd.Function):
+    """``w = sum over chunks alpha[j0:j1] @ B[j0:j1]``; ``grad_alpha = B grad_w`` per chunk."""
+
+    @staticmethod
+    def forward(ctx, alpha: torch.Tensor, basis: _Basis) -> torch.Tensor:
+        ctx.basis = basis
+        w = alpha.new_zeros(basis.numel)
+        for j0, j1, chunk in basis.chunks(alpha.device):
+            w += alpha[j0:j1] @ chunk
+        return w
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        return torch.cat([chunk @ grad for _, _, chunk in ctx.basis.chunks(grad.device)]), None
+
+
+def _weight(basis: _Basis, shape, module: nn.Module, name: str) -> torch.Tensor:
+    return _Combine.apply(getattr(module, name + GAIN), basis).view(shape)
+
+
+@register_handler(PRANC, uses=("seed",))
+def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
+    """Each chosen weight becomes ``B_l @ alpha``, ``alpha`` one Parameter for all of them."""
+    chosen = compressed_targets(targets, strategy.dense_ends)
+    weights = [getattr(t.module, t.name) for t in chosen]
+    device = weights[0].device
+    alpha = nn.Parameter(torch.zeros(strategy.k, device=device))
+    with torch.no_grad():
+        alpha[0] = 1.0  # start from basis network 0, as the official code
+    hold = 4 * strategy.k * sum(w.numel() for w in weights) <= strategy.basis_mib * 2**20
+    for i, (t, w) in enumerate(zip(chosen, weights)):
+        basis = _Basis(seed, i, w.numel(), 1.0 / math.sqrt(t.spec().effective_fan_in),
+                       strategy.k)
+        if hold:
+            basis.hold(device)
+        placeholder = torch.zeros((), device=device).expand(w.shape)  # no bytes: see pack
+        compute_(t.module, t.name, functools.partial(_weight, basis, tuple(w.shape)),
+                 {GAIN: alpha}, {LATENT: placeholder})
+    return trained_spec(strategy, chosen, seed)
+
+
+@register_rebuild(PRANC)
+def _rebuild(p, form: str) -> PRANC:
+    """Checks the file against PRANC's layout and its work against :data:`MAX_BASIS_VALUES`;
+    the forms then apply PRANC with the file's seed, alpha filled in as a stored tensor. The
+    loader holds a basis of at most the default ``basis_mib`` whatever the file says, and none
+    in the ``packed`` form (regenerated in chunks at every read)."""
+    header, strategy, layers = p.header, p.strategy, p.header.encoded
+    if any(e.encoding != "pranc" or e.length for e in layers):
+        raise ArtifactError("a PRANC file stores an empty pranc entry per compressed layer")
+    work = strategy.k * sum(e.numel for e in layers)
+    if work > MAX_BASIS_VALUES:
+        raise ArtifactError(f"PRANC k={strategy.k:,} over {work // strategy.k:,} weights "
+                            f"regenerates {work:,} basis values, more than pemn.pranc."
+                            f"MAX_BASIS_VALUES={MAX_BASIS_VALUES:,}; raise it to load this file")
+    name = layers[0].name + GAIN
+    alpha = p.tensors.get(name)
+    if alpha is None or tuple(alpha.shape) != (strategy.k,) or not alpha.is_floating_point() \
+            or not bool(torch.isfinite(alpha.float()).all()):  # a float64 1e300: inf in float32
+        got = "none" if alpha is None else f"{list(alpha.shape)} {alpha.dtype}"
+        raise ArtifactError(f"PRANC k={strategy.k} needs alpha {name} of {strategy.k} float32 "
+                            f"numbers; the file holds {got}")
+    if {a: t for a, t in header.ties if t == name} != {e.name + GAIN: name for e in layers[1:]}:
+        raise ArtifactError("PRANC's compressed layers must all share the one alpha")
+    held = 0 if form == "packed" else min(strategy.basis_mib, PRANC.basis_mib)
+    return replace(strategy, basis_mib=held)
