@@ -25,6 +25,7 @@ __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
     "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
     "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset", "file_under",
+    "mask_size",
 ]
 
 _PERMUTATION_STREAM = 2**32
@@ -355,6 +356,12 @@ class Prototype:
         return full[: self.numel]
 
 
+def mask_size(numel: int, pruned: float) -> int:
+    """m: the positions of a layer of ``numel`` that have a mask (its seeded support, at least
+    one) when a fraction ``pruned`` is pruned by the seed."""
+    return max(1, numel - round(pruned * numel)) if pruned else numel
+
+
 @dataclass(frozen=True)
 class FillPlan:
     """Prototypes and, per layer (in spec order), the index of its prototype."""
@@ -369,8 +376,7 @@ class FillPlan:
         return sum(p.numel for p in self.prototypes)
 
     def mask_size(self, numel: int) -> int:
-        """m: the positions of a layer of ``numel`` that have a mask (its support)."""
-        return max(1, numel - round(self.pruned * numel)) if self.pruned else numel
+        return mask_size(numel, self.pruned)
 
     def support(self, layer: int, numel: int, seed: int) -> np.ndarray | None:
         """Layer ``layer``'s support, a bool vector with :meth:`mask_size` True positions:
