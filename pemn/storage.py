@@ -122,7 +122,8 @@ def size_report(source) -> dict:
           trained weights also has ``weights``, which then count as the masked tensors
           (``weight_encodings``: encoding -> count);
         - ``mask_bitmap_bytes`` (``sum ceil(m/8)``), ``mask_entropy_bytes`` (``sum m H(k/m)
-          / 8``; m: a mask's positions, ``n`` less those pruned by the seed), ``paper_bytes`` (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
+          / 8``; m: a mask's positions, n less those pruned by the seed), ``paper_bytes``
+          (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
         - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
           (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
         - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
