@@ -241,9 +241,9 @@ def _decode_masks(header: Header, plan, payload: memoryview) -> Masks:
     for m in header.masked:
         n = plan.mask_size(m.numel)
         if m.num_kept != num_kept(n, header.keep_ratio):
-            raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} of {n} positions, "
-                                f"keep_ratio {header.keep_ratio} needs "
-                                f"{num_kept(n, header.keep_ratio)}")
+            raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
+                                f"{header.keep_ratio} needs {num_kept(n, header.keep_ratio)} "
+                                f"(of its {n} masked positions)")
         out.append(_decode(m, payload) if n == m.numel else get_codec(m.encoding).decode(
             payload[m.offset:m.offset + m.length], n, m.num_kept))
     return out
