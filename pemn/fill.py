@@ -25,9 +25,11 @@ __all__ = [
     "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
     "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
     "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset", "file_under",
+    "mask_size",
 ]
 
 _PERMUTATION_STREAM = 2**32
+_SUPPORT_STREAM = 2**33  # + layer index: each layer's seeded support (``pruned``)
 
 
 class Strategy:
@@ -133,14 +135,22 @@ class _Fill(Strategy):
             ``"normal"`` (the kaiming-normal draws, as the paper).
         gain: ``"none"``, or one learned multiplier per masked tensor (``"layer"``) or per
             output channel (``"channel"``), initialised to 1.
+        pruned: the fraction of each masked layer's positions pruned by the seed, in [0, 1):
+            zero in the weight, no mask bit; masks are learned on the rest
+            (:meth:`FillPlan.support`).
     """
 
     values: Literal["normal", "signed_constant"] = "signed_constant"
     gain: Literal["none", "layer", "channel"] = "none"
+    pruned: float = 0.0
 
     def __post_init__(self):
         _check_choice(self, "values", ("normal", "signed_constant"))
         _check_choice(self, "gain", ("none", "layer", "channel"))
+        if isinstance(self.pruned, bool) or not isinstance(self.pruned, (int, float)) \
+                or not 0 <= self.pruned < 1:
+            raise ValueError(f"{self.title} pruned is the fraction of positions pruned by the "
+                             f"seed and must be in [0, 1), got {self.pruned!r}")
 
     @property
     def signed(self) -> bool:
@@ -158,7 +168,9 @@ class _Fill(Strategy):
 
     def _levers(self) -> list[tuple[str, str]]:
         """(label suffix, tag suffix) of each added lever that is on."""
-        return [(f" +gain/{self.gain}", f"-g{self.gain[0]}")] if self.gain != "none" else []
+        gain = [(f" +gain/{self.gain}", f"-g{self.gain[0]}")] if self.gain != "none" else []
+        return gain + ([(f" +pruned {100 * self.pruned:g} %", f"-pr{self.pruned:g}")]
+                       if self.pruned else [])
 
     def label(self) -> str:
         choices = self._choices()
@@ -344,6 +356,12 @@ class Prototype:
         return full[: self.numel]
 
 
+def mask_size(numel: int, pruned: float) -> int:
+    """m: the positions of a layer of ``numel`` that have a mask (its seeded support, at least
+    one) when a fraction ``pruned`` is pruned by the seed."""
+    return max(1, numel - round(pruned * numel)) if pruned else numel
+
+
 @dataclass(frozen=True)
 class FillPlan:
     """Prototypes and, per layer (in spec order), the index of its prototype."""
@@ -351,10 +369,23 @@ class FillPlan:
     prototypes: tuple[Prototype, ...]
     sources: tuple[int, ...]
     scales: tuple[float, ...] = ()  # per layer, a float32 factor on its slice; () = all 1
+    pruned: float = 0.0  # the strategy's ``pruned``: each layer's positions without a mask
 
     @property
     def num_unique(self) -> int:
         return sum(p.numel for p in self.prototypes)
+
+    def mask_size(self, numel: int) -> int:
+        return mask_size(numel, self.pruned)
+
+    def support(self, layer: int, numel: int, seed: int) -> np.ndarray | None:
+        """Layer ``layer``'s support, a bool vector with :meth:`mask_size` True positions:
+        the first of a seeded permutation of stream ``2**33 + layer``; None without pruning."""
+        if not self.pruned:
+            return None
+        out = np.zeros(numel, dtype=bool)
+        out[rng.permutation(seed, _SUPPORT_STREAM + layer, numel)[: self.mask_size(numel)]] = True
+        return out
 
     def scale(self, layer: int) -> float:
         """The factor on layer ``layer``'s slice of its prototype."""
@@ -427,4 +458,6 @@ def plan_fill(strategy: Strategy, specs: list[TensorSpec]) -> FillPlan:
                         f"{[t.__name__ for t in _PLANNERS]}")
     if not specs:
         raise ValueError("no layer to mask: the model has no selected Conv/Linear/attention weight")
-    return _PLANNERS[type(strategy)](strategy, specs)
+    plan = _PLANNERS[type(strategy)](strategy, specs)
+    pruned = getattr(strategy, "pruned", 0.0)
+    return dataclasses.replace(plan, pruned=float(pruned)) if pruned else plan

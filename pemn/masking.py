@@ -33,7 +33,8 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["num_kept", "topk_mask", "mask_tensor_", "masked_names", "current_mask",
-           "cached_tensors", "compute_", "bake_", "computed_names", "parts", "SUFFIXES"]
+           "cached_tensors", "compute_", "bake_", "computed_names", "parts", "SUFFIXES",
+           "scatter_support"]
 
 _SMALL = 4096  # up to this many entries one kthvalue is cheaper than probing
 _PROBES = 6  # one probe is one count pass; resolving the band costs about four
@@ -310,15 +311,25 @@ def _masked(module: nn.Module, name: str) -> torch.Tensor:
             weight = _masked_values(fixed, scores, keep, state)
     else:
         weight = _eval_weight(fixed, scores, keep, state)
+    support = module._buffers.get(name + SUPPORT)
+    if support is not None:  # compact values -> the full shape, zero off the support
+        weight = scatter_support(weight, support)
     gain = module._parameters.get(name + GAIN)
     return weight if gain is None else weight * gain
+
+
+def scatter_support(compact: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """The ``support.shape`` tensor holding ``compact`` at the True positions of bool
+    ``support`` (in flat order), zero elsewhere; differentiable in ``compact``."""
+    return compact.new_zeros(support.shape).masked_scatter(support, compact)
 
 
 # The one table of suffixes under which a computed tensor ``w`` stores its parts (``w_fixed``).
 FIXED, SCORES, GAIN = "_fixed", "_scores", "_gain"  # PEMN: frozen values, scores, learned gain
 LATENT, MASK = "_orig", "_mask"  # trained weights (the layout of torch.nn.utils.prune)
 BITS, VALUES = "_bits", "_values"  # the packed form: packed mask bits, shared prototype
-SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES)
+SUPPORT = "_support"  # seeded support (``pruned``): bool, the positions fixed and scores hold
+SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES, SUPPORT)
 
 _CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
 
@@ -386,20 +397,25 @@ def masked_names(module: nn.Module) -> tuple[str, ...]:
 
 
 def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torch.Tensor,
-                 keep_ratio: float, gain: torch.Tensor | None = None) -> None:
+                 keep_ratio: float, gain: torch.Tensor | None = None,
+                 support: torch.Tensor | None = None) -> None:
     """Turn Parameter ``module.<name>`` into frozen ``fixed`` values masked by ``scores``, times
-    a learned ``gain`` (broadcastable) if given."""
+    a learned ``gain`` (broadcastable) if given. With a bool ``support`` of the weight's shape,
+    ``fixed`` and ``scores`` are 1-D, one per True position (a transient buffer: regenerated
+    from the seed, never stored)."""
     param = getattr(module, name)
     like = {"device": param.device, "dtype": param.dtype}
     stored = {FIXED: fixed.to(**like), SCORES: nn.Parameter(scores.to(**like))}
     if gain is not None:
         stored[GAIN] = nn.Parameter(gain.to(**like))
     module._pemn_keep_ratio = keep_ratio
-    compute_(module, name, _masked, stored)
+    transient = None if support is None else {SUPPORT: support.to(param.device)}
+    compute_(module, name, _masked, stored, transient)
 
 
 def current_mask(module: nn.Module, name: str) -> torch.Tensor:
-    """The boolean mask of a masked tensor as currently selected by its scores."""
+    """The boolean mask of a masked tensor as currently selected by its scores (with a
+    support: 1-D, over the support's positions)."""
     scores = getattr(module, name + SCORES)
     return topk_mask(scores, module._pemn_keep_ratio).bool()
 

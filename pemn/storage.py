@@ -18,7 +18,7 @@ from pemn.artifact import describe, pack
 from pemn.artifact.format import FLOAT_DTYPES
 from pemn.artifact.weights import csr_num_bytes
 from pemn.artifact.pack import unmasked_hint
-from pemn.fill import strategy_to_dict
+from pemn.fill import mask_size, strategy_to_dict
 from pemn.masking import GAIN, SUFFIXES
 
 __all__ = ["Stats", "stats", "paper_compression_ratio", "paper_bytes", "mask_entropy_bytes",
@@ -38,7 +38,7 @@ class Stats:
     num_unique: int  # U
     compression_ratio: float  # the paper's CR, a fraction (0.9538 = 95.38 %)
     dense_fp32_bytes: int  # the masked weights stored as dense fp32
-    mask_bits: int  # 1 bit per masked weight
+    mask_bits: int  # 1 bit per masked weight (on its seeded support, with ``pruned``)
     num_other_params: int  # trainable or unmasked values outside the masks (BN, biases, ...)
 
     def as_dict(self) -> dict:
@@ -58,7 +58,8 @@ def stats(model: nn.Module) -> Stats:
     num_unique = spec.strategy.num_stored(spec.tensors, spec.keep_ratio)
     has_mask = spec.strategy.stores_mask
     cr = paper_compression_ratio(num_masked, num_unique) if has_mask else 0.0
-    return Stats(num_masked, num_unique, cr, 4 * num_masked, num_masked if has_mask else 0,
+    bits = sum(mask_size(t.numel, getattr(spec.strategy, "pruned", 0.0)) for t in spec.tensors)
+    return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0,
                  _num_other(model, {t.name for t in spec.tensors}))
 
 
@@ -120,8 +121,9 @@ def size_report(source) -> dict:
           weight), ``signature`` and ``total``, the file size, their exact sum; a file with
           trained weights also has ``weights``, which then count as the masked tensors
           (``weight_encodings``: encoding -> count);
-        - ``mask_bitmap_bytes`` (``sum ceil(n/8)``), ``mask_entropy_bytes`` (``sum n H(k/n)
-          / 8``), ``paper_bytes`` (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
+        - ``mask_bitmap_bytes`` (``sum ceil(m/8)``), ``mask_entropy_bytes`` (``sum m H(k/m)
+          / 8``; m: a mask's positions, n less those pruned by the seed), ``paper_bytes``
+          (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
         - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
           (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
         - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
@@ -171,8 +173,10 @@ def size_report(source) -> dict:
         "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
         "weight_encodings": encodings,
         "bytes": sizes,
-        "mask_bitmap_bytes": sum(-(-m["numel"] // 8) for m in masks) if not no_mask else 0,
-        "mask_entropy_bytes": sum(mask_entropy_bytes(m["numel"], m["num_kept"]) for m in masks),
+        "mask_bitmap_bytes": sum(-(-m.get("mask_size", m["numel"]) // 8) for m in masks)
+        if not no_mask else 0,
+        "mask_entropy_bytes": sum(mask_entropy_bytes(m.get("mask_size", m["numel"]),
+                                                     m["num_kept"]) for m in masks),
         "paper_bytes": paper_bytes(num_masked, num_unique),
         "paper_compression_ratio": 0.0 if no_mask else paper_compression_ratio(num_masked,
                                                                                num_unique),

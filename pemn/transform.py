@@ -25,7 +25,6 @@ from pemn import rng
 from pemn.fill import Dense, Strategy, TensorSpec, file_under
 from pemn.masking import (
     SCORES,
-    VALUES,
     bake_,
     compute_,
     computed_names,
@@ -296,11 +295,15 @@ def _fill(model, strategy: Strategy, targets, keep_ratio: float, seed: int) -> P
     device = getattr(targets[0].module, targets[0].name).device
     protos = [torch.from_numpy(v).to(device) for v in prototypes]
     score_gen = torch.Generator().manual_seed(seed)
-    for t, spec, fixed in zip(targets, specs, plan.layer_values(protos, specs)):
-        scores = _init_scores(spec, score_gen)
+    for i, (t, spec, fixed) in enumerate(zip(targets, specs, plan.layer_values(protos, specs))):
+        support = plan.support(i, spec.numel, seed)
+        if support is not None:  # compact: fixed values and scores on the support only
+            support = torch.from_numpy(support).view(spec.shape)
+            fixed = fixed[support.to(fixed.device)]
+        scores = _init_scores(spec, score_gen, None if support is None else (len(fixed),))
         gain_shape = strategy.gain_shape(spec.shape)
         gain = None if gain_shape is None else torch.ones(gain_shape)
-        mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain)
+        mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain, support)
         for _, module, name in t.aliases:
             tie_(module, name, t.module, t.name)
     return PemnSpec(strategy, keep_ratio, seed, specs, plan,
@@ -313,13 +316,14 @@ def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> Non
     module._pemn_keep_ratio = getattr(owner, "_pemn_keep_ratio", None)
     own = parts(owner, owner_name)
     compute_(module, name, owner._pemn_fns[owner_name], own,
-             {VALUES: own[VALUES]} if VALUES in own else None)
+             {s: t for s, t in own.items()
+              if owner_name + s in owner._non_persistent_buffers_set})
 
 
-def _init_scores(spec: TensorSpec, generator) -> torch.Tensor:
+def _init_scores(spec: TensorSpec, generator, shape=None) -> torch.Tensor:
     # kaiming_uniform_(a=sqrt(5)) as the official code: bound = 1 / sqrt(fan_in).
     bound = 1.0 / math.sqrt(spec.effective_fan_in)
-    return torch.rand(spec.shape, generator=generator).mul_(2).sub_(1).mul_(bound)  # in place
+    return torch.rand(shape or spec.shape, generator=generator).mul_(2).sub_(1).mul_(bound)
 
 
 def masked_tensors(model: nn.Module):

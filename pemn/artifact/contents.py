@@ -12,7 +12,7 @@ from pemn.artifact.forms import rebuilder, tensor_specs
 from pemn.artifact.load import guarded, zoo_skeleton
 from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights
-from pemn.fill import Dense, TensorSpec, plan_fill, strategy_from_dict
+from pemn.fill import Dense, TensorSpec, mask_size, plan_fill, strategy_from_dict
 
 __all__ = ["describe"]
 
@@ -55,7 +55,9 @@ def _describe(data: bytes, model: nn.Module | None) -> dict:
         "header_bytes": container.header_bytes,
         "kind_bytes": {kind: sum(e.length for e in header.of_kind(kind)) for kind in KINDS},
         "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
-                   "codec": m.encoding, "num_bytes": m.length} for m in header.masked],
+                   "codec": m.encoding, "num_bytes": m.length,
+                   "mask_size": mask_size(m.numel, getattr(strategy, "pruned", 0.0))}
+                  for m in header.masked],
         "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
                     "num_bytes": t.length, "is_norm": t.name in norms} for t in header.raw],
         "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
@@ -78,7 +80,8 @@ def describe(source, model: nn.Module | None = None) -> dict:
         ``header`` (the typed :class:`Header`), ``strategy`` (its strategy), ``format_version``,
         ``file_bytes``, ``header_bytes`` (preamble + header), ``kind_bytes`` (payload bytes
         of each kind of entry: ``raw``, ``mask``, ``weight``, ``prototype``),
-        ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes),
+        ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes and
+        mask_size, the positions its mask covers: numel, or its seeded support),
         ``others`` (per stored tensor: name, dtype, shape, num_bytes, is_norm: it belongs to
         a norm layer of the architecture; False for every tensor when there is none at hand),
         ``encoded`` (per trained weight: name, shape, numel, num_kept, encoding, num_bytes),

@@ -26,7 +26,18 @@ from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.format import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
 from pemn.fill import TensorSpec, file_under
-from pemn.masking import BITS, FIXED, GAIN, MASK, SCORES, VALUES, compute_
+from pemn.masking import (
+    BITS,
+    FIXED,
+    GAIN,
+    MASK,
+    SCORES,
+    SUPPORT,
+    VALUES,
+    compute_,
+    parts,
+    scatter_support,
+)
 from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
 __all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
@@ -195,6 +206,15 @@ class Payload:
         view = prototype[:m.numel].view(m.shape)
         return view if scale == 1.0 else view * scale
 
+    def mask(self, j: int) -> torch.Tensor:
+        """Masked tensor ``j``'s mask over all its positions: a stored mask covers only the
+        seeded support (``pruned``), regenerated here; the pruned positions are 0."""
+        mask, m = self.masks[j], self.header.masked[j]
+        support = self.plan.support(j, m.numel, self.header.seed)
+        if support is None:
+            return mask
+        return scatter_support(mask, torch.from_numpy(support).view(m.shape))
+
 
 _REBUILDERS: dict[type, object] = {}
 
@@ -296,6 +316,8 @@ def _set_masks(model: nn.Module, spec, p: Payload) -> None:
         if p.stored is not None:  # a stored prototype replaces what apply_ generated
             for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
                     [torch.from_numpy(v) for v in p.stored], spec.tensors)):
+                support = parts(module, name).get(SUPPORT)
+                fixed = fixed if support is None else fixed[support.cpu()]
                 getattr(module, name + FIXED).copy_(fixed)
         for j, (_, module, name) in enumerate(layers):
             # kept 2, dropped 1: top-k is the mask, which decoded to exactly its kept count
@@ -317,7 +339,7 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
                 for j in (j for j, src in enumerate(p.plan.sources) if src == i):
                     # written in place: no temporary per weight
                     weight = model.get_parameter(header.masked[j].name)
-                    weight.copy_(p.fixed(j, prototype)).mul_(p.masks[j].to(weight.device))
+                    weight.copy_(p.fixed(j, prototype)).mul_(p.mask(j).to(weight.device))
                     if p.gains[j] is not None:
                         weight.mul_(p.gains[j].to(weight))
             masked = {m.name: model.get_parameter(m.name) for m in header.masked}
@@ -351,8 +373,9 @@ def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
     shared = [hold_prototype(p.prototype(i).to(device), proto)  # one full vector at a time
               for i, proto in enumerate(p.plan.prototypes)]
     owners = {}
-    for i, (m, src, mask) in enumerate(zip(p.header.masked, p.plan.sources, p.masks)):
+    for i, (m, src) in enumerate(zip(p.header.masked, p.plan.sources)):
         fqn, _, name = m.name.rpartition(".")
+        mask = p.mask(i)  # its bits over every position: the support costs no memory
         module = model.get_submodule(fqn)
         gain = p.gains[i]
         pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),

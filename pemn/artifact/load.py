@@ -236,13 +236,17 @@ _DECODERS = {
 }
 
 
-def _decode_masks(header: Header, payload: memoryview) -> Masks:
+def _decode_masks(header: Header, plan, payload: memoryview) -> Masks:
+    """Each mask, of its tensor's shape, or 1-D over its seeded support (``plan.mask_size``)."""
     out = Masks()
     for m in header.masked:
-        if m.num_kept != num_kept(m.numel, header.keep_ratio):
+        n = plan.mask_size(m.numel)
+        if m.num_kept != num_kept(n, header.keep_ratio):
             raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
-                                f"{header.keep_ratio} needs {num_kept(m.numel, header.keep_ratio)}")
-        out.append(_decode(m, payload))
+                                f"{header.keep_ratio} needs {num_kept(n, header.keep_ratio)} "
+                                f"(of its {n} masked positions)")
+        out.append(_decode(m, payload) if n == m.numel else get_codec(m.encoding).decode(
+            payload[m.offset:m.offset + m.length], n, m.num_kept))
     return out
 
 
@@ -324,7 +328,7 @@ def _payload(header: Header, payload: memoryview, form: str) -> Payload:
         p.weights, p.payload = _trained_weights(header, strategy, payload), payload
     elif not isinstance(strategy, Dense):
         p.plan = plan_fill(strategy, tensor_specs(header))
-        p.masks = _decode_masks(header, payload)
+        p.masks = _decode_masks(header, p.plan, payload)
         p.stored = _stored_prototypes(header, p.plan, payload)
         p.gains = _gains(header, strategy, p.tensors)
     return p

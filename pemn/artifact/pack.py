@@ -25,7 +25,7 @@ from pemn.artifact.weights import (
 )
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
-from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, current_mask, parts
+from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, SUPPORT, current_mask, parts
 from pemn.transform import masked_tensors
 
 __all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
@@ -83,8 +83,8 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
         if fixed.dtype != torch.float32:
             raise ArtifactError(f"{ts.name} is {fixed.dtype}; call model.float() before saving")
         proto = plan.prototypes[src]
-        # A layer that holds the whole prototype unscaled gives its values.
-        if ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
+        # A layer that holds the whole prototype unscaled (and has no support) gives its values.
+        if fixed.numel() == ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
             protos[src] = fixed.reshape(-1).numpy()
     for i, values in enumerate(protos):
         if values is None:  # no layer holds it whole: regenerate it (a new fill, layer std)
@@ -94,7 +94,13 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
             raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
                                 "they must stay as pemn.apply_ generated them")
     expected = plan.layer_values([torch.from_numpy(v) for v in protos], spec.tensors)
-    for (_, module, name), ts, want in zip(layers, spec.tensors, expected):
+    for i, ((_, module, name), ts, want) in enumerate(zip(layers, spec.tensors, expected)):
+        support = plan.support(i, ts.numel, spec.seed)
+        if support is not None:  # the compact values at the regenerated support
+            have = parts(module, name).get(SUPPORT)
+            if have is None or not np.array_equal(have.cpu().numpy().reshape(-1), support):
+                raise ArtifactError(f"the support of {ts.name} is not the one its seed gives")
+            want = want.reshape(-1)[torch.from_numpy(support)]
         if not torch.equal(getattr(module, name + FIXED).detach().cpu(), want):
             raise ArtifactError(f"the frozen weights of {ts.name} were modified after apply_")
     return protos
@@ -107,7 +113,7 @@ def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
         k = int(mask.count_nonzero())
-        name_ = choose_codec(ts.numel, k) if codec == "auto" else codec
+        name_ = choose_codec(mask.numel(), k) if codec == "auto" else codec  # m with a support
         rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape,
                           num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
     return rows
