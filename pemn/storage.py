@@ -124,6 +124,8 @@ def size_report(source) -> dict:
           / 8``), ``paper_bytes`` (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
         - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
           (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
+        - ``folded_norms``: how many BatchNorm layers the file stores folded; ``norm_int8``:
+          how many norm tensors it stores as int8 codes (``precision="norm8"``);
         - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
           of the file, else None;
         - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
