@@ -191,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory)")
     pk.add_argument("--codec", default="auto", help="mask codec: auto (the smallest, mask by mask) or "
                     "one of pemn.artifact.codec.list_codecs()")
-    pk.add_argument("--precision", choices=["exact", "fp16", "bf16"], default="exact",
+    pk.add_argument("--precision", choices=["exact", "fp16", "bf16", "norm8"], default="exact",
                     help="exact: bit-identical logits; fp16/bf16: BatchNorm folded into its "
-                    "affine and floats in 16 bits (a smaller file, logits within rounding)")
+                    "affine and floats in 16 bits (a smaller file, logits within rounding); "
+                    "norm8: fp16 with the norm layers' affine in int8")
     pk.add_argument("--sign-with", metavar="KEY", help="ed25519 private key (PEM) to sign the "
                     "file with (docs/THREAT_MODEL.md)")
     pk.set_defaults(fn=cmd_pack)
@@ -232,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["best_test_acc", "final_test_acc", "test_acc_at_best_val",
                              "best_val_acc"])
     pl.add_argument("--table", action="store_true", help="also print a markdown summary table")
-    pl.add_argument("--precision", default="exact", choices=["exact", "fp16"],
-                    help="price every run by its exact (fp32) or fp16 file")
+    pl.add_argument("--precision", default="exact", choices=["exact", "fp16", "norm8"],
+                    help="price every run by its exact (fp32), fp16 or norm8 file")
     pl.add_argument("--series", action="append", metavar="GLOB",
                     help="only the series whose label (as in the legend) matches; repeatable, "
                          "e.g. --series 'RP 1e-3*' --series 'Int8*'")

@@ -126,6 +126,8 @@ def size_report(source) -> dict:
           (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
         - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
           (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
+        - ``folded_norms``: how many BatchNorm layers the file stores folded; ``norm_int8``:
+          how many norm tensors it stores as int8 codes (``precision="norm8"``);
         - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
           of the file, else None;
         - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
@@ -187,6 +189,7 @@ def size_report(source) -> dict:
         "model_compression_ratio": 1 - sizes["total"] / (4 * num_masked + others_fp32),
         "baselines": _baselines(masks, others_fp32, others_in(2)),
         "folded_norms": len(header.folded_norms), "signed_by": info["signed_by"],
+        "norm_int8": sum(o["is_norm"] and o["encoding"] != "raw" for o in info["others"]),
         "unmasked_hint": unmasked_hint(info),
     }
 
@@ -208,8 +211,9 @@ def format_size_table(report: dict) -> str:
         "",
         f"{'component':<40}{'bytes':>14}{'% of file':>11}",
     ]
-    norm = "norm layers (folded affine)" if report["folded_norms"] else \
-        "norm layers (affine + running stats)"
+    norm = "norm layers (folded affine" if report["folded_norms"] else \
+        "norm layers (affine + running stats"
+    norm += ", int8)" if report.get("norm_int8") else ")"
     parts = [("header (preamble + zlib JSON)", b["header"]), (f"masks ({codecs})", b["masks"]),
              (f"trained weights ({encodings})", b.get("weights", 0)),
              ("prototype values", b["prototype"]), (norm, b["norm"]),

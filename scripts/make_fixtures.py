@@ -2,8 +2,9 @@
 
 One small file per strategy family in today's defaults, each with its logits on a fixed
 input (``expected.json``): RP (permuted, signed constants), Mask and MP on a tiny ConvMixer or
-MLP, and one file per trained-weight encoding (int4, int8, sign, CSR) on a tiny MLP. Run it
-when the format changes on purpose, and say so in the CHANGELOG:
+MLP, one file per trained-weight encoding (int4, int8, sign, CSR) on a tiny MLP, and one
+``precision="norm8"`` file (int8-tensor norm layers). Run it when the format changes on
+purpose, and say so in the CHANGELOG:
 
     python scripts/make_fixtures.py            # writes tests/fixtures/
 """
@@ -32,6 +33,8 @@ FIXTURES = {
     "int8_mlp.pemn": (*_MLP, pemn.Quantized(bits=8), {}, {}),
     "sign_mlp.pemn": (*_MLP, pemn.Binary(), {}, {}),
     "csr_mlp.pemn": (*_MLP, pemn.Sparse(density=0.3), {"seed": 4}, {"sparse_format": "csr"}),
+    "norm8_convmixer.pemn": (*_CONVMIXER, pemn.RP(), {"keep_ratio": 0.5, "seed": 5},
+                             {"precision": "norm8"}),
 }
 
 

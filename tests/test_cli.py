@@ -70,6 +70,21 @@ def test_compact_signed_pack_then_size_and_eval_in_every_form(run_dir, tmp_path)
     assert pemn.load(out, verify_key=public) is not None
 
 
+def test_norm8_pack_prices_norms_at_8_bits_and_evaluates(run_dir, tmp_path):
+    from pemn.cli import build_parser
+
+    out = tmp_path / "norm8.pemn"
+    _pemn("pack", str(run_dir.path), "-o", str(out), "--precision", "norm8", cwd=tmp_path)
+    assert "norm layers (folded affine, int8)" in _pemn("size", str(out), cwd=tmp_path).stdout
+    exact = json.loads(_pemn("eval", str(run_dir.path), "--json", cwd=tmp_path).stdout)
+    result = json.loads(_pemn("eval", str(out), "--form", "packed", "--json", cwd=tmp_path).stdout)
+    assert abs(result["accuracy"] - exact["accuracy"]) <= 1.0  # int8 and 16-bit rounding
+    plot = ["plot", "r.jsonl", "-o", str(tmp_path), "--precision"]
+    assert build_parser().parse_args([*plot, "norm8"]).precision == "norm8"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*plot, "int4"])
+
+
 def test_checkpoint_stores_model_args_and_needs_no_dataset(run_dir, tmp_path):
     state = torch.load(run_dir.checkpoint, weights_only=True)
     assert state["model_args"] == {"name": "convmixer_128_d4", "kwargs": {

@@ -516,9 +516,10 @@ def test_sweep_packs_competitors_and_records_readings(tmp_path):
         artifact = RunDir(tmp_path / "runs" / r["run"]).artifact
         assert r["bytes_source"] == "artifact"
         assert r["bytes"]["total"] == artifact.stat().st_size == r["readings"]["exact"]["total"]
-        assert r["readings"]["fp16"]["total"] < r["readings"]["exact"]["total"]
+        assert r["readings"]["norm8"]["total"] < r["readings"]["fp16"]["total"] \
+            < r["readings"]["exact"]["total"]
     sparse = records[0]["readings"]
-    for precision in ("exact", "fp16"):
+    for precision in ("exact", "fp16", "norm8"):
         keys = sparse[precision]
         assert keys.keys() == {"total", "mask_fp32", "bitmap_fp32", "csr", "values_only"}
         assert keys["values_only"] < keys["mask_fp32"]

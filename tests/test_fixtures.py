@@ -38,6 +38,8 @@ PINS = {
                                            "head.weight": "c67c1f1ea0c8a7d9"}),
     "csr_mlp.pemn": ("6717331dd775f8d7", {"features.3.weight": "6dfb88a58e5c9fc3",
                                           "features.5.weight": "c6dbb2ed33058bc6"}),
+    "norm8_convmixer.pemn": ("82d8600352d05fa3", {"stem.2.weight": "ddc3ad258ec7f19f",
+                                                  "head.weight": "e8788f2a4a893bc7"}),
 }
 
 

@@ -58,6 +58,9 @@ _MODELS = [_model(pemn.RP(ratio=0.01, order="permuted"), 0.5), _model(pemn.Mask(
            # trained weights as int4 codes + scales, and a sparse mask + fp32 values
            _model(pemn.Quantized(bits=4), 0.5), _model(pemn.Sparse(density=0.2), 0.5)]
 _FILES = [pack(m) for m in _MODELS]
+# norm8: fp16 floats and int8-tensor norm layers; the model it loads into is the reference
+_FILES.append(pack(_MODELS[0], precision="norm8"))
+_MODELS.append(unpack(_FILES[-1]))
 
 
 @functools.cache

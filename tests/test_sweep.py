@@ -376,7 +376,8 @@ def test_runs_are_priced_by_the_chosen_precision_with_sparse_readings(tmp_path):
         summary = {"num_masked": 1000, "num_unique": 100, "compression_ratio": 0.5,
                    "best_test_acc": 80.0, "final_test_acc": 80.0}
         readings = {"exact": {"total": exact}, "fp16": {"total": fp16, "csr": 4000,
-                                                        "values_only": 2000}}
+                                                        "values_only": 2000},
+                    "norm8": {"total": fp16 - 1000}}
         lines.append(json.dumps({"run": cfg.name, "config": to_dict(cfg), "summary": summary,
                                  "bytes": {"total": exact}, "bytes_source": "artifact",
                                  "readings": readings}) + "\n")
@@ -386,6 +387,8 @@ def test_runs_are_priced_by_the_chosen_precision_with_sparse_readings(tmp_path):
     assert " | 3.0 | 4.0 | 2.0 | 80.00 ± 0.00 | 2 |" in row  # kB, CSR, values only
     [row] = summary_table(path).splitlines()[2:]
     assert " | 5.0 | " in row and "4.0" not in row  # exact files carry no sparse readings
+    [row] = summary_table(path, precision="norm8").splitlines()[2:]
+    assert " | 2.0 | " in row
     old = tmp_path / "old.jsonl"  # a line recorded before readings existed
     old.write_text(lines[0].replace(', "readings": {', ', "x": {'))
     with pytest.raises(ValueError, match="no fp16 reading"):

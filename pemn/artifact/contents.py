@@ -14,20 +14,23 @@ from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights
 from pemn.fill import Dense, TensorSpec, mask_size, plan_fill, strategy_from_dict
 
-__all__ = ["describe"]
+__all__ = ["describe", "norm_names"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
-    """Names of the tensors of norm layers, by module type: of ``model``, or of the header's
-    zoo architecture (checked against the file); none without either."""
-    if model is None and header.model is not None:
-        model = zoo_skeleton(header)
-    if model is None:
-        return set()
+def norm_names(model: nn.Module) -> set[str]:
+    """Names of the tensors of ``model``'s norm layers, by module type."""
     return {f"{fqn}.{k}" if fqn else k for fqn, m in model.named_modules()
             if isinstance(m, _NORM_TYPES) for k in m.state_dict()}
+
+
+def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
+    """:func:`norm_names` of ``model``, or of the header's zoo architecture (checked against
+    the file); none without either."""
+    if model is None and header.model is not None:
+        model = zoo_skeleton(header)
+    return set() if model is None else norm_names(model)
 
 
 def _num_unique(header: Header, strategy) -> int:
@@ -58,7 +61,7 @@ def _describe(data: bytes, model: nn.Module | None) -> dict:
                    "codec": m.encoding, "num_bytes": m.length,
                    "mask_size": mask_size(m.numel, getattr(strategy, "pruned", 0.0))}
                   for m in header.masked],
-        "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape,
+        "others": [{"name": t.name, "dtype": t.dtype, "shape": t.shape, "encoding": t.encoding,
                     "num_bytes": t.length, "is_norm": t.name in norms} for t in header.raw],
         "encoded": [{"name": e.name, "shape": e.shape, "numel": e.numel,
                      "num_kept": e.num_kept, "encoding": e.encoding, "num_bytes": e.length}
@@ -82,7 +85,8 @@ def describe(source, model: nn.Module | None = None) -> dict:
         of each kind of entry: ``raw``, ``mask``, ``weight``, ``prototype``),
         ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes and
         mask_size, the positions its mask covers: numel, or its seeded support),
-        ``others`` (per stored tensor: name, dtype, shape, num_bytes, is_norm: it belongs to
+        ``others`` (per stored tensor: name, dtype, shape, encoding (``raw``, or
+        ``int8-tensor``: a norm layer of a ``norm8`` file), num_bytes, is_norm: it belongs to
         a norm layer of the architecture; False for every tensor when there is none at hand),
         ``encoded`` (per trained weight: name, shape, numel, num_kept, encoding, num_bytes),
         ``num_unique`` (U: for encoded weights, the values stored) and ``signed_by`` (the

@@ -21,7 +21,7 @@ from pemn.artifact.codec import list_codecs
 __all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
            "PREAMBLE_BYTES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry", "Header", "Entry",
            "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES", "read_container",
-           "seal", "entry_kind", "KINDS"]
+           "seal", "entry_kind", "KINDS", "INT8_TENSOR"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
 FORMAT_VERSION = 4  # the only version read; 1 to 3 had positional sections
@@ -42,6 +42,8 @@ FLOAT_DTYPES = ("<f4", "<f2", "bf16", "<f8")
 _KINDS = {"raw": (None, ()), "prototype": ("<f4", ()), "mask": ("|b1", ("num_kept", "fan_in")),
           "weight": ("<f4", ("num_kept",))}
 KINDS = tuple(_KINDS)
+# a raw float tensor as one fp16 scale and int8 codes: the int8 weight encoding of one row
+INT8_TENSOR = "int8-tensor"
 _ENTRY_KEYS = ("name", "encoding", "dtype", "shape", "offset", "length")
 
 
@@ -50,15 +52,16 @@ class ArtifactError(ValueError):
 
 
 def entry_kind(encoding: str) -> str:
-    """``raw``, ``prototype``, ``mask`` (a codec of :mod:`pemn.artifact.codec`) or ``weight``
-    (an encoding of :mod:`pemn.artifact.weights`); ArtifactError for any other name."""
+    """``raw`` (also :data:`INT8_TENSOR`), ``prototype``, ``mask`` (a codec of
+    :mod:`pemn.artifact.codec`) or ``weight`` (an encoding of :mod:`pemn.artifact.weights`);
+    ArtifactError for any other name."""
     from pemn.artifact.weights import ENCODINGS  # it imports this module
-    if encoding in ("raw", "prototype"):
-        return encoding
+    if encoding in ("raw", "prototype", INT8_TENSOR):
+        return "raw" if encoding == INT8_TENSOR else encoding
     if encoding in list_codecs() or encoding in ENCODINGS:
         return "mask" if encoding in list_codecs() else "weight"
     raise ArtifactError(f"unknown encoding {encoding[:40]!r}; known: raw, prototype, "
-                        f"{', '.join(list_codecs() + sorted(ENCODINGS))}")
+                        f"{INT8_TENSOR}, {', '.join(list_codecs() + sorted(ENCODINGS))}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def _entry(e, i: int, offset: int) -> Entry:
         raise ArtifactError(f"tensors[{i}] must be an object with an encoding name")
     encoding = _short_str(e["encoding"], f"tensors[{i}] encoding", 32)
     kind = entry_kind(encoding)
-    dtype, extra = _KINDS[kind]
+    dtype, extra = _KINDS[kind] if encoding != INT8_TENSOR else ("<f4", ())
     if set(e) != {*_ENTRY_KEYS, *extra}:
         raise ArtifactError(f"tensors[{i}] ({encoding}) must have exactly the fields "
                             f"{[*_ENTRY_KEYS, *extra]}")
@@ -315,9 +318,11 @@ def _entry(e, i: int, offset: int) -> Entry:
         raise ArtifactError(f"{what} ({encoding}) needs at least one output channel")
     fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
                         else MAX_ELEMENTS) for k in extra}
-    if kind in ("raw", "prototype") and length != math.prod(shape) * DTYPES[e["dtype"]]:
+    size = math.prod(shape) + 2 if encoding == INT8_TENSOR else math.prod(shape) * DTYPES[
+        e["dtype"]]  # int8 codes and one fp16 scale
+    if kind in ("raw", "prototype") and length != size:
         raise ArtifactError(f"{what} is {length} bytes, but {list(shape)} {e['dtype']} "
-                            "values take " + str(math.prod(shape) * DTYPES[e["dtype"]]))
+                            f"values take {size}{' as ' + encoding if kind != encoding else ''}")
     if kind == "prototype" and len(shape) != 1:
         raise ArtifactError(f"{what} must be a vector of prototype values")
     return Entry(name, encoding, e["dtype"], shape, offset, length, **fields)

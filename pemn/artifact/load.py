@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from pemn import rng
 from pemn.artifact.codec import get_codec
 from pemn.artifact.format import (
+    INT8_TENSOR,
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
     PREAMBLE_BYTES,
@@ -220,6 +221,12 @@ def _decode(e: Entry, payload: memoryview):
 
 
 def _raw(e: Entry, data: memoryview) -> torch.Tensor:
+    if e.encoding == INT8_TENSOR:  # the int8 weight encoding of one row, checked there
+        try:
+            return get_encoding("int8").decode(bytes(data), (1, e.numel), e.numel)[0].view(
+                e.shape)
+        except ArtifactError as err:
+            raise ArtifactError(f"tensor {e.name} ({INT8_TENSOR}): {err}") from None
     raw = np.frombuffer(data, dtype="<i2" if e.dtype == "bf16" else e.dtype, count=e.numel)
     value = torch.from_numpy(raw.astype(raw.dtype.newbyteorder("="))).view(e.shape)
     value = value.view(torch_dtype(e.dtype))  # bfloat16 from its 16 bits

@@ -16,7 +16,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import ArtifactError, Entry, Header, dataset_entry, seal
+from pemn.artifact.format import INT8_TENSOR, ArtifactError, Entry, Header, dataset_entry, seal
 from pemn.artifact.weights import (
     SPARSE_FORMATS,
     TrainedWeights,
@@ -175,11 +175,15 @@ def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tup
     return rows
 
 
-PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "norm8": fp16, and the affine of every norm layer as int8 codes (_raw_row)
+PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16,
+              "norm8": torch.float16}
 
 
-def _compact(model: nn.Module, others: list, dtype: torch.dtype) -> tuple[list, tuple]:
-    """Fold eval-mode BatchNorm into its affine ``(a, b)`` and store floats in ``dtype``.
+def _compact(model: nn.Module, others: list, dtype: torch.dtype,
+             keep: set[str] = frozenset()) -> tuple[list, tuple]:
+    """Fold eval-mode BatchNorm into its affine ``(a, b)`` and store floats in ``dtype``
+    (the names in ``keep``: in float32).
 
     In eval, BN is ``a * x + b`` with ``a = weight / sqrt(running_var + eps)`` and
     ``b = bias - running_mean * a``: two vectors instead of four (and a counter).
@@ -197,8 +201,27 @@ def _compact(model: nn.Module, others: list, dtype: torch.dtype) -> tuple[list, 
         for k in ("running_mean", "running_var", "num_batches_tracked"):
             values.pop(prefix + k, None)
         folded.append(fqn)
-    return ([(k, v.detach().to(dtype) if v.is_floating_point() else v)
-             for k, v in values.items()], tuple(folded))
+    return ([(k, v.detach().to(torch.float32 if k in keep else dtype)
+              if v.is_floating_point() else v) for k, v in values.items()], tuple(folded))
+
+
+def _norm_affines(model: nn.Module, others: list) -> set[str]:
+    """The weight and bias of every norm layer (BatchNorm, folded or not, LayerNorm,
+    GroupNorm), which ``norm8`` stores as int8 codes."""
+    from pemn.artifact.contents import norm_names  # it imports this module
+    norms = norm_names(model)
+    return {k for k, v in others if k in norms and k.rpartition(".")[2] in ("weight", "bias")
+            and v.is_floating_point() and v.numel()}
+
+
+def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, bytes]:
+    """A raw entry, or with ``int8`` one fp16 scale ``max|t| / 127`` and int8 codes: the int8
+    weight encoding of ``t`` as one row (:data:`INT8_TENSOR`)."""
+    if int8:
+        return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)),
+                get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
+    return (dict(name=name, encoding="raw", dtype=dtype_code(name, t), shape=tuple(t.shape)),
+            _raw_bytes(t))
 
 
 def _zoo_args(model: nn.Module) -> dict | None:
@@ -254,7 +277,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         precision: ``"exact"`` stores every other tensor as it is (bit-identical logits,
             training can resume); ``"fp16"`` / ``"bf16"`` fold eval-mode BatchNorm into its
             affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
-            eval logits within 16-bit rounding (BN running statistics restart if fine-tuned).
+            eval logits within 16-bit rounding (BN running statistics restart if fine-tuned);
+            ``"norm8"``: fp16, and the weight and bias of every norm layer (BN's folded
+            affine) as int8 codes with one fp16 scale per tensor, ``C + 2`` bytes each.
         sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
             ``codec``, then the kept float32 values) or ``"csr"``
             (:mod:`pemn.artifact.weights`).
@@ -282,11 +307,10 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         protos = _check_fixed(model, spec)
         rows = _masks(model, spec, codec) + _prototypes(protos, spec, store_prototype)
     others, ties = _other_tensors(model, spec)
-    folded = ()
+    folded, int8 = (), _norm_affines(model, others) if precision == "norm8" else set()
     if PRECISIONS[precision] is not None:
-        others, folded = _compact(model, others, PRECISIONS[precision])
-    rows += [(dict(name=k, encoding="raw", dtype=dtype_code(k, v), shape=tuple(v.shape)),
-              _raw_bytes(v)) for k, v in others]
+        others, folded = _compact(model, others, PRECISIONS[precision], int8)
+    rows += [_raw_row(k, v, k in int8) for k, v in others]
     table, offset = [], 0
     for fields, data in rows:
         table.append(Entry(**fields, offset=offset, length=len(data)))

@@ -18,7 +18,7 @@ from typing import Sequence
 from pemn.competitors import Sparse
 from pemn.config import RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
-from pemn.experiments.results import read_records
+from pemn.experiments.results import READINGS, read_records
 from pemn.fill import FILLS, MP, RP, STRATEGIES, Dense, Strategy
 
 __all__ = ["read_results", "group_results", "plot_results", "summary_table", "series_label",
@@ -73,9 +73,6 @@ def _family(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-READINGS = ("exact", "fp16")  # the precision a frontier prices every file at
-
-
 def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
     """The run's file bytes at ``precision`` and its other storage readings there."""
     if precision == "exact" and "exact" not in r.get("readings", {}):
@@ -100,7 +97,8 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
 
     Args:
         precision: the file each run is priced by: ``"exact"`` (fp32, as the sweep packed it)
-            or ``"fp16"`` (BatchNorm folded, floats in 16 bits).
+            or ``"fp16"`` (BatchNorm folded, floats in 16 bits) or ``"norm8"`` (fp16, norm
+            layers in int8).
         series: globs over the series labels (:func:`series_label`, e.g. ``"RP 1e-3*"``);
             only matching groups are kept. Empty: every group.
 

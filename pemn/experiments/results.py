@@ -6,7 +6,7 @@ lose nor duplicate a line. A line holds ``run`` (its name), ``config`` (the reso
 :func:`pemn.config.to_dict`), ``summary`` (``summary.json``), ``bytes`` (the packed artifact by
 section, ``header``, ``masks``, ``prototype``, ``norm``, ``other`` and ``total``, with
 ``bytes_source = "artifact"``: every strategy is priced by its real file) and ``readings``
-(the packed model in every storage reading at ``exact`` and ``fp16`` precision).
+(the packed model in every storage reading at ``exact``, ``fp16`` and ``norm8`` precision).
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from pemn.storage import size_report, storage_readings
 from pemn.trained import pack_trained
 
 __all__ = ["result_record", "write_result", "read_records", "record_results", "csv_row",
-           "export_csv", "CSV_COLUMNS", "RESULT"]
+           "export_csv", "CSV_COLUMNS", "RESULT", "READINGS"]
 
 RESULT = "result.json"  # a finished run's results line, in its run directory
+READINGS = ("exact", "fp16", "norm8")  # the precisions a results line prices the run at
 CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "keep_ratio",
                "seed", "epochs", "lr", "P", "U", "CR", "bytes", "bytes_source", "best_test_acc",
                "final_test_acc", "best_val_acc", "test_acc_at_best_val", "wall_s",
@@ -37,7 +38,7 @@ def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
     """The results line of a finished run; ``bytes`` and ``readings`` stay empty without an
     artifact.
 
-    ``readings`` is ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}}``
+    ``readings`` is ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}, "norm8": ...}``
     (:func:`pemn.storage.storage_readings`); a ``Sparse`` run also has ``mask_fp32``,
     ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
     """
@@ -49,7 +50,7 @@ def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
         record.update(bytes=size_report(run_dir.artifact)["bytes"], bytes_source="artifact",
                       readings={p: storage_readings(model, p, dataset=header.dataset,
                                                     metadata=header.metadata)
-                                for p in ("exact", "fp16")})
+                                for p in READINGS})
     return record
 
 
