@@ -101,6 +101,7 @@ def figure(groups: dict[tuple, dict], out_dir: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(sorted({e for (_, _, e) in groups}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training epochs")
         ax.set_ylabel("final test accuracy (%)")
         ax.set_title(f"Fashion-MNIST, ConvMixer depth 4, {budget} (fp16 file)")
