@@ -1,12 +1,11 @@
 """What a user would pick instead of PEMN at a few bits per weight: trained weights, stored small.
 
-Each family is one dataclass (a registered :class:`TrainedWeights`) plus one weight function,
-built by ``pemn.apply_`` like every strategy: ``Sparse(density, allocation)`` (a mask fixed at
-initialisation; the paper's pruning baselines ``RandomPrune`` and ``MagnitudePrune`` are
-presets), ``Quantized(bits)`` (QAT per output channel) and ``Binary()`` (BWN). A compressed
-layer keeps its latent weight as ``<name>_orig`` (a sparse one its mask as ``<name>_mask``) and
-computes ``<name>`` from them (:func:`pemn.masking.compute_`). docs/METHOD.md, section 6, says
-what each family trains and stores.
+Each family is one registered :class:`TrainedWeights` dataclass plus one weight function, built
+by ``pemn.apply_``: ``Sparse`` (the pruning baselines ``RandomPrune`` and ``MagnitudePrune`` are
+its presets), ``Quantized`` and ``Binary``. A compressed layer keeps its latent weight as
+``<name>_orig`` (a sparse one its mask as ``<name>_mask``) and computes ``<name>`` from them
+(:func:`pemn.masking.compute_`). docs/METHOD.md, section 6, says what each family trains and
+stores.
 """
 from __future__ import annotations
 
@@ -79,16 +78,8 @@ class Binary(TrainedWeights):
 @register_strategy("sparse")
 @dataclass(frozen=True)
 class Sparse(TrainedWeights):
-    """Sparse training from scratch with a mask fixed at initialisation.
-
-    Args:
-        density: kept fraction of the sparse layers' weights (the dense ends not counted), in
-            (0, 1].
-        allocation: ``"erk"`` (:func:`erk_counts`, random positions), ``"uniform"`` (random,
-            ``density`` of every layer), ``"magnitude"`` (every layer's largest ``|w|`` at
-            init) or ``"global_magnitude"`` (the largest ``|w|`` over all sparse layers).
-        dense_ends: stem and head stay dense (and are stored in full).
-    """
+    """Sparse training from scratch with a mask fixed at initialisation, keeping ``density``
+    (in (0, 1]) of the sparse layers' weights; ``allocation``: docs/METHOD.md, section 6."""
 
     density: float = 0.1
     allocation: Literal["erk", "uniform", "magnitude", "global_magnitude"] = "erk"
@@ -127,13 +118,10 @@ class Sparse(TrainedWeights):
 
 
 def erk_counts(shapes: Sequence[tuple[int, ...]], density: float) -> list[int]:
-    """Kept weights per layer under Erdos-Renyi-Kernel, summing to ``num_kept(total, density)``.
-
-    A layer's density is ``eps * sum(shape) / prod(shape)``; ``eps`` makes the kept counts add
-    up to the target. While that asks more than all of some layer, the layer with the largest
-    ratio is made dense and ``eps`` recomputed over the rest (as RigL does). Fractional counts
-    are rounded by largest remainder (ties to the earlier layer), so the sum is exact.
-    """
+    """Kept weights per layer under Erdos-Renyi-Kernel, summing to ``num_kept(total, density)``:
+    a layer's density is ``eps * sum(shape) / prod(shape)``; while that asks more than all of a
+    layer, the largest-ratio layer is made dense and ``eps`` recomputed (as RigL). Fractions
+    are rounded by largest remainder (ties to the earlier layer), so the sum is exact."""
     numels = [math.prod(s) for s in shapes]
     target = num_kept(sum(numels), density)
     raw = [sum(s) / n if n else 0.0 for s, n in zip(shapes, numels)]
@@ -155,14 +143,6 @@ def erk_counts(shapes: Sequence[tuple[int, ...]], density: float) -> list[int]:
     return counts
 
 
-def _random_mask(weight: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    # drawn on the CPU, so a seed gives the same mask on every device
-    n = weight.numel()
-    mask = torch.zeros(n, dtype=weight.dtype)
-    mask[torch.randperm(n, generator=gen)[:k]] = 1
-    return mask.view_as(weight).to(weight.device)
-
-
 def _sparse_masks(strategy: Sparse, weights: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
     if strategy.allocation == "magnitude":  # ties: the earlier position
         return [topk_mask(w.detach(), strategy.density) for w in weights]
@@ -176,7 +156,12 @@ def _sparse_masks(strategy: Sparse, weights: list[torch.Tensor], seed: int) -> l
         counts = erk_counts([tuple(w.shape) for w in weights], strategy.density)
     else:
         counts = [num_kept(w.numel(), strategy.density) for w in weights]
-    return [_random_mask(w.detach(), k, gen) for w, k in zip(weights, counts)]
+    masks = []
+    for w, k in zip(weights, counts):  # drawn on the CPU: a seed gives one mask on every device
+        mask = torch.zeros(w.numel(), dtype=w.dtype)
+        mask[torch.randperm(w.numel(), generator=gen)[:k]] = 1
+        masks.append(mask.view_as(w).to(w.device))
+    return masks
 
 
 class _StraightThrough(torch.autograd.Function):

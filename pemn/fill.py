@@ -1,11 +1,8 @@
 """Strategies, and the weight fills: how the frozen random weights of masked layers are built.
 
 Every strategy is a frozen dataclass registered by name (:func:`register_strategy`) and stored
-as ``{"name": ..., **fields}`` (:func:`strategy_to_dict`). A weight fill's planner
-(:func:`plan_fill`) gives a few prototype vectors and, per layer, which prototype serves it; a
-layer takes the first ``numel`` values of its prototype. Layer ``i`` (module order) draws from
-:mod:`pemn.rng` stream ``i`` at its kaiming std ``sqrt(2 / fan_in)``; the RP permutation from
-stream ``2**32``. docs/METHOD.md, section 2, tabulates the strategies and their U.
+as ``{"name": ..., **fields}``. A weight fill's planner (:func:`plan_fill`) gives a few prototype
+vectors and, per layer, which prototype serves it: docs/METHOD.md, section 2.
 """
 from __future__ import annotations
 
@@ -66,12 +63,8 @@ FILLS: dict[str, type[Strategy]] = {}  # those that ``pemn.apply_`` builds (weig
 
 
 def register_strategy(name: str, *, fill: bool = False):
-    """Class decorator: file a strategy under ``name``, the ``"name"`` of its dict form.
-    ``fill``: a weight fill, which needs a planner (:func:`register_planner`) unless Dense.
-
-    Raises:
-        ValueError: the name is taken.
-    """
+    """Class decorator: file a strategy under ``name``, the ``"name"`` of its dict form
+    (ValueError if taken); ``fill``: a weight fill, with a planner (:func:`register_planner`)."""
     def register(cls: type[Strategy]) -> type[Strategy]:
         file_under(STRATEGIES, name)(cls)
         cls.name = name
@@ -103,11 +96,6 @@ def register_preset(name: str, make: Callable[..., Strategy]) -> None:
     file_under(PRESETS, name)(make)
 
 
-def _ratio_text(ratio: float) -> str:
-    exp = math.log10(ratio)
-    return f"1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"{ratio:g}"
-
-
 @register_strategy("dense", fill=True)
 @dataclass(frozen=True)
 class Dense(Strategy):
@@ -128,17 +116,8 @@ def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> N
 
 @dataclass(frozen=True, kw_only=True)
 class _Fill(Strategy):
-    """A weight fill of random values; its levers are described in docs/METHOD.md.
-
-    Args:
-        values: ``"signed_constant"`` (every value ``+-std``, the sign of its draw) or
-            ``"normal"`` (the kaiming-normal draws, as the paper).
-        gain: ``"none"``, or one learned multiplier per masked tensor (``"layer"``) or per
-            output channel (``"channel"``), initialised to 1.
-        pruned: the fraction of each masked layer's positions pruned by the seed, in [0, 1):
-            zero in the weight, no mask bit; masks are learned on the rest
-            (:meth:`FillPlan.support`).
-    """
+    """A weight fill of random values; its levers ``values``, ``gain`` and ``pruned``:
+    docs/METHOD.md, "Levers beyond the paper"."""
 
     values: Literal["normal", "signed_constant"] = "signed_constant"
     gain: Literal["none", "layer", "channel"] = "none"
@@ -207,9 +186,7 @@ class OneLayer(_Fill):
 
 @dataclass(frozen=True, kw_only=True)
 class _SharedFill(_Fill):
-    """A fill whose one prototype serves every layer (MP, RP). ``scale``: ``"largest"`` (every
-    layer at the largest layer's std, the official code) or ``"layer"`` (each layer's slice
-    rescaled to its own std, by a factor computed from the shapes)."""
+    """A fill whose one prototype serves every layer (MP, RP); ``scale`` is a lever."""
 
     scale: Literal["largest", "layer"] = "largest"
 
@@ -233,13 +210,8 @@ class MP(_SharedFill):
 @register_strategy("rp", fill=True)
 @dataclass(frozen=True)
 class RP(_SharedFill):
-    """Random-vector padding: a vector of ``int(d_max * ratio) + 1`` values tiled over each layer.
-
-    Args:
-        ratio: unique values relative to MP, in (0, 1]; 1e-3 is the paper's "RP 1e-3".
-        order: ``"permuted"`` shuffles the tiled vector once with a seeded permutation;
-            ``"copy"`` tiles it as is (the official default).
-    """
+    """Random-vector padding: a vector of ``int(d_max * ratio) + 1`` values tiled over each
+    layer; ``ratio`` in (0, 1] (1e-3: the paper's "RP 1e-3"), ``order`` a lever."""
 
     ratio: float = 1e-3
     order: Literal["copy", "permuted"] = "permuted"
@@ -253,7 +225,8 @@ class RP(_SharedFill):
         super().__post_init__()
 
     def _base_label(self) -> str:
-        return f"RP {_ratio_text(self.ratio)}"
+        exp = math.log10(self.ratio)
+        return f"RP 1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"RP {self.ratio:g}"
 
     def _choices(self) -> list[str]:
         return (["copy"] if self.order == "copy" else []) + super()._choices()

@@ -2,24 +2,15 @@
 
 PEMN keeps frozen random weights and learns one score per weight; the forward pass uses the
 weights whose |score| is among the largest ``keep_ratio`` of their tensor, trained with
-edge-popup's straight-through estimator (docs/METHOD.md; docs/PERFORMANCE.md measures this).
+edge-popup's straight-through estimator (docs/METHOD.md). The top-k counts rather than sorts,
+and each scores tensor caches its masked weight (docs/PERFORMANCE.md, "Exact top-k" and
+"Masked-weight caches").
 
 **Computed tensors** are the one mechanism of every family and load form: :func:`compute_` makes
 ``module.<name>`` a property of a dynamic subclass of the module's class (as
 ``torch.nn.utils.parametrize`` does), computed at every read from stored tensors
 ``<name><suffix>`` (:data:`SUFFIXES`). ``forward`` and hooks are untouched, which matters for
 ``nn.MultiheadAttention``, which reads ``in_proj_weight`` directly. :func:`bake_` undoes it.
-
-Each scores tensor owns one :class:`_State` (shared by tied modules) caching the masked weight
-(docs/PERFORMANCE.md, "Masked-weight caches"). In training it is reused until a backward pass
-through it has run or a tensor changes in place (version counters), so a weight read several
-times per step costs one top-k; like autograd, it cannot see scores written through ``.data``
-between two forwards with no backward between. In evaluation it is kept until the scores differ
-from a snapshot.
-
-The top-k keeps exactly :func:`num_kept` entries, ties broken by lower flat position. It counts
-rather than sorts: probe a threshold ``t``, count ``|s| >= t``, move ``t`` by the local density
-(starting from the last step's threshold), then resolve the entries between the last two probes.
 """
 from __future__ import annotations
 
@@ -51,13 +42,6 @@ def _count(mask: torch.Tensor) -> int:
     if mask.numel() <= _EXACT_F32:
         return int(mask.sum(dtype=torch.float32))
     return sum(int(part.sum(dtype=torch.float32)) for part in mask.split(_EXACT_F32))
-
-
-def _sorted_select(a: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
-    """The reference: a stable sort keeps equal values in position order."""
-    out.zero_()
-    out[a.sort(descending=True, stable=True).indices[:k]] = 1
-    return out
 
 
 def _rounded(x: float, dtype: torch.dtype) -> float:
@@ -112,19 +96,16 @@ class _Bracket:
                 self.lo_f /= 2
         self.last = side
         if math.isfinite(self.lo_t) and math.isfinite(self.hi_t):
-            return self._inside()
+            lo, hi = self.lo_t, self.hi_t
+            new = _rounded(lo + (hi - lo) * self.lo_f / (self.lo_f - self.hi_f), self.dtype)
+            if not lo < new < hi:
+                new = _rounded(0.5 * (lo + hi), self.dtype)
+            return new if lo < new < hi else None
         new = _rounded(t + (c - self.k) / self.density * self.growth, self.dtype)
         self.growth *= 2
         if side < 0 and new <= 0:
             new = 0.0  # every |score| is >= 0: this closes the bracket from below
         return new if math.isfinite(new) and new != t else None
-
-    def _inside(self) -> float | None:
-        lo, hi = self.lo_t, self.hi_t
-        new = _rounded(lo + (hi - lo) * self.lo_f / (self.lo_f - self.hi_f), self.dtype)
-        if not lo < new < hi:
-            new = _rounded(0.5 * (lo + hi), self.dtype)
-        return new if lo < new < hi else None
 
 
 def _resolve(a: torch.Tensor, k: int, lo_t: float, hi_t: float, out: torch.Tensor
@@ -199,8 +180,9 @@ def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, 
             return out, _Hint(t, hint.density)
         lo_t, hi_t = bracket.lo_t, bracket.hi_t
     boundary = _resolve(a, k, lo_t, hi_t, out)
-    if boundary is None:
-        return _sorted_select(a, k, out), None
+    if boundary is None:  # the reference: a stable sort keeps equal values in position order
+        out.zero_()[a.sort(descending=True, stable=True).indices[:k]] = 1
+        return out, None
     if bracket is None:
         return out, hint
     return out, _Hint(boundary, hint.density)
@@ -219,9 +201,6 @@ class _StepWeight:
 
     key: tuple
     value: torch.Tensor | None  # None once a backward pass through it has run
-
-    def valid(self, key: tuple) -> bool:
-        return self.key == key and self.value is not None
 
 
 @dataclass(eq=False)
@@ -276,7 +255,7 @@ class _MaskedWeight(torch.autograd.Function):
     def forward(ctx, fixed, scores, keep_ratio, state):
         ctx.save_for_backward(fixed, scores)
         key = (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
-        if state.step is None or not state.step.valid(key):
+        if state.step is None or state.step.key != key or state.step.value is None:
             state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
         ctx.entry = state.step
         return state.step.value.detach()  # a new alias: the cached tensor gets no grad_fn

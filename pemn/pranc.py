@@ -1,32 +1,10 @@
 """PRANC: a model stored as a seed plus ``k`` coefficients over ``k`` random basis networks.
 
 Nooralinejad et al., "PRANC: Pseudo RAndom Networks for Compacting deep models", ICCV 2023
-(arXiv 2206.08464; official code UCDvision/PRANC). Every compressed weight is a linear
-combination of the same ``k`` seeded random networks, ``w_l = B_l @ alpha``: ``B_l`` is layer
-``l``'s slice of the basis (``P_l x k``, regenerated from the seed, never stored) and ``alpha``
-is ONE trained vector of ``k`` values shared by every compressed layer. What we follow:
-
-* **Basis** as the official code draws it (``fill_net``): each basis network is initialised
-  like a fresh layer, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (torch's ``kaiming_uniform_(a=
-  sqrt(5))``), from pemn's portable generator (:mod:`pemn.rng`) so a file regenerates it
-  bit-identically anywhere: basis ``j`` of layer ``l`` is words ``j*P_l .. (j+1)*P_l - 1`` of
-  stream ``_STREAM + l``, made uniform as ``rng`` step 3 does, times the bound, rounded once to
-  float32. Counter-based words give any chunk of basis networks directly.
-* **Init** as the official code: ``alpha = 0`` but ``alpha[0] = 1``, so training starts from
-  basis network 0, a standard random initialisation; there is no other offset term.
-* **Norm layers, biases, the rest** train and are stored as usual. The official code
-  reparametrises every parameter, BatchNorm included, and trains a window of alphas per epoch;
-  here only the maskable layers (``dense_ends`` as the other families), all of ``alpha``.
-
-Memory: the basis is held (``k * P * 4`` bytes) when that is at most ``basis_mib``, else each
-forward and backward regenerates it in chunks of basis networks (:class:`_Combine`), in the
-same order: bit-identical weights and gradients.
-
-Stored (``pemn.save``): per compressed layer an empty ``pranc`` entry (its name and shape),
-``alpha`` once as a raw tensor ``<first layer>_gain`` at the file's precision (the other
-layers tie to it), the seed in the header, the rest as usual. In the model, ``alpha`` is every
-compressed layer's ``<name>_gain`` (one Parameter) and ``<name>_orig`` a zero-byte placeholder.
-Loaded by the forms of :mod:`pemn.artifact.forms` (:func:`_rebuild` is its rebuild hook).
+(arXiv 2206.08464; official code UCDvision/PRANC). Every compressed weight is ``w_l = B_l @
+alpha``: ``B_l`` is layer ``l``'s slice of the seeded basis (never stored) and ``alpha`` ONE
+trained vector shared by every compressed layer. docs/METHOD.md, section 6, says how the basis
+is drawn, held or regenerated, and stored; :func:`_rebuild` is the loaders' rebuild hook.
 """
 from __future__ import annotations
 
@@ -61,18 +39,9 @@ MAX_BASIS_VALUES = 2**28
 @register_strategy("pranc")
 @dataclass(frozen=True)
 class PRANC(TrainedWeights):
-    """Every compressed weight is ``B_l @ alpha``: ``k`` trained coefficients shared by all
-    layers over ``k`` seeded random basis networks (module docstring).
-
-    Args:
-        k: basis networks (stored coefficients), at least 1.
-        basis_mib: hold the basis in memory while it takes at most this many MiB (default 1
-            GiB), else regenerate it in chunks in every forward and backward.
-        dense_ends: stem and head stay ordinary dense weights.
-
-    Raises:
-        ValueError: ``k`` not a positive integer, ``basis_mib`` not an integer >= 0.
-    """
+    """``k`` trained coefficients, shared by every compressed layer, over ``k`` seeded random
+    basis networks. ``basis_mib``: hold the basis while it takes at most this many MiB (1 GiB),
+    else regenerate it in chunks in every forward and backward."""
 
     k: int = 4000
     basis_mib: int = dataclasses.field(default=1024, kw_only=True)
@@ -135,9 +104,6 @@ class _Basis:
         for i, (j0, j1) in enumerate(self.bounds()):
             yield j0, j1, self.held[i] if self.held is not None else self.draw(j0, j1, device)
 
-    def hold(self, device) -> None:
-        self.held = [self.draw(j0, j1, device) for j0, j1 in self.bounds()]
-
 
 class _Combine(torch.autograd.Function):
     """``w = sum over chunks alpha[j0:j1] @ B[j0:j1]``; ``grad_alpha = B grad_w`` per chunk."""
@@ -174,7 +140,7 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
         basis = _Basis(seed, i, w.numel(), 1.0 / math.sqrt(t.spec().effective_fan_in),
                        strategy.k)
         if hold:
-            basis.hold(device)
+            basis.held = [basis.draw(j0, j1, device) for j0, j1 in basis.bounds()]
         placeholder = torch.zeros((), device=device).expand(w.shape)  # no bytes: see pack
         compute_(t.module, t.name, functools.partial(_weight, basis, tuple(w.shape)),
                  {GAIN: alpha}, {LATENT: placeholder})

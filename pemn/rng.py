@@ -1,25 +1,7 @@
 """A portable random generator: the same seed gives the same float32 bytes on every machine.
 
-PEMN stores a model as a seed plus masks, so the frozen random weights must be regenerated
-bit-identically on any machine and library version. torch's generators promise none of that,
-and libm's ``log`` may differ in the last bit between platforms, so this module uses only
-integer arithmetic and correctly rounded IEEE-754 operations (+, -, *, /, sqrt), element-wise.
-
-Algorithm ``pemn-splitmix-polar-v1`` (the id is stored in every artifact):
-
-1. Stream key: ``key = splitmix64(seed) ^ splitmix64(stream + 0x632BE59BD9B4E019)``.
-2. Raw word ``i`` of a stream: ``splitmix64(key + (i + 1) * 0x9E3779B97F4A7C15)`` (mod 2**64),
-   where ``splitmix64`` is Steele et al.'s finaliser (xor-shift 30/27/31, multipliers
-   0xBF58476D1CE4E5B9 and 0x94D049BB133111EB).
-3. Uniform in (-1, 1): ``((word >> 11) + 0.5) * 2**-52 - 1`` in float64 (exact).
-4. Standard normals by Marsaglia's polar method on consecutive pairs (words 2j, 2j+1): accept
-   when ``0 < s = u**2 + v**2 < 1``, emit ``u*f, v*f`` with ``f = sqrt(-2 ln(s) / s)``, in counter
-   order. ``ln`` is our own: ``s = m * 2**e`` (exact split), ``ln s = e ln2 + 2 atanh((m-1)/(m+1))``
-   with a fixed 12-term odd series, evaluated by Horner's rule in float64.
-5. Scaled values ``normal * std`` are rounded once to float32.
-
-The first ``n`` values of a stream never depend on how many are requested (prefix property), so
-max-layer padding can take prefixes of the largest layer's stream.
+Only integer arithmetic and correctly rounded IEEE-754 operations; the algorithm,
+``pemn-splitmix-polar-v1``, is specified in docs/FORMAT.md, "The random generator".
 """
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Storage accounting: the paper's P, U and compression ratio (arXiv 2210.06699, Eq. 10), and
-real bytes.
-
-The paper counts 1 bit of mask per masked weight plus 32 bits per unique stored value, and
-leaves BN and everything else out: ``CR = 1 - (P + 32 U) / (32 P)``. :func:`size_report` prices
-a real file component by component, next to the usual ways of storing the same network at the
-same keep ratio; :func:`storage_readings` packs a model in each storage reading of its family.
+"""Storage accounting: the paper's P, U and compression ratio (arXiv 2210.06699, Eq. 10: one
+mask bit per masked weight plus 32 bits per unique value, BN left out), and the real bytes of
+a file by component and in each storage reading (docs/METHOD.md, sections 3 and 6).
 """
 from __future__ import annotations
 
@@ -106,33 +102,9 @@ def _baselines(masks, others_fp32: int, others_fp16: int) -> dict[str, int]:
 
 
 def size_report(source) -> dict:
-    """Bytes per component of an artifact, P, U, compression ratios and baseline sizes.
-
-    Args:
-        source: an artifact path or bytes, or a model (packed in memory as ``save`` would).
-
-    Returns:
-        A JSON-serialisable dict:
-
-        - ``architecture``, ``strategy`` (dict), ``keep_ratio``, ``num_masked`` (P),
-          ``num_unique`` (U), ``num_masked_tensors``, ``mask_codecs`` (name -> count);
-        - ``bytes``: ``header``, ``masks``, ``prototype``, ``norm`` (norm layers' affine and
-          running statistics), ``other`` (biases, unmasked layers; for ``Dense`` every
-          weight), ``signature`` and ``total``, the file size, their exact sum; a file with
-          trained weights also has ``weights``, which then count as the masked tensors
-          (``weight_encodings``: encoding -> count);
-        - ``mask_bitmap_bytes`` (``sum ceil(m/8)``), ``mask_entropy_bytes`` (``sum m H(k/m)
-          / 8``; m: a mask's positions, n less those pruned by the seed), ``paper_bytes``
-          (``ceil(P/8) + 4U``), ``paper_compression_ratio``;
-        - ``dense_fp32_bytes`` (``4P``), ``model_fp32_bytes``, ``file_compression_ratio``
-          (``1 - total / 4P``), ``model_compression_ratio`` (``1 - total / model_fp32_bytes``);
-        - ``folded_norms``: how many BatchNorm layers the file stores folded; ``norm_int8``:
-          how many norm tensors it stores as int8 codes (``precision="norm8"``);
-        - ``unmasked_hint``: a line naming the largest unmasked layers when they hold most
-          of the file, else None;
-        - ``baselines``: the same network at the same keep ratio as ``fp32_dense``,
-          ``fp16_dense``, ``csr``, ``csr_paper`` (the paper's ``12 nnz``) and
-          ``bitmask_fp32``, the other tensors in fp32 (fp16 for ``fp16_dense``).
+    """Bytes per component of an artifact (a path, bytes, or a model packed in memory as
+    ``save`` would), P, U, compression ratios and baseline sizes: a JSON-serialisable dict
+    whose keys docs/METHOD.md, section 3, lists.
 
     Raises:
         pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
@@ -194,18 +166,15 @@ def size_report(source) -> dict:
     }
 
 
-def _strategy_text(d: dict) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in d.items() if k != "name")
-    return f"{d['name']}({args})"
-
-
 def format_size_table(report: dict) -> str:
     """A fixed-width, human-readable table of a :func:`size_report` (for ``pemn size``)."""
     b, total = report["bytes"], report["bytes"]["total"]
     codecs = ", ".join(f"{n} x{c}" for n, c in report["mask_codecs"].items()) or "none"
     encodings = ", ".join(f"{n} x{c}" for n, c in report.get("weight_encodings", {}).items())
+    strategy = report["strategy"]
+    args = ", ".join(f"{k}={v}" for k, v in strategy.items() if k != "name")
     rows = [
-        f"{report['architecture']}  {_strategy_text(report['strategy'])}  "
+        f"{report['architecture']}  {strategy['name']}({args})  "
         f"keep_ratio={report['keep_ratio']}  P={report['num_masked']:,}  "
         f"U={report['num_unique']:,}",
         "",
@@ -248,15 +217,8 @@ def format_size_table(report: dict) -> str:
 
 def storage_readings(model: nn.Module, precision: str = "exact", **save_args) -> dict[str, int]:
     """Real bytes of ``model`` packed as ``pemn.save(model, path, precision, **save_args)``
-    would, in every storage reading; each includes the header and the other tensors.
-
-    Returns:
-        ``total``: the file ``pemn.save`` writes. For a ``Sparse`` model also ``mask_fp32``
-        (= ``total``: each mask by the smallest codec, then the fp32 kept values),
-        ``bitmap_fp32`` (a 1-bit mask + fp32 values: the paper's reading), ``csr`` and
-        ``values_only`` (``mask_fp32`` less its mask bytes: CR read as sparsity; the one
-        reading that does not decode).
-    """
+    would: ``total``, and for a ``Sparse`` model the readings ``mask_fp32``, ``bitmap_fp32``,
+    ``csr`` and ``values_only`` (docs/METHOD.md, section 6)."""
     data = pack(model, precision=precision, **save_args)
     out = {"total": len(data)}
     encoded = describe(data)["encoded"]

@@ -23,15 +23,7 @@ from torch import nn
 from pemn import fill as fill_lib
 from pemn import rng
 from pemn.fill import Dense, Strategy, TensorSpec, file_under
-from pemn.masking import (
-    SCORES,
-    bake_,
-    compute_,
-    computed_names,
-    mask_tensor_,
-    masked_names,
-    parts,
-)
+from pemn.masking import SCORES, bake_, compute_, computed_names, mask_tensor_, masked_names, parts
 
 __all__ = ["apply_", "materialize_", "masked_tensors", "maskable_tensors", "register_maskable",
            "register_handler", "accepts", "tie_", "PemnSpec"]
@@ -55,11 +47,7 @@ def register_maskable(layer: type | Callable[[nn.Module], bool], names, *,
                       default: bool = True) -> None:
     """Declare the maskable Parameters ``names`` of ``layer`` (a module class or a predicate
     ``module -> bool``); later registrations take precedence. ``fan_in``: ``shape -> fan_in``
-    (default torch's layout); ``default=False``: masked only when ``include`` names it.
-
-    Example:
-        >>> register_maskable(MyBilinear, ("weight",), fan_in=lambda s: s[1] * s[2])
-    """
+    (default torch's layout); ``default=False``: masked only when ``include`` names it."""
     names = (names,) if isinstance(names, str) else tuple(names)
     if not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ValueError(f"names must be attribute names of Parameters, got {names!r}")
@@ -159,18 +147,6 @@ def maskable_tensors(model: nn.Module):
             yield t.fqn, t.module, t.name
 
 
-def _check_keep_ratio(keep_ratio) -> None:
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) \
-            or not 0 < keep_ratio <= 1:
-        raise ValueError(f"keep_ratio is the kept fraction and must be in (0, 1], "
-                         f"got {keep_ratio!r}")
-
-
-def _check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-
-
 def _names(t: _Target) -> list[str]:
     return [t.qualified] + [f"{f}.{n}" if f else n for f, _, n in t.aliases]
 
@@ -256,26 +232,23 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None
         TypeError, ValueError: bad strategy, keep_ratio or seed, or one the strategy does not
             use; a pattern matching nothing; a selected tensor tied to one that cannot be
             masked.
-
-    Example:
-        >>> model = apply_(nn.Sequential(nn.Linear(8, 4)), RP(ratio=0.1), keep_ratio=0.5)
-        >>> type(model[0]).__name__, isinstance(model[0], nn.Linear)
-        ('MaskedLinear', True)
     """
     handler = _handler(strategy)
-    args = {k: v for k, v in (("keep_ratio", keep_ratio), ("seed", seed)) if v is not None}
-    for k in args.keys() - handler.uses:
+    given = {k: v for k, v in (("keep_ratio", keep_ratio), ("seed", seed)) if v is not None}
+    for k in given.keys() - handler.uses:
         raise ValueError(f"{strategy.title or type(strategy).__name__} does not use {k} (its "
                          f"own arguments say what it keeps); leave {k} out")
-    if "keep_ratio" in handler.uses:
-        _check_keep_ratio(args.setdefault("keep_ratio", 0.5))
-    if "seed" in handler.uses:
-        _check_seed(args.setdefault("seed", 0))
+    args = {"keep_ratio": 0.5, "seed": 0, **given}
+    keep, seed = args["keep_ratio"], args["seed"]
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"keep_ratio is the kept fraction and must be in (0, 1], got {keep!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if getattr(model, "pemn_spec", None) is not None:
         raise ValueError("a strategy is already applied to this model; call "
                          "pemn.materialize_(model) first or start from a fresh model")
     targets = _select(model, include, exclude)
-    model.pemn_spec = handler.build(model, strategy, targets, **args)
+    model.pemn_spec = handler.build(model, strategy, targets, **{k: args[k] for k in handler.uses})
     model.pemn_spec.ties = {alias: t.qualified for t in targets for alias in _names(t)[1:]}
     return model
 
@@ -300,7 +273,10 @@ def _fill(model, strategy: Strategy, targets, keep_ratio: float, seed: int) -> P
         if support is not None:  # compact: fixed values and scores on the support only
             support = torch.from_numpy(support).view(spec.shape)
             fixed = fixed[support.to(fixed.device)]
-        scores = _init_scores(spec, score_gen, None if support is None else (len(fixed),))
+        # kaiming_uniform_(a=sqrt(5)) as the official code: bound = 1 / sqrt(fan_in)
+        bound = 1.0 / math.sqrt(spec.effective_fan_in)
+        scores = torch.rand(spec.shape if support is None else (len(fixed),), generator=score_gen)
+        scores.mul_(2).sub_(1).mul_(bound)
         gain_shape = strategy.gain_shape(spec.shape)
         gain = None if gain_shape is None else torch.ones(gain_shape)
         mask_tensor_(t.module, t.name, fixed, scores, keep_ratio, gain, support)
@@ -318,12 +294,6 @@ def tie_(module: nn.Module, name: str, owner: nn.Module, owner_name: str) -> Non
     compute_(module, name, owner._pemn_fns[owner_name], own,
              {s: t for s, t in own.items()
               if owner_name + s in owner._non_persistent_buffers_set})
-
-
-def _init_scores(spec: TensorSpec, generator, shape=None) -> torch.Tensor:
-    # kaiming_uniform_(a=sqrt(5)) as the official code: bound = 1 / sqrt(fan_in).
-    bound = 1.0 / math.sqrt(spec.effective_fan_in)
-    return torch.rand(shape or spec.shape, generator=generator).mul_(2).sub_(1).mul_(bound)
 
 
 def masked_tensors(model: nn.Module):

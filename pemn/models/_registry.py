@@ -9,7 +9,8 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["DATA_ARGS", "register_model", "create_model", "data_args", "list_models"]
+__all__ = ["DATA_ARGS", "register_model", "register_variant", "create_model", "data_args",
+           "list_models"]
 
 # What a dataset can tell a model about its inputs; a run passes those a model accepts.
 DATA_ARGS = ("in_channels", "img_size", "in_features", "num_classes")
@@ -25,6 +26,17 @@ def register_model(fn: _Fn) -> _Fn:
         raise ValueError(f"model {name!r} is already registered by {_MODELS[name].__module__}")
     _MODELS[name] = fn
     return fn
+
+
+def register_variant(name: str, cls: type[nn.Module], doc: str, **defaults: Any) -> None:
+    """Register ``name``: ``cls(**defaults)``, each default overridable by a keyword."""
+    def build(**kwargs: Any) -> nn.Module:
+        return cls(**{**defaults, **kwargs})
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = cls.__module__
+    build.__doc__ = doc
+    build.__annotations__ = {"return": cls}  # what data_args reads
+    register_model(build)
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_variant
 
 __all__ = ["ConvMixer"]
 
@@ -64,37 +64,14 @@ class ConvMixer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def convmixer_256_d6(**kwargs) -> ConvMixer:
-    """ConvMixer-256/6 (PEMN Fig. 3, Fig. 5, README command)."""
-    return ConvMixer(**{"dim": 256, "depth": 6, **kwargs})
 
-
-@register_model
-def convmixer_256_d8(**kwargs) -> ConvMixer:
-    """ConvMixer-256/8 (PEMN Fig. 3, Fig. 5)."""
-    return ConvMixer(**{"dim": 256, "depth": 8, **kwargs})
-
-
-@register_model
-def convmixer_512_d6(**kwargs) -> ConvMixer:
-    """ConvMixer-512/6 (PEMN Fig. 3)."""
-    return ConvMixer(**{"dim": 512, "depth": 6, **kwargs})
-
-
-@register_model
-def convmixer_512_d8(**kwargs) -> ConvMixer:
-    """ConvMixer-512/8 (PEMN Fig. 3)."""
-    return ConvMixer(**{"dim": 512, "depth": 8, **kwargs})
-
-
-@register_model
-def convmixer_128_d4(**kwargs) -> ConvMixer:
-    """ConvMixer-128/4: a small CPU-sized variant (not in the paper)."""
-    return ConvMixer(**{"dim": 128, "depth": 4, **kwargs})
-
-
-@register_model
-def convmixer_64_d4(**kwargs) -> ConvMixer:
-    """ConvMixer-64/4: a tiny CPU-sized variant for tests and smoke runs (not in the paper)."""
-    return ConvMixer(**{"dim": 64, "depth": 4, **kwargs})
+register_variant("convmixer_256_d6", ConvMixer, "ConvMixer-256/6 (PEMN Fig. 3, Fig. 5, README).",
+                 dim=256, depth=6)
+register_variant("convmixer_256_d8", ConvMixer, "ConvMixer-256/8 (PEMN Fig. 3, Fig. 5).",
+                 dim=256, depth=8)
+register_variant("convmixer_512_d6", ConvMixer, "ConvMixer-512/6 (PEMN Fig. 3).", dim=512, depth=6)
+register_variant("convmixer_512_d8", ConvMixer, "ConvMixer-512/8 (PEMN Fig. 3).", dim=512, depth=8)
+register_variant("convmixer_128_d4", ConvMixer, "ConvMixer-128/4: small, CPU-sized (not in the "
+                 "paper).", dim=128, depth=4)
+register_variant("convmixer_64_d4", ConvMixer, "ConvMixer-64/4: tiny, for tests and smoke runs "
+                 "(not in the paper).", dim=64, depth=4)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_variant
 
 __all__ = ["MLP"]
 
@@ -34,13 +34,8 @@ class MLP(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model
-def mlp(**kwargs) -> MLP:
-    """MLP 784-512-100-100-10 for 28x28 grayscale images (MNIST, Fashion-MNIST)."""
-    return MLP(**{"hidden": (512, 100, 100), **kwargs})
 
-
-@register_model
-def mlp_paper(**kwargs) -> MLP:
-    """MLP 512-100-100-100-10: the paper's One-layer worked example (Eq. 4-6)."""
-    return MLP(**{"in_features": 512, "hidden": (100, 100, 100), **kwargs})
+register_variant("mlp", MLP, "MLP 784-512-100-100-10 for 28x28 grayscale images (MNIST, "
+                 "Fashion-MNIST).", hidden=(512, 100, 100))
+register_variant("mlp_paper", MLP, "MLP 512-100-100-100-10: the paper's One-layer worked example "
+                 "(Eq. 4-6).", in_features=512, hidden=(100, 100, 100))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_variant
 
 __all__ = ["ResNet"]
 
@@ -80,7 +80,6 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def resnet50(**kwargs) -> ResNet:
-    """ResNet-50 (PEMN extra figures on 100/200-class ImageNet subsets)."""
-    return ResNet(**{"layers": (3, 4, 6, 3), **kwargs})
+
+register_variant("resnet50", ResNet, "ResNet-50 (PEMN extra figures on 100/200-class ImageNet "
+                 "subsets).", layers=(3, 4, 6, 3))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_variant
 
 __all__ = ["CifarResNet"]
 
@@ -99,19 +99,10 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def resnet20(**kwargs) -> CifarResNet:
-    """CIFAR ResNet20 (3 blocks per stage; reference size, not in the paper)."""
-    return CifarResNet(**{"depth": 20, **kwargs})
 
-
-@register_model
-def resnet32(**kwargs) -> CifarResNet:
-    """CIFAR ResNet32 (5 blocks per stage; PEMN Fig. 3, Fig. 4)."""
-    return CifarResNet(**{"depth": 32, **kwargs})
-
-
-@register_model
-def resnet56(**kwargs) -> CifarResNet:
-    """CIFAR ResNet56 (9 blocks per stage; PEMN Fig. 3, Fig. 4)."""
-    return CifarResNet(**{"depth": 56, **kwargs})
+register_variant("resnet20", CifarResNet, "CIFAR ResNet20 (3 blocks per stage; reference size, "
+                 "not in the paper).", depth=20)
+register_variant("resnet32", CifarResNet, "CIFAR ResNet32 (5 blocks per stage; PEMN Fig. 3, "
+                 "Fig. 4).", depth=32)
+register_variant("resnet56", CifarResNet, "CIFAR ResNet56 (9 blocks per stage; PEMN Fig. 3, "
+                 "Fig. 4).", depth=56)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import register_model
+from ._registry import register_variant
 
 __all__ = ["VisionTransformer"]
 
@@ -70,31 +70,11 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def vit_256_d6(**kwargs) -> VisionTransformer:
-    """ViT-256/6 (PEMN Fig. 3; non-given hyperparameters are ours, see module docstring)."""
-    return VisionTransformer(**{"dim": 256, "depth": 6, **kwargs})
 
-
-@register_model
-def vit_256_d8(**kwargs) -> VisionTransformer:
-    """ViT-256/8 (PEMN Fig. 3; non-given hyperparameters are ours, see module docstring)."""
-    return VisionTransformer(**{"dim": 256, "depth": 8, **kwargs})
-
-
-@register_model
-def vit_512_d6(**kwargs) -> VisionTransformer:
-    """ViT-512/6 (PEMN Fig. 3; non-given hyperparameters are ours, see module docstring)."""
-    return VisionTransformer(**{"dim": 512, "depth": 6, **kwargs})
-
-
-@register_model
-def vit_512_d8(**kwargs) -> VisionTransformer:
-    """ViT-512/8 (PEMN Fig. 3; non-given hyperparameters are ours, see module docstring)."""
-    return VisionTransformer(**{"dim": 512, "depth": 8, **kwargs})
-
-
-@register_model
-def vit_tiny(**kwargs) -> VisionTransformer:
-    """ViT-64/2 with 4 heads: a tiny CPU-sized variant for tests (not in the paper)."""
-    return VisionTransformer(**{"dim": 64, "depth": 2, "num_heads": 4, **kwargs})
+# PEMN Fig. 3; the hyperparameters the paper does not give are ours (module docstring)
+register_variant("vit_256_d6", VisionTransformer, "ViT-256/6 (PEMN Fig. 3).", dim=256, depth=6)
+register_variant("vit_256_d8", VisionTransformer, "ViT-256/8 (PEMN Fig. 3).", dim=256, depth=8)
+register_variant("vit_512_d6", VisionTransformer, "ViT-512/6 (PEMN Fig. 3).", dim=512, depth=6)
+register_variant("vit_512_d8", VisionTransformer, "ViT-512/8 (PEMN Fig. 3).", dim=512, depth=8)
+register_variant("vit_tiny", VisionTransformer, "ViT-64/2 with 4 heads: tiny, for tests (not in "
+                 "the paper).", dim=64, depth=2, num_heads=4)
