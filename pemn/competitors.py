@@ -1,11 +1,8 @@
 """What a user would pick instead of PEMN at a few bits per weight: trained weights, stored small.
 
-Each family is one registered :class:`TrainedWeights` dataclass plus one weight function, built
-by ``pemn.apply_``: ``Sparse`` (the pruning baselines ``RandomPrune`` and ``MagnitudePrune`` are
-its presets), ``Quantized`` and ``Binary``. A compressed layer keeps its latent weight as
-``<name>_orig`` (a sparse one its mask as ``<name>_mask``) and computes ``<name>`` from them
-(:func:`pemn.masking.compute_`). docs/METHOD.md, section 6, says what each family trains and
-stores.
+Each family is a :class:`TrainedWeights` dataclass plus a weight function that computes
+``<name>`` from the latent ``<name>_orig`` (and a sparse layer's ``<name>_mask``) at every read;
+docs/METHOD.md, section 6, says what each family trains and stores.
 """
 from __future__ import annotations
 
@@ -109,12 +106,11 @@ class Sparse(TrainedWeights):
 
     def num_stored(self, specs: Sequence[TensorSpec], keep_ratio: float = 0.0) -> int:
         """The kept values of the sparse layers (the mask decides the rest)."""
-        numels = [s.numel for s in specs]
         if self.allocation == "erk":
             return sum(erk_counts([s.shape for s in specs], self.density))
         if self.allocation == "global_magnitude":
-            return num_kept(sum(numels), self.density)
-        return sum(num_kept(n, self.density) for n in numels)
+            return num_kept(sum(s.numel for s in specs), self.density)
+        return sum(num_kept(s.numel, self.density) for s in specs)
 
 
 def erk_counts(shapes: Sequence[tuple[int, ...]], density: float) -> list[int]:
@@ -216,8 +212,7 @@ def compressed_targets(targets, dense_ends: bool):
 
 
 def trained_spec(strategy: TrainedWeights, chosen, seed: int) -> PemnSpec:
-    """The ``PemnSpec`` of a trained-weight handler: ``chosen`` (its compressed targets) at
-    their latent weights' shapes."""
+    """The ``PemnSpec`` of a trained-weight handler: ``chosen`` at their latent weights' shapes."""
     return PemnSpec(strategy, strategy.keep_ratio(), seed,
                     [TensorSpec(t.qualified, tuple(getattr(t.module, t.name + LATENT).shape))
                      for t in chosen], None)

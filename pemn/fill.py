@@ -18,12 +18,10 @@ from pemn import rng
 if TYPE_CHECKING:  # layer_values works on torch tensors; fill itself never needs torch
     import torch
 
-__all__ = [
-    "Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
-    "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
-    "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset", "file_under",
-    "mask_size",
-]
+__all__ = ["Dense", "Mask", "OneLayer", "MP", "RP", "Strategy", "FillPlan", "TensorSpec",
+           "plan_fill", "strategy_from_dict", "strategy_to_dict", "fan_in", "register_strategy",
+           "STRATEGIES", "FILLS", "register_planner", "PRESETS", "register_preset",
+           "file_under", "mask_size"]
 
 _PERMUTATION_STREAM = 2**32
 _SUPPORT_STREAM = 2**33  # + layer index: each layer's seeded support (``pruned``)
@@ -153,19 +151,17 @@ class _Fill(Strategy):
 
     def label(self) -> str:
         choices = self._choices()
-        return (self._base_label() + (f" ({', '.join(choices)})" if choices else "")
+        return (self._base()[0] + (f" ({', '.join(choices)})" if choices else "")
                 + "".join(text for text, _ in self._levers()))
 
     def tag(self) -> str:
         # "-sc" marks signed constants, whichever value is the default: run names stay stable
         signed = "-sc" if self.values == "signed_constant" else ""
-        return self._base_tag() + signed + "".join(tag for _, tag in self._levers())
+        return self._base()[1] + signed + "".join(tag for _, tag in self._levers())
 
-    def _base_label(self) -> str:
-        return self.title
-
-    def _base_tag(self) -> str:
-        return self.name
+    def _base(self) -> tuple[str, str]:
+        """The label and the tag before the choices and levers."""
+        return self.title, self.name
 
 
 @register_strategy("mask", fill=True)
@@ -224,15 +220,13 @@ class RP(_SharedFill):
         _check_choice(self, "order", ("copy", "permuted"))
         super().__post_init__()
 
-    def _base_label(self) -> str:
+    def _base(self) -> tuple[str, str]:  # the tag's "p": copy came first, run names stay stable
         exp = math.log10(self.ratio)
-        return f"RP 1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"RP {self.ratio:g}"
+        ratio = f"1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"{self.ratio:g}"
+        return f"RP {ratio}", f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
 
     def _choices(self) -> list[str]:
         return (["copy"] if self.order == "copy" else []) + super()._choices()
-
-    def _base_tag(self) -> str:  # run directories: stable names, "p" since copy came first
-        return f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
 
 
 def strategy_to_dict(strategy: Strategy) -> dict:
@@ -244,11 +238,8 @@ def strategy_to_dict(strategy: Strategy) -> dict:
 
 
 def strategy_from_dict(d: dict) -> Strategy:
-    """Inverse of :func:`strategy_to_dict` (a field left out takes its default).
-
-    Raises:
-        ValueError: not a table, an unknown name, or bad arguments for that strategy.
-    """
+    """Inverse of :func:`strategy_to_dict` (a field left out takes its default); ValueError
+    for a non-table, an unknown name, or bad arguments for that strategy."""
     if not isinstance(d, dict):
         raise ValueError(f"a strategy is a table like {{name = \"rp\", ratio = 1e-3}}, got {d!r}")
     d = dict(d)
@@ -372,11 +363,8 @@ class FillPlan:
                      specs: Sequence[TensorSpec]) -> list[torch.Tensor]:
         """Each layer's fixed values from the :meth:`generate` vectors as torch tensors: a view
         into its prototype (layers share storage), or a scaled copy for a scale other than 1."""
-        out = []
-        for i, (src, s) in enumerate(zip(self.sources, specs)):
-            view = prototypes[src][: s.numel].view(s.shape)
-            out.append(view if self.scale(i) == 1.0 else view * self.scale(i))
-        return out
+        views = [prototypes[src][: s.numel].view(s.shape) for src, s in zip(self.sources, specs)]
+        return [v if self.scale(i) == 1.0 else v * self.scale(i) for i, v in enumerate(views)]
 
 
 _PLANNERS: dict[type, Callable[[Strategy, list[TensorSpec]], FillPlan]] = {}

@@ -1,19 +1,16 @@
 """Top-k of |scores| per tensor with a straight-through gradient, and computed tensors.
 
-PEMN keeps frozen random weights and learns one score per weight; the forward pass uses the
-weights whose |score| is among the largest ``keep_ratio`` of their tensor, trained with
-edge-popup's straight-through estimator (docs/METHOD.md). The top-k counts rather than sorts,
-and each scores tensor caches its masked weight (docs/PERFORMANCE.md, "Exact top-k" and
-"Masked-weight caches").
+A masked weight keeps the frozen values whose |score| is among the largest ``keep_ratio`` of
+its tensor (docs/METHOD.md, section 1); the top-k counts rather than sorts, and each scores
+tensor caches its masked weight (docs/PERFORMANCE.md, "Exact top-k", "Masked-weight caches").
 
 **Computed tensors** are the one mechanism of every family and load form: :func:`compute_` makes
-``module.<name>`` a property of a dynamic subclass of the module's class (as
-``torch.nn.utils.parametrize`` does), computed at every read from stored tensors
-``<name><suffix>`` (:data:`SUFFIXES`). ``forward`` and hooks are untouched, which matters for
-``nn.MultiheadAttention``, which reads ``in_proj_weight`` directly. :func:`bake_` undoes it.
+``module.<name>`` a property computed at every read from stored tensors ``<name><suffix>``
+(:data:`SUFFIXES`; docs/METHOD.md, section 5); :func:`bake_` undoes it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -70,11 +67,9 @@ def _first_guess(a: torch.Tensor, k: int) -> tuple[float, float]:
 
 
 class _Bracket:
-    """Thresholds ``lo < hi`` with count(lo) > k > count(hi), where count(t) = #(|s| >= t).
-
-    A closed bracket interpolates (Illinois regula falsi: an end kept twice has its weight
-    halved); while one side is open it steps by the density, doubling the step each time.
-    """
+    """Thresholds ``lo < hi`` with count(lo) > k > count(hi), where count(t) = #(|s| >= t);
+    closed, it interpolates (Illinois regula falsi: an end kept twice has its weight halved);
+    while one side is open it steps by the density, doubling the step each time."""
 
     def __init__(self, n: int, k: int, density: float, dtype: torch.dtype) -> None:
         self.k, self.density, self.dtype = k, density, dtype
@@ -140,19 +135,6 @@ def _next_to_bracket(a: torch.Tensor, bracket: _Bracket, buf: torch.Tensor) -> f
     return None
 
 
-def _probe(a: torch.Tensor, t: float, bracket: _Bracket, out: torch.Tensor) -> float | None:
-    """Count ``a >= t`` into ``out`` at successive thresholds; the one that keeps exactly k."""
-    for _ in range(_PROBES):
-        c = _count(torch.ge(a, t, out=out))
-        if c == bracket.k:
-            return t
-        t = bracket.update(t, c)
-        t = _next_to_bracket(a, bracket, out) or t
-        if t is None:
-            return None
-    return None
-
-
 class _Hint(NamedTuple):
     """What one selection tells the next on the same tensor."""
 
@@ -174,10 +156,15 @@ def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, 
         lo_t, hi_t = v, _above(v, a.dtype)
     else:
         hint = hint or _Hint(*_first_guess(a, k))
-        bracket = _Bracket(n, k, hint.density, a.dtype)
-        t = _probe(a, hint.threshold, bracket, out)
-        if t is not None:
-            return out, _Hint(t, hint.density)
+        bracket, t = _Bracket(n, k, hint.density, a.dtype), hint.threshold
+        for _ in range(_PROBES):  # count ``a >= t`` into ``out`` until it keeps exactly k
+            c = _count(torch.ge(a, t, out=out))
+            if c == k:
+                return out, _Hint(t, hint.density)
+            t = bracket.update(t, c)
+            t = _next_to_bracket(a, bracket, out) or t
+            if t is None:
+                break
         lo_t, hi_t = bracket.lo_t, bracket.hi_t
     boundary = _resolve(a, k, lo_t, hi_t, out)
     if boundary is None:  # the reference: a stable sort keeps equal values in position order
@@ -211,10 +198,6 @@ class _EvalWeight:
     scores: torch.Tensor
     value: torch.Tensor
 
-    def valid(self, key: tuple, scores: torch.Tensor) -> bool:
-        # An inference tensor cannot be saved for backward outside inference mode.
-        usable = torch.is_inference_mode_enabled() or not self.value.is_inference()
-        return self.key == key and usable and torch.equal(self.scores, scores)
 
 
 @dataclass(eq=False)
@@ -226,13 +209,6 @@ class _State:
 
 # One state per scores tensor, shared by tied modules; it dies with the scores.
 _STATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _state(scores: torch.Tensor) -> _State:
-    state = _STATES.get(scores)
-    if state is None:
-        state = _STATES[scores] = _State()
-    return state
 
 
 def _masked_values(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float,
@@ -270,7 +246,11 @@ class _MaskedWeight(torch.autograd.Function):
 def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
     # The scores' version is left out of the key: the snapshot comparison covers every write.
     key = (fixed._version, fixed.data_ptr(), scores.device, scores.dtype, keep_ratio)
-    if state.eval is None or not state.eval.valid(key, scores):
+    cached = state.eval
+    # An inference tensor cannot be saved for backward outside inference mode.
+    usable = cached is not None and cached.key == key and (
+        torch.is_inference_mode_enabled() or not cached.value.is_inference())
+    if not (usable and torch.equal(cached.scores, scores)):
         with torch.no_grad():
             value = _masked_values(fixed, scores, keep_ratio, state)
             state.eval = _EvalWeight(key, scores.detach().clone(), value)
@@ -282,7 +262,7 @@ def _masked(module: nn.Module, name: str) -> torch.Tensor:
     fixed = getattr(module, name + FIXED)
     scores = getattr(module, name + SCORES)
     keep = module._pemn_keep_ratio
-    state = _state(scores)
+    state = _STATES.setdefault(scores, _State())
     if torch.is_grad_enabled() and scores.requires_grad:
         weight = _MaskedWeight.apply(fixed, scores, keep, state)
     elif module.training:
@@ -310,16 +290,12 @@ BITS, VALUES = "_bits", "_values"  # the packed form: packed mask bits, shared p
 SUPPORT = "_support"  # seeded support (``pruned``): bool, the positions fixed and scores hold
 SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES, SUPPORT)
 
-_CLASS_CACHE: dict[tuple[type, tuple[str, ...]], type] = {}
 
-
+@functools.cache  # one class per (base, names): modules masked alike share it
 def _computed_class(base: type, names: tuple[str, ...]) -> type:
-    key = (base, names)
-    if key not in _CLASS_CACHE:
-        attrs = {n: property(lambda m, n=n: m._pemn_fns[n](m, n)) for n in names}
-        attrs["_pemn_base"] = base
-        _CLASS_CACHE[key] = type(f"Masked{base.__name__}", (base,), attrs)
-    return _CLASS_CACHE[key]
+    attrs = {n: property(lambda m, n=n: m._pemn_fns[n](m, n)) for n in names}
+    attrs["_pemn_base"] = base
+    return type(f"Masked{base.__name__}", (base,), attrs)
 
 
 def computed_names(module: nn.Module) -> tuple[str, ...]:
@@ -335,11 +311,9 @@ def parts(module: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 def compute_(module: nn.Module, name: str, fn, stored: dict[str, torch.Tensor],
              transient: dict[str, torch.Tensor] | None = None) -> None:
-    """Make ``module.<name>`` the tensor ``fn(module, name)``, computed at every read.
-
-    ``stored`` maps suffixes to tensors, registered as ``<name><suffix>``: a Parameter trains,
-    any other tensor is a buffer; ``transient`` ones are buffers left out of the state_dict.
-    """
+    """Make ``module.<name>`` the tensor ``fn(module, name)``, computed at every read from
+    ``stored`` (suffix -> tensor, registered as ``<name><suffix>``: a Parameter trains, any
+    other tensor is a buffer) and ``transient`` buffers (left out of the state_dict)."""
     module._parameters.pop(name, None)
     transient = transient or {}
     for suffix, t in {**stored, **transient}.items():

@@ -149,10 +149,8 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
 
 @register_rebuild(PRANC)
 def _rebuild(p, form: str) -> PRANC:
-    """Checks the file against PRANC's layout and its work against :data:`MAX_BASIS_VALUES`;
-    the forms then apply PRANC with the file's seed, alpha filled in as a stored tensor. The
-    loader holds a basis of at most the default ``basis_mib`` whatever the file says, and none
-    in the ``packed`` form (regenerated in chunks at every read)."""
+    """Check the file's layout and work (:data:`MAX_BASIS_VALUES`); the PRANC to apply holds a
+    basis of at most the default ``basis_mib``, none in the ``packed`` form."""
     header, strategy, layers = p.header, p.strategy, p.header.encoded
     if any(e.encoding != "pranc" or e.length for e in layers):
         raise ArtifactError("a PRANC file stores an empty pranc entry per compressed layer")

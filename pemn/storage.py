@@ -42,11 +42,7 @@ class Stats:
 
 
 def stats(model: nn.Module) -> Stats:
-    """P, U, the paper's CR and sizes of a model prepared by ``pemn.apply_``.
-
-    Raises:
-        ValueError: if no strategy was applied to ``model``.
-    """
+    """P, U, the paper's CR and sizes of a model prepared by ``pemn.apply_`` (else ValueError)."""
     spec = getattr(model, "pemn_spec", None)
     if spec is None:
         raise ValueError("model has no PEMN spec; call pemn.apply_(model, strategy) first")
@@ -102,13 +98,9 @@ def _baselines(masks, others_fp32: int, others_fp16: int) -> dict[str, int]:
 
 
 def size_report(source) -> dict:
-    """Bytes per component of an artifact (a path, bytes, or a model packed in memory as
-    ``save`` would), P, U, compression ratios and baseline sizes: a JSON-serialisable dict
-    whose keys docs/METHOD.md, section 3, lists.
-
-    Raises:
-        pemn.artifact.ArtifactError: unreadable or invalid artifact, or an unpackable model.
-    """
+    """Bytes per component of an artifact (a path, bytes, or a model packed as ``save`` would),
+    P, U, compression ratios and baselines: a JSON-serialisable dict (docs/METHOD.md, section
+    3); ``pemn.artifact.ArtifactError`` for an invalid artifact or an unpackable model."""
     info = describe(source)
     header, masks = info["header"], info["masks"] + info["encoded"]
     masked_names = {m["name"] for m in masks}

@@ -1,11 +1,10 @@
 """``apply_``, the one verb: apply any strategy to any PyTorch model in place; ``materialize_``
 bakes any of them into a plain model.
 
-``apply_`` finds a strategy's handler by type (:func:`register_handler`). Which tensors can be
-selected is a registry of layer kinds (:func:`register_maskable`); built in: the ``weight`` of
-``nn.Linear`` and ``nn.Conv1d/2d/3d``, the input projections of ``nn.MultiheadAttention``,
-GPT-2's ``Conv1D`` (recognised by its class name and ``nf``, so ``transformers`` is never
-imported) and, opt-in through ``include``, ``nn.Embedding``.
+``apply_`` finds a strategy's handler by type (:func:`register_handler`) and the tensors it may
+select in a registry of layer kinds (:func:`register_maskable`; the built-in kinds:
+docs/METHOD.md, section 1). GPT-2's ``Conv1D`` is recognised by its class name and ``nf``, so
+``transformers`` is never imported.
 
 **Tied parameters** (one Parameter under two names, e.g. GPT-2's ``lm_head.weight``) are masked
 once and stay tied; a tie to a tensor no registered kind covers is refused, never untied.
@@ -156,15 +155,6 @@ def _matches(t: _Target, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in fqns + _names(t))
 
 
-def _check_ties(t: _Target) -> None:
-    for fqn, module, name in t.aliases:
-        if _kind(module) is None or name not in _kind(module).names:
-            raise ValueError(
-                f"{t.qualified} is tied to {fqn}.{name} ({type(module).__name__}), which pemn "
-                f"cannot mask; exclude it (exclude={t.fqn!r}) or declare that layer with "
-                "pemn.register_maskable")
-
-
 def _select(model, include, exclude) -> list[_Target]:
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else (exclude or [])
@@ -177,8 +167,13 @@ def _select(model, include, exclude) -> list[_Target]:
     chosen = [t for t in candidates
               if (_matches(t, include) if include is not None else t.default)
               and not _matches(t, exclude)]
-    for t in chosen:
-        _check_ties(t)
+    for t in chosen:  # a tie to a tensor no kind covers is refused, never untied
+        for fqn, module, name in t.aliases:
+            if _kind(module) is None or name not in _kind(module).names:
+                raise ValueError(
+                    f"{t.qualified} is tied to {fqn}.{name} ({type(module).__name__}), which "
+                    f"pemn cannot mask; exclude it (exclude={t.fqn!r}) or declare that layer "
+                    "with pemn.register_maskable")
     return chosen
 
 
@@ -213,12 +208,8 @@ def accepts(strategy: Strategy) -> frozenset:
 
 def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None,
            seed: int | None = None, include=None, exclude=None) -> nn.Module:
-    """Apply ``strategy`` to ``model`` in place and return it, with ``model.pemn_spec``.
-
-    A weight fill (``Mask()``, ``OneLayer()``, ``MP()``, ``RP(ratio)``) replaces every selected
-    weight by frozen random values (regenerated from ``seed``) times a learned top-k mask;
-    ``Dense()`` changes nothing; the families of :mod:`pemn.competitors` train the selected
-    weights, computed as their family says.
+    """Apply ``strategy`` to ``model`` in place and return it, with ``model.pemn_spec``: a
+    weight fill makes each selected weight frozen random values times a learned top-k mask.
 
     Args:
         keep_ratio: a weight fill's kept fraction of each layer, in (0, 1]; default 0.5.
@@ -230,8 +221,7 @@ def apply_(model: nn.Module, strategy: Strategy, keep_ratio: float | None = None
 
     Raises:
         TypeError, ValueError: bad strategy, keep_ratio or seed, or one the strategy does not
-            use; a pattern matching nothing; a selected tensor tied to one that cannot be
-            masked.
+            use; a pattern matching nothing; a tie to a tensor that cannot be masked.
     """
     handler = _handler(strategy)
     given = {k: v for k, v in (("keep_ratio", keep_ratio), ("seed", seed)) if v is not None}

@@ -1,11 +1,6 @@
 """Model zoo: plain ``nn.Module``s that know nothing about masks (``pemn.apply_`` masks them
-from outside). One file per architecture family; every variant is registered by name::
-
-    >>> from pemn.models import create_model, list_models
-    >>> list_models("convmixer_256_*")
-    ['convmixer_256_d6', 'convmixer_256_d8']
-    >>> model = create_model("resnet32", num_classes=100)
-"""
+from outside); one file per architecture family, every variant registered by name
+(``create_model("resnet32", num_classes=100)``, ``list_models("convmixer_*")``)."""
 from ._registry import DATA_ARGS, create_model, data_args, list_models, register_model
 from .convmixer import ConvMixer
 from .mlp import MLP

@@ -48,15 +48,9 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered variant ``name`` with constructor overrides ``kwargs``; those that
-    are ``None`` are dropped (a CLI flag left unset keeps the variant's default).
-
-    ``model.model_args`` records ``name`` and the kwargs, so a checkpoint or artifact can
-    rebuild it (nanoGPT's ``model_args``).
-
-    Raises:
-        ValueError: an unknown name (the message lists the valid ones) or bad arguments.
-    """
+    """Build variant ``name`` with constructor overrides ``kwargs`` (``None`` ones dropped: an
+    unset CLI flag keeps the default), recorded as ``model.model_args`` so a checkpoint or
+    artifact can rebuild it; ValueError for an unknown name or bad arguments."""
     fn = _lookup(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
