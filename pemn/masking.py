@@ -199,7 +199,6 @@ class _EvalWeight:
     value: torch.Tensor
 
 
-
 @dataclass(eq=False)
 class _State:
     hint: _Hint | None = None

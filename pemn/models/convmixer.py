@@ -64,7 +64,6 @@ class ConvMixer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 register_variant("convmixer_256_d6", ConvMixer, "ConvMixer-256/6 (PEMN Fig. 3, Fig. 5, README).",
                  dim=256, depth=6)
 register_variant("convmixer_256_d8", ConvMixer, "ConvMixer-256/8 (PEMN Fig. 3, Fig. 5).",

@@ -34,7 +34,6 @@ class MLP(nn.Module):
         return self.head(self.features(x))
 
 
-
 register_variant("mlp", MLP, "MLP 784-512-100-100-10 for 28x28 grayscale images (MNIST, "
                  "Fashion-MNIST).", hidden=(512, 100, 100))
 register_variant("mlp_paper", MLP, "MLP 512-100-100-100-10: the paper's One-layer worked example "

@@ -80,6 +80,5 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 register_variant("resnet50", ResNet, "ResNet-50 (PEMN extra figures on 100/200-class ImageNet "
                  "subsets).", layers=(3, 4, 6, 3))

@@ -99,7 +99,6 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 register_variant("resnet20", CifarResNet, "CIFAR ResNet20 (3 blocks per stage; reference size, "
                  "not in the paper).", depth=20)
 register_variant("resnet32", CifarResNet, "CIFAR ResNet32 (5 blocks per stage; PEMN Fig. 3, "

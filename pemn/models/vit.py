@@ -70,7 +70,6 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-
 # PEMN Fig. 3; the hyperparameters the paper does not give are ours (module docstring)
 register_variant("vit_256_d6", VisionTransformer, "ViT-256/6 (PEMN Fig. 3).", dim=256, depth=6)
 register_variant("vit_256_d8", VisionTransformer, "ViT-256/8 (PEMN Fig. 3).", dim=256, depth=8)
