@@ -155,9 +155,9 @@ class _Fill(Strategy):
                 + "".join(text for text, _ in self._levers()))
 
     def tag(self) -> str:
-        # "-sc" marks signed constants, whichever value is the default: run names stay stable
-        signed = "-sc" if self.values == "signed_constant" else ""
-        return self._base()[1] + signed + "".join(tag for _, tag in self._levers())
+        # the label's words in file-name form: only what differs from the defaults
+        return (self._base()[1] + "".join(f"-{choice}" for choice in self._choices())
+                + "".join(tag for _, tag in self._levers()))
 
     def _base(self) -> tuple[str, str]:
         """The label and the tag before the choices and levers."""
@@ -220,10 +220,10 @@ class RP(_SharedFill):
         _check_choice(self, "order", ("copy", "permuted"))
         super().__post_init__()
 
-    def _base(self) -> tuple[str, str]:  # the tag's "p": copy came first, run names stay stable
+    def _base(self) -> tuple[str, str]:
         exp = math.log10(self.ratio)
         ratio = f"1e{round(exp)}" if abs(exp - round(exp)) < 1e-9 else f"{self.ratio:g}"
-        return f"RP {ratio}", f"rp{self.ratio:g}{'p' if self.order == 'permuted' else ''}"
+        return f"RP {ratio}", f"rp{self.ratio:g}"
 
     def _choices(self) -> list[str]:
         return (["copy"] if self.order == "copy" else []) + super()._choices()

@@ -135,14 +135,14 @@ def test_rp_permuted_has_same_values_in_other_order():
 
 @pytest.mark.parametrize("strategy, label, tag", [
     (pemn.Dense(), "Dense", "dense"),
-    (pemn.Mask(), "Mask", "mask-sc"),  # signed constants, the default
-    (pemn.Mask(values="normal"), "Mask (normal)", "mask"),
-    (pemn.OneLayer(), "One-layer", "one_layer-sc"),
-    (pemn.MP(values="normal"), "MP (normal)", "mp"),
-    (pemn.RP(1e-3), "RP 1e-3", "rp0.001p-sc"),  # permuted, the default
-    (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01-sc"),
-    (pemn.RP(1e-3, "copy", values="normal"), "RP 1e-3 (copy, normal)", "rp0.001"),  # the paper's
-    (pemn.RP(0.25, values="normal"), "RP 0.25 (normal)", "rp0.25p"),
+    (pemn.Mask(), "Mask", "mask"),  # signed constants, the default
+    (pemn.Mask(values="normal"), "Mask (normal)", "mask-normal"),
+    (pemn.OneLayer(), "One-layer", "one_layer"),
+    (pemn.MP(values="normal"), "MP (normal)", "mp-normal"),
+    (pemn.RP(1e-3), "RP 1e-3", "rp0.001"),  # permuted, the default
+    (pemn.RP(0.01, "copy"), "RP 1e-2 (copy)", "rp0.01-copy"),
+    (pemn.RP(1e-3, "copy", values="normal"), "RP 1e-3 (copy, normal)", "rp0.001-copy-normal"),  # the paper's
+    (pemn.RP(0.25, values="normal"), "RP 0.25 (normal)", "rp0.25-normal"),
     (RandomPrune(0.9), "Sparse uniform @ 6.875 % (sparse ends)",
      "sparse-uniform0.06875-sparse_ends"),
     (MagnitudePrune(0.96), "Sparse |w| @ 0.875 % (sparse ends)",

@@ -113,11 +113,11 @@ def test_levers_are_byte_neutral_except_the_gains():
     sizes = {s.tag(): len(pack(_trained(s, steps=0)))
              for s in (RP(1e-3, values="normal"), RP(1e-3, scale="layer"), RP(1e-3),
                        RP(1e-3, gain="layer"), RP(1e-3, "copy"))}
-    base = sizes["rp0.001p"]
-    assert abs(sizes["rp0.001-sc"] - base) <= 16  # the order costs no bytes either
+    base = sizes["rp0.001-normal"]
+    assert abs(sizes["rp0.001-copy"] - base) <= 16  # the order costs no bytes either
     # the header spells the strategy's fields, so a lever costs at most a few header bytes
-    assert abs(sizes["rp0.001p-sc-ls"] - base) <= 16 and abs(sizes["rp0.001p-sc"] - base) <= 16
-    assert 0 < sizes["rp0.001p-sc-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header
+    assert abs(sizes["rp0.001-ls"] - base) <= 16 and abs(sizes["rp0.001"] - base) <= 16
+    assert 0 < sizes["rp0.001-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header
 
 
 def test_gain_stays_tied_across_aliases(tmp_path):
@@ -174,9 +174,9 @@ def test_bad_lever_values_name_the_field(bad, match):
 def test_labels_and_tags_name_every_lever():
     s = RP(1e-3, "permuted", scale="layer", values="signed_constant", gain="channel")
     assert s.label() == "RP 1e-3 +gain/channel +layer-std"
-    assert s.tag() == "rp0.001p-sc-gc-ls"
+    assert s.tag() == "rp0.001-gc-ls"
     paper = RP(1e-3, "copy", values="normal")
-    assert paper.label() == "RP 1e-3 (copy, normal)" and paper.tag() == "rp0.001"
+    assert paper.label() == "RP 1e-3 (copy, normal)" and paper.tag() == "rp0.001-copy-normal"
     assert Mask().label() == "Mask"  # labels name what differs from the defaults
 
 

@@ -161,8 +161,8 @@ def test_a_file_whose_masks_do_not_match_the_support_is_refused():
 
 def test_labels_tags_and_configs_name_the_support(tmp_path):
     s = RP(1e-3, pruned=0.75)
-    assert s.label() == "RP 1e-3 +pruned 75 %" and s.tag() == "rp0.001p-sc-pr0.75"
-    assert RP(1e-3).tag() == "rp0.001p-sc"  # unpruned runs keep their names
+    assert s.label() == "RP 1e-3 +pruned 75 %" and s.tag() == "rp0.001-pr0.75"
+    assert RP(1e-3).tag() == "rp0.001"
     f = tmp_path / "c.toml"
     f.write_text('[mask]\nstrategy = { name = "rp", ratio = 1e-3, pruned = 0.75 }\n')
     assert load_config(f).mask.strategy == s

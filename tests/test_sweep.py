@@ -109,7 +109,7 @@ mask.strategy.ratio = [0.5]
     assert [c.optim.weight_decay for c in configs] == [0.0, 0.1]
     assert all((c.model.name, c.optim.epochs, c.optim.lr, c.mask.strategy, c.mask.seed)
                == ("mlp", 7, 0.1, pemn.RP(0.5), 3) for c in configs)
-    assert configs[0].name == "fashion_mnist-mlp-rp0.5p-sc-k0.5-e7-s3-weight_decay0"
+    assert configs[0].name == "fashion_mnist-mlp-rp0.5-k0.5-e7-s3-weight_decay0"
 
 
 def test_points_and_strategy_tables(tmp_path):
@@ -181,7 +181,7 @@ def test_committed_results_lines_keep_their_labels():
               if r["config"]["mask"]["strategy"]["name"] == "rp"
               and r["config"]["mask"]["strategy"]["ratio"] == 0.001)
     row = csv_row(rp)
-    assert (row["strategy"], row["label"]) == ("rp0.001", "RP 1e-3 (copy, normal)")
+    assert (row["strategy"], row["label"]) == ("rp0.001-copy-normal", "RP 1e-3 (copy, normal)")
 
 
 # ------------------------------------------------------------------------------------------
