@@ -1,14 +1,5 @@
-"""CIFAR-10 and CIFAR-100 from the official "python version" pickles (Krizhevsky, 2009).
-
-``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``5`` and ``test_batch``; ``cifar-100-python/``
-holds ``train`` and ``test``. Each pickles a dict with ``b"data"``, uint8 (N, 3072) rows of the
-R, G, B planes (32x32 each), and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
-
-Pickles can run code, so the unpickler builds only dicts, lists, numbers, bytes and plain
-numeric arrays. The numpy names a pickle asks for resolve to stand-ins, never to numpy's
-reconstructors: an array is rebuilt from one buffer exactly as large as its shape and dtype
-need (no strides, views or objects), so a file never claims more memory than it holds. A
-stand-in refuses ``BUILD``, so no file alters the reader for the next.
+"""CIFAR-10 and CIFAR-100 from the official "python version" pickles, through an unpickler that
+builds only dicts, lists, numbers, bytes and plain numeric arrays (docs/DATASETS.md).
 """
 from __future__ import annotations
 
@@ -20,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors, short
-from .files import read_regular
+from .files import DatasetError, read_regular, reader_errors, short
 
 __all__ = ["MAX_FILE_BYTES", "read_cifar_batch", "load_cifar10", "load_cifar100"]
 
@@ -73,8 +63,8 @@ class _StandIn:
 
 
 def _ndarray(*args):
-    """``numpy.ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as
-    gigabytes: only a marker for ``_reconstruct``."""
+    """A marker for ``_reconstruct``: ``numpy.ndarray(shape, dtype, buffer, offset, strides)``
+    could view one byte as gigabytes."""
     raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
 
 
@@ -190,11 +180,7 @@ def _resolve(value: object) -> object:
 def read_cifar_batch(path: str | Path,
                      label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR pickle (e.g. ``data_batch_1``) -> uint8 (N, 3, 32, 32) images and int64 (N,)
-    labels; ``label_key`` is ``b"fine_labels"`` for CIFAR-100.
-
-    Raises:
-        DatasetError: not a dict of the expected keys, shapes and dtypes, or an unsafe pickle.
-    """
+    labels (``label_key``: ``b"fine_labels"`` for CIFAR-100); a DatasetError for anything else."""
     path = Path(path)
     with reader_errors(path, "CIFAR pickle"):
         batch = _unpickle(path)
@@ -229,17 +215,14 @@ def _describe(x: object) -> str:
 
 
 def load_cifar10(root: str | Path = "data"):
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` being that folder):
-    ``(train_images, train_labels, test_images, test_labels)``, 50,000 / 10,000 uint8
-    (N, 3, 32, 32) images and int64 labels in [0, 10). Missing files raise a DatasetError that
-    says how to get them."""
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (or that folder): ``(train_images,
+    train_labels, test_images, test_labels)``; missing files' DatasetError says how to get them."""
     return _load(root, CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_TRAIN, "test_batch",
                  b"labels")
 
 
 def load_cifar100(root: str | Path = "data"):
-    """CIFAR-100 (fine labels, 100 classes) from ``root/cifar-100-python``, as
-    :func:`load_cifar10`."""
+    """CIFAR-100 (fine labels) from ``root/cifar-100-python``, as :func:`load_cifar10`."""
     return _load(root, CIFAR100_DIR, "cifar-100-python.tar.gz", ("train",), "test",
                  b"fine_labels")
 

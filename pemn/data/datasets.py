@@ -1,14 +1,15 @@
-"""The registered datasets: metadata, default location and reader of each.
-
-Normalisation constants are the usual per-channel mean and std of each training split in 0..1
-pixel units; Tiny-ImageNet uses the ImageNet constants, as the PEMN authors' code does.
+"""The registered datasets: metadata, default location and reader of each. Mean and std are
+each training split's, per channel in 0..1 units; Tiny-ImageNet's are ImageNet's (as the authors').
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .cifar import load_cifar10, load_cifar100
-from .digits import load_digits
+from .files import DatasetError, reader_errors
 from .folder import load_folder
 from .idx import load_idx_splits
 from .npz import load_npz
@@ -19,6 +20,7 @@ __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_SYSTEM_DIR"]
 
 DEFAULT_ROOT = Path("data")  # relative to the working directory
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
+DIGITS_SPLIT_SEED = 0
 
 _DIGITS = tuple(str(d) for d in range(10))
 _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -62,11 +64,30 @@ def _fashion_mnist(root):
                            "run `sudo apt-get install dataset-fashion-mnist` or ")
 
 
+@register_dataset(DIGITS)
+def _digits(root):
+    """scikit-learn's bundled 8x8 digits (no download: the dataset of fast end-to-end tests).
+    Pixels 0..16 become ``round(v * 255 / 16)``; with no official split, the last 20 % (359) of a
+    ``RandomState(DIGITS_SPLIT_SEED)`` permutation is the test set."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("the digits dataset needs scikit-learn: "
+                           "pip install 'pemn[digits]'") from None
+    with reader_errors("scikit-learn's bundled digits", "dataset"):
+        bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    # RandomState, not default_rng: numpy freezes its stream, so the split never changes.
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(labels))
+    train, test = perm[:-DIGITS.num_test], perm[-DIGITS.num_test:]
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in
+                 (images[train], labels[train], images[test], labels[test]))
+
+
 register_dataset(MNIST)(lambda root: load_idx_splits("mnist", [root or DEFAULT_ROOT / "mnist"]))
 register_dataset(CIFAR10)(lambda root: load_cifar10(root or DEFAULT_ROOT))
 register_dataset(CIFAR100)(lambda root: load_cifar100(root or DEFAULT_ROOT))
-register_dataset(TINY_IMAGENET)(lambda root: load_tiny_imagenet(
-    root or DEFAULT_ROOT, max_classes=TINY_IMAGENET.num_classes))
-register_dataset(DIGITS)(lambda root: load_digits())
+register_dataset(TINY_IMAGENET)(lambda root: load_tiny_imagenet(root or DEFAULT_ROOT))
 register_files_dataset("folder")(load_folder)
 register_files_dataset("npz")(load_npz)

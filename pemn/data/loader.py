@@ -1,12 +1,6 @@
 """Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch.
-
-The whole split lives on ``device`` as one uint8 tensor, as in airbench's ``CifarLoader``. Per
-batch, in the PEMN authors' order: padded random crop and flip (one gather on uint8), optional
-RandAugment / ColorJitter (torchvision), normalisation to float32, random erasing (fill 0).
-
-Every random number is drawn on the CPU from a generator seeded by ``(seed, epoch)`` (the
-permutation, the same on every rank) or ``(seed, epoch, rank)`` (augmentation), so an epoch is
-reproducible on any device and world size; call ``set_epoch`` each epoch.
+Random numbers come from CPU generators seeded by ``(seed, epoch[, rank])``, so an epoch is
+reproducible on any device and world size (docs/DATASETS.md).
 """
 from __future__ import annotations
 
@@ -27,44 +21,38 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation, applied per batch.
+    """Training-time augmentation, applied per batch (docs/DATASETS.md)."""
 
-    Args:
-        crop_padding: zero padding per side before a random crop back to (H, W); 0: no crop.
-            4 is usual for CIFAR, 2 for 28x28, 8 for Tiny-ImageNet.
-        flip: random horizontal flip with probability 0.5.
-        erase_prob: probability that a random rectangle (area 2-33%, aspect 0.3-3.3) of an
-            image is set to 0 after normalisation.
-        randaugment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None.
-        color_jitter: brightness = contrast = saturation jitter strength, 0: off (torchvision).
-    """
-
-    crop_padding: int = 0
-    flip: bool = False
-    erase_prob: float = 0.0
-    randaugment: tuple[int, int] | None = None
-    color_jitter: float = 0.0
+    crop_padding: int = 0  # zero padding per side before a random crop back to (H, W); 0: none
+    flip: bool = False  # a random horizontal flip, probability 0.5
+    erase_prob: float = 0.0  # probability of zeroing a random rectangle after normalisation
+    randaugment: tuple[int, int] | None = None  # (num_ops, magnitude) of RandAugment, or None
+    color_jitter: float = 0.0  # ColorJitter brightness = contrast = saturation; 0: off
 
     def __post_init__(self):
-        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) \
-                or self.crop_padding < 0:
-            raise ValueError(f"augment.crop_padding must be an int >= 0, got {self.crop_padding!r}")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"augment.flip must be true or false, got {self.flip!r}")
-        if not _is_number(self.erase_prob) or not 0.0 <= self.erase_prob <= 1.0:
-            raise ValueError(f"augment.erase_prob must be a probability in [0, 1], "
-                             f"got {self.erase_prob!r}")
-        if not _is_number(self.color_jitter) or not 0.0 <= self.color_jitter <= 1.0:
-            raise ValueError(f"augment.color_jitter must be in [0, 1] (0 = off), "
-                             f"got {self.color_jitter!r}")
-        if self.randaugment is not None:
-            ra = self.randaugment
-            if not isinstance(ra, (tuple, list)) or len(ra) != 2 \
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in ra) \
-                    or ra[0] < 1 or not 0 <= ra[1] <= 30:
-                raise ValueError("augment.randaugment must be None or (num_ops >= 1, "
-                                 f"magnitude in 0..30), got {ra!r}")
+        pad, ra = self.crop_padding, self.randaugment
+        _require(_is_int(pad) and pad >= 0,
+                 f"augment.crop_padding must be an int >= 0, got {pad!r}")
+        _require(isinstance(self.flip, bool),
+                 f"augment.flip must be true or false, got {self.flip!r}")
+        _require(_is_number(self.erase_prob) and 0.0 <= self.erase_prob <= 1.0,
+                 f"augment.erase_prob must be a probability in [0, 1], got {self.erase_prob!r}")
+        _require(_is_number(self.color_jitter) and 0.0 <= self.color_jitter <= 1.0,
+                 f"augment.color_jitter must be in [0, 1] (0 = off), got {self.color_jitter!r}")
+        if ra is not None:
+            _require(isinstance(ra, (tuple, list)) and len(ra) == 2 and all(map(_is_int, ra))
+                     and ra[0] >= 1 and 0 <= ra[1] <= 30, "augment.randaugment must be None or "
+                     f"(num_ops >= 1, magnitude in 0..30), got {ra!r}")
             object.__setattr__(self, "randaugment", tuple(ra))  # a TOML list becomes a tuple
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:
@@ -122,12 +110,9 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
 
 def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised.
-
-    Each image is erased with probability ``prob``; its box has area ``s H W`` with
-    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3) (``h = round(sqrt(s H W r))``,
-    ``w = round(sqrt(s H W / r))``); the first of 10 draws that fits is used, else none.
-    """
+    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised
+    (``h = round(sqrt(area * ratio))``, ``w = round(sqrt(area / ratio))``; the first of
+    ``_ERASE_TRIES`` draws that fits is used, else none)."""
     area = H * W * torch.empty(B, _ERASE_TRIES).uniform_(*_ERASE_SCALE, generator=gen)
     log_ratio = torch.empty(B, _ERASE_TRIES).uniform_(
         math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1]), generator=gen)
@@ -160,23 +145,11 @@ def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor
 
 
 class BatchLoader:
-    """Batches ``(images, labels)`` of one split held on ``device``: normalised float32
-    (B, C, H, W) images and int64 labels.
-
-    Args:
-        images, labels: uint8 (N, C, H, W) and integer (N,).
-        batch_size: images per batch on this rank.
-        shuffle: a new seeded permutation every epoch; False keeps the stored order.
-        augment: per-batch augmentation, or None (evaluation).
-        mean, std: per-channel normalisation in 0..1 units.
-        rank, world_size: this process's shard ``perm[rank::world_size]`` of the first
-            ``world_size * (N // world_size)`` positions, so every rank has as many batches.
-        drop_last: drop this rank's last incomplete batch.
-
-    Raises:
-        ValueError: inconsistent shapes, a non-uint8 image tensor, a bad rank, or no batch.
-        ImportError: ``augment`` needs torchvision and it is not installed.
-    """
+    """Batches of uint8 (N, C, H, W) ``images`` and integer (N,) ``labels`` held on ``device``,
+    as normalised float32 (B, C, H, W) images and int64 labels. ``shuffle``: a seeded
+    permutation per epoch, of which each ``rank`` takes an equal shard; ``mean`` and ``std``:
+    per channel in 0..1 units. Raises ValueError for bad arguments or no batch, ImportError
+    when ``augment`` needs torchvision and it is not installed."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, augment: AugmentConfig | None = None,
@@ -248,22 +221,20 @@ class BatchLoader:
 
 
 def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError("images must be a uint8 tensor (N, C, H, W), got "
-                         f"{getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) \
-            or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor ({images.shape[0]},), got "
-                         f"{getattr(labels, 'dtype', type(labels))} "
-                         f"{tuple(getattr(labels, 'shape', ()))}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    C = images.shape[1]
-    if len(mean) != C or len(std) != C or min(std) <= 0:
-        raise ValueError(f"mean and std need {C} values (one per channel, std > 0), "
-                         f"got mean={tuple(mean)} std={tuple(std)}")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
-            and 0 <= rank < world_size):
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} "
-                         f"world_size={world_size!r}")
+    def got(x) -> str:
+        return f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+
+    _require(isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+             and images.dim() == 4,
+             f"images must be a uint8 tensor (N, C, H, W), got {got(images)}")
+    n, c = images.shape[:2]
+    _require(isinstance(labels, torch.Tensor) and labels.shape == (n,)
+             and not labels.is_floating_point(),
+             f"labels must be an integer tensor ({n},), got {got(labels)}")
+    _require(_is_int(batch_size) and batch_size >= 1,
+             f"batch_size must be an int >= 1, got {batch_size!r}")
+    _require(len(mean) == c and len(std) == c and min(std) > 0, f"mean and std need {c} values "
+             f"(one per channel, std > 0), got mean={tuple(mean)} std={tuple(std)}")
+    _require(isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
+             and 0 <= rank < world_size,
+             f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")

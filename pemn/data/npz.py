@@ -1,13 +1,5 @@
-"""Checked ``.npz`` reading, the ``npz`` dataset, and the metadata of a dataset of your own.
-
-:func:`read_npz` hands each array's dtype and shape, read from its header, to a check before a
-byte of data is read, and never unpickles: a hostile archive can neither allocate more than the
-check allows nor run code.
-
-``data.dataset = "npz"`` reads the archive ``data.root``: square uint8 images (N, S, S) or
-(N, S, S, C), C = 1 or 3, and integer labels in [0, classes), as ``train_images``,
-``train_labels``, ``test_images``, ``test_labels``, or as ``images`` and ``labels`` split by
-:func:`holdout`; optional ``class_names`` (strings). Mean and std come from the training split.
+"""Checked ``.npz`` reading (headers checked before any data, never unpickled), the ``npz``
+dataset, and the metadata of a dataset of your own (docs/DATASETS.md).
 """
 from __future__ import annotations
 
@@ -18,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors, short
-from .files import open_regular
+from .files import DatasetError, open_regular, reader_errors, short
 from .registry import Dataset, DatasetInfo, check_options
 
 __all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz",
@@ -62,11 +53,7 @@ def read_npz(path: Path, wanted: Collection[str], check: Check, what: str,
 
 def holdout(labels: np.ndarray, keys: list) -> np.ndarray:
     """The fixed test split of a dataset given as one set: in each class, the images ranked
-    0, 5, 10, ... by ``keys`` (20 %, and at least one of a class of two or more).
-
-    Keys rather than a random generator: the split is the same on every machine and version,
-    and, with file names as keys, adding an image moves no other one.
-    """
+    0, 5, 10, ... by ``keys`` (20 %, and at least one of a class of two or more)."""
     test = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         members = sorted(np.flatnonzero(labels == c), key=lambda i: keys[i])
