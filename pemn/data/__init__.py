@@ -1,8 +1,5 @@
 """Datasets as uint8 tensors, their metadata, a name registry, and a device-resident loader.
-
-``load_dataset(name, root)`` gives a :class:`Dataset`, ``dataset_info(name)`` its metadata.
-Nothing downloads, and every reader failure is a :class:`DatasetError`. The datasets and the
-files each is read from: docs/DATASETS.md.
+Nothing downloads; every reader failure is a :class:`DatasetError` (docs/DATASETS.md).
 """
 from __future__ import annotations
 

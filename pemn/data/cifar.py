@@ -15,10 +15,7 @@ from .files import DatasetError, read_regular, reader_errors, short
 
 __all__ = ["MAX_FILE_BYTES", "read_cifar_batch", "load_cifar10", "load_cifar100"]
 
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR100_DIR = "cifar-100-python"
 MAX_FILE_BYTES = 1 << 28  # 256 MiB; CIFAR-100's train file, the largest, is 155 MB
-_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _DTYPES = frozenset(f"{k}{n}" for k in "iu" for n in (1, 2, 4, 8)) | {"b1", "f2", "f4", "f8"}
 _MAX_NDIM = 8
 
@@ -152,24 +149,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             raise _Refused(short(f"{module}.{name}", quote=False)) from None
 
 
-def _unpickle(path: Path) -> object:
-    """The pickled object; the values of a top-level dict have their arrays resolved."""
-    data = read_regular(path, MAX_FILE_BYTES, "CIFAR pickle")
-    try:
-        obj = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-        return {k: _resolve(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
-    except _Refused as e:
-        raise DatasetError(f"{path}: refusing to load {e} from a CIFAR pickle; the official "
-                           "files hold only dicts, lists and numpy arrays") from None
-    except (DatasetError, MemoryError):
-        raise  # MemoryError: reader_errors words it
-    except Exception as e:  # any parse error of an untrusted file
-        raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
-                           f"{short(str(e), quote=False)})") from e
-
-
 def _resolve(value: object) -> object:
-    """A stand-in array becomes its numpy array."""
     if isinstance(value, _Array):
         if value.array is None:
             raise _Refused("a numpy array without data")
@@ -183,7 +163,19 @@ def read_cifar_batch(path: str | Path,
     labels (``label_key``: ``b"fine_labels"`` for CIFAR-100); a DatasetError for anything else."""
     path = Path(path)
     with reader_errors(path, "CIFAR pickle"):
-        batch = _unpickle(path)
+        raw = read_regular(path, MAX_FILE_BYTES, "CIFAR pickle")
+        try:
+            batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+            if isinstance(batch, dict):  # the values' stand-in arrays become numpy arrays
+                batch = {k: _resolve(v) for k, v in batch.items()}
+        except _Refused as e:
+            raise DatasetError(f"{path}: refusing to load {e} from a CIFAR pickle; the official "
+                               "files hold only dicts, lists and numpy arrays") from None
+        except (DatasetError, MemoryError):
+            raise  # MemoryError: reader_errors words it
+        except Exception as e:  # any parse error of an untrusted file
+            raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
+                               f"{short(str(e), quote=False)})") from e
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} must hold a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
@@ -217,27 +209,27 @@ def _describe(x: object) -> str:
 def load_cifar10(root: str | Path = "data"):
     """CIFAR-10 from ``root/cifar-10-batches-py`` (or that folder): ``(train_images,
     train_labels, test_images, test_labels)``; missing files' DatasetError says how to get them."""
-    return _load(root, CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_TRAIN, "test_batch",
+    train = tuple(f"data_batch_{i}" for i in range(1, 6))
+    return _load(root, "cifar-10-batches-py", "cifar-10-python.tar.gz", train, "test_batch",
                  b"labels")
 
 
 def load_cifar100(root: str | Path = "data"):
     """CIFAR-100 (fine labels) from ``root/cifar-100-python``, as :func:`load_cifar10`."""
-    return _load(root, CIFAR100_DIR, "cifar-100-python.tar.gz", ("train",), "test",
+    return _load(root, "cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test",
                  b"fine_labels")
 
 
 def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
           label_key: bytes):
     root = Path(root)
-    with reader_errors(root, "CIFAR folder"):  # stat may be denied, torch.cat run out of memory
-        folder = root if root.name == name else root / name  # root may be the folder itself
-        if not all((folder / f).exists() for f in (*train_files, test_file)):
-            raise DatasetError(f"{name} not found: download https://www.cs.toronto.edu/~kriz/"
-                               f"{archive} and extract it so that {root.resolve() / name} exists "
-                               f"(or pass root=<folder containing {name}>)")
-        splits = []
-        for files in (train_files, (test_file,)):
-            parts = [read_cifar_batch(folder / f, label_key) for f in files]
-            splits += [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
-        return tuple(splits)
+    folder = root if root.name == name else root / name  # root may be the folder itself
+    if not all((folder / f).exists() for f in (*train_files, test_file)):
+        raise DatasetError(f"{name} not found: download https://www.cs.toronto.edu/~kriz/"
+                           f"{archive} and extract it so that {root.resolve() / name} exists "
+                           f"(or pass root=<folder containing {name}>)")
+    splits = []
+    for files in (train_files, (test_file,)):
+        parts = [read_cifar_batch(folder / f, label_key) for f in files]
+        splits += [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
+    return tuple(splits)

@@ -1,6 +1,5 @@
 """Reading dataset files safely: the one exception type of ``pemn.data``, the guard that turns
-any reader failure into it, and opening files: paths kept inside the dataset folder, regular
-files only, sizes checked before a byte is read (a FIFO blocks forever, ``/dev/zero`` never ends).
+any reader failure into it, and opening only regular files of a checked size inside the folder.
 """
 from __future__ import annotations
 

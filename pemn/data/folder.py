@@ -87,20 +87,6 @@ def _fingerprint(root: Path, names: list[str], splits: dict, mode: str, size: in
     return h.hexdigest()
 
 
-def _decode(image_mod, path: Path, mode: str, size: int, exact: bool) -> np.ndarray:
-    with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, reader_errors(path, "image"), \
-            image_mod.open(f, formats=["PNG", "JPEG"]) as im:
-        width, height = im.size  # from the header, before any pixel is decoded
-        if exact and im.size != (size, size):
-            raise DatasetError(f"{path} is {width}x{height}, expected {size}x{size}")
-        if width * height > MAX_SOURCE_PIXELS:
-            raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
-                               f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression bomb?)")
-        im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
-        im = im.convert(mode).resize((size, size), image_mod.Resampling.BILINEAR)
-        return np.asarray(im).reshape(size, size, -1)
-
-
 def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) -> np.ndarray:
     """PNG/JPEG files -> uint8 (N, C, size, size) in Pillow ``mode`` ("L" or "RGB"), resized,
     or, ``exact``, refused unless already ``size`` x ``size``; decoded by threads."""
@@ -110,11 +96,22 @@ def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) 
         raise DatasetError("decoding images needs Pillow: pip install pillow") from None
     out = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
 
-    def decode(i: int) -> None:
-        out[i] = _decode(Image, paths[i], mode, size, exact)
+    def decode(path: Path, i: int) -> None:
+        with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, \
+                reader_errors(path, "image"), Image.open(f, formats=["PNG", "JPEG"]) as im:
+            width, height = im.size  # from the header, before any pixel is decoded
+            if exact and im.size != (size, size):
+                raise DatasetError(f"{path} is {width}x{height}, expected {size}x{size}")
+            if width * height > MAX_SOURCE_PIXELS:
+                raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
+                                   f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression "
+                                   "bomb?)")
+            im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
+            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            out[i] = np.asarray(im).reshape(size, size, -1)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(decode, range(len(paths))))
+        list(pool.map(decode, paths, range(len(paths))))
     return out.transpose(0, 3, 1, 2)
 
 

@@ -20,7 +20,6 @@ MAX_BYTES = 1 << 28  # 256 MiB of values per file; Fashion-MNIST's largest file 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _UBYTE = 0x08  # the only IDX dtype MNIST-style files use
 _MAX_DEFLATE_RATIO = 1032  # deflate cannot inflate one byte into more than ~1032
 _CHUNK = 1 << 22  # bytes inflated per step
@@ -30,7 +29,7 @@ class _Source:
     """The bytes of an IDX file in order, inflated on demand (never more than asked for)."""
 
     def __init__(self, path: Path, raw: bytes):
-        self.path, self.gzipped = path, raw.startswith(_GZIP_MAGIC)
+        self.path, self.gzipped = path, raw.startswith(b"\x1f\x8b")  # the gzip magic
         self._raw = memoryview(raw)  # a view: slicing it copies nothing
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzipped else None
 
@@ -44,10 +43,6 @@ class _Source:
             out[done:done + len(piece)] = piece
             done += len(piece)
         return done
-
-    def read(self, n: int) -> bytes:
-        buf = bytearray(n)
-        return bytes(buf[:self.readinto(memoryview(buf))])
 
     @property
     def remaining(self) -> int:
@@ -86,17 +81,18 @@ def read_idx(path: str | Path, ndim: int, max_bytes: int = MAX_BYTES) -> torch.T
     path = Path(path)
     with reader_errors(path, "IDX file"):
         src = _Source(path, read_regular(path, max_bytes + 4 + 4 * ndim, "IDX file"))
-        magic = src.read(4)
-        if len(magic) < 4 or magic[:2] != b"\x00\x00":
+        header = bytearray(4 + 4 * ndim)  # the magic number, then the sizes
+        got = src.readinto(memoryview(header))
+        if got < 4 or header[:2] != b"\x00\x00":
             raise DatasetError(f"{path} is not an IDX file: it must start with bytes 00 00")
+        magic = header[:4]
         if magic[2] != _UBYTE or magic[3] != ndim:
             raise DatasetError(f"{path} has IDX magic 0x{int.from_bytes(magic, 'big'):08x}, "
                                f"expected 0x{(_UBYTE << 8) | ndim:08x} (unsigned bytes, "
                                f"{ndim} dims)")
-        sizes = src.read(4 * ndim)
-        if len(sizes) < 4 * ndim:
+        if got < len(header):
             raise DatasetError(f"{path} is truncated inside its IDX header")
-        shape = struct.unpack(f">{ndim}I", sizes)
+        shape = struct.unpack_from(f">{ndim}I", header, 4)
         num_bytes = math.prod(shape)  # Python ints: (2**31, 2**31, 4) must not wrap to 0
         declared = f"{path} declares shape {shape}, {num_bytes:,} bytes, more than"
         if num_bytes > max_bytes:
@@ -130,9 +126,8 @@ def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
     holding the four :data:`IDX_FILES`, gzipped or not; ``hint`` (how to get the files) starts
     the DatasetError when none does."""
     for folder in folders:
-        with reader_errors(folder, f"{name} folder"):  # a denied stat is an OSError
-            files = [next((p for p in (Path(folder) / (stem + ".gz"), Path(folder) / stem)
-                           if p.is_file()), None) for stem in IDX_FILES]
+        files = [next((p for p in (Path(folder) / (stem + ".gz"), Path(folder) / stem)
+                       if p.is_file()), None) for stem in IDX_FILES]
         if None not in files:
             splits = [load_idx_images(files[0]), load_idx_labels(files[1]),
                       load_idx_images(files[2]), load_idx_labels(files[3])]

@@ -1,7 +1,5 @@
-"""Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch.
-Random numbers come from CPU generators seeded by ``(seed, epoch[, rank])``, so an epoch is
-reproducible on any device and world size (docs/DATASETS.md).
-"""
+"""Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch;
+an epoch is reproducible on any device and world size (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import math
@@ -190,11 +188,8 @@ class BatchLoader:
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in batch order (CPU int64)."""
         n = len(self.images)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         return order[: self.num_samples * self.world_size][self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -140,9 +140,6 @@ def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Datase
     else:
         raise DatasetError(f"{path} must hold train_images, train_labels, test_images and "
                            f"test_labels, or images and labels; found {short(sorted(a))}")
-    if train[0].shape[1:] != test[0].shape[1:]:
-        raise DatasetError(f"{path}: train images {tuple(train[0].shape[1:])} and test images "
-                           f"{tuple(test[0].shape[1:])} differ in shape")
     ds = describe("npz", train, test, classes)
     check_options(ds.info, {"channels": channels, "image_size": image_size})
     return ds

@@ -159,14 +159,11 @@ def load_dataset(name: str, root: str | Path | None = None, **options: int) -> D
             or too large for memory.
     """
     info, reader = _entry(name, options)
-    if info is None:
-        if not root:
-            raise DatasetError(f"the {name} dataset is read from its files: set data.root "
-                               f"(pemn eval: --data-root)")
-        with reader_errors(root, f"{name} dataset"):
-            return reader(root, **options)
+    if info is None and not root:
+        raise DatasetError(f"the {name} dataset is read from its files: set data.root "
+                           f"(pemn eval: --data-root)")
     with reader_errors(root or f"the default {name} location", f"{name} dataset"):
-        return Dataset(info, *reader(root))
+        return reader(root, **options) if info is None else Dataset(info, *reader(root))
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int = 0):

@@ -88,11 +88,7 @@ def load_tiny_imagenet(root: str | Path = "data"):
     """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or that folder): ``(train_images,
     train_labels, test_images, test_labels)``, uint8 (N, 3, 64, 64) and int64; a DatasetError
     for a missing folder (saying how to get it), a bad file or path, or an oversized split."""
-    with reader_errors(root, "Tiny-ImageNet folder"):  # e.g. a denied stat or resolve
-        return _load(Path(root))
-
-
-def _load(root: Path):
+    root = Path(root)
     folder = root if root.name == TINY_DIR else root / TINY_DIR
     if not (folder / "wnids.txt").exists():
         raise DatasetError(
