@@ -1,6 +1,5 @@
 """Datasets as uint8 tensors, their metadata, a name registry, and a device-resident loader.
-Nothing downloads; every reader failure is a :class:`DatasetError` (docs/DATASETS.md).
-"""
+Nothing downloads; every reader failure is a :class:`DatasetError` (docs/DATASETS.md)."""
 from __future__ import annotations
 
 from . import datasets as _datasets  # noqa: F401  (registers the datasets)

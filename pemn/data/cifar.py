@@ -1,6 +1,5 @@
 """CIFAR-10 and CIFAR-100 from the official "python version" pickles, through an unpickler that
-builds only dicts, lists, numbers, bytes and plain numeric arrays (docs/DATASETS.md).
-"""
+builds only dicts, lists, numbers, bytes and plain numeric arrays (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import io
@@ -97,8 +96,7 @@ def _make_array(shape, dtype, fortran, data) -> np.ndarray:
 
 
 def _reconstruct(cls, shape, typecode):
-    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``, the only call numpy's
-    pickles make; anything else is refused."""
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``, as numpy writes it, only."""
     if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
         raise _Refused("numpy _reconstruct with arguments numpy never writes")
     return _Array()

@@ -1,6 +1,5 @@
-"""The registered datasets: metadata, default location and reader of each. Mean and std are
-each training split's, per channel in 0..1 units; Tiny-ImageNet's are ImageNet's (as the authors').
-"""
+"""The registered datasets: metadata, default location and reader of each. Mean and std: each
+training split's, per channel in 0..1 units; Tiny-ImageNet's are ImageNet's (as the authors')."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +19,6 @@ __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_SYSTEM_DIR"]
 
 DEFAULT_ROOT = Path("data")  # relative to the working directory
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
-DIGITS_SPLIT_SEED = 0
 
 _DIGITS = tuple(str(d) for d in range(10))
 _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -57,18 +55,10 @@ DIGITS = DatasetInfo("digits", channels=1, num_classes=10, image_size=8, num_tra
                      num_test=359, class_names=_DIGITS, mean=(0.3054,), std=(0.3757,))
 
 
-@register_dataset(FASHION_MNIST)
-def _fashion_mnist(root):
-    folders = [root] if root else [FASHION_MNIST_SYSTEM_DIR, DEFAULT_ROOT / "fashion_mnist"]
-    return load_idx_splits("fashion_mnist", folders,
-                           "run `sudo apt-get install dataset-fashion-mnist` or ")
-
-
 @register_dataset(DIGITS)
 def _digits(root):
-    """scikit-learn's bundled 8x8 digits (no download: the dataset of fast end-to-end tests).
-    Pixels 0..16 become ``round(v * 255 / 16)``; with no official split, the last 20 % (359) of a
-    ``RandomState(DIGITS_SPLIT_SEED)`` permutation is the test set."""
+    """scikit-learn's bundled 8x8 digits, pixels 0..16 as ``round(v * 255 / 16)``; the test set
+    is the last 20 % of a ``RandomState(0)`` permutation (there is no official split)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -79,12 +69,15 @@ def _digits(root):
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     labels = bunch.target.astype(np.int64)
     # RandomState, not default_rng: numpy freezes its stream, so the split never changes.
-    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(labels))
+    perm = np.random.RandomState(0).permutation(len(labels))
     train, test = perm[:-DIGITS.num_test], perm[-DIGITS.num_test:]
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in
                  (images[train], labels[train], images[test], labels[test]))
 
 
+register_dataset(FASHION_MNIST)(lambda root: load_idx_splits(
+    "fashion_mnist", [root] if root else [FASHION_MNIST_SYSTEM_DIR, DEFAULT_ROOT / "fashion_mnist"],
+    "run `sudo apt-get install dataset-fashion-mnist` or "))
 register_dataset(MNIST)(lambda root: load_idx_splits("mnist", [root or DEFAULT_ROOT / "mnist"]))
 register_dataset(CIFAR10)(lambda root: load_cifar10(root or DEFAULT_ROOT))
 register_dataset(CIFAR100)(lambda root: load_cifar100(root or DEFAULT_ROOT))

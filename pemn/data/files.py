@@ -1,6 +1,5 @@
 """Reading dataset files safely: the one exception type of ``pemn.data``, the guard that turns
-any reader failure into it, and opening only regular files of a checked size inside the folder.
-"""
+any reader failure into it, and opening only regular files of a checked size inside the folder."""
 from __future__ import annotations
 
 import os

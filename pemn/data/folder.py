@@ -1,6 +1,5 @@
 """``data.dataset = "folder"``: your own labelled images, one subfolder per class, decoded
-once into a cache; also the image decoding and caching Tiny-ImageNet uses (docs/DATASETS.md).
-"""
+once into a cache; also the image decoding and caching Tiny-ImageNet uses (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -117,9 +116,8 @@ def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) 
 
 def read_cache(path: Path, limits: dict[str, tuple[str, tuple]], what: str,
                max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
-    """The arrays of a decoded-images cache, all of ``limits``. Each is refused from its header,
-    before its data is read, unless it has the dtype and shape of ``limits[key]``, except for a
-    first dimension (N) that may be smaller."""
+    """All the arrays ``limits`` names of a decoded-images cache, each refused from its header
+    unless it has the dtype and shape of ``limits[key]`` (a first dimension N may be smaller)."""
     def check(key, dtype, shape):
         want, largest = limits[key]
         if dtype != np.dtype(want) or len(shape) != len(largest) or shape[1:] != largest[1:] \

@@ -1,6 +1,5 @@
 """IDX reader for MNIST and Fashion-MNIST (LeCun's format), gzipped or plain: declared sizes are
-checked before allocation, and gzip never inflates past them (docs/DATASETS.md).
-"""
+checked before allocation, and gzip never inflates past them (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import math
@@ -76,8 +75,7 @@ class _Source:
 
 def read_idx(path: str | Path, ndim: int, max_bytes: int = MAX_BYTES) -> torch.Tensor:
     """An unsigned-byte IDX file of ``ndim`` dimensions, gzipped or not (from its content), as
-    a uint8 tensor of its stored shape; a DatasetError for anything else. Every declared size
-    is checked before the output is allocated."""
+    a uint8 tensor of its stored shape; a DatasetError for anything else."""
     path = Path(path)
     with reader_errors(path, "IDX file"):
         src = _Source(path, read_regular(path, max_bytes + 4 + 4 * ndim, "IDX file"))
@@ -123,8 +121,7 @@ def load_idx_labels(path: str | Path) -> torch.Tensor:
 
 def load_idx_splits(name: str, folders: list[Path], hint: str = ""):
     """``(train_images, train_labels, test_images, test_labels)`` from the first of ``folders``
-    holding the four :data:`IDX_FILES`, gzipped or not; ``hint`` (how to get the files) starts
-    the DatasetError when none does."""
+    holding the four :data:`IDX_FILES`; ``hint`` (how to get them) starts the error otherwise."""
     for folder in folders:
         files = [next((p for p in (Path(folder) / (stem + ".gz"), Path(folder) / stem)
                        if p.is_file()), None) for stem in IDX_FILES]

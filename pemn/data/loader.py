@@ -75,10 +75,9 @@ def _torchvision_ops(cfg: AugmentConfig):
     try:
         from torchvision.transforms import v2
     except Exception:
-        what, off = (("randaugment", "set augment.randaugment to none") if cfg.randaugment
-                     else ("color_jitter", "set augment.color_jitter to 0"))
+        what, off = ("randaugment", "none") if cfg.randaugment else ("color_jitter", "0")
         raise ImportError(f"{what} needs torchvision; pip install 'pemn[augment]' "
-                          f"or {off}") from None
+                          f"or set augment.{what} to {off}") from None
     ops = []
     if cfg.randaugment is not None:
         ops.append(v2.RandAugment(num_ops=cfg.randaugment[0], magnitude=cfg.randaugment[1]))
@@ -108,9 +107,8 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
 
 def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised
-    (``h = round(sqrt(area * ratio))``, ``w = round(sqrt(area / ratio))``; the first of
-    ``_ERASE_TRIES`` draws that fits is used, else none)."""
+    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised (the
+    first of ``_ERASE_TRIES`` boxes drawn that fits, else none)."""
     area = H * W * torch.empty(B, _ERASE_TRIES).uniform_(*_ERASE_SCALE, generator=gen)
     log_ratio = torch.empty(B, _ERASE_TRIES).uniform_(
         math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1]), generator=gen)

@@ -1,6 +1,5 @@
 """Checked ``.npz`` reading (headers checked before any data, never unpickled), the ``npz``
-dataset, and the metadata of a dataset of your own (docs/DATASETS.md).
-"""
+dataset, and the metadata of a dataset of your own (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import zipfile
@@ -23,14 +22,12 @@ MAX_NPZ_BYTES = 1 << 33
 _MAX_CLASSES = 100_000
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
-Check = Callable[[str, np.dtype, tuple], None]
 
 
-def read_npz(path: Path, wanted: Collection[str], check: Check, what: str,
-             max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
-    """The arrays named in ``wanted`` that the archive at ``path`` holds; ``check(key, dtype,
-    shape)`` sees each header first and raises :class:`DatasetError` to refuse the array.
-    Object arrays, and files that are not regular or exceed ``max_bytes``, are refused."""
+def read_npz(path: Path, wanted: Collection[str], check: Callable[[str, np.dtype, tuple], None],
+             what: str, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of ``wanted`` in the archive ``path``; ``check(key, dtype, shape)`` sees each
+    header first and raises to refuse it. Object arrays and oversized archives are refused."""
     out = {}
     with open_regular(path, max_bytes, what) as f, reader_errors(path, what), \
             zipfile.ZipFile(f) as z:
@@ -61,20 +58,6 @@ def holdout(labels: np.ndarray, keys: list) -> np.ndarray:
     return test
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in 0..1 units, in chunks (no float copy of the whole split)."""
-    c = images.shape[1]
-    total = torch.zeros(2, c, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.transpose(0, 1).reshape(c, -1).double() / 255
-        total += torch.stack([x.sum(1), (x * x).sum(1)])
-    n = max(images.numel() // c, 1)
-    mean = total[0] / n
-    # a constant channel would divide by zero; 1/255 is one grey level
-    std = (total[1] / n - mean**2).clamp(min=0).sqrt().clamp(min=1 / 255)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
-
-
 def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
     """A :class:`Dataset` whose metadata comes from its (images, labels) splits."""
     (x, y), (tx, ty) = train, test
@@ -82,11 +65,20 @@ def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
         raise DatasetError(f"{name}: the training and test splits must both hold images, got "
                            f"{len(y)} and {len(ty)}")
     num_classes = len(class_names) if class_names is not None else int(max(y.max(), ty.max())) + 1
-    mean, std = _channel_stats(x)
-    info = DatasetInfo(name, channels=x.shape[1], num_classes=num_classes,
-                       image_size=x.shape[-1], num_train=len(y), num_test=len(ty),
+    c = x.shape[1]  # per-channel mean and std in 0..1 units, in chunks (no float copy of x)
+    total = torch.zeros(2, c, dtype=torch.float64)
+    for chunk in x.split(4096):
+        pixels = chunk.transpose(0, 1).reshape(c, -1).double() / 255
+        total += torch.stack([pixels.sum(1), (pixels * pixels).sum(1)])
+    n = max(x.numel() // c, 1)
+    mean = total[0] / n
+    # a constant channel would divide by zero; 1/255 is one grey level
+    std = (total[1] / n - mean**2).clamp(min=0).sqrt().clamp(min=1 / 255)
+    info = DatasetInfo(name, channels=c, num_classes=num_classes, image_size=x.shape[-1],
+                       num_train=len(y), num_test=len(ty),
                        class_names=None if class_names is None else tuple(class_names),
-                       mean=mean, std=std)
+                       mean=tuple(round(v, 4) for v in mean.tolist()),
+                       std=tuple(round(v, 4) for v in std.tolist()))
     return Dataset(info, x, y, tx, ty)
 
 

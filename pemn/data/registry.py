@@ -16,10 +16,8 @@ __all__ = ["Dataset", "DatasetInfo", "check_options", "dataset_info", "list_data
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset's metadata. Images are square (``image_size``), labels in
-    ``[0, num_classes)``; ``class_names`` is None when the names live in the files; ``mean`` and
-    ``std`` are per channel in 0..1 pixel units: the loader gives ``(pixel / 255 - mean) / std``.
-    """
+    """A dataset's metadata: square images, labels in ``[0, num_classes)``, ``class_names`` None
+    when they live in the files, ``mean`` and ``std`` per channel in 0..1 pixel units."""
 
     name: str
     channels: int
@@ -120,9 +118,8 @@ def list_datasets() -> list[str]:
 
 
 def dataset_info(name: str, root: str | Path | None = None, **options: int) -> DatasetInfo:
-    """The metadata of ``name``: the registered one, read from no file, or, for a dataset
-    described by its files, the one :func:`load_dataset` finds there (once per process and
-    root). Raises as :func:`load_dataset`."""
+    """The metadata of ``name``: the registered one, or, for a dataset described by its files,
+    the one :func:`load_dataset` finds there (once per process and root)."""
     info = _entry(name, options)[0]
     if info is not None:
         return info

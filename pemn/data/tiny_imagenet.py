@@ -1,6 +1,5 @@
 """Tiny-ImageNet (200 classes, 64x64 RGB) from the standard ``tiny-imagenet-200/`` folder, the
-official validation set as the test set, decoded once into a cache (docs/DATASETS.md).
-"""
+official validation set as the test set, decoded once into a cache (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import re
@@ -86,15 +85,13 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
 
 def load_tiny_imagenet(root: str | Path = "data"):
     """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or that folder): ``(train_images,
-    train_labels, test_images, test_labels)``, uint8 (N, 3, 64, 64) and int64; a DatasetError
-    for a missing folder (saying how to get it), a bad file or path, or an oversized split."""
+    train_labels, test_images, test_labels)``; missing files' DatasetError says how to get them."""
     root = Path(root)
     folder = root if root.name == TINY_DIR else root / TINY_DIR
     if not (folder / "wnids.txt").exists():
-        raise DatasetError(
-            f"Tiny-ImageNet not found: download http://cs231n.stanford.edu/tiny-imagenet-200.zip "
-            f"and unzip it so that {folder.resolve()}/wnids.txt exists"
-        )
+        raise DatasetError("Tiny-ImageNet not found: download http://cs231n.stanford.edu/"
+                           f"tiny-imagenet-200.zip and unzip it so that {folder.resolve()}/"
+                           "wnids.txt exists")
     folder = folder.resolve()  # the user's own choice of folder may be a symlink
     cache_path = _path(folder, CACHE_NAME)
     max_train = MAX_CLASSES * MAX_TRAIN_PER_CLASS
