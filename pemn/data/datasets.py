@@ -50,7 +50,6 @@ CIFAR100 = DatasetInfo("cifar100", channels=3, num_classes=100, image_size=32, n
 TINY_IMAGENET = DatasetInfo("tiny_imagenet", channels=3, num_classes=200, image_size=64,
                             num_train=100000, num_test=10000, class_names=None,
                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-# mean/std of the training split's pixels (0..1 units), checked by tests/test_data.py
 DIGITS = DatasetInfo("digits", channels=1, num_classes=10, image_size=8, num_train=1438,
                      num_test=359, class_names=_DIGITS, mean=(0.3054,), std=(0.3757,))
 

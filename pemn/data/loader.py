@@ -99,8 +99,7 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
     rows = dy + torch.arange(H)  # (B, H) rows of the padded image to take
     cols = dx + torch.arange(W)  # (B, W)
     if flip:
-        flipped = torch.rand(B, 1, generator=gen) < 0.5
-        cols = torch.where(flipped, cols.flip(1), cols)
+        cols = torch.where(torch.rand(B, 1, generator=gen) < 0.5, cols.flip(1), cols)
     index = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, H * W).to(x.device)
     return x.reshape(B, C, Hp * Wp).gather(2, index.expand(B, C, H * W)).view(B, C, H, W)
 
@@ -141,11 +140,10 @@ def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor
 
 
 class BatchLoader:
-    """Batches of uint8 (N, C, H, W) ``images`` and integer (N,) ``labels`` held on ``device``,
-    as normalised float32 (B, C, H, W) images and int64 labels. ``shuffle``: a seeded
-    permutation per epoch, of which each ``rank`` takes an equal shard; ``mean`` and ``std``:
-    per channel in 0..1 units. Raises ValueError for bad arguments or no batch, ImportError
-    when ``augment`` needs torchvision and it is not installed."""
+    """Batches of uint8 (N, C, H, W) ``images`` and integer (N,) ``labels`` held on ``device``, as
+    normalised float32 images and int64 labels; ``shuffle``: a seeded permutation per epoch, of
+    which each ``rank`` takes an equal shard. Raises ValueError for bad arguments or no batch,
+    ImportError when ``augment`` needs torchvision and it is not installed."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool, augment: AugmentConfig | None = None,
@@ -170,9 +168,8 @@ class BatchLoader:
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
         self._shift = (mean_t / std_t).view(1, -1, 1, 1).to(self.device)
         self.num_samples = len(images) // world_size  # this rank's images per epoch
-        if len(self) == 0:
-            raise ValueError(f"no batch: {self.num_samples} images per rank, batch_size "
-                             f"{batch_size}, drop_last={drop_last}")
+        _require(len(self) > 0, f"no batch: {self.num_samples} images per rank, batch_size "
+                 f"{batch_size}, drop_last={drop_last}")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation stream; call before each epoch."""

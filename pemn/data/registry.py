@@ -148,13 +148,9 @@ def _entry(name: str, options: dict) -> tuple[DatasetInfo | None, Callable]:
 def load_dataset(name: str, root: str | Path | None = None, **options: int) -> Dataset:
     """Load a registered dataset into memory from ``root`` (None: its default location; a
     dataset described by its files has none). ``options``: the ``channels`` and ``image_size``
-    the images must have (0: any); the folder dataset converts its images to them.
-
-    Raises:
-        ValueError: an unknown name (the message lists the valid ones).
-        DatasetError: files missing (the message says how to get them), malformed, unsafe,
-            or too large for memory.
-    """
+    the images must have (0: any); the folder dataset converts its images to them. Raises
+    ValueError for an unknown name (listing the valid ones) and DatasetError for files missing
+    (saying how to get them), malformed, unsafe or too large for memory."""
     info, reader = _entry(name, options)
     if info is None and not root:
         raise DatasetError(f"the {name} dataset is read from its files: set data.root "

@@ -14,7 +14,6 @@ from .folder import decode_images, read_cache, write_cache
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
 
 TINY_DIR = "tiny-imagenet-200"
-CACHE_NAME = "pemn_cache_v1.npz"
 SIZE = 64
 MAX_CLASSES = 200  # the official sizes, also the most this reader accepts
 MAX_TRAIN_PER_CLASS = 500
@@ -93,7 +92,7 @@ def load_tiny_imagenet(root: str | Path = "data"):
                            f"tiny-imagenet-200.zip and unzip it so that {folder.resolve()}/"
                            "wnids.txt exists")
     folder = folder.resolve()  # the user's own choice of folder may be a symlink
-    cache_path = _path(folder, CACHE_NAME)
+    cache_path = _path(folder, "pemn_cache_v1.npz")
     max_train = MAX_CLASSES * MAX_TRAIN_PER_CLASS
     limits = {"train_images": ("u1", (max_train, 3, SIZE, SIZE)),
               "train_labels": ("i8", (max_train,)),
