@@ -16,8 +16,6 @@ from .registry import (
     split_validation,
 )
 
-__all__ = [
-    "AugmentConfig", "BatchLoader", "Dataset", "DatasetError", "DatasetInfo", "dataset_info",
-    "list_datasets", "load_dataset", "register_dataset", "register_files_dataset",
-    "split_validation",
-]
+__all__ = ["AugmentConfig", "BatchLoader", "Dataset", "DatasetError", "DatasetInfo", "dataset_info",
+           "list_datasets", "load_dataset", "register_dataset", "register_files_dataset",
+           "split_validation"]

@@ -43,8 +43,7 @@ class _Dtype:
 
 
 class _StandIn:
-    """What a name in a pickle resolves to: a callable that refuses ``BUILD``, a pickle's only
-    way to set attributes (a function's ``__defaults__``, a ``__class__``)."""
+    """What a pickle's names resolve to: a callable that refuses ``BUILD`` (setting attributes)."""
 
     __slots__ = ("_fn",)
 
@@ -59,8 +58,7 @@ class _StandIn:
 
 
 def _ndarray(*args):
-    """A marker for ``_reconstruct``: ``numpy.ndarray(shape, dtype, buffer, offset, strides)``
-    could view one byte as gigabytes."""
+    """``numpy.ndarray``: a marker for ``_reconstruct``; a call could view a byte as gigabytes."""
     raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
 
 
@@ -205,8 +203,7 @@ def _describe(x: object) -> str:
 
 
 def load_cifar10(root: str | Path = "data"):
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (or that folder): ``(train_images,
-    train_labels, test_images, test_labels)``; missing files' DatasetError says how to get them."""
+    """CIFAR-10's four split tensors from ``root/cifar-10-batches-py`` (or that folder)."""
     train = tuple(f"data_batch_{i}" for i in range(1, 6))
     return _load(root, "cifar-10-batches-py", "cifar-10-python.tar.gz", train, "test_batch",
                  b"labels")

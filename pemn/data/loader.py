@@ -58,8 +58,7 @@ def _is_number(x) -> bool:
 
 
 def _mix_seed(*values: int) -> int:
-    """One 64-bit seed from integers (splitmix64): (seed=0, epoch=1) and (seed=1, epoch=0) get
-    unrelated streams, unlike ``seed + epoch``."""
+    """One 64-bit seed from integers (splitmix64): (0, 1) and (1, 0) get unrelated streams."""
     h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
@@ -128,8 +127,7 @@ def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
 
 
 def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor:
-    """Run torchvision ops image by image (they draw one op for a whole batch otherwise),
-    seeding torch's global CPU generator from ``gen`` and restoring it afterwards."""
+    """Run torchvision ``ops`` image by image (not one op per batch), seeded from ``gen``."""
     seeds = torch.randint(0, 2**62, (x.shape[0],), generator=gen).tolist()
     out = torch.empty_like(x)
     with torch.random.fork_rng(devices=[]):
@@ -142,14 +140,13 @@ def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor
 class BatchLoader:
     """Batches of uint8 (N, C, H, W) ``images`` and integer (N,) ``labels`` held on ``device``, as
     normalised float32 images and int64 labels; ``shuffle``: a seeded permutation per epoch, of
-    which each ``rank`` takes an equal shard. Raises ValueError for bad arguments or no batch,
-    ImportError when ``augment`` needs torchvision and it is not installed."""
+    which each ``rank`` takes an equal shard. ImportError: ``augment`` needs torchvision."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool, augment: AugmentConfig | None = None,
-                 mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, channels_last: bool = False):
+                 shuffle: bool, augment: AugmentConfig | None = None, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 channels_last: bool = False):
         _validate(images, labels, batch_size, mean, std, rank, world_size)
         if augment is not None and not isinstance(augment, AugmentConfig):
             raise TypeError("augment must be an AugmentConfig or None, "
@@ -214,8 +211,7 @@ def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
     def got(x) -> str:
         return f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
 
-    _require(isinstance(images, torch.Tensor) and images.dtype == torch.uint8
-             and images.dim() == 4,
+    _require(isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4,
              f"images must be a uint8 tensor (N, C, H, W), got {got(images)}")
     n, c = images.shape[:2]
     _require(isinstance(labels, torch.Tensor) and labels.shape == (n,)
@@ -225,6 +221,5 @@ def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
              f"batch_size must be an int >= 1, got {batch_size!r}")
     _require(len(mean) == c and len(std) == c and min(std) > 0, f"mean and std need {c} values "
              f"(one per channel, std > 0), got mean={tuple(mean)} std={tuple(std)}")
-    _require(isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
-             and 0 <= rank < world_size,
+    _require(isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size,
              f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")

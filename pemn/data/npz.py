@@ -12,8 +12,7 @@ import torch
 from .files import DatasetError, open_regular, reader_errors, short
 from .registry import Dataset, DatasetInfo, check_options
 
-__all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz",
-           "read_npz"]
+__all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz", "read_npz"]
 
 MAX_IMAGES = 1_000_000  # per dataset, both splits
 MAX_SIDE = 1024  # pixels, the side of a stored (or resized) image
@@ -74,11 +73,10 @@ def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
     mean = total[0] / n
     # a constant channel would divide by zero; 1/255 is one grey level
     std = (total[1] / n - mean**2).clamp(min=0).sqrt().clamp(min=1 / 255)
+    mean, std = (tuple(round(v, 4) for v in t.tolist()) for t in (mean, std))
     info = DatasetInfo(name, channels=c, num_classes=num_classes, image_size=x.shape[-1],
-                       num_train=len(y), num_test=len(ty),
-                       class_names=None if class_names is None else tuple(class_names),
-                       mean=tuple(round(v, 4) for v in mean.tolist()),
-                       std=tuple(round(v, 4) for v in std.tolist()))
+                       num_train=len(y), num_test=len(ty), mean=mean, std=std,
+                       class_names=None if class_names is None else tuple(class_names))
     return Dataset(info, x, y, tx, ty)
 
 
@@ -115,8 +113,7 @@ def _split_arrays(path: Path, images: np.ndarray, labels: np.ndarray, classes) -
 
 
 def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
-    """The ``npz`` dataset from the archive ``root``; ``channels`` and ``image_size`` (0: any)
-    are checked, not converted."""
+    """The ``npz`` dataset of the archive ``root``; ``channels``, ``image_size``: checked only."""
     path = Path(root)
     keys = ("train_images", "train_labels", "test_images", "test_labels", "images", "labels",
             "class_names")

@@ -30,8 +30,7 @@ class DatasetInfo:
     std: tuple[float, ...]
 
     def __post_init__(self):
-        if len(self.mean) != self.channels or len(self.std) != self.channels \
-                or min(self.std) <= 0:
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
             raise ValueError(f"dataset {self.name!r}: mean and std need {self.channels} values "
                              f"(std > 0), got mean={self.mean} std={self.std}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -92,14 +91,12 @@ _FILES_INFO: dict[tuple, DatasetInfo] = {}
 
 
 def register_dataset(info: DatasetInfo):
-    """Decorator: register ``fn(root) -> (train_images, train_labels, test_images, test_labels)``
-    under ``info.name``; ``root=None``: the default location."""
+    """Decorator: register ``fn(root)`` returning train images, labels, test images, labels."""
     return _register(info.name, info)
 
 
 def register_files_dataset(name: str):
-    """Decorator: register ``fn(root, channels=0, image_size=0) -> Dataset``, a dataset whose
-    metadata is read from the files at ``root`` (required); 0 leaves a size to the reader."""
+    """Decorator: register ``fn(root, channels=0, image_size=0) -> Dataset`` read from its files."""
     return _register(name, None)
 
 

@@ -26,7 +26,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..
 def _path(folder: Path, *parts: str) -> Path:
     """``folder/parts``, each part one plain name, resolved inside ``folder``."""
     for part in parts:
-        if not _NAME.fullmatch(part) or part.strip(".") == "":
+        if not _NAME.fullmatch(part):
             raise DatasetError(f"{folder}: refusing the path component {short(part)}: names in a "
                                "Tiny-ImageNet folder are plain file or folder names")
     return inside(folder, folder.joinpath(*parts))
@@ -83,8 +83,7 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
 
 
 def load_tiny_imagenet(root: str | Path = "data"):
-    """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or that folder): ``(train_images,
-    train_labels, test_images, test_labels)``; missing files' DatasetError says how to get them."""
+    """Tiny-ImageNet's four split tensors from ``root/tiny-imagenet-200`` (or that folder)."""
     root = Path(root)
     folder = root if root.name == TINY_DIR else root / TINY_DIR
     if not (folder / "wnids.txt").exists():
