@@ -1,15 +1,5 @@
-"""CIFAR-10 and CIFAR-100 from the official "python version" pickles (Krizhevsky, 2009).
-
-``cifar-10-batches-py/`` holds ``data_batch_1`` .. ``5`` and ``test_batch``; ``cifar-100-python/``
-holds ``train`` and ``test``. Each pickles a dict with ``b"data"``, uint8 (N, 3072) rows of the
-R, G, B planes (32x32 each), and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
-
-Pickles can run code, so the unpickler builds only dicts, lists, numbers, bytes and plain
-numeric arrays. The numpy names a pickle asks for resolve to stand-ins, never to numpy's
-reconstructors: an array is rebuilt from one buffer exactly as large as its shape and dtype
-need (no strides, views or objects), so a file never claims more memory than it holds. A
-stand-in refuses ``BUILD``, so no file alters the reader for the next.
-"""
+"""CIFAR-10 and CIFAR-100 from the official "python version" pickles, through an unpickler that
+builds only dicts, lists, numbers, bytes and plain numeric arrays (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import io
@@ -20,15 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors, short
-from .files import read_regular
+from .files import DatasetError, read_regular, reader_errors, short
 
 __all__ = ["MAX_FILE_BYTES", "read_cifar_batch", "load_cifar10", "load_cifar100"]
 
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR100_DIR = "cifar-100-python"
 MAX_FILE_BYTES = 1 << 28  # 256 MiB; CIFAR-100's train file, the largest, is 155 MB
-_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _DTYPES = frozenset(f"{k}{n}" for k in "iu" for n in (1, 2, 4, 8)) | {"b1", "f2", "f4", "f8"}
 _MAX_NDIM = 8
 
@@ -57,8 +43,7 @@ class _Dtype:
 
 
 class _StandIn:
-    """What a name in a pickle resolves to: a callable that refuses ``BUILD``, a pickle's only
-    way to set attributes (a function's ``__defaults__``, a ``__class__``)."""
+    """What a pickle's names resolve to: a callable that refuses ``BUILD`` (setting attributes)."""
 
     __slots__ = ("_fn",)
 
@@ -73,8 +58,7 @@ class _StandIn:
 
 
 def _ndarray(*args):
-    """``numpy.ndarray(shape, dtype, buffer, offset, strides)`` could view one byte as
-    gigabytes: only a marker for ``_reconstruct``."""
+    """``numpy.ndarray``: a marker for ``_reconstruct``; a call could view a byte as gigabytes."""
     raise _Refused("a direct numpy.ndarray(...) call (explicit buffer and strides)")
 
 
@@ -110,8 +94,7 @@ def _make_array(shape, dtype, fortran, data) -> np.ndarray:
 
 
 def _reconstruct(cls, shape, typecode):
-    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``, the only call numpy's
-    pickles make; anything else is refused."""
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``, as numpy writes it, only."""
     if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
         raise _Refused("numpy _reconstruct with arguments numpy never writes")
     return _Array()
@@ -162,24 +145,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             raise _Refused(short(f"{module}.{name}", quote=False)) from None
 
 
-def _unpickle(path: Path) -> object:
-    """The pickled object; the values of a top-level dict have their arrays resolved."""
-    data = read_regular(path, MAX_FILE_BYTES, "CIFAR pickle")
-    try:
-        obj = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-        return {k: _resolve(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
-    except _Refused as e:
-        raise DatasetError(f"{path}: refusing to load {e} from a CIFAR pickle; the official "
-                           "files hold only dicts, lists and numpy arrays") from None
-    except (DatasetError, MemoryError):
-        raise  # MemoryError: reader_errors words it
-    except Exception as e:  # any parse error of an untrusted file
-        raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
-                           f"{short(str(e), quote=False)})") from e
-
-
 def _resolve(value: object) -> object:
-    """A stand-in array becomes its numpy array."""
     if isinstance(value, _Array):
         if value.array is None:
             raise _Refused("a numpy array without data")
@@ -190,14 +156,22 @@ def _resolve(value: object) -> object:
 def read_cifar_batch(path: str | Path,
                      label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR pickle (e.g. ``data_batch_1``) -> uint8 (N, 3, 32, 32) images and int64 (N,)
-    labels; ``label_key`` is ``b"fine_labels"`` for CIFAR-100.
-
-    Raises:
-        DatasetError: not a dict of the expected keys, shapes and dtypes, or an unsafe pickle.
-    """
+    labels (``label_key``: ``b"fine_labels"`` for CIFAR-100); a DatasetError for anything else."""
     path = Path(path)
     with reader_errors(path, "CIFAR pickle"):
-        batch = _unpickle(path)
+        raw = read_regular(path, MAX_FILE_BYTES, "CIFAR pickle")
+        try:
+            batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+            if isinstance(batch, dict):  # the values' stand-in arrays become numpy arrays
+                batch = {k: _resolve(v) for k, v in batch.items()}
+        except _Refused as e:
+            raise DatasetError(f"{path}: refusing to load {e} from a CIFAR pickle; the official "
+                               "files hold only dicts, lists and numpy arrays") from None
+        except (DatasetError, MemoryError):
+            raise  # MemoryError: reader_errors words it
+        except Exception as e:  # any parse error of an untrusted file
+            raise DatasetError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: "
+                               f"{short(str(e), quote=False)})") from e
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} must hold a dict with keys b'data' and {label_key!r}")
     data, labels = batch[b"data"], batch[label_key]
@@ -229,32 +203,28 @@ def _describe(x: object) -> str:
 
 
 def load_cifar10(root: str | Path = "data"):
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` being that folder):
-    ``(train_images, train_labels, test_images, test_labels)``, 50,000 / 10,000 uint8
-    (N, 3, 32, 32) images and int64 labels in [0, 10). Missing files raise a DatasetError that
-    says how to get them."""
-    return _load(root, CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_TRAIN, "test_batch",
+    """CIFAR-10's four split tensors from ``root/cifar-10-batches-py`` (or that folder)."""
+    train = tuple(f"data_batch_{i}" for i in range(1, 6))
+    return _load(root, "cifar-10-batches-py", "cifar-10-python.tar.gz", train, "test_batch",
                  b"labels")
 
 
 def load_cifar100(root: str | Path = "data"):
-    """CIFAR-100 (fine labels, 100 classes) from ``root/cifar-100-python``, as
-    :func:`load_cifar10`."""
-    return _load(root, CIFAR100_DIR, "cifar-100-python.tar.gz", ("train",), "test",
+    """CIFAR-100 (fine labels) from ``root/cifar-100-python``, as :func:`load_cifar10`."""
+    return _load(root, "cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test",
                  b"fine_labels")
 
 
 def _load(root, name: str, archive: str, train_files: tuple[str, ...], test_file: str,
           label_key: bytes):
     root = Path(root)
-    with reader_errors(root, "CIFAR folder"):  # stat may be denied, torch.cat run out of memory
-        folder = root if root.name == name else root / name  # root may be the folder itself
-        if not all((folder / f).exists() for f in (*train_files, test_file)):
-            raise DatasetError(f"{name} not found: download https://www.cs.toronto.edu/~kriz/"
-                               f"{archive} and extract it so that {root.resolve() / name} exists "
-                               f"(or pass root=<folder containing {name}>)")
-        splits = []
-        for files in (train_files, (test_file,)):
-            parts = [read_cifar_batch(folder / f, label_key) for f in files]
-            splits += [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
-        return tuple(splits)
+    folder = root if root.name == name else root / name  # root may be the folder itself
+    if not all((folder / f).exists() for f in (*train_files, test_file)):
+        raise DatasetError(f"{name} not found: download https://www.cs.toronto.edu/~kriz/"
+                           f"{archive} and extract it so that {root.resolve() / name} exists "
+                           f"(or pass root=<folder containing {name}>)")
+    splits = []
+    for files in (train_files, (test_file,)):
+        parts = [read_cifar_batch(folder / f, label_key) for f in files]
+        splits += [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
+    return tuple(splits)

@@ -1,14 +1,14 @@
-"""The registered datasets: metadata, default location and reader of each.
-
-Normalisation constants are the usual per-channel mean and std of each training split in 0..1
-pixel units; Tiny-ImageNet uses the ImageNet constants, as the PEMN authors' code does.
-"""
+"""The registered datasets: metadata, default location and reader of each. Mean and std: each
+training split's, per channel in 0..1 units; Tiny-ImageNet's are ImageNet's (as the authors')."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .cifar import load_cifar10, load_cifar100
-from .digits import load_digits
+from .files import DatasetError, reader_errors
 from .folder import load_folder
 from .idx import load_idx_splits
 from .npz import load_npz
@@ -50,23 +50,36 @@ CIFAR100 = DatasetInfo("cifar100", channels=3, num_classes=100, image_size=32, n
 TINY_IMAGENET = DatasetInfo("tiny_imagenet", channels=3, num_classes=200, image_size=64,
                             num_train=100000, num_test=10000, class_names=None,
                             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-# mean/std of the training split's pixels (0..1 units), checked by tests/test_data.py
 DIGITS = DatasetInfo("digits", channels=1, num_classes=10, image_size=8, num_train=1438,
                      num_test=359, class_names=_DIGITS, mean=(0.3054,), std=(0.3757,))
 
 
-@register_dataset(FASHION_MNIST)
-def _fashion_mnist(root):
-    folders = [root] if root else [FASHION_MNIST_SYSTEM_DIR, DEFAULT_ROOT / "fashion_mnist"]
-    return load_idx_splits("fashion_mnist", folders,
-                           "run `sudo apt-get install dataset-fashion-mnist` or ")
+@register_dataset(DIGITS)
+def _digits(root):
+    """scikit-learn's bundled 8x8 digits, pixels 0..16 as ``round(v * 255 / 16)``; the test set
+    is the last 20 % of a ``RandomState(0)`` permutation (there is no official split)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("the digits dataset needs scikit-learn: "
+                           "pip install 'pemn[digits]'") from None
+    with reader_errors("scikit-learn's bundled digits", "dataset"):
+        bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    # RandomState, not default_rng: numpy freezes its stream, so the split never changes.
+    perm = np.random.RandomState(0).permutation(len(labels))
+    train, test = perm[:-DIGITS.num_test], perm[-DIGITS.num_test:]
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in
+                 (images[train], labels[train], images[test], labels[test]))
 
 
+register_dataset(FASHION_MNIST)(lambda root: load_idx_splits(
+    "fashion_mnist", [root] if root else [FASHION_MNIST_SYSTEM_DIR, DEFAULT_ROOT / "fashion_mnist"],
+    "run `sudo apt-get install dataset-fashion-mnist` or "))
 register_dataset(MNIST)(lambda root: load_idx_splits("mnist", [root or DEFAULT_ROOT / "mnist"]))
 register_dataset(CIFAR10)(lambda root: load_cifar10(root or DEFAULT_ROOT))
 register_dataset(CIFAR100)(lambda root: load_cifar100(root or DEFAULT_ROOT))
-register_dataset(TINY_IMAGENET)(lambda root: load_tiny_imagenet(
-    root or DEFAULT_ROOT, max_classes=TINY_IMAGENET.num_classes))
-register_dataset(DIGITS)(lambda root: load_digits())
+register_dataset(TINY_IMAGENET)(lambda root: load_tiny_imagenet(root or DEFAULT_ROOT))
 register_files_dataset("folder")(load_folder)
 register_files_dataset("npz")(load_npz)

@@ -1,20 +1,47 @@
-"""Opening dataset files safely: paths kept inside the dataset folder, regular files only,
-sizes checked before a byte is read (a FIFO blocks forever, ``/dev/zero`` never ends)."""
+"""Reading dataset files safely: the one exception type of ``pemn.data``, the guard that turns
+any reader failure into it, and opening only regular files of a checked size inside the folder."""
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DatasetError, reader_errors
+__all__ = ["DatasetError", "inside", "open_regular", "read_regular", "reader_errors", "short"]
 
-__all__ = ["inside", "open_regular", "read_regular"]
+_MAX_DETAIL = 200  # characters of a hostile value or a library message quoted in an error
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed, unsafe or too large; one line naming the file."""
+
+
+@contextmanager
+def reader_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Re-raise any failure in the block as one :class:`DatasetError` line naming ``path`` and
+    ``what`` it should be (``"IDX file"``): hostile files fail in ways no reader enumerates."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except MemoryError:
+        # from None: the traceback would keep the half-built buffers alive
+        raise DatasetError(f"{path}: not enough memory to read this {what}") from None
+    except Exception as e:
+        detail = short(str(e), quote=False) or "no detail"
+        raise DatasetError(f"{path}: cannot read this {what} ({type(e).__name__}: {detail})") from e
+
+
+def short(value: object, quote: bool = True) -> str:
+    """``repr(value)`` (``str`` unless ``quote``) on one line, cut to a readable length."""
+    text = " ".join((repr(value) if quote else str(value)).split())
+    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "..."
 
 
 def inside(folder: Path, path: Path) -> Path:
-    """``path`` resolved, refused unless it stays inside ``folder`` (already resolved): this
-    catches absolute paths, ``..`` and symlinks that point out."""
+    """``path`` resolved, refused unless it stays inside ``folder`` (already resolved)."""
     resolved = path.resolve()
     if not resolved.is_relative_to(folder):
         raise DatasetError(f"{path} resolves to {resolved}, outside the dataset folder {folder}; "
@@ -23,8 +50,7 @@ def inside(folder: Path, path: Path) -> Path:
 
 
 def open_regular(path: str | Path, max_bytes: int, what: str) -> BinaryIO:
-    """Open ``path`` for reading, refusing anything but a regular file of at most ``max_bytes``
-    (the caller closes it)."""
+    """Open a regular file of at most ``max_bytes`` for reading; the caller closes it."""
     with reader_errors(path, what):
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on files
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

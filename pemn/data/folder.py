@@ -1,20 +1,5 @@
-"""``data.dataset = "folder"``: your own labelled images, one subfolder per class.
-
-Layout (torchvision's ImageFolder): ``root/<class>/<image>`` (PNG or JPEG), or ``root/train/``
-and ``root/test/`` trees of them. A single tree is split by :func:`pemn.data.npz.holdout` on the
-images' paths (20 % of each class, the same on every machine). Class indices follow the sorted
-folder names; hidden files and other suffixes are ignored.
-
-Images are converted to ``channels`` (1: greyscale, 3: RGB; default 3) and resized to
-``image_size`` (default 32) once, then cached in ``root/.pemn-cache-<C>x<S>.npz`` (written
-atomically when the folder is writable). The cache records a fingerprint of every image's path,
-size and modification time, so changing the folder rebuilds it.
-
-Hostile folders: every path must resolve inside ``root``; only regular files of at most
-:data:`MAX_FILE_BYTES` are opened, only by Pillow's PNG and JPEG parsers; an image above
-:data:`MAX_SOURCE_PIXELS` (read from its header) is refused before it is decoded (a
-decompression bomb); the image count and decoded bytes are capped (:mod:`pemn.data.npz`).
-"""
+"""``data.dataset = "folder"``: your own labelled images, one subfolder per class, decoded
+once into a cache; also the image decoding and caching Tiny-ImageNet uses (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +13,7 @@ import torch
 
 from pemn.fileio import atomic_write
 
-from .errors import DatasetError, reader_errors, short
-from .files import inside, open_regular
+from .files import DatasetError, inside, open_regular, reader_errors, short
 from .npz import MAX_IMAGES, MAX_NPZ_BYTES, MAX_PIXEL_BYTES, MAX_SIDE, describe, holdout, read_npz
 from .registry import Dataset
 
@@ -102,43 +86,38 @@ def _fingerprint(root: Path, names: list[str], splits: dict, mode: str, size: in
     return h.hexdigest()
 
 
-def _decode(image_mod, path: Path, mode: str, size: int, exact: bool) -> np.ndarray:
-    with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, reader_errors(path, "image"), \
-            image_mod.open(f, formats=["PNG", "JPEG"]) as im:
-        width, height = im.size  # from the header, before any pixel is decoded
-        if exact and im.size != (size, size):
-            raise DatasetError(f"{path} is {width}x{height}, expected {size}x{size}")
-        if width * height > MAX_SOURCE_PIXELS:
-            raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
-                               f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression bomb?)")
-        im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
-        im = im.convert(mode).resize((size, size), image_mod.Resampling.BILINEAR)
-        return np.asarray(im).reshape(size, size, -1)
-
-
 def decode_images(paths: list[Path], mode: str, size: int, exact: bool = False) -> np.ndarray:
     """PNG/JPEG files -> uint8 (N, C, size, size) in Pillow ``mode`` ("L" or "RGB"), resized,
-    or, ``exact``, refused unless already ``size`` x ``size``. Pillow releases the GIL while
-    decoding, so threads decode in parallel."""
+    or, ``exact``, refused unless already ``size`` x ``size``; decoded by threads."""
     try:
         from PIL import Image
     except ImportError:
         raise DatasetError("decoding images needs Pillow: pip install pillow") from None
     out = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
 
-    def decode(i: int) -> None:
-        out[i] = _decode(Image, paths[i], mode, size, exact)
+    def decode(path: Path, i: int) -> None:
+        with open_regular(path, MAX_FILE_BYTES, "dataset image") as f, \
+                reader_errors(path, "image"), Image.open(f, formats=["PNG", "JPEG"]) as im:
+            width, height = im.size  # from the header, before any pixel is decoded
+            if exact and im.size != (size, size):
+                raise DatasetError(f"{path} is {width}x{height}, expected {size}x{size}")
+            if width * height > MAX_SOURCE_PIXELS:
+                raise DatasetError(f"{path} is {width}x{height} pixels, more than the "
+                                   f"{MAX_SOURCE_PIXELS:,} an image may have (a decompression "
+                                   "bomb?)")
+            im.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
+            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            out[i] = np.asarray(im).reshape(size, size, -1)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(decode, range(len(paths))))
+        list(pool.map(decode, paths, range(len(paths))))
     return out.transpose(0, 3, 1, 2)
 
 
 def read_cache(path: Path, limits: dict[str, tuple[str, tuple]], what: str,
                max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
-    """The arrays of a decoded-images cache, all of ``limits``. Each is refused from its header,
-    before its data is read, unless it has the dtype and shape of ``limits[key]``, except for a
-    first dimension (N) that may be smaller."""
+    """All the arrays ``limits`` names of a decoded-images cache, each refused from its header
+    unless it has the dtype and shape of ``limits[key]`` (a first dimension N may be smaller)."""
     def check(key, dtype, shape):
         want, largest = limits[key]
         if dtype != np.dtype(want) or len(shape) != len(largest) or shape[1:] != largest[1:] \
@@ -176,14 +155,8 @@ def _cached(path: Path, fingerprint: str, limits: dict) -> dict | None:
 
 
 def load_folder(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
-    """The ``folder`` dataset at ``root`` (see the module docstring); ``channels`` 1 or 3 (0:
-    3), ``image_size`` 1 to :data:`MAX_SIDE` (0: 32).
-
-    Raises:
-        DatasetError: no such folder, no class folders, a class without images, a path that
-            leaves ``root``, an unreadable or oversized image (named), too many images, or
-            Pillow not installed.
-    """
+    """The ``folder`` dataset at ``root``: images converted to ``channels`` 1 or 3 (0: 3) and
+    ``image_size`` 1 to :data:`MAX_SIDE` (0: 32); a DatasetError names any bad file."""
     channels, size = channels or 3, image_size or 32
     if channels not in (1, 3) or not 0 < size <= MAX_SIDE:
         raise DatasetError(f"the folder dataset converts images to data.channels = 1 or 3 and "

@@ -1,13 +1,5 @@
-"""Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch.
-
-The whole split lives on ``device`` as one uint8 tensor, as in airbench's ``CifarLoader``. Per
-batch, in the PEMN authors' order: padded random crop and flip (one gather on uint8), optional
-RandAugment / ColorJitter (torchvision), normalisation to float32, random erasing (fill 0).
-
-Every random number is drawn on the CPU from a generator seeded by ``(seed, epoch)`` (the
-permutation, the same on every rank) or ``(seed, epoch, rank)`` (augmentation), so an epoch is
-reproducible on any device and world size; call ``set_epoch`` each epoch.
-"""
+"""Device-resident batches: seeded shuffle, shard by rank, augment per batch in plain torch;
+an epoch is reproducible on any device and world size (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import math
@@ -27,44 +19,38 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation, applied per batch.
+    """Training-time augmentation, applied per batch (docs/DATASETS.md)."""
 
-    Args:
-        crop_padding: zero padding per side before a random crop back to (H, W); 0: no crop.
-            4 is usual for CIFAR, 2 for 28x28, 8 for Tiny-ImageNet.
-        flip: random horizontal flip with probability 0.5.
-        erase_prob: probability that a random rectangle (area 2-33%, aspect 0.3-3.3) of an
-            image is set to 0 after normalisation.
-        randaugment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None.
-        color_jitter: brightness = contrast = saturation jitter strength, 0: off (torchvision).
-    """
-
-    crop_padding: int = 0
-    flip: bool = False
-    erase_prob: float = 0.0
-    randaugment: tuple[int, int] | None = None
-    color_jitter: float = 0.0
+    crop_padding: int = 0  # zero padding per side before a random crop back to (H, W); 0: none
+    flip: bool = False  # a random horizontal flip, probability 0.5
+    erase_prob: float = 0.0  # probability of zeroing a random rectangle after normalisation
+    randaugment: tuple[int, int] | None = None  # (num_ops, magnitude) of RandAugment, or None
+    color_jitter: float = 0.0  # ColorJitter brightness = contrast = saturation; 0: off
 
     def __post_init__(self):
-        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) \
-                or self.crop_padding < 0:
-            raise ValueError(f"augment.crop_padding must be an int >= 0, got {self.crop_padding!r}")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"augment.flip must be true or false, got {self.flip!r}")
-        if not _is_number(self.erase_prob) or not 0.0 <= self.erase_prob <= 1.0:
-            raise ValueError(f"augment.erase_prob must be a probability in [0, 1], "
-                             f"got {self.erase_prob!r}")
-        if not _is_number(self.color_jitter) or not 0.0 <= self.color_jitter <= 1.0:
-            raise ValueError(f"augment.color_jitter must be in [0, 1] (0 = off), "
-                             f"got {self.color_jitter!r}")
-        if self.randaugment is not None:
-            ra = self.randaugment
-            if not isinstance(ra, (tuple, list)) or len(ra) != 2 \
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in ra) \
-                    or ra[0] < 1 or not 0 <= ra[1] <= 30:
-                raise ValueError("augment.randaugment must be None or (num_ops >= 1, "
-                                 f"magnitude in 0..30), got {ra!r}")
+        pad, ra = self.crop_padding, self.randaugment
+        _require(_is_int(pad) and pad >= 0,
+                 f"augment.crop_padding must be an int >= 0, got {pad!r}")
+        _require(isinstance(self.flip, bool),
+                 f"augment.flip must be true or false, got {self.flip!r}")
+        _require(_is_number(self.erase_prob) and 0.0 <= self.erase_prob <= 1.0,
+                 f"augment.erase_prob must be a probability in [0, 1], got {self.erase_prob!r}")
+        _require(_is_number(self.color_jitter) and 0.0 <= self.color_jitter <= 1.0,
+                 f"augment.color_jitter must be in [0, 1] (0 = off), got {self.color_jitter!r}")
+        if ra is not None:
+            _require(isinstance(ra, (tuple, list)) and len(ra) == 2 and all(map(_is_int, ra))
+                     and ra[0] >= 1 and 0 <= ra[1] <= 30, "augment.randaugment must be None or "
+                     f"(num_ops >= 1, magnitude in 0..30), got {ra!r}")
             object.__setattr__(self, "randaugment", tuple(ra))  # a TOML list becomes a tuple
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:
@@ -72,8 +58,7 @@ def _is_number(x) -> bool:
 
 
 def _mix_seed(*values: int) -> int:
-    """One 64-bit seed from integers (splitmix64): (seed=0, epoch=1) and (seed=1, epoch=0) get
-    unrelated streams, unlike ``seed + epoch``."""
+    """One 64-bit seed from integers (splitmix64): (0, 1) and (1, 0) get unrelated streams."""
     h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
@@ -89,10 +74,9 @@ def _torchvision_ops(cfg: AugmentConfig):
     try:
         from torchvision.transforms import v2
     except Exception:
-        what, off = (("randaugment", "set augment.randaugment to none") if cfg.randaugment
-                     else ("color_jitter", "set augment.color_jitter to 0"))
+        what, off = ("randaugment", "none") if cfg.randaugment else ("color_jitter", "0")
         raise ImportError(f"{what} needs torchvision; pip install 'pemn[augment]' "
-                          f"or {off}") from None
+                          f"or set augment.{what} to {off}") from None
     ops = []
     if cfg.randaugment is not None:
         ops.append(v2.RandAugment(num_ops=cfg.randaugment[0], magnitude=cfg.randaugment[1]))
@@ -114,20 +98,15 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -
     rows = dy + torch.arange(H)  # (B, H) rows of the padded image to take
     cols = dx + torch.arange(W)  # (B, W)
     if flip:
-        flipped = torch.rand(B, 1, generator=gen) < 0.5
-        cols = torch.where(flipped, cols.flip(1), cols)
+        cols = torch.where(torch.rand(B, 1, generator=gen) < 0.5, cols.flip(1), cols)
     index = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, H * W).to(x.device)
     return x.reshape(B, C, Hp * Wp).gather(2, index.expand(B, C, H * W)).view(B, C, H, W)
 
 
 def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised.
-
-    Each image is erased with probability ``prob``; its box has area ``s H W`` with
-    ``s ~ U(0.02, 0.33)`` and aspect ``r`` log-uniform in (0.3, 3.3) (``h = round(sqrt(s H W r))``,
-    ``w = round(sqrt(s H W / r))``); the first of 10 draws that fits is used, else none.
-    """
+    """Bool (B, H, W), True where pixels are erased: torchvision's RandomErasing, vectorised (the
+    first of ``_ERASE_TRIES`` boxes drawn that fits, else none)."""
     area = H * W * torch.empty(B, _ERASE_TRIES).uniform_(*_ERASE_SCALE, generator=gen)
     log_ratio = torch.empty(B, _ERASE_TRIES).uniform_(
         math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1]), generator=gen)
@@ -148,8 +127,7 @@ def erase_mask(B: int, H: int, W: int, prob: float, gen: torch.Generator,
 
 
 def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor:
-    """Run torchvision ops image by image (they draw one op for a whole batch otherwise),
-    seeding torch's global CPU generator from ``gen`` and restoring it afterwards."""
+    """Run torchvision ``ops`` image by image (not one op per batch), seeded from ``gen``."""
     seeds = torch.randint(0, 2**62, (x.shape[0],), generator=gen).tolist()
     out = torch.empty_like(x)
     with torch.random.fork_rng(devices=[]):
@@ -160,29 +138,15 @@ def _apply_per_image(x: torch.Tensor, ops, gen: torch.Generator) -> torch.Tensor
 
 
 class BatchLoader:
-    """Batches ``(images, labels)`` of one split held on ``device``: normalised float32
-    (B, C, H, W) images and int64 labels.
-
-    Args:
-        images, labels: uint8 (N, C, H, W) and integer (N,).
-        batch_size: images per batch on this rank.
-        shuffle: a new seeded permutation every epoch; False keeps the stored order.
-        augment: per-batch augmentation, or None (evaluation).
-        mean, std: per-channel normalisation in 0..1 units.
-        rank, world_size: this process's shard ``perm[rank::world_size]`` of the first
-            ``world_size * (N // world_size)`` positions, so every rank has as many batches.
-        drop_last: drop this rank's last incomplete batch.
-
-    Raises:
-        ValueError: inconsistent shapes, a non-uint8 image tensor, a bad rank, or no batch.
-        ImportError: ``augment`` needs torchvision and it is not installed.
-    """
+    """Batches of uint8 (N, C, H, W) ``images`` and integer (N,) ``labels`` held on ``device``, as
+    normalised float32 images and int64 labels; ``shuffle``: a seeded permutation per epoch, of
+    which each ``rank`` takes an equal shard. ImportError: ``augment`` needs torchvision."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool, augment: AugmentConfig | None = None,
-                 mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, channels_last: bool = False):
+                 shuffle: bool, augment: AugmentConfig | None = None, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 channels_last: bool = False):
         _validate(images, labels, batch_size, mean, std, rank, world_size)
         if augment is not None and not isinstance(augment, AugmentConfig):
             raise TypeError("augment must be an AugmentConfig or None, "
@@ -201,9 +165,8 @@ class BatchLoader:
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
         self._shift = (mean_t / std_t).view(1, -1, 1, 1).to(self.device)
         self.num_samples = len(images) // world_size  # this rank's images per epoch
-        if len(self) == 0:
-            raise ValueError(f"no batch: {self.num_samples} images per rank, batch_size "
-                             f"{batch_size}, drop_last={drop_last}")
+        _require(len(self) > 0, f"no batch: {self.num_samples} images per rank, batch_size "
+                 f"{batch_size}, drop_last={drop_last}")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation stream; call before each epoch."""
@@ -217,11 +180,8 @@ class BatchLoader:
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in batch order (CPU int64)."""
         n = len(self.images)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         return order[: self.num_samples * self.world_size][self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -248,22 +208,18 @@ class BatchLoader:
 
 
 def _validate(images, labels, batch_size, mean, std, rank, world_size) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError("images must be a uint8 tensor (N, C, H, W), got "
-                         f"{getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],) \
-            or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor ({images.shape[0]},), got "
-                         f"{getattr(labels, 'dtype', type(labels))} "
-                         f"{tuple(getattr(labels, 'shape', ()))}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    C = images.shape[1]
-    if len(mean) != C or len(std) != C or min(std) <= 0:
-        raise ValueError(f"mean and std need {C} values (one per channel, std > 0), "
-                         f"got mean={tuple(mean)} std={tuple(std)}")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)
-            and 0 <= rank < world_size):
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r} "
-                         f"world_size={world_size!r}")
+    def got(x) -> str:
+        return f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+
+    _require(isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4,
+             f"images must be a uint8 tensor (N, C, H, W), got {got(images)}")
+    n, c = images.shape[:2]
+    _require(isinstance(labels, torch.Tensor) and labels.shape == (n,)
+             and not labels.is_floating_point(),
+             f"labels must be an integer tensor ({n},), got {got(labels)}")
+    _require(_is_int(batch_size) and batch_size >= 1,
+             f"batch_size must be an int >= 1, got {batch_size!r}")
+    _require(len(mean) == c and len(std) == c and min(std) > 0, f"mean and std need {c} values "
+             f"(one per channel, std > 0), got mean={tuple(mean)} std={tuple(std)}")
+    _require(isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size,
+             f"need 0 <= rank < world_size, got rank={rank!r} world_size={world_size!r}")

@@ -1,14 +1,5 @@
-"""Checked ``.npz`` reading, the ``npz`` dataset, and the metadata of a dataset of your own.
-
-:func:`read_npz` hands each array's dtype and shape, read from its header, to a check before a
-byte of data is read, and never unpickles: a hostile archive can neither allocate more than the
-check allows nor run code.
-
-``data.dataset = "npz"`` reads the archive ``data.root``: square uint8 images (N, S, S) or
-(N, S, S, C), C = 1 or 3, and integer labels in [0, classes), as ``train_images``,
-``train_labels``, ``test_images``, ``test_labels``, or as ``images`` and ``labels`` split by
-:func:`holdout`; optional ``class_names`` (strings). Mean and std come from the training split.
-"""
+"""Checked ``.npz`` reading (headers checked before any data, never unpickled), the ``npz``
+dataset, and the metadata of a dataset of your own (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import zipfile
@@ -18,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors, short
-from .files import open_regular
+from .files import DatasetError, open_regular, reader_errors, short
 from .registry import Dataset, DatasetInfo, check_options
 
-__all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz",
-           "read_npz"]
+__all__ = ["MAX_IMAGES", "MAX_NPZ_BYTES", "MAX_SIDE", "describe", "holdout", "load_npz", "read_npz"]
 
 MAX_IMAGES = 1_000_000  # per dataset, both splits
 MAX_SIDE = 1024  # pixels, the side of a stored (or resized) image
@@ -32,14 +21,12 @@ MAX_NPZ_BYTES = 1 << 33
 _MAX_CLASSES = 100_000
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
-Check = Callable[[str, np.dtype, tuple], None]
 
 
-def read_npz(path: Path, wanted: Collection[str], check: Check, what: str,
-             max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
-    """The arrays named in ``wanted`` that the archive at ``path`` holds; ``check(key, dtype,
-    shape)`` sees each header first and raises :class:`DatasetError` to refuse the array.
-    Object arrays, and files that are not regular or exceed ``max_bytes``, are refused."""
+def read_npz(path: Path, wanted: Collection[str], check: Callable[[str, np.dtype, tuple], None],
+             what: str, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of ``wanted`` in the archive ``path``; ``check(key, dtype, shape)`` sees each
+    header first and raises to refuse it. Object arrays and oversized archives are refused."""
     out = {}
     with open_regular(path, max_bytes, what) as f, reader_errors(path, what), \
             zipfile.ZipFile(f) as z:
@@ -62,30 +49,12 @@ def read_npz(path: Path, wanted: Collection[str], check: Check, what: str,
 
 def holdout(labels: np.ndarray, keys: list) -> np.ndarray:
     """The fixed test split of a dataset given as one set: in each class, the images ranked
-    0, 5, 10, ... by ``keys`` (20 %, and at least one of a class of two or more).
-
-    Keys rather than a random generator: the split is the same on every machine and version,
-    and, with file names as keys, adding an image moves no other one.
-    """
+    0, 5, 10, ... by ``keys`` (20 %, and at least one of a class of two or more)."""
     test = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         members = sorted(np.flatnonzero(labels == c), key=lambda i: keys[i])
         test[members[0::5] if len(members) > 1 else []] = True
     return test
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in 0..1 units, in chunks (no float copy of the whole split)."""
-    c = images.shape[1]
-    total = torch.zeros(2, c, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.transpose(0, 1).reshape(c, -1).double() / 255
-        total += torch.stack([x.sum(1), (x * x).sum(1)])
-    n = max(images.numel() // c, 1)
-    mean = total[0] / n
-    # a constant channel would divide by zero; 1/255 is one grey level
-    std = (total[1] / n - mean**2).clamp(min=0).sqrt().clamp(min=1 / 255)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
 def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
@@ -95,11 +64,19 @@ def describe(name: str, train: tuple, test: tuple, class_names) -> Dataset:
         raise DatasetError(f"{name}: the training and test splits must both hold images, got "
                            f"{len(y)} and {len(ty)}")
     num_classes = len(class_names) if class_names is not None else int(max(y.max(), ty.max())) + 1
-    mean, std = _channel_stats(x)
-    info = DatasetInfo(name, channels=x.shape[1], num_classes=num_classes,
-                       image_size=x.shape[-1], num_train=len(y), num_test=len(ty),
-                       class_names=None if class_names is None else tuple(class_names),
-                       mean=mean, std=std)
+    c = x.shape[1]  # per-channel mean and std in 0..1 units, in chunks (no float copy of x)
+    total = torch.zeros(2, c, dtype=torch.float64)
+    for chunk in x.split(4096):
+        pixels = chunk.transpose(0, 1).reshape(c, -1).double() / 255
+        total += torch.stack([pixels.sum(1), (pixels * pixels).sum(1)])
+    n = max(x.numel() // c, 1)
+    mean = total[0] / n
+    # a constant channel would divide by zero; 1/255 is one grey level
+    std = (total[1] / n - mean**2).clamp(min=0).sqrt().clamp(min=1 / 255)
+    mean, std = (tuple(round(v, 4) for v in t.tolist()) for t in (mean, std))
+    info = DatasetInfo(name, channels=c, num_classes=num_classes, image_size=x.shape[-1],
+                       num_train=len(y), num_test=len(ty), mean=mean, std=std,
+                       class_names=None if class_names is None else tuple(class_names))
     return Dataset(info, x, y, tx, ty)
 
 
@@ -136,8 +113,7 @@ def _split_arrays(path: Path, images: np.ndarray, labels: np.ndarray, classes) -
 
 
 def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Dataset:
-    """The ``npz`` dataset from the archive ``root``; ``channels`` and ``image_size`` (0: any)
-    are checked, not converted."""
+    """The ``npz`` dataset of the archive ``root``; ``channels``, ``image_size``: checked only."""
     path = Path(root)
     keys = ("train_images", "train_labels", "test_images", "test_labels", "images", "labels",
             "class_names")
@@ -153,9 +129,6 @@ def load_npz(root: str | Path, channels: int = 0, image_size: int = 0) -> Datase
     else:
         raise DatasetError(f"{path} must hold train_images, train_labels, test_images and "
                            f"test_labels, or images and labels; found {short(sorted(a))}")
-    if train[0].shape[1:] != test[0].shape[1:]:
-        raise DatasetError(f"{path}: train images {tuple(train[0].shape[1:])} and test images "
-                           f"{tuple(test[0].shape[1:])} differ in shape")
     ds = describe("npz", train, test, classes)
     check_options(ds.info, {"channels": channels, "image_size": image_size})
     return ds

@@ -1,10 +1,5 @@
-"""What a dataset is (:class:`DatasetInfo`), its loaded form (:class:`Dataset`), and the registry.
-
-A registered dataset has metadata known without its files (so a model can be built or a sweep
-budgeted without reading data) and a reader ``fn(root) -> (train_images, train_labels,
-test_images, test_labels)``. A dataset of your own (:func:`register_files_dataset`) has a reader
-``fn(root, channels, image_size) -> Dataset`` that finds its metadata in the files.
-"""
+"""What a dataset is (:class:`DatasetInfo`), its loaded form (:class:`Dataset`), and the registry
+of readers (docs/DATASETS.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DatasetError, reader_errors
+from .files import DatasetError, reader_errors
 
 __all__ = ["Dataset", "DatasetInfo", "check_options", "dataset_info", "list_datasets",
            "load_dataset", "register_dataset", "register_files_dataset", "split_validation"]
@@ -21,10 +16,8 @@ __all__ = ["Dataset", "DatasetInfo", "check_options", "dataset_info", "list_data
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset's metadata. Images are square (``image_size``), labels in
-    ``[0, num_classes)``; ``class_names`` is None when the names live in the files; ``mean`` and
-    ``std`` are per channel in 0..1 pixel units: the loader gives ``(pixel / 255 - mean) / std``.
-    """
+    """A dataset's metadata: square images, labels in ``[0, num_classes)``, ``class_names`` None
+    when they live in the files, ``mean`` and ``std`` per channel in 0..1 pixel units."""
 
     name: str
     channels: int
@@ -37,8 +30,7 @@ class DatasetInfo:
     std: tuple[float, ...]
 
     def __post_init__(self):
-        if len(self.mean) != self.channels or len(self.std) != self.channels \
-                or min(self.std) <= 0:
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
             raise ValueError(f"dataset {self.name!r}: mean and std need {self.channels} values "
                              f"(std > 0), got mean={self.mean} std={self.std}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -69,19 +61,17 @@ class Dataset:
     test_labels: torch.Tensor
 
     def __post_init__(self):
+        shape = self.info.input_shape
         for split in ("train", "test"):
-            self._check(split, getattr(self, f"{split}_images"), getattr(self, f"{split}_labels"))
-
-    def _check(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != self.info.input_shape \
-                or y.dtype != torch.int64 or y.shape != (x.shape[0],):
-            raise DatasetError(f"{self.name} {split} split must be uint8 (N, "
-                               f"{', '.join(map(str, self.info.input_shape))}) images and int64 "
-                               f"(N,) labels, got {x.dtype} {tuple(x.shape)} and {y.dtype} "
-                               f"{tuple(y.shape)}")
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise DatasetError(f"{self.name} {split} labels must be in [0, {self.num_classes}), "
-                               f"got [{y.min().item()}, {y.max().item()}]")
+            x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != shape \
+                    or y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise DatasetError(f"{self.name} {split} split must be uint8 (N, "
+                                   f"{', '.join(map(str, shape))}) images and int64 (N,) labels, "
+                                   f"got {x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+            if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+                raise DatasetError(f"{self.name} {split} labels must be in [0, {self.num_classes}),"
+                                   f" got [{y.min().item()}, {y.max().item()}]")
 
     name = property(lambda self: self.info.name)
     num_classes = property(lambda self: self.info.num_classes)
@@ -101,14 +91,12 @@ _FILES_INFO: dict[tuple, DatasetInfo] = {}
 
 
 def register_dataset(info: DatasetInfo):
-    """Decorator: register ``fn(root) -> (train_images, train_labels, test_images, test_labels)``
-    under ``info.name``; ``root=None`` means the dataset's default location."""
+    """Decorator: register ``fn(root)`` returning train images, labels, test images, labels."""
     return _register(info.name, info)
 
 
 def register_files_dataset(name: str):
-    """Decorator: register ``fn(root, channels=0, image_size=0) -> Dataset``, a dataset whose
-    metadata is read from the files at ``root`` (required); 0 leaves a size to the reader."""
+    """Decorator: register ``fn(root, channels=0, image_size=0) -> Dataset`` read from its files."""
     return _register(name, None)
 
 
@@ -127,17 +115,8 @@ def list_datasets() -> list[str]:
 
 
 def dataset_info(name: str, root: str | Path | None = None, **options: int) -> DatasetInfo:
-    """The metadata of ``name``: the registered one, without reading any file, or, for a
-    dataset described by its files, the one :func:`load_dataset` finds in them (read once per
-    process and root).
-
-    Raises:
-        ValueError, DatasetError: as :func:`load_dataset`.
-
-    Example:
-        >>> dataset_info("cifar10").class_names[:2]
-        ('airplane', 'automobile')
-    """
+    """The metadata of ``name``: the registered one, or, for a dataset described by its files,
+    the one :func:`load_dataset` finds there (once per process and root)."""
     info = _entry(name, options)[0]
     if info is not None:
         return info
@@ -164,43 +143,22 @@ def _entry(name: str, options: dict) -> tuple[DatasetInfo | None, Callable]:
 
 
 def load_dataset(name: str, root: str | Path | None = None, **options: int) -> Dataset:
-    """Load a registered dataset into memory.
-
-    Args:
-        name: one of :func:`list_datasets`.
-        root: folder holding the files; None uses the dataset's default location (a dataset
-            described by its files has none).
-        **options: ``channels`` and ``image_size``: what the images must have (0: any); the
-            folder dataset converts its images to them.
-
-    Raises:
-        ValueError: unknown name (the message lists the valid ones).
-        DatasetError: files missing (the message says how to get them), malformed, unsafe,
-            or too large for memory.
-
-    Example:
-        >>> load_dataset("fashion_mnist").train_images.shape
-        torch.Size([60000, 1, 28, 28])
-    """
+    """Load a registered dataset into memory from ``root`` (None: its default location; a
+    dataset described by its files has none). ``options``: the ``channels`` and ``image_size``
+    the images must have (0: any); the folder dataset converts its images to them. Raises
+    ValueError for an unknown name (listing the valid ones) and DatasetError for files missing
+    (saying how to get them), malformed, unsafe or too large for memory."""
     info, reader = _entry(name, options)
-    if info is None:
-        if not root:
-            raise DatasetError(f"the {name} dataset is read from its files: set data.root "
-                               f"(pemn eval: --data-root)")
-        with reader_errors(root, f"{name} dataset"):
-            return reader(root, **options)
+    if info is None and not root:
+        raise DatasetError(f"the {name} dataset is read from its files: set data.root "
+                           f"(pemn eval: --data-root)")
     with reader_errors(root or f"the default {name} location", f"{name} dataset"):
-        return Dataset(info, *reader(root))
+        return reader(root, **options) if info is None else Dataset(info, *reader(root))
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int = 0):
-    """Hold out a seeded random ``fraction`` (in (0, 1)) of the training set; the test split is
-    untouched, so selecting on validation never sees it.
-
-    Returns:
-        ``(train_ds, (val_images, val_labels))``: ``ds`` with the reduced training set, and the
-        held-out images and labels.
-    """
+    """Hold out a seeded random ``fraction`` (in (0, 1)) of the training set, never of the test
+    split: ``(ds with the rest of the training set, (val_images, val_labels))``."""
     n = len(ds.train_labels)
     num_val = int(round(fraction * n))
     if not 0.0 < fraction < 1.0 or not 0 < num_val < n:

@@ -1,17 +1,5 @@
-"""Tiny-ImageNet (200 classes, 64x64 RGB) from the standard ``tiny-imagenet-200/`` folder.
-
-Layout: ``wnids.txt`` (one WordNet id per line), ``train/<wnid>/images/*.JPEG`` and
-``val/images/*.JPEG`` listed in ``val/val_annotations.txt`` (file, wnid, box; tab-separated).
-The validation set is the test set, as in the PEMN authors' code. Class index = position of the
-wnid in ``sorted(wnids)`` (torchvision ImageFolder's order). Decoding takes about a minute, so
-the arrays are cached to ``tiny-imagenet-200/pemn_cache_v1.npz`` when the folder is writable;
-delete that file to rebuild it.
-
-Hostile folders: every path, from ``wnids.txt``, ``val_annotations.txt`` or a listing, must be
-plain names that resolve inside the dataset folder; only regular files are read; an image's
-size is checked before it is decoded; splits and cached arrays may not exceed the official
-sizes (:data:`MAX_TRAIN_PER_CLASS`, :data:`MAX_VAL`), so memory stays bounded.
-"""
+"""Tiny-ImageNet (200 classes, 64x64 RGB) from the standard ``tiny-imagenet-200/`` folder, the
+official validation set as the test set, decoded once into a cache (docs/DATASETS.md)."""
 from __future__ import annotations
 
 import re
@@ -20,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError, reader_errors, short
-from .files import inside, read_regular
+from .files import DatasetError, inside, read_regular, reader_errors, short
 from .folder import decode_images, read_cache, write_cache
 
 __all__ = ["MAX_TRAIN_PER_CLASS", "MAX_VAL", "load_tiny_imagenet"]
 
 TINY_DIR = "tiny-imagenet-200"
-CACHE_NAME = "pemn_cache_v1.npz"
 SIZE = 64
-MAX_TRAIN_PER_CLASS = 500  # the official split sizes, also the most this reader accepts
+MAX_CLASSES = 200  # the official sizes, also the most this reader accepts
+MAX_TRAIN_PER_CLASS = 500
 MAX_VAL = 10_000
 _MAX_TEXT_BYTES = 1 << 24  # wnids.txt and val_annotations.txt (the latter is ~0.3 MB)
 _MAX_CACHE_BYTES = 1 << 32  # the full cache holds 1.35 GB of arrays
@@ -39,7 +26,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one path component, no "..
 def _path(folder: Path, *parts: str) -> Path:
     """``folder/parts``, each part one plain name, resolved inside ``folder``."""
     for part in parts:
-        if not _NAME.fullmatch(part) or part.strip(".") == "":
+        if not _NAME.fullmatch(part):
             raise DatasetError(f"{folder}: refusing the path component {short(part)}: names in a "
                                "Tiny-ImageNet folder are plain file or folder names")
     return inside(folder, folder.joinpath(*parts))
@@ -51,11 +38,11 @@ def _read_text(folder: Path, *parts: str) -> str:
         return read_regular(path, _MAX_TEXT_BYTES, "Tiny-ImageNet text file").decode("utf-8")
 
 
-def _read_wnids(folder: Path, max_classes: int) -> list[str]:
+def _read_wnids(folder: Path) -> list[str]:
     wnids = sorted(set(_read_text(folder, "wnids.txt").split()))
-    if not 0 < len(wnids) <= max_classes:
+    if not 0 < len(wnids) <= MAX_CLASSES:
         raise DatasetError(f"{folder / 'wnids.txt'} lists {len(wnids)} classes, expected 1 to "
-                           f"{max_classes}")
+                           f"{MAX_CLASSES}")
     for wnid in wnids:
         _path(folder, "train", wnid)  # refuse "/etc", "..", ... before any listing
     return wnids
@@ -95,46 +82,29 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
-def load_tiny_imagenet(root: str | Path = "data", cache: bool = True, max_classes: int = 200):
-    """Tiny-ImageNet from ``root/tiny-imagenet-200`` (or ``root`` being that folder), with at
-    most ``max_classes`` classes; ``cache``: read/write the decoded cache.
-
-    Returns:
-        ``(train_images, train_labels, test_images, test_labels)``: uint8 (N, 3, 64, 64) and
-        int64 labels; the test split is the official validation set.
-
-    Raises:
-        DatasetError: folder missing (the message says how to get it), bad annotations, a path
-            that leaves the folder, an undecodable image, a split larger than the official
-            one, a corrupt cache, or Pillow not installed.
-    """
-    with reader_errors(root, "Tiny-ImageNet folder"):  # e.g. a denied stat or resolve
-        return _load(Path(root), cache, max_classes)
-
-
-def _load(root: Path, cache: bool, max_classes: int):
+def load_tiny_imagenet(root: str | Path = "data"):
+    """Tiny-ImageNet's four split tensors from ``root/tiny-imagenet-200`` (or that folder)."""
+    root = Path(root)
     folder = root if root.name == TINY_DIR else root / TINY_DIR
     if not (folder / "wnids.txt").exists():
-        raise DatasetError(
-            f"Tiny-ImageNet not found: download http://cs231n.stanford.edu/tiny-imagenet-200.zip "
-            f"and unzip it so that {folder.resolve()}/wnids.txt exists"
-        )
+        raise DatasetError("Tiny-ImageNet not found: download http://cs231n.stanford.edu/"
+                           f"tiny-imagenet-200.zip and unzip it so that {folder.resolve()}/"
+                           "wnids.txt exists")
     folder = folder.resolve()  # the user's own choice of folder may be a symlink
-    cache_path = _path(folder, CACHE_NAME)
-    max_train = max_classes * MAX_TRAIN_PER_CLASS
+    cache_path = _path(folder, "pemn_cache_v1.npz")
+    max_train = MAX_CLASSES * MAX_TRAIN_PER_CLASS
     limits = {"train_images": ("u1", (max_train, 3, SIZE, SIZE)),
               "train_labels": ("i8", (max_train,)),
               "test_images": ("u1", (MAX_VAL, 3, SIZE, SIZE)), "test_labels": ("i8", (MAX_VAL,))}
-    if cache and cache_path.exists():
+    if cache_path.exists():
         arrays = read_cache(cache_path, limits, "Tiny-ImageNet cache (delete it to rebuild)",
                             _MAX_CACHE_BYTES)
     else:
-        wnids = _read_wnids(folder, max_classes)
+        wnids = _read_wnids(folder)
         arrays = {"wnids": np.array(wnids)}
         for split, (paths, labels) in (("train", _train_files(folder, wnids)),
                                        ("test", _val_files(folder, wnids))):
             arrays[f"{split}_images"] = decode_images(paths, "RGB", SIZE, exact=True)
             arrays[f"{split}_labels"] = np.array(labels, dtype=np.int64)
-        if cache:
-            write_cache(cache_path, arrays)
+        write_cache(cache_path, arrays)
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in limits)
