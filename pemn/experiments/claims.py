@@ -1,10 +1,5 @@
-"""Claims: which of many sweep processes trains a run, with nothing shared but the filesystem.
-
-A claim is a file ``claim.<generation>`` in the run directory, created with ``O_EXCL`` and
-holding its owner's host and pid; its mtime is a heartbeat a thread refreshes. A claim whose
-owner is gone (same host, pid not alive) or whose heartbeat is older than ``stale_after`` is
-taken over by creating the next generation, exclusively again: of two takers exactly one wins.
-"""
+"""Claims: which of many sweep processes trains a run, with nothing shared but the filesystem
+(claim files with a heartbeat; docs/SWEEPS.md, "Many processes")."""
 from __future__ import annotations
 
 import json
