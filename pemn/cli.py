@@ -258,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(error: Exception, command: str) -> tuple[str, bool]:
-    """One line naming what failed, and whether it is expected (a user's mistake or a
-    machine's limit) or a failure whose traceback ``-v`` shows."""
+    """One line naming what failed, and whether it is expected (no traceback needed)."""
     # the project's errors are ValueErrors; OSError: missing, unreadable or unwritable files
     if isinstance(error, (ValueError, OSError, ImportError)):
         return " ".join(str(error).split()) or type(error).__name__, True

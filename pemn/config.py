@@ -1,8 +1,6 @@
 """Run configuration: dataclass defaults, then a TOML recipe, then dotted ``key=value`` overrides.
-
-``mask.strategy`` is a strategy's dict form (``{ name = "rp", ratio = 1e-3 }``, or a bare name).
-:func:`flatten` and :func:`unflatten` are the one walker over config keys (sweeps use them too).
-"""
+``mask.strategy`` is a strategy's dict form (``{ name = "rp", ratio = 1e-3 }``, or a bare name);
+:func:`flatten` and :func:`unflatten` are the one walker over config keys."""
 from __future__ import annotations
 
 import copy
@@ -164,14 +162,6 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML value (``0.05``, ``true``, ``"x"``, ``[2, 12]``, ``{a = 1}``) or a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _is_table(cls, key: str) -> bool:
     """Whether dotted ``key`` is a section or a dict field (merged), not a value (replaced)."""
     for part in key.split("."):
@@ -222,7 +212,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key = key.strip()
         flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
-        flat[key] = _parse_value(text.strip())
+        try:  # a TOML value (0.05, true, "x", [2, 12], {a = 1}) or a bare string
+            flat[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            flat[key] = text.strip()
     return unflatten(flat)
 
 

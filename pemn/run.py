@@ -151,18 +151,6 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     return train_loader, evals
 
 
-def _prepare_dir(run_dir: RunDir, cfg: RunConfig, resume: bool, world: World) -> None:
-    started = run_dir.started
-    world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
-    if started and not resume:
-        raise RunError(f"run directory {run_dir.path} already exists; pass --resume to continue "
-                       f"it or choose another name (name=...)")
-    check_same_config(cfg, run_dir, "delete it or choose another name (name=...)")
-    if world.is_main and not started:
-        run_dir.write_config(cfg)
-    world.barrier()
-
-
 def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dict:
     s = stats(model)
     best = max(history, key=lambda h: h["test_acc"])
@@ -190,7 +178,15 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     setup(world, device)
     try:
         run_dir = RunDir.of(cfg)
-        _prepare_dir(run_dir, cfg, resume, world)
+        started = run_dir.started
+        world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
+        if started and not resume:
+            raise RunError(f"run directory {run_dir.path} already exists; pass --resume to "
+                           f"continue it or choose another name (name=...)")
+        check_same_config(cfg, run_dir, "delete it or choose another name (name=...)")
+        if world.is_main and not started:
+            run_dir.write_config(cfg)
+        world.barrier()
         if run_dir.finished:
             log.info("%s already finished", run_dir.path)
             return run_dir.read_summary()

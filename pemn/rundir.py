@@ -52,14 +52,8 @@ class RunDir:
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     summary = property(lambda self: self.path / "summary.json")
     artifact = property(lambda self: self.path / ("model" + ARTIFACT_SUFFIX))
-
-    @property
-    def started(self) -> bool:
-        return self.config.is_file()
-
-    @property
-    def finished(self) -> bool:
-        return self.summary.is_file()
+    started = property(lambda self: self.config.is_file())
+    finished = property(lambda self: self.summary.is_file())  # summary.json is written last
 
     def config_dict(self) -> dict:
         """The stored config as JSON values; RunError if missing or unreadable."""

@@ -1,5 +1,4 @@
-"""A trained model from a run directory, checkpoint or artifact (``load_trained``), and the
-artifact of one (``pack_trained``)."""
+"""Loading a trained run, checkpoint or artifact (``load_trained``), and packing it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,7 +60,6 @@ def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
                  form: str = "train") -> Trained:
     """Load a trained model from a run directory (its checkpoint), a checkpoint or a ``.pemn``
     file, in ``form`` ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
-
     RunError: nothing at ``path``, or a directory without a checkpoint; CheckpointError,
     ArtifactError: a bad checkpoint or artifact, or too little memory."""
     path = Path(path)

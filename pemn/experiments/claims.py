@@ -1,5 +1,4 @@
-"""Claims: which of many sweep processes trains a run, with nothing shared but the filesystem
-(claim files with a heartbeat; docs/SWEEPS.md, "Many processes")."""
+"""Which of many sweep processes trains a run: claim files with a heartbeat (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import json
@@ -92,8 +91,7 @@ class Claim:
 
 
 def try_claim(run_dir: Path, stale_after: float = STALE_AFTER) -> Claim | None:
-    """Claim ``run_dir`` for this process, taking over a stale claim; None while another live
-    process holds the run."""
+    """Claim ``run_dir`` (taking over a stale claim), or None while a live process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     found = _generations(run_dir)
     if found and not _stale(found[-1][1], stale_after):

@@ -1,5 +1,4 @@
-"""Results lines -> the paper's figures (arXiv 2210.06699, Figs. 3-5), a frontier, a table
-(docs/SWEEPS.md, "Figures and tables")."""
+"""Results lines -> the paper's figures (Figs. 3-5), a frontier, a table (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -71,13 +70,9 @@ def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
 
 def group_results(rows: list[dict], metric: str = "best_test_acc",
                   precision: str = "exact", series: Sequence[str] = ()) -> list[dict]:
-    """Mean and std of ``metric`` over seeds per group, in order of first appearance; the
-    groups, their keys and the options are in docs/SWEEPS.md ("Figures and tables").
-
-    Raises:
-        ValueError: an unknown metric or precision, a metric that no row has, a run
-            without a reading at ``precision``, or ``series`` that match no group.
-    """
+    """Mean and std of ``metric`` over seeds per group, in first-appearance order (docs/SWEEPS.md);
+    ValueError for an unknown metric or precision, a metric no row has, a run without a reading
+    at ``precision``, or ``series`` that match no group."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if precision not in READINGS:
@@ -283,8 +278,7 @@ def _log_axis(ax) -> None:
 def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
                  metric: str = "best_test_acc", prefix: str = "",
                  precision: str = "exact", series: Sequence[str] = ()) -> list[Path]:
-    """Write the figures the results support (docs/SWEEPS.md), as PNG and SVG in ``out_dir``,
-    each stem prefixed by ``prefix``; return the paths."""
+    """Write the figures the results support as PNG and SVG (docs/SWEEPS.md); return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -313,8 +307,7 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
 def summary_table(results: str | Path | Sequence[str | Path],
                   metric: str = "best_test_acc", precision: str = "exact",
                   series: Sequence[str] = ()) -> str:
-    """A markdown table: mean ± std of ``metric`` per group (:func:`group_results`), n seeds
-    (docs/SWEEPS.md)."""
+    """A markdown table of :func:`group_results`: mean ± std of ``metric``, n seeds."""
     groups = group_results(read_results(results), metric, precision, series)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
     groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))

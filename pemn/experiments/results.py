@@ -1,5 +1,4 @@
-"""Results of a sweep: one results line per finished run (its own ``result.json``), the
-results file assembled from them, and a CSV export (docs/SWEEPS.md, "Results lines")."""
+"""A sweep's results lines, the results file and its CSV export (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import csv
@@ -27,8 +26,7 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
 
 
 def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
-    """The results line of a finished run (docs/SWEEPS.md); ``bytes`` and ``readings`` stay
-    empty without an artifact."""
+    """The results line of a finished run (docs/SWEEPS.md, "Results lines")."""
     record = {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": {},
               "bytes_source": "none", "readings": {}}
     if run_dir.artifact.is_file():
@@ -42,8 +40,7 @@ def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
 
 
 def write_result(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Pack a finished run (so its line holds real bytes) and write its result file
-    atomically: a line is whole or absent."""
+    """Pack a finished run and write its results line atomically (whole or absent)."""
     if not run_dir.artifact.exists():
         pack_trained(run_dir.path, run_dir.artifact)
     record = result_record(cfg, run_dir.read_summary(), run_dir)

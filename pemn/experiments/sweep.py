@@ -1,5 +1,4 @@
-"""Sweeps: a TOML grid of run configs, run by any number of processes, a results line per run.
-The file format, the run names and the claims are described in docs/SWEEPS.md."""
+"""Sweeps: a TOML grid of run configs, run by any number of processes (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import contextlib
