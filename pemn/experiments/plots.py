@@ -243,10 +243,9 @@ _READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
 
 def _frontier(plt, groups: list[dict], metric: str, precision: str):
     """Accuracy against file bytes (log axis), one panel per dataset, a line per series."""
-    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
-    series = {(g["dataset"], series_label(g)) for g in groups}
-    if len(series) < 2:
+    if len({(g["dataset"], series_label(g)) for g in groups}) < 2:
         return None
+    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
     fig, axes = _panels(plt, len(datasets), width=7.0)
     for ax, dataset in zip(axes, datasets):
         mine = [g for g in groups if g["dataset"] == dataset]
