@@ -21,11 +21,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, keys: Iterable[str] = ()) -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
-
-    Raises:
-        CheckpointError: no such file, an unreadable or foreign file, or missing ``keys``.
-    """
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``);
+    CheckpointError for no such file, an unreadable or foreign file, or missing ``keys``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")

@@ -13,20 +13,14 @@ __all__ = ["main"]
 
 def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     """``[config.toml] [key=value ...]`` -> (config path, overrides)."""
-    config = None
-    overrides = []
-    for item in items:
-        if "=" in item:
-            overrides.append(item)
-        elif config is None:
-            config = item
-        else:
-            raise ValueError(f"unexpected argument {item!r}: give one config file, then "
-                             f"key=value overrides")
-    return config, overrides
+    paths = [item for item in items if "=" not in item]
+    if len(paths) > 1:
+        raise ValueError(f"unexpected argument {paths[1]!r}: give one config file, then "
+                         f"key=value overrides")
+    return (paths[0] if paths else None), [item for item in items if "=" in item]
 
 
-def cmd_train(args) -> int:
+def cmd_train(args) -> None:
     from pemn.config import ConfigError, load_config
     from pemn.distributed import World
     from pemn.run import run
@@ -42,13 +36,9 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--resume {args.resume}, but the config trains in "
                               f"{trains_in}; pass the run directory alone "
                               f"(pemn train --resume {args.resume}) or set out_dir and name")
-    summary = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
-    if World.from_env().is_main:  # under torchrun, one summary
-        _print_summary(summary)
-    return 0
-
-
-def _print_summary(s: dict) -> None:
+    s = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    if not World.from_env().is_main:  # under torchrun, one summary
+        return
     lines = [f"run            {s['run']}",
              f"test accuracy  final {s['final_test_acc']:.2f} %, best {s['best_test_acc']:.2f} %"]
     if "best_val_acc" in s:
@@ -62,14 +52,13 @@ def _print_summary(s: dict) -> None:
     print("\n".join(lines))
 
 
-def cmd_info(args) -> int:
+def cmd_info(args) -> None:
     from pemn import stats
     from pemn.config import format_value, load_config
     from pemn.run import model_from_config
 
     cfg = load_config(*_split_overrides(args.config_and_overrides))
-    model = model_from_config(cfg)
-    s = stats(model)
+    s = stats(model_from_config(cfg))
     info = {"model": cfg.model.name, "strategy": cfg.mask.strategy.label(), **s.as_dict(),
             "mask_bytes": -(-s.mask_bits // 8),
             "other_fp32_bytes": 4 * s.num_other_params}
@@ -79,10 +68,9 @@ def cmd_info(args) -> int:
         width = max(map(len, info))
         for k, v in info.items():
             print(f"{k:<{width}}  {format_value(v, 4, ',')}")
-    return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args) -> None:
     from pemn.evaluate import evaluate_path
 
     result = evaluate_path(args.path, split=args.split, data_root=args.data_root,
@@ -90,19 +78,17 @@ def cmd_eval(args) -> int:
     print(json.dumps(result, indent=2) if args.json else
           f"{result['split']} accuracy {result['accuracy']:.2f} % on {result['num_images']} "
           f"images ({result['dataset']})")
-    return 0
 
 
-def cmd_pack(args) -> int:
+def cmd_pack(args) -> None:
     from pemn.trained import pack_trained
 
     out, num_bytes = pack_trained(args.path, args.output, codec=args.codec,
                                   precision=args.precision, sign_with=args.sign_with)
     print(f"wrote {out}: {num_bytes:,} bytes")
-    return 0
 
 
-def cmd_size(args) -> int:
+def cmd_size(args) -> None:
     from pemn.rundir import ARTIFACT_SUFFIX, RunDir
     from pemn.trained import load_model
     from pemn.storage import format_size_table, size_report
@@ -114,10 +100,9 @@ def cmd_size(args) -> int:
         source = load_model(source)
     report = size_report(source)
     print(json.dumps(report, indent=2) if args.json else format_size_table(report))
-    return 0
 
 
-def cmd_export(args) -> int:
+def cmd_export(args) -> None:
     from pemn.artifact import export
     from pemn.rundir import ARTIFACT_SUFFIX
     from pemn.trained import load_model
@@ -127,23 +112,21 @@ def cmd_export(args) -> int:
         source = load_model(source)
     num_bytes = export(source, args.output, format=args.format)
     print(f"wrote {args.output}: {num_bytes:,} bytes ({args.format}, dense, loads without pemn)")
-    return 0
 
 
-def cmd_sweep(args) -> int:
+def cmd_sweep(args) -> None:
     from pemn.experiments import describe_sweep, run_sweep
 
     if args.dry_run:
         print(describe_sweep(args.sweep_config, args.limit, args.shard))
-        return 0
+        return
     results = run_sweep(args.sweep_config, results=args.results, limit=args.limit,
                         collect_only=args.collect, shard=args.shard,
                         stale_after=args.stale_after)
     print(f"results: {results} (CSV export: {results.with_suffix('.csv')})")
-    return 0
 
 
-def cmd_plot(args) -> int:
+def cmd_plot(args) -> None:
     from pemn.experiments import plot_results, summary_table
 
     chosen = dict(metric=args.metric, precision=args.precision, series=args.series or ())
@@ -151,7 +134,6 @@ def cmd_plot(args) -> int:
         print(path)
     if args.table:
         print(summary_table(args.results, **chosen))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one configuration",
                        description="Train from a TOML config plus key=value overrides, e.g. "
-                       "`pemn train configs/fmnist_convmixer.toml optim.epochs=2 mask.strategy.ratio=1e-2`."
-                       " Keys: model.*, mask.*, data.*, optim.*, out_dir, name.")
+                       "`pemn train configs/fmnist_convmixer.toml optim.epochs=2 "
+                       "mask.strategy.ratio=1e-2`. Keys: model.*, mask.*, data.*, optim.*, "
+                       "out_dir, name.")
     t.add_argument("config_and_overrides", nargs="*", metavar="CONFIG | KEY=VALUE")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -189,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("path", metavar="RUN_DIR_CHECKPOINT_OR_ARTIFACT")
     pk.add_argument("-o", "--output", help="output file (default: model.pemn in the run "
                     "directory)")
-    pk.add_argument("--codec", default="auto", help="mask codec: auto (the smallest, mask by mask) or "
-                    "one of pemn.artifact.codec.list_codecs()")
+    pk.add_argument("--codec", default="auto", help="mask codec: auto (the smallest, mask by "
+                    "mask) or one of pemn.artifact.codec.list_codecs()")
     pk.add_argument("--precision", choices=["exact", "fp16", "bf16", "norm8"], default="exact",
                     help="exact: bit-identical logits; fp16/bf16: BatchNorm folded into its "
                     "affine and floats in 16 bits (a smaller file, logits within rounding); "
@@ -256,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     try:
-        return args.fn(args)
+        args.fn(args)
+        return 0
     except KeyboardInterrupt:
         print("pemn: interrupted", file=sys.stderr)
         return 130
@@ -274,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(error: Exception, command: str) -> tuple[str, bool]:
-    """One line naming what failed, and whether it is expected (a user's mistake or a
-    machine's limit) or a failure whose traceback ``-v`` shows."""
+    """One line naming what failed, and whether it is expected (no traceback needed)."""
     # the project's errors are ValueErrors; OSError: missing, unreadable or unwritable files
     if isinstance(error, (ValueError, OSError, ImportError)):
         return " ".join(str(error).split()) or type(error).__name__, True

@@ -1,9 +1,6 @@
 """Run configuration: dataclass defaults, then a TOML recipe, then dotted ``key=value`` overrides.
-
-An unknown key or a wrong type fails, naming the key and the valid choices. ``mask.strategy``
-is a strategy's dict form (``{ name = "rp", ratio = 1e-3 }``, or a bare name for its defaults).
-:func:`flatten` and :func:`unflatten` are the one walker over config keys (sweeps use them too).
-"""
+``mask.strategy`` is a strategy's dict form (``{ name = "rp", ratio = 1e-3 }``, or a bare name);
+:func:`flatten` and :func:`unflatten` are the one walker over config keys."""
 from __future__ import annotations
 
 import copy
@@ -137,14 +134,6 @@ def _strategy(value: Any, key: str, default: Strategy) -> Strategy:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
-        raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
-    return value
-
-
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise."""
     if not isinstance(data, dict):
@@ -165,21 +154,16 @@ def from_dict(cls, data: dict, prefix: str = ""):
         elif dataclasses.is_dataclass(typ):
             kwargs[key] = from_dict(typ, value, full + ".")
         else:
-            kwargs[key] = _coerce(value, typ, full)
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+                raise ConfigError(f"{full} must be {typ.__name__}, got {value!r}")
+            kwargs[key] = value
     return cls(**kwargs)
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML value (``0.05``, ``true``, ``"x"``, ``[2, 12]``, ``{a = 1}``) or a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _is_table(cls, key: str) -> bool:
-    """Whether dotted ``key`` is a section or a dict field (entries merge one by one), not one
-    value that replaces the old one (a strategy table)."""
+    """Whether dotted ``key`` is a section or a dict field (merged), not a value (replaced)."""
     for part in key.split("."):
         if cls is dict:
             return False  # an entry of a dict field: a value
@@ -203,12 +187,9 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-    """``{dotted key: value}`` -> a nested dict. Shorter keys are set first, so
-    ``mask.strategy.ratio`` changes one argument of a ``mask.strategy`` table in any order.
-
-    Raises:
-        ConfigError: a key sets an entry inside something that is not a table.
-    """
+    """``{dotted key: value}`` -> a nested dict, shorter keys first (``mask.strategy.ratio``
+    changes one argument of a ``mask.strategy`` table in any order); ConfigError for a key
+    inside something that is not a table."""
     data: dict = {}
     for key, value in sorted(flat.items(), key=lambda kv: kv[0].count(".")):
         *parents, leaf = key.split(".")
@@ -231,7 +212,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key = key.strip()
         flat = {k: v for k, v in flat.items() if not k.startswith(key + ".")}
-        flat[key] = _parse_value(text.strip())
+        try:  # a TOML value (0.05, true, "x", [2, 12], {a = 1}) or a bare string
+            flat[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            flat[key] = text.strip()
     return unflatten(flat)
 
 

@@ -1,5 +1,4 @@
-"""The world as ``torchrun`` describes it (RANK, WORLD_SIZE, LOCAL_RANK): the one reader of
-those variables (:meth:`World.from_env`)."""
+"""The torchrun world (RANK, WORLD_SIZE, LOCAL_RANK): :meth:`World.from_env` reads it."""
 from __future__ import annotations
 
 import os
@@ -29,8 +28,7 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        """The world ``torchrun`` announces; one process when unset. A variable that is not
-        an integer, or a rank outside the world, raises ValueError."""
+        """The world ``torchrun`` announces (one process when unset); ValueError for a bad one."""
         world_size = _env_int("WORLD_SIZE", 1)
         if world_size <= 1:
             return cls()
@@ -39,13 +37,8 @@ class World:
             raise ValueError(f"RANK {world.rank} is outside WORLD_SIZE {world_size}")
         return world
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    is_main = property(lambda self: self.rank == 0)
+    distributed = property(lambda self: self.world_size > 1)
 
     def barrier(self) -> None:
         if self.distributed:

@@ -17,17 +17,9 @@ SPLITS = ("test", "train")
 def evaluate_path(path: str | Path, split: str = "test", data_root: str | None = None,
                   dataset: str | None = None, batch_size: int = 1000,
                   form: str = "train") -> dict:
-    """Top-1 accuracy (in %) of what :func:`pemn.trained.load_trained` loads, on a split of
-    ``dataset`` (default: the one the source records, read where the run read it).
-
-    Returns:
-        ``path``, ``dataset``, ``split``, ``num_images`` and ``accuracy``.
-
-    Raises:
-        ValueError: an unknown ``split``.
-        RunError: no dataset given and none recorded (artifacts written without one).
-        CheckpointError, ArtifactError, DatasetError: as the loaders.
-    """
+    """``path``, ``dataset``, ``split``, ``num_images`` and the top-1 ``accuracy`` (in %) of
+    what :func:`pemn.trained.load_trained` loads, on a split of ``dataset`` (default: the one
+    the source records, read where the run read it); RunError if none is given or recorded."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     trained = load_trained(path, form=form)

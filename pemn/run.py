@@ -1,7 +1,5 @@
 """One run from a config (data -> model -> any strategy through ``pemn.apply_`` -> train ->
-summary), and a model built from a config or a checkpoint. A run's files are
-:class:`pemn.rundir.RunDir`'s; loading a trained one is :mod:`pemn.trained`'s.
-"""
+summary), and a model built from a config or a checkpoint."""
 from __future__ import annotations
 
 import contextlib
@@ -61,9 +59,8 @@ def _describe_model(name, kwargs: dict) -> str:
 
 
 def build_model(cfg: RunConfig, **given) -> torch.nn.Module:
-    """``create_model`` (``given``: arguments from the data, :func:`model_kwargs`; the config's
-    ``model.kwargs`` win), then ``pemn.apply_`` of the strategy with the ``mask`` options it
-    uses (keep_ratio, seed)."""
+    """``create_model`` (``given`` from the data, overridden by ``model.kwargs``), then
+    ``pemn.apply_`` of the strategy with the ``mask`` options it uses."""
     model = create_model(cfg.model.name, **{**given, **cfg.model.kwargs})
     m = cfg.mask
     return apply_(model, m.strategy, **{k: getattr(m, k) for k in accepts(m.strategy)})
@@ -76,10 +73,8 @@ def data_info(cfg: RunConfig) -> DatasetInfo:
 
 
 def model_kwargs(cfg: RunConfig, info: DatasetInfo) -> dict:
-    """The ``pemn.models.DATA_ARGS`` that ``cfg``'s model accepts (channels, image size, flat
-    input size, classes), as ``info`` gives them. A ``model.kwargs`` value the data cannot
-    train (other channels, size or width, fewer classes) raises ConfigError; a larger head is
-    only logged."""
+    """The ``pemn.models.DATA_ARGS`` that ``cfg``'s model accepts, as ``info`` gives them; a
+    ``model.kwargs`` value the data cannot train raises ConfigError (a larger head is logged)."""
     c, s = info.channels, info.image_size
     said = {"in_channels": c, "img_size": s, "in_features": c * s * s,
             "num_classes": info.num_classes}
@@ -100,14 +95,9 @@ def model_kwargs(cfg: RunConfig, info: DatasetInfo) -> dict:
 
 
 def model_from_config(cfg: RunConfig, info: DatasetInfo | None = None) -> nn.Module:
-    """:func:`build_model` given what the data says (:func:`model_kwargs` of ``info``, default
-    :func:`data_info`). A bad model name is reported before any data file is read.
-
-    Raises:
-        RunError: the model does not fit in memory (e.g. a huge ``kernel_size``).
-        ConfigError, DatasetError, ValueError: a bad config, dataset or model name, or model
-            kwargs that conflict with the data.
-    """
+    """:func:`build_model` given what the data says (``info``, default :func:`data_info`); a
+    bad model name (ValueError) is reported before any data file is read, and a model too
+    large for memory is a RunError."""
     data_args(cfg.model.name)  # the cheap check first: an unknown name raises ValueError
     given = model_kwargs(cfg, info or data_info(cfg))
     with _enough_memory(RunError, _describe_model(cfg.model.name, {**given, **cfg.model.kwargs})):
@@ -161,18 +151,6 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
     return train_loader, evals
 
 
-def _prepare_dir(run_dir: RunDir, cfg: RunConfig, resume: bool, world: World) -> None:
-    started = run_dir.started
-    world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
-    if started and not resume:
-        raise RunError(f"run directory {run_dir.path} already exists; pass --resume to continue "
-                       f"it or choose another name (name=...)")
-    check_same_config(cfg, run_dir, "delete it or choose another name (name=...)")
-    if world.is_main and not started:
-        run_dir.write_config(cfg)
-    world.barrier()
-
-
 def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dict:
     s = stats(model)
     best = max(history, key=lambda h: h["test_acc"])
@@ -190,49 +168,47 @@ def summarize(cfg: RunConfig, model, history: list[dict], seconds: float) -> dic
     return out
 
 
-def _train_run(cfg: RunConfig, run_dir: RunDir, world: World, device: torch.device,
-               resume: bool, progress: bool) -> dict:
-    t0 = time.perf_counter()
-    d = cfg.data
-    ds = load_dataset(d.dataset, d.root or None, channels=d.channels, image_size=d.image_size)
-    torch.manual_seed(cfg.optim.seed * world.world_size + world.rank)
-    model = model_from_config(cfg, ds.info).to(device)
-    if cfg.optim.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, evals = _loaders(cfg, ds, device, world)
-    if world.is_main:
-        log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
-                 run_dir.path.name, cfg.model.name, ds.name, len(train_loader), device,
-                 world.world_size)
-    meta = {"config": to_dict(cfg), "model_args": model.model_args}
-    history = train(model, train_loader, evals, cfg.optim, run_dir, world, meta,
-                    resume=resume, progress=progress)
-    summary = summarize(cfg, model, history, time.perf_counter() - t0)
-    if world.is_main:
-        run_dir.write_summary(summary)
-    world.barrier()
-    return summary
-
-
 def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train one configuration in ``RunDir.of(cfg)`` and return its summary (a finished run's
-    summary is returned without training).
-
-    Raises:
-        RunError: the directory exists and ``resume`` is False, or the model does not fit in
-            memory.
-        ConfigError, DatasetError, CheckpointError: a bad config, dataset or checkpoint.
-    """
+    without training). RunError: the directory exists and ``resume`` is False, or the model
+    does not fit in memory."""
     data_args(cfg.model.name)  # an unknown model name fails before any file is read or written
     world = World.from_env()
     device = resolve_device(cfg.optim.device, world)
     setup(world, device)
     try:
         run_dir = RunDir.of(cfg)
-        _prepare_dir(run_dir, cfg, resume, world)
+        started = run_dir.started
+        world.barrier()  # every rank looks before rank 0 writes, so all ranks agree
+        if started and not resume:
+            raise RunError(f"run directory {run_dir.path} already exists; pass --resume to "
+                           f"continue it or choose another name (name=...)")
+        check_same_config(cfg, run_dir, "delete it or choose another name (name=...)")
+        if world.is_main and not started:
+            run_dir.write_config(cfg)
+        world.barrier()
         if run_dir.finished:
             log.info("%s already finished", run_dir.path)
             return run_dir.read_summary()
-        return _train_run(cfg, run_dir, world, device, resume, progress)
+        t0 = time.perf_counter()
+        d = cfg.data
+        ds = load_dataset(d.dataset, d.root or None, channels=d.channels, image_size=d.image_size)
+        torch.manual_seed(cfg.optim.seed * world.world_size + world.rank)
+        model = model_from_config(cfg, ds.info).to(device)
+        if cfg.optim.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_loader, evals = _loaders(cfg, ds, device, world)
+        if world.is_main:
+            log.info("%s: %s on %s, %d train batches/epoch, device %s, %d process(es)",
+                     run_dir.path.name, cfg.model.name, ds.name, len(train_loader), device,
+                     world.world_size)
+        meta = {"config": to_dict(cfg), "model_args": model.model_args}
+        history = train(model, train_loader, evals, cfg.optim, run_dir, world, meta,
+                        resume=resume, progress=progress)
+        summary = summarize(cfg, model, history, time.perf_counter() - t0)
+        if world.is_main:
+            run_dir.write_summary(summary)
+        world.barrier()
+        return summary
     finally:
         teardown(world)

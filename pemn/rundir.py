@@ -17,9 +17,11 @@ class RunError(ValueError):
     """A run directory in the wrong state (exists, missing, unfinished, unreadable)."""
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, lines: bool = False):
+    """The JSON value (or, with ``lines``, the JSON lines) at ``path``; RunError if unreadable."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
+        return [json.loads(line) for line in text.splitlines()] if lines else json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"cannot read {path}: {e}") from None
 
@@ -37,12 +39,6 @@ class RunDir:
 
     path: Path
 
-    CONFIG = "config.json"
-    METRICS = "metrics.jsonl"
-    CHECKPOINT = "checkpoint.pt"
-    SUMMARY = "summary.json"
-    ARTIFACT = "model" + ARTIFACT_SUFFIX
-
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
 
@@ -51,25 +47,18 @@ class RunDir:
         """The directory a run of ``cfg`` writes: ``cfg.out_dir / cfg.run_name()``."""
         return cls(Path(cfg.out_dir) / cfg.run_name())
 
-    config = property(lambda self: self.path / self.CONFIG)
-    metrics = property(lambda self: self.path / self.METRICS)
-    checkpoint = property(lambda self: self.path / self.CHECKPOINT)
-    summary = property(lambda self: self.path / self.SUMMARY)
-    artifact = property(lambda self: self.path / self.ARTIFACT)
-
-    @property
-    def started(self) -> bool:
-        return self.config.is_file()
-
-    @property
-    def finished(self) -> bool:
-        return self.summary.is_file()
+    config = property(lambda self: self.path / "config.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    summary = property(lambda self: self.path / "summary.json")
+    artifact = property(lambda self: self.path / ("model" + ARTIFACT_SUFFIX))
+    started = property(lambda self: self.config.is_file())
+    finished = property(lambda self: self.summary.is_file())  # summary.json is written last
 
     def config_dict(self) -> dict:
-        """The stored config as JSON values; RunError if missing (not a run directory) or
-        unreadable."""
+        """The stored config as JSON values; RunError if missing or unreadable."""
         if not self.started:
-            raise RunError(f"{self.path} is not a run directory (no {self.CONFIG})")
+            raise RunError(f"{self.path} is not a run directory (no {self.config.name})")
         return _read_json(self.config)
 
     def read_config(self) -> RunConfig:
@@ -82,19 +71,14 @@ class RunDir:
 
     def read_summary(self) -> dict:
         if not self.finished:
-            raise RunError(f"{self.path} has not finished (no {self.SUMMARY})")
+            raise RunError(f"{self.path} has not finished (no {self.summary.name})")
         return _read_json(self.summary)
 
     def write_summary(self, summary: dict) -> None:
         _write_json(self.summary, summary)
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics.is_file():
-            return []
-        try:
-            return [json.loads(line) for line in self.metrics.read_text().splitlines()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(f"cannot read {self.metrics}: {e}") from None
+        return _read_json(self.metrics, lines=True) if self.metrics.is_file() else []
 
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics, "a") as f:
@@ -110,9 +94,8 @@ _RESUMABLE_KEYS = {"out_dir", "name", "optim.device", "optim.eval_batch_size"}
 
 def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
     """Refuse (ConfigError naming the keys, ending with ``remedy``) to continue or reuse a run
-    directory made by a different config. Only keys on both sides are compared, after reading
-    the recorded config through this pemn (fields it lacks take today's defaults), so a field
-    added later does not orphan finished runs."""
+    directory made by a different config. Keys on one side only, and fields added since (read
+    at today's defaults), do not count."""
     if not run_dir.started:
         return
     recorded = run_dir.config_dict()

@@ -1,12 +1,7 @@
 """The training loop: one visible loop, a pure learning-rate function, per-epoch checkpoints.
-
-The paper's recipes (arXiv 2210.06699 section 4): ConvMixer trains with AdamW on a triangular
-schedule ``0 -> lr at 40 % -> lr/20 at 80 % -> 0``, ResNet with SGD and cosine decay. Only
-parameters with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases).
-"""
+Only parameters with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -65,9 +60,8 @@ def resolve_device(name: str, world: World) -> torch.device:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``optim.amp``. "auto" is bf16 (fp16 on old GPUs) on CUDA, and bf16
-    on CPUs with native bf16 (AVX512-BF16 or AMX), about 1.9x faster there in
-    benchmarks/step_time.py; elsewhere fp32, since emulated bf16 is slower."""
+    """The autocast dtype for ``optim.amp``; "auto": bf16 (fp16 on old GPUs) on CUDA and on CPUs
+    with native bf16 (AVX512-BF16 or AMX), else fp32 (emulated bf16 is slower)."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -92,15 +86,11 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-# On CPU, glibc serves large allocations (always above 32 MiB, and smaller ones once the heap
-# is trimmed) with fresh mappings whose pages the kernel zero-fills on every forward: with
-# 100 MB activations (ConvMixer-128 at batch 1000) that was most of `pemn eval`'s time.
-# Activations below this size are reused from the heap.
+# On CPU, eval forwards keep every activation under this size, so glibc reuses heap pages
+# instead of zero-filling fresh mappings (docs/PERFORMANCE.md, `pemn eval`).
 CPU_ACTIVATION_BYTES = 4 << 20
 
 
@@ -193,14 +183,9 @@ def _resume(run_dir, model, opt, scaler, world: World) -> tuple[int, int, list[d
 def train(model: nn.Module, train_loader, eval_loaders: dict, cfg: OptimConfig, run_dir,
           world: World, meta: dict, resume: bool = False, progress: bool = True) -> list[dict]:
     """Train ``model``, evaluating on ``eval_loaders`` (e.g. {"test": ..., "val": ...}) after
-    each epoch; returns the per-epoch metrics.
-
-    Args:
-        run_dir: the run's :class:`pemn.rundir.RunDir`; rank 0 appends to its metrics and writes
-            its checkpoint after every epoch, with ``meta`` (JSON-like) stored as it is.
-        resume: continue from the checkpoint, if any; the run then ends with the same metrics
-            as an uninterrupted one (a bad checkpoint raises CheckpointError).
-    """
+    each epoch; returns the per-epoch metrics. Rank 0 appends each epoch's metrics to
+    ``run_dir`` and checkpoints it there, with ``meta`` as it is; ``resume`` continues from
+    that checkpoint, if any, to the same metrics as an uninterrupted run."""
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(cfg.amp, device)
     opt = make_optimizer(model, cfg)

@@ -1,5 +1,4 @@
-"""A trained model from a run directory, checkpoint or artifact (``load_trained``), and the
-artifact of one (``pack_trained``)."""
+"""Loading a trained run, checkpoint or artifact (``load_trained``), and packing it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,9 +20,8 @@ MODEL_KEYS = ("config", "model_args", "model")  # what loading a model needs fro
 
 @dataclass(frozen=True)
 class Trained:
-    """A model (in eval mode) from :func:`load_trained` and what its source records: its
-    dataset, where it was read from (None: its usual place), and the ``channels`` and
-    ``image_size`` it was read at (0: as stored)."""
+    """A model (in eval mode) from :func:`load_trained`, its dataset, root (None: the usual
+    place) and ``channels``/``image_size`` options (0: as stored), as its source records."""
 
     model: nn.Module
     dataset: str | None
@@ -62,18 +60,13 @@ def load_trained(path: str | Path, *, device: str | torch.device = "cpu",
                  form: str = "train") -> Trained:
     """Load a trained model from a run directory (its checkpoint), a checkpoint or a ``.pemn``
     file, in ``form`` ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
-
-    Raises:
-        RunError: nothing at ``path``, or a directory without a checkpoint.
-        CheckpointError: an unreadable or incomplete checkpoint, or a model that does not fit
-            in memory.
-        ArtifactError: a bad artifact or an unknown ``form``.
-    """
+    RunError: nothing at ``path``, or a directory without a checkpoint; CheckpointError,
+    ArtifactError: a bad checkpoint or artifact, or too little memory."""
     path = Path(path)
     if path.is_dir():
         run_dir = RunDir(path)
         if not run_dir.checkpoint.is_file():
-            raise RunError(f"{path} is a directory without {RunDir.CHECKPOINT}: not a run "
+            raise RunError(f"{path} is a directory without {run_dir.checkpoint.name}: not a run "
                            f"directory, or its first epoch has not finished")
         path = run_dir.checkpoint
     elif not path.exists():
@@ -92,14 +85,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
 def pack_trained(path: str | Path, out: str | Path | None = None, *, codec: str = "auto",
                  precision: str = "exact", sign_with=None) -> tuple[Path, int]:
     """Write what :func:`load_trained` loads from ``path`` as a ``.pemn`` file that records its
-    dataset, by default the run directory's artifact; ``codec``, ``precision`` and
-    ``sign_with`` as :func:`pemn.artifact.save`. Returns the path and its size in bytes.
-
-    Raises:
-        RunError: the default output is ``path`` itself.
-        ArtifactError: a model that cannot be packed.
-        CheckpointError, DatasetError: as :func:`load_trained` and the dataset registry.
-    """
+    dataset (default: the run directory's artifact; the options as :func:`pemn.artifact.save`);
+    return the path and its size in bytes. RunError if the output would be ``path`` itself."""
     from pemn.artifact import save
 
     path = Path(path)

@@ -1,6 +1,5 @@
-"""Experiments: sweeps over run configs (``run_sweep``), their results lines, and the
-paper-style figures and tables (``plot_results``, ``summary_table``; matplotlib is imported only
-when a figure is drawn)."""
+"""Experiments: sweeps (``run_sweep``), their results lines, and the paper-style figures and
+tables (``plot_results``, ``summary_table``; matplotlib is imported only to draw)."""
 from pemn.experiments.figures import FIG3, FIG4, FIG5, PAPER_CIFAR10, paper_accuracy
 from pemn.experiments.plots import group_results, plot_results, read_results, summary_table
 from pemn.experiments.results import (

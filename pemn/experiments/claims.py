@@ -1,10 +1,4 @@
-"""Claims: which of many sweep processes trains a run, with nothing shared but the filesystem.
-
-A claim is a file ``claim.<generation>`` in the run directory, created with ``O_EXCL`` and
-holding its owner's host and pid; its mtime is a heartbeat a thread refreshes. A claim whose
-owner is gone (same host, pid not alive) or whose heartbeat is older than ``stale_after`` is
-taken over by creating the next generation, exclusively again: of two takers exactly one wins.
-"""
+"""Which of many sweep processes trains a run: claim files with a heartbeat (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import json
@@ -97,8 +91,7 @@ class Claim:
 
 
 def try_claim(run_dir: Path, stale_after: float = STALE_AFTER) -> Claim | None:
-    """Claim ``run_dir`` for this process, taking over a stale claim; None while another live
-    process holds the run."""
+    """Claim ``run_dir`` (taking over a stale claim), or None while a live process holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     found = _generations(run_dir)
     if found and not _stale(found[-1][1], stale_after):

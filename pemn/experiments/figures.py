@@ -1,6 +1,5 @@
 """The paper's CIFAR-10 test accuracies in % (arXiv 2210.06699, Figs. 3-5; single runs, best
-over epochs), by ``pemn`` model name and strategy tag (``rp0.001``, ``random_prune-cr0.9``).
-"""
+over epochs), by ``pemn`` model name and strategy tag (``rp0.001``, ``random_prune-cr0.9``)."""
 from __future__ import annotations
 
 __all__ = ["FIG3", "FIG4", "FIG5", "PAPER_CIFAR10", "paper_accuracy"]
@@ -53,11 +52,7 @@ PAPER_CIFAR10 = {model: {**FIG5.get(model, {}), **FIG4.get(model, {}), **FIG3.ge
 
 
 def paper_accuracy(dataset: str, model: str, strategy: str) -> float | None:
-    """The paper's CIFAR-10 accuracy (%) for a ``pemn`` model name and strategy tag, or None.
-
-    >>> paper_accuracy("cifar10", "convmixer_256_d6", "rp0.001")
-    88.51
-    """
+    """The paper's CIFAR-10 accuracy (%) for a ``pemn`` model name and strategy tag, or None."""
     if dataset != "cifar10":
         return None
     return PAPER_CIFAR10.get(model, {}).get(strategy)

@@ -1,10 +1,4 @@
-"""Results lines -> the paper's figures (arXiv 2210.06699, Figs. 3-5), a frontier, a table.
-
-Fig. 3: accuracy along Mask -> One-layer -> MP -> RP 1e-1 ... 1e-5, Dense as a dashed line.
-Figs. 4/5: PEMN (MP and RP, the paper's "Ours") against the Random and Minimum pruning
-baselines, by the paper's compression ratio and by file kilobytes. Every point is the mean over
-seeds ± the sample std (0 for one seed). Plots read only the results lines.
-"""
+"""Results lines -> the paper's figures (Figs. 3-5), a frontier, a table (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +22,9 @@ __all__ = ["read_results", "group_results", "plot_results", "summary_table", "se
 METRICS = ("best_test_acc", "final_test_acc", "test_acc_at_best_val", "best_val_acc")
 
 
-# --- Reading and grouping ---
-
 def read_results(paths: str | Path | Sequence[str | Path]) -> list[dict]:
-    """The lines of one or several results files (read as one), each ``config`` parsed into
-    a RunConfig.
-
-    Raises:
-        ValueError: a line that is not a pemn results line, or a config this pemn cannot read.
-    """
+    """The lines of one or several results files (read as one), each ``config`` a RunConfig;
+    ValueError for a line that is not a results line or a config this pemn cannot read."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     return [{**r, "config": from_dict(RunConfig, r["config"])}
@@ -62,12 +50,6 @@ def _arch_labels(rows: list[dict]) -> dict[tuple, str]:
     return labels
 
 
-def _zoo_depth(name: str) -> int | None:
-    """``convmixer_128_d4`` -> 4: the depth a zoo name spells, if it spells one."""
-    tail = name.rpartition("_d")[2]
-    return int(tail) if tail.isdigit() else None
-
-
 def _family(name: str) -> str:
     """``vit_tiny`` -> ``vit``, ``convmixer_128_d4`` -> ``convmixer``: the zoo family."""
     return name.split("_", 1)[0]
@@ -88,24 +70,9 @@ def _file_bytes(r: dict, precision: str) -> tuple[int, dict]:
 
 def group_results(rows: list[dict], metric: str = "best_test_acc",
                   precision: str = "exact", series: Sequence[str] = ()) -> list[dict]:
-    """Mean and std of ``metric`` over seeds for each (dataset, arch, strategy, keep ratio,
-    epochs, lr, score lr scale) group, in order of first appearance.
-
-    Each group dict has those keys and ``model``, ``depth``, ``P``, ``U``, ``CR``, ``bytes``
-    (mean), ``readings`` (the mean of each other reading: a sparse run's ``csr``, ...),
-    ``mean``, ``std``, ``min``, ``max``, ``n`` and ``values``.
-
-    Args:
-        precision: the file each run is priced by: ``"exact"`` (fp32, as the sweep packed it)
-            or ``"fp16"`` (BatchNorm folded, floats in 16 bits) or ``"norm8"`` (fp16, norm
-            layers in int8).
-        series: globs over the series labels (:func:`series_label`, e.g. ``"RP 1e-3*"``);
-            only matching groups are kept. Empty: every group.
-
-    Raises:
-        ValueError: an unknown metric or precision, a metric that no row has, a run
-            without a reading at ``precision``, or ``series`` that match no group.
-    """
+    """Mean and std of ``metric`` over seeds per group, in first-appearance order (docs/SWEEPS.md);
+    ValueError for an unknown metric or precision, a metric no row has, a run without a reading
+    at ``precision``, or ``series`` that match no group."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if precision not in READINGS:
@@ -121,11 +88,12 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
         strategy = cfg.mask.strategy
         arch = labels[(cfg.model.name, _kwargs_key(cfg))]
         keep = strategy.keep_ratio(cfg.mask.keep_ratio)
+        zoo_depth = cfg.model.name.rpartition("_d")[2]  # convmixer_128_d4 -> 4
         key = (cfg.data.dataset, arch, strategy, keep, cfg.optim.epochs, cfg.optim.lr,
                cfg.optim.score_lr_scale)
         g = groups.setdefault(key, {
             "dataset": cfg.data.dataset, "arch": arch, "model": cfg.model.name,
-            "depth": cfg.model.kwargs.get("depth", _zoo_depth(cfg.model.name)),
+            "depth": cfg.model.kwargs.get("depth", int(zoo_depth) if zoo_depth.isdigit() else None),
             "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
             "family": _family(cfg.model.name) if len(families) > 1 else None,
@@ -142,23 +110,17 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
                  min=min(v), max=max(v), n=len(v), bytes=statistics.fmean(sizes),
                  readings={k: statistics.fmean(x[k] for x in readings)
                            for k in set.intersection(*map(set, readings))})
-    return _matching(list(groups.values()), series)
-
-
-def _matching(groups: list[dict], series: Sequence[str]) -> list[dict]:
-    if not series:
-        return groups
-    kept = [g for g in groups if any(fnmatch.fnmatchcase(series_label(g), p) for p in series)]
+    kept = [g for g in groups.values()
+            if not series or any(fnmatch.fnmatchcase(series_label(g), p) for p in series)]
     if groups and not kept:
-        names = sorted({series_label(g) for g in groups})
+        names = sorted({series_label(g) for g in groups.values()})
         raise ValueError(f"no series matches {list(series)}; the results have: "
                          + ", ".join(repr(n) for n in names))
     return kept
 
 
 def _sort_key(s: Strategy) -> tuple:
-    """Registry order, then the least compressed first (CR 90 % before 96 %, RP 1e-1 before
-    1e-2)."""
+    """Registry order, then the least compressed first (RP 1e-1 before 1e-2)."""
     args = tuple(-v if isinstance(v, (int, float)) else v for v in dataclasses.astuple(s))
     return (list(STRATEGIES).index(s.name), -s.keep_ratio(1.0), args)
 
@@ -167,8 +129,6 @@ def _is_mask_fill(s: Strategy) -> bool:
     """A point of Fig. 3's x axis: a weight fill behind a mask (not Dense, not a baseline)."""
     return type(s) in FILLS.values() and not isinstance(s, Dense)
 
-
-# --- Figures ---
 
 def _finish(ax, title: str, xlabel: str | None, metric: str, legend_size: int = 7) -> None:
     """The labels, grid and legend every panel has."""
@@ -182,18 +142,8 @@ def _finish(ax, title: str, xlabel: str | None, metric: str, legend_size: int = 
 
 
 def _errorbar(ax, groups: list[dict], x: list[float], **style) -> None:
-    """The groups' means at ``x``, ± their std."""
     ax.errorbar(x, [g["mean"] for g in groups], yerr=[g["std"] for g in groups], capsize=3,
                 **style)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -218,7 +168,6 @@ def _fig3(plt, groups: list[dict], metric: str):
     if not pemn:
         return None
     cats = sorted({g["strategy"] for g in pemn}, key=_sort_key)
-    xs = {s: i for i, s in enumerate(cats)}
     panels = sorted({(g["dataset"], _family(g["model"])) for g in pemn})
     fig, axes = _panels(plt, len(panels), width=max(5.0, 0.7 * len(cats) + 1.5))
     for ax, (dataset, family) in zip(axes, panels):
@@ -227,8 +176,8 @@ def _fig3(plt, groups: list[dict], metric: str):
             color = f"C{i % 10}"
             line = sorted((g for g in mine if g["arch"] == arch and _is_mask_fill(g["strategy"])),
                           key=lambda g: _sort_key(g["strategy"]))
-            _errorbar(ax, line, [xs[g["strategy"]] for g in line], color=color, marker="o", ms=4,
-                      label=arch)
+            _errorbar(ax, line, [cats.index(g["strategy"]) for g in line], color=color,
+                      marker="o", ms=4, label=arch)
             for g in (g for g in mine if g["arch"] == arch and isinstance(g["strategy"], Dense)):
                 ax.axhline(g["mean"], color=color, ls="--", lw=1, label=f"{arch} Dense")
         ax.set_xticks(range(len(cats)), [s.label() for s in cats], rotation=45, ha="right")
@@ -293,19 +242,15 @@ _READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
 
 
 def _frontier(plt, groups: list[dict], metric: str, precision: str):
-    """Accuracy against file bytes (log axis), one panel per dataset; a line joins the points
-    of one series that differ only in size (width, keep ratio)."""
-    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
-    series = {(g["dataset"], series_label(g)) for g in groups}
-    if len(series) < 2:
+    """Accuracy against file bytes (log axis), one panel per dataset, a line per series."""
+    if len({(g["dataset"], series_label(g)) for g in groups}) < 2:
         return None
+    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
     fig, axes = _panels(plt, len(datasets), width=7.0)
     for ax, dataset in zip(axes, datasets):
         mine = [g for g in groups if g["dataset"] == dataset]
-        names = sorted({series_label(g) for g in mine},
-                       key=lambda n: min(_sort_key(g["strategy"]) for g in mine
-                                         if series_label(g) == n))
-        for i, name in enumerate(names):
+        by_strategy = sorted(mine, key=lambda g: _sort_key(g["strategy"]))
+        for i, name in enumerate(dict.fromkeys(map(series_label, by_strategy))):
             pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
             style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, color=f"C{i % 10}")
             _errorbar(ax, pts, [g["bytes"] / 1000 for g in pts],
@@ -332,18 +277,15 @@ def _log_axis(ax) -> None:
 def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path,
                  metric: str = "best_test_acc", prefix: str = "",
                  precision: str = "exact", series: Sequence[str] = ()) -> list[Path]:
-    """Write the figures the results support, as PNG and SVG in ``out_dir``; return the paths.
+    """Write the figures the results support as PNG and SVG (docs/SWEEPS.md); return the paths."""
+    import matplotlib
 
-    ``fig3_unique_values`` (needs Mask/One-layer/MP/RP rows), ``fig45_compression_ratio`` and
-    ``fig45_kilobytes`` (need baseline rows), ``frontier_bytes`` (needs two series), each
-    prefixed by ``prefix``. ``metric``: one of :data:`METRICS` (``best_test_acc`` is the
-    paper's protocol; ``best_val_acc`` chooses a learning rate). ``precision``, ``series``: as
-    :func:`group_results`.
-    """
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
     groups = group_results(read_results(results), metric, precision, series)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
     figures = {
         "fig3_unique_values": _fig3(plt, groups, metric),
         "fig45_compression_ratio": _compression(
@@ -361,16 +303,10 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
     return paths
 
 
-# --- Table ---
-
 def summary_table(results: str | Path | Sequence[str | Path],
                   metric: str = "best_test_acc", precision: str = "exact",
                   series: Sequence[str] = ()) -> str:
-    """A markdown table: mean ± std of ``metric`` per group (:func:`group_results`), n seeds.
-
-    The strategy column is :func:`series_label`; sparse runs add their CSR and values-only
-    kB; a "paper" column holds the paper's CIFAR-10 number where one exists.
-    """
+    """A markdown table of :func:`group_results`: mean ± std of ``metric``, n seeds."""
     groups = group_results(read_results(results), metric, precision, series)
     archs = list(dict.fromkeys((g["dataset"], g["arch"]) for g in groups))
     groups.sort(key=lambda g: (archs.index((g["dataset"], g["arch"])), _sort_key(g["strategy"])))

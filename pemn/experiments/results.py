@@ -1,13 +1,4 @@
-"""Results of a sweep: one results line per finished run, the results file, and a CSV export.
-
-Each finished run writes its own line, ``result.json`` in its directory; the results file
-(JSON lines, in grid order) is assembled from them under a lock, so concurrent sweeps neither
-lose nor duplicate a line. A line holds ``run`` (its name), ``config`` (the resolved config,
-:func:`pemn.config.to_dict`), ``summary`` (``summary.json``), ``bytes`` (the packed artifact by
-section, ``header``, ``masks``, ``prototype``, ``norm``, ``other`` and ``total``, with
-``bytes_source = "artifact"``: every strategy is priced by its real file) and ``readings``
-(the packed model in every storage reading at ``exact``, ``fp16`` and ``norm8`` precision).
-"""
+"""A sweep's results lines, the results file and its CSV export (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import csv
@@ -35,13 +26,7 @@ CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "
 
 
 def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
-    """The results line of a finished run; ``bytes`` and ``readings`` stay empty without an
-    artifact.
-
-    ``readings`` is ``{"exact": {"total": ...}, "fp16": {"total": ..., ...}, "norm8": ...}``
-    (:func:`pemn.storage.storage_readings`); a ``Sparse`` run also has ``mask_fp32``,
-    ``bitmap_fp32``, ``csr`` and ``values_only`` in each.
-    """
+    """The results line of a finished run (docs/SWEEPS.md, "Results lines")."""
     record = {"run": cfg.name, "config": to_dict(cfg), "summary": summary, "bytes": {},
               "bytes_source": "none", "readings": {}}
     if run_dir.artifact.is_file():
@@ -55,8 +40,7 @@ def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:
 
 
 def write_result(cfg: RunConfig, run_dir: RunDir) -> None:
-    """Pack a finished run (so its line holds real bytes) and write its result file
-    atomically: a line is whole or absent."""
+    """Pack a finished run and write its results line atomically (whole or absent)."""
     if not run_dir.artifact.exists():
         pack_trained(run_dir.path, run_dir.artifact)
     record = result_record(cfg, run_dir.read_summary(), run_dir)
@@ -64,11 +48,8 @@ def write_result(cfg: RunConfig, run_dir: RunDir) -> None:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The lines of a results file (none if it does not exist yet).
-
-    Raises:
-        ValueError: a line that is not a pemn results record.
-    """
+    """The lines of a results file (none if it does not exist yet); ValueError for a line
+    that is not a pemn results record."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -85,13 +66,9 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def record_results(configs: list[RunConfig], path: str | Path) -> int:
-    """Assemble ``path`` from the result files of ``configs`` (in their order) and rewrite its
-    CSV export; return how many runs the file gained.
-
-    A lock orders the assemblers, so the last one sees every finished run. Lines of other runs
-    (another sweep sharing the file) are kept, first; a run of ``configs`` without a result
-    file keeps its old line.
-    """
+    """Assemble ``path`` from the result files of ``configs`` (in their order) under a lock and
+    rewrite its CSV export; return how many runs the file gained. Lines of other runs are kept,
+    first; a run of ``configs`` without a result file keeps its old line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
@@ -102,7 +79,7 @@ def record_results(configs: list[RunConfig], path: str | Path) -> int:
         records = [r for name, r in old.items() if name not in grid]
         records += [new.get(name) or old[name] for name in grid if name in new or name in old]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
-        _write_csv(records, path.with_suffix(".csv"))
+        export_csv(path, path.with_suffix(".csv"))
     return len(new.keys() - old.keys())
 
 
@@ -122,13 +99,9 @@ def csv_row(record: dict) -> dict:
 
 def export_csv(results: str | Path, csv_path: str | Path) -> Path:
     """Write the lines of a results file as a flat CSV (:data:`CSV_COLUMNS`), for spreadsheets."""
-    return _write_csv(read_records(results), Path(csv_path))
-
-
-def _write_csv(records: list[dict], csv_path: Path) -> Path:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_row(r) for r in records)
+    writer.writerows(csv_row(r) for r in read_records(results))
     atomic_write(csv_path, out.getvalue().encode())
-    return csv_path
+    return Path(csv_path)

@@ -1,10 +1,4 @@
-"""Sweeps: a TOML grid of run configs, run by any number of processes, a results line per run.
-
-The file format (``base_config``, ``seeds``, ``name``, ``results``, ``[base]``, ``[[grid]]``,
-``[[points]]``) and the run names are described in docs/SWEEPS.md. Each run is claimed before it
-is trained (:mod:`pemn.experiments.claims`), so it is trained once; a run directory holding a
-different config than the sweep asks for stops the sweep rather than mix results.
-"""
+"""Sweeps: a TOML grid of run configs, run by any number of processes (docs/SWEEPS.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +50,6 @@ class Sweep:
     results: str = ""  # results JSONL, "" = <out_dir>/results.jsonl
 
 
-# --- Parsing ---
-
 def _overrides(table: Any, where: str) -> dict:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table of config keys, got {table!r}")
@@ -94,11 +86,8 @@ def _expand_grid(grid: Any, where: str) -> list[dict]:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Parse a sweep file (docs/SWEEPS.md).
-
-    Raises:
-        ConfigError: unknown top-level keys, bad values, a missing base config.
-    """
+    """Parse a sweep file (docs/SWEEPS.md); ConfigError for unknown top-level keys, bad
+    values or a missing base config."""
     path = Path(path)
     data = read_file(path)
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -123,8 +112,6 @@ def load_sweep(path: str | Path) -> Sweep:
             raise ConfigError(f"{key} in {path} must be a string, got {data[key]!r}")
     return Sweep(path, base, sets or [{}], seeds, data.get("name", ""), data.get("results", ""))
 
-
-# --- Expansion into RunConfigs ---
 
 def _build(sweep: Sweep, overrides: dict, seed: int | None) -> RunConfig:
     flat = {k: v for k, v in sweep.base.items()
@@ -162,11 +149,8 @@ def _run_name(sweep: Sweep, cfg: RunConfig, overrides: dict) -> str:
 
 
 def expand(sweep: Sweep | str | Path) -> list[RunConfig]:
-    """Every run of a sweep, seed by seed, each with a unique ``name``.
-
-    Raises:
-        ConfigError: a bad key or value in some combination, or two runs with the same name.
-    """
+    """Every run of a sweep, seed by seed, each with a unique ``name``; ConfigError for a bad
+    key or value in some combination, or two runs with the same name."""
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
     configs, seen = [], {}
@@ -184,14 +168,9 @@ def expand(sweep: Sweep | str | Path) -> list[RunConfig]:
     return configs
 
 
-# --- Running ---
-
 def shard_of(shard: str | None = None, env=os.environ) -> tuple[int, int]:
     """``(K, N)`` from ``"K/N"``; without it, from a Slurm job array's variables; else (0, 1).
-
-    Raises:
-        ConfigError: not two integers with ``0 <= K < N``.
-    """
+    ConfigError unless two integers with ``0 <= K < N``."""
     where, text = "--shard", shard
     if shard is None and "SLURM_ARRAY_TASK_ID" in env:
         names = [f"SLURM_ARRAY_TASK_{n}" for n in ("ID", "MIN", "STEP", "COUNT")]
@@ -228,19 +207,9 @@ def describe_sweep(path: str | Path, limit: int | None = None, shard: str | None
 def run_sweep(path: str | Path, results: str | Path | None = None, limit: int | None = None,
               collect_only: bool = False, shard: str | None = None,
               stale_after: float | None = None) -> Path:
-    """Run the runs of a sweep (or of one shard) until every one has finished, by this or
-    another process; return the results path.
-
-    Each run is claimed, trained (resumed) by :func:`pemn.run.run`, packed and given its
-    result file; the results file and its CSV export are then assembled again. ``results``
-    defaults to the sweep's ``results`` key, else ``<out_dir>/results.jsonl``.
-    ``collect_only`` trains nothing: it packs and records the finished runs. ``stale_after``:
-    seconds without a heartbeat before another process's run is taken over (default
-    :data:`~pemn.experiments.claims.STALE_AFTER`; a dead process's on this host at once).
-
-    Raises:
-        ConfigError: a bad sweep file or shard, or a run directory holding a different config.
-    """
+    """Claim, train (resume), pack and record the runs of a sweep (or of one shard) until every
+    one has finished, by this or another process; return the results path (docs/SWEEPS.md).
+    ConfigError: a bad sweep file or shard, or a run directory holding a different config."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     k, n = shard_of(shard)
