@@ -22,13 +22,6 @@ __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
 EXPORT_FORMATS = ("safetensors", "onnx")
 
 
-def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
-    """A dense copy of an artifact path or a PEMN model (the model itself is not touched)."""
-    if isinstance(source, nn.Module):
-        return materialize_(copy.deepcopy(source)).eval()
-    return load(source, model=skeleton, form="dense")
-
-
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
     """``(1, *input_shape)`` of the header's dataset if it fits the first layer (else
     ArtifactError); without one, ``(1, C, S, S)`` for a first Conv2d (``S``: ``img_size``
@@ -88,25 +81,22 @@ def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> No
 def export(source, out_path: str | os.PathLike, format: str = "safetensors",
            example_input_shape: tuple[int, ...] | None = None,
            model: nn.Module | None = None) -> int:
-    """Write a plain dense model that loads without pemn.
+    """Write a plain dense model that loads without pemn; returns the file's size in bytes.
 
     Args:
         source: an artifact path, or a PEMN model (copied, not modified).
-        out_path: file to write; returns its size in bytes.
         format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
             and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
         example_input_shape: ONNX input shape (batch exported as dynamic); default
             :func:`default_input_shape`.
         model: for an artifact of a model outside the zoo, its skeleton (as ``pemn.load``).
-
-    Example:
-        >>> export("run.pemn", "run.safetensors")
-        >>> state = safetensors.torch.load_file("run.safetensors")
-        >>> create_model("convmixer_256_d8").load_state_dict(state)
     """
     if format not in EXPORT_FORMATS:
         raise ArtifactError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
-    model = _plain_copy(source, model)
+    if isinstance(source, nn.Module):  # a dense copy; the model itself is not touched
+        model = materialize_(copy.deepcopy(source)).eval()
+    else:
+        model = load(source, model=model, form="dense")
     out_path = Path(out_path)
     if format == "safetensors":
         _export_safetensors(model, out_path)

@@ -1,9 +1,5 @@
-"""The ``.pemn`` file: a preamble, a typed JSON header with one tensor table, no pickle.
-
-The layout and every header key are specified in ``docs/FORMAT.md``. Every field's type and
-range is checked here (:meth:`Header.from_json`) before anything is allocated; the digests
-detect corruption, not tampering (:mod:`pemn.artifact.signing`). Only version 4 is read.
-"""
+"""The ``.pemn`` file: a preamble, a typed JSON header with one tensor table, no pickle
+(layout and header keys: ``docs/FORMAT.md``)."""
 from __future__ import annotations
 
 import functools
@@ -15,6 +11,8 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import torch
 
 from pemn.artifact.codec import list_codecs
 
@@ -34,10 +32,11 @@ MAX_NDIM = 8
 MAX_METADATA_BYTES = 64 * 2**10
 MAX_INPUT_VALUES = 2**22  # values of one example a header may name (3 x 1024 x 1024 fits)
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
-DTYPES = {"<f4": 4, "<f2": 2, "bf16": 2, "<f8": 8, "<i8": 8, "<i4": 4, "<i2": 2, "|i1": 1,
-          "|u1": 1, "|b1": 1}
-FLOAT_DTYPES = ("<f4", "<f2", "bf16", "<f8")
+# dtype code -> torch dtype. "bf16" is bfloat16 as raw little-endian uint16 bits.
+DTYPES = {"<f4": torch.float32, "<f2": torch.float16, "bf16": torch.bfloat16,
+          "<f8": torch.float64, "<i8": torch.int64, "<i4": torch.int32, "<i2": torch.int16,
+          "|i1": torch.int8, "|u1": torch.uint8, "|b1": torch.bool}
+FLOAT_DTYPES = tuple(code for code, dtype in DTYPES.items() if dtype.is_floating_point)
 # kind of entry -> (its dtype, None: any of DTYPES; the fields its encoding needs)
 _KINDS = {"raw": (None, ()), "prototype": ("<f4", ()), "mask": ("|b1", ("num_kept", "fan_in")),
           "weight": ("<f4", ("num_kept",))}
@@ -63,10 +62,6 @@ def entry_kind(encoding: str) -> str:
     raise ArtifactError(f"unknown encoding {encoding[:40]!r}; known: raw, prototype, "
                         f"{INT8_TENSOR}, {', '.join(list_codecs() + sorted(ENCODINGS))}")
 
-
-# ------------------------------------------------------------------------------------------
-# Typed header
-# ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Entry:
@@ -155,21 +150,29 @@ class Header:
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
         pemn = _field(d, "pemn", dict)
+        folds = d.get("folded_norms", [])
+        if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
+            raise ArtifactError("header.folded_norms must be a list of module names")
         header = cls(
             model=_model(d),
-            strategy=_strategy(pemn),
-            keep_ratio=_keep_ratio(pemn),
-            seed=_count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1),
-            generator=_short_str(_field(pemn, "generator", str, "pemn"), "pemn.generator"),
-            prototype_sha256=_digests(pemn),
+            **_pemn_fields(pemn),
             tensors=_table(d),
             ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
-            folded_norms=_folded_norms(d),
+            folded_norms=tuple(_text(e, f"folded_norms[{i}]") for i, e in enumerate(folds)),
             dataset=dataset_entry(_optional_json(d, "dataset")),
             metadata=_optional_json(d, "metadata") or {},
             written_by=_optional_json(d, "written_by") or {},
         )
-        _check_consistency(header)
+        names = header.names
+        if len(set(names)) != len(names):
+            raise ArtifactError("the header names a tensor twice")
+        stored = {e.name for e in header.tensors if e.kind in ("mask", "raw")}
+        for alias, target in header.ties:
+            if target not in stored:
+                raise ArtifactError(f"tie {alias[:80]!r} points to {target[:80]!r}, which the "
+                                    "file does not store")
+        if header.num_elements > MAX_ELEMENTS:
+            raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
         return header
 
 
@@ -197,8 +200,8 @@ def _count(value, what: str, upper: int = MAX_ELEMENTS) -> int:
     return value
 
 
-def _short_str(value: str, what: str, limit: int = 1024) -> str:
-    if not 0 < len(value) <= limit:
+def _text(value, what: str, limit: int = 512) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise ArtifactError(f"{what} must be a string of 1 to {limit} characters")
     return value
 
@@ -251,34 +254,24 @@ def _model(d: dict) -> dict | None:
     return {"name": name, "kwargs": kwargs}
 
 
-def _strategy(pemn: dict) -> dict:
+def _pemn_fields(pemn: dict) -> dict:
+    """The ``pemn`` object: strategy, keep ratio, seed, generator and prototype digests."""
     strategy = _field(pemn, "strategy", dict, "pemn")
     _field(strategy, "name", str, "pemn.strategy")
     if len(strategy) > 16:
         raise ArtifactError(f"pemn.strategy has {len(strategy)} fields (limit 16)")
     for key, value in strategy.items():
         _validate_json_value(value, f"pemn.strategy.{key[:40]}", depth=1)
-    return strategy
-
-
-def _keep_ratio(pemn: dict) -> float:
     keep = _field(pemn, "keep_ratio", (int, float), "pemn")
     if not 0 < keep <= 1:
         raise ArtifactError(f"pemn.keep_ratio must be in (0, 1], got {keep!r}")
-    return float(keep)
-
-
-def _digests(pemn: dict) -> tuple[str, ...]:
+    seed = _count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1)
+    generator = _text(_field(pemn, "generator", str, "pemn"), "pemn.generator", 1024)
     digests = _list(pemn, "prototype_sha256", "pemn")
     if not all(_is_sha256(x) for x in digests):
         raise ArtifactError("pemn.prototype_sha256 must be a list of hex SHA-256 digests")
-    return tuple(digests)
-
-
-def _name(value, what: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 512:
-        raise ArtifactError(f"{what} must be a tensor name of 1 to 512 characters")
-    return value
+    return dict(strategy=strategy, keep_ratio=float(keep), seed=seed, generator=generator,
+                prototype_sha256=tuple(digests))
 
 
 def _table(d: dict) -> tuple[Entry, ...]:
@@ -297,13 +290,13 @@ def _table(d: dict) -> tuple[Entry, ...]:
 def _entry(e, i: int, offset: int) -> Entry:
     if not (isinstance(e, dict) and isinstance(e.get("encoding"), str)):
         raise ArtifactError(f"tensors[{i}] must be an object with an encoding name")
-    encoding = _short_str(e["encoding"], f"tensors[{i}] encoding", 32)
+    encoding = _text(e["encoding"], f"tensors[{i}] encoding", 32)
     kind = entry_kind(encoding)
     dtype, extra = _KINDS[kind] if encoding != INT8_TENSOR else ("<f4", ())
     if set(e) != {*_ENTRY_KEYS, *extra}:
         raise ArtifactError(f"tensors[{i}] ({encoding}) must have exactly the fields "
                             f"{[*_ENTRY_KEYS, *extra]}")
-    name = _name(e["name"], f"tensors[{i}] name")
+    name = _text(e["name"], f"tensors[{i}] name")
     what = f"tensor {name[:80]!r}"
     if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES or dtype not in (
             None, e["dtype"]):
@@ -319,7 +312,7 @@ def _entry(e, i: int, offset: int) -> Entry:
     fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
                         else MAX_ELEMENTS) for k in extra}
     size = math.prod(shape) + 2 if encoding == INT8_TENSOR else math.prod(shape) * DTYPES[
-        e["dtype"]]  # int8 codes and one fp16 scale
+        e["dtype"]].itemsize  # int8 codes and one fp16 scale
     if kind in ("raw", "prototype") and length != size:
         raise ArtifactError(f"{what} is {length} bytes, but {list(shape)} {e['dtype']} "
                             f"values take {size}{' as ' + encoding if kind != encoding else ''}")
@@ -331,14 +324,7 @@ def _entry(e, i: int, offset: int) -> Entry:
 def _tie(entry, i: int) -> tuple[str, str]:
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ArtifactError(f"ties[{i}] must be [alias, name]")
-    return _name(entry[0], f"ties[{i}] alias"), _name(entry[1], f"ties[{i}] name")
-
-
-def _folded_norms(d: dict) -> tuple[str, ...]:
-    folds = d.get("folded_norms", [])
-    if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
-        raise ArtifactError("header.folded_norms must be a list of module names")
-    return tuple(_name(e, f"folded_norms[{i}]") for i, e in enumerate(folds))
+    return _text(entry[0], f"ties[{i}] alias"), _text(entry[1], f"ties[{i}] name")
 
 
 def _optional_json(d: dict, key: str) -> dict | None:
@@ -384,23 +370,6 @@ def dataset_entry(d: dict | None) -> dict | None:
         raise ArtifactError("dataset class_names must be a list of strings")
     return d
 
-
-def _check_consistency(h: Header) -> None:
-    names = h.names
-    if len(set(names)) != len(names):
-        raise ArtifactError("the header names a tensor twice")
-    stored = {e.name for e in h.tensors if e.kind in ("mask", "raw")}
-    for alias, target in h.ties:
-        if target not in stored:
-            raise ArtifactError(f"tie {alias[:80]!r} points to {target[:80]!r}, which the file "
-                                "does not store")
-    if h.num_elements > MAX_ELEMENTS:
-        raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
-
-
-# ------------------------------------------------------------------------------------------
-# Container: preamble + compressed JSON header + payload
-# ------------------------------------------------------------------------------------------
 
 def seal(header_json: dict, payload: bytes) -> bytes:
     """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set:
@@ -456,7 +425,7 @@ def read_container(data: bytes) -> Container:
     raw = bytes(data[PREAMBLE_BYTES:PREAMBLE_BYTES + header_len])
     if hashlib.sha256(raw).digest() != header_digest:
         raise ArtifactError("header checksum mismatch: the file is corrupt")
-    d = _parse_json(_inflate(raw))
+    d = _header_json(raw)
     header = Header.from_json(d)
     if not _is_sha256(d.get("payload_sha256")):
         raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
@@ -476,8 +445,13 @@ def read_container(data: bytes) -> Container:
     return Container(version, d, payload, start, signature, header)
 
 
-def _inflate(raw: bytes) -> bytes:
-    """zlib with an output cap: a small header cannot inflate into gigabytes."""
+def _reject_constant(name: str):
+    raise ArtifactError(f"header contains {name}, which is not valid JSON")
+
+
+def _header_json(raw: bytes) -> dict:
+    """The stored header inflated, with an output cap (a small header cannot inflate into
+    gigabytes), and parsed."""
     inflater = zlib.decompressobj()
     try:
         text = inflater.decompress(raw, MAX_HEADER_BYTES + 1)
@@ -486,19 +460,11 @@ def _inflate(raw: bytes) -> bytes:
     if len(text) > MAX_HEADER_BYTES or not inflater.eof or inflater.unused_data:
         raise ArtifactError(f"header inflates past {MAX_HEADER_BYTES} bytes or has trailing "
                             "data")
-    return text
-
-
-def _reject_constant(name: str):
-    raise ArtifactError(f"header contains {name}, which is not valid JSON")
-
-
-def _parse_json(text: bytes) -> dict:
     try:
         header = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+    except ArtifactError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        if isinstance(e, ArtifactError):
-            raise
         raise ArtifactError(f"header is not valid UTF-8 JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"header must be a JSON object, got {type(header).__name__}")

@@ -1,10 +1,7 @@
 """Read an artifact into a model: the caller's skeleton, or the zoo model its header names.
 
-Every file is hostile. Before anything large is allocated, the file's size, digests, header
-(:meth:`Header.from_json`) and value count (``max_elements``) are checked; then every mask
-must decode to its kept count, every float be finite, every name and shape match the
-skeleton, and regenerated weights match their SHA-256. Any failure raises one
-:class:`ArtifactError` naming the first problem. :mod:`pemn.artifact.forms` builds the forms.
+Every file is hostile: what is checked, and in which order, is in ``docs/THREAT_MODEL.md``;
+any failure raises one :class:`ArtifactError` naming the first problem.
 """
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 from pemn import rng
 from pemn.artifact.codec import get_codec
 from pemn.artifact.format import (
+    DTYPES,
     INT8_TENSOR,
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
@@ -30,7 +28,6 @@ from pemn.artifact.format import (
     read_container,
 )
 from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
-from pemn.artifact.pack import torch_dtype
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, plan_fill, strategy_from_dict
 from pemn.masking import GAIN, num_kept
@@ -49,10 +46,6 @@ MAX_META_CALLS = 2**15  # ~0.5 s; the largest zoo model makes 1,717 (resnet56)
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
                  OverflowError, RecursionError, struct.error, UnicodeError)
 
-
-# ------------------------------------------------------------------------------------------
-# Reading: regular files only, size first; lower-level errors as one ArtifactError
-# ------------------------------------------------------------------------------------------
 
 def _read_file(path, max_elements: int) -> bytes:
     """The bytes of a regular file; FIFOs, devices and oversized files are refused unread."""
@@ -77,17 +70,9 @@ def _read_file(path, max_elements: int) -> bytes:
     return data
 
 
-def _wrap(e: BaseException) -> ArtifactError:
-    """A lower-level error (create_model, a codec, a strategy, memory) as one ArtifactError."""
-    if isinstance(e, MemoryError) or "alloc" in str(e).lower():
-        return ArtifactError("not enough memory to build the model this file describes")
-    kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
-    return ArtifactError(f"invalid artifact{kind}: {e}"[:500])
-
-
 def guarded(source, fn, max_elements: int = DEFAULT_MAX_ELEMENTS):
     """``fn(data)`` for the bytes of ``source`` (a path or bytes), any lower-level error
-    raised as one :class:`ArtifactError`."""
+    (create_model, a codec, a strategy, memory) raised as one :class:`ArtifactError`."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
         source, max_elements)
     try:
@@ -95,12 +80,11 @@ def guarded(source, fn, max_elements: int = DEFAULT_MAX_ELEMENTS):
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:
-        raise _wrap(e) from e
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+            raise ArtifactError("not enough memory to build the model this file describes") from e
+        kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
+        raise ArtifactError(f"invalid artifact{kind}: {e}"[:500]) from e
 
-
-# ------------------------------------------------------------------------------------------
-# Skeleton
-# ------------------------------------------------------------------------------------------
 
 _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[0] != "_"} | {
     torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
@@ -171,7 +155,7 @@ def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
         raise ArtifactError(f"the file holds tensor {missing[0]!r} {list(expected[missing[0]])}, "
                             f"which {what} does not have")
     for t in header.raw:
-        have, want = torch_dtype(t.dtype), getattr(state.get(t.name), "dtype", None)
+        have, want = DTYPES[t.dtype], getattr(state.get(t.name), "dtype", None)
         if want is not None and have != want and not (
                 have.is_floating_point and want.is_floating_point
                 and torch.finfo(have).max <= torch.finfo(want).max):
@@ -210,10 +194,6 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
     return meta._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
-# ------------------------------------------------------------------------------------------
-# Payload: every entry decoded and checked before the model is touched
-# ------------------------------------------------------------------------------------------
-
 def _decode(e: Entry, payload: memoryview):
     """One entry's values by its kind: a raw tensor, a bool mask, a ``(float32 weight, bool
     mask or None)`` or a prototype vector."""
@@ -229,7 +209,7 @@ def _raw(e: Entry, data: memoryview) -> torch.Tensor:
             raise ArtifactError(f"tensor {e.name} ({INT8_TENSOR}): {err}") from None
     raw = np.frombuffer(data, dtype="<i2" if e.dtype == "bf16" else e.dtype, count=e.numel)
     value = torch.from_numpy(raw.astype(raw.dtype.newbyteorder("="))).view(e.shape)
-    value = value.view(torch_dtype(e.dtype))  # bfloat16 from its 16 bits
+    value = value.view(DTYPES[e.dtype])  # bfloat16 from its 16 bits
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ArtifactError(f"tensor {e.name} holds NaN or infinite values")
     return value
@@ -341,10 +321,6 @@ def _payload(header: Header, payload: memoryview, form: str) -> Payload:
     return p
 
 
-# ------------------------------------------------------------------------------------------
-# unpack / load
-# ------------------------------------------------------------------------------------------
-
 def _check_args(form: str, max_elements) -> None:
     if form not in FORMS:
         raise ArtifactError(f"unknown form {form!r}; use one of {FORMS}")
@@ -386,10 +362,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
 def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None, *,
            form: str = "train", device: str | torch.device = "cpu",
            max_elements: int | None = None, verify_key=None) -> nn.Module:
-    """Rebuild the model stored in artifact bytes, in eval mode on ``device``.
-
-    Args and raises: as :func:`load`.
-    """
+    """:func:`load` for artifact bytes."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ArtifactError(f"unpack needs bytes, got {type(data).__name__}")
     _check_args(form, max_elements)
@@ -400,28 +373,21 @@ def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None,
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str = "train",
          device: str | torch.device = "cpu", max_elements: int | None = None,
          verify_key=None) -> nn.Module:
-    """Read an artifact written by :func:`pemn.save` and fill a model with it.
+    """Read an artifact written by :func:`pemn.save` into a model, in eval mode on ``device``
+    (``model.pemn_header``: the file's typed header).
 
     Args:
-        path: a ``.pemn`` file (regular files only).
-        model: a freshly built skeleton of the saved architecture, filled in place as
-            ``load_state_dict`` would; ``None`` builds the zoo model the header names.
-        form: ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
-        device: where the model is built.
-        max_elements: refuse files describing more values than this, before allocating
-            anything. Default: 2**25 and at most 1,024 values per byte of file.
+        model: a freshly built skeleton of the saved architecture, filled in place; ``None``
+            builds the zoo model the header names.
+        form: ``"train"``, ``"dense"`` or ``"packed"`` (docs/METHOD.md, "The artifact").
+        max_elements: refuse files describing more values, before allocating anything
+            (default: 2**25, and at most 1,024 values per byte of file).
         verify_key: an author's ed25519 public key (hex, raw bytes or a key object): the file
-            must carry a valid signature by it (:mod:`pemn.artifact.signing`).
-
-    Returns:
-        The model, in eval mode; ``model.pemn_header`` holds the file's typed header.
+            must carry a valid signature by it (docs/THREAT_MODEL.md, "Signing").
 
     Raises:
-        ArtifactError: unreadable, corrupt, hostile or inconsistent file; a skeleton whose
-            names or shapes differ (the first is named); regenerated weights that differ.
-
-    Example:
-        >>> model = pemn.load("gpt2.pemn", model=GPT2LMHeadModel(config), form="dense")
+        ArtifactError: an unreadable, corrupt, hostile or inconsistent file, or a skeleton
+            whose names or shapes differ (the first is named).
     """
     _check_args(form, max_elements)
     data = _read_file(path, max_elements or DEFAULT_MAX_ELEMENTS)

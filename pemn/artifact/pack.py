@@ -1,7 +1,5 @@
 """Pack a model that :func:`pemn.apply_` accepted into artifact bytes: seed + masks (or
-encoded trained weights) + every other tensor, no code. Zoo models also record their name and
-kwargs. Only the masks of the scores are stored, not their magnitudes: resume mask training
-from a checkpoint, not an artifact.
+encoded trained weights) + every other tensor, no code (docs/METHOD.md, "The artifact").
 """
 from __future__ import annotations
 
@@ -16,20 +14,15 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import INT8_TENSOR, ArtifactError, Entry, Header, dataset_entry, seal
-from pemn.artifact.weights import (
-    SPARSE_FORMATS,
-    TrainedWeights,
-    get_encoding,
-    sparse_encoding,
-)
+from pemn.artifact.format import DTYPES, INT8_TENSOR, ArtifactError, Entry, Header, seal
+from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
 from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, SUPPORT, current_mask, parts
 from pemn.transform import masked_tensors
 
-__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
-           "unique_tensors", "unmasked_hint"]
+__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "unique_tensors",
+           "unmasked_hint"]
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +30,7 @@ log = logging.getLogger(__name__)
 # small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
 # the float path of the generator, for less than the cost of a few header lines.
 STORE_PROTOTYPE_MAX_BYTES = 1024
-_DTYPE_CODES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bf16",
-                torch.float64: "<f8", torch.int64: "<i8", torch.int32: "<i4",
-                torch.int16: "<i2", torch.int8: "|i1", torch.uint8: "|u1", torch.bool: "|b1"}
-_CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
-
-
-def dtype_code(name: str, t: torch.Tensor) -> str:
-    if t.dtype not in _DTYPE_CODES:
-        raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
-    return _DTYPE_CODES[t.dtype]
-
-
-def torch_dtype(code: str) -> torch.dtype:
-    return _CODE_DTYPES[code]
+_DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -58,16 +38,6 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store its 16 bits
         t = t.view(torch.int16)
     return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-
-
-def _check_packable(model: nn.Module):
-    if not isinstance(model, nn.Module):
-        raise ArtifactError(f"pack needs an nn.Module, got {type(model).__name__}")
-    spec = getattr(model, "pemn_spec", None)
-    if spec is None:
-        raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
-                            "keep_ratio, seed) before training and saving it")
-    return spec
 
 
 def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
@@ -143,9 +113,8 @@ def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
 def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
     """Every state_dict entry but the masks' machinery, by :func:`unique_tensors`."""
     masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
-    if isinstance(spec.strategy, Dense):
-        machinery = set()
+    machinery = set() if isinstance(spec.strategy, Dense) else {
+        n + s for n in masked for s in SUFFIXES if s != GAIN}
     return unique_tensors((name, t) for name, t in model.state_dict(keep_vars=True).items()
                           if name not in machinery)
 
@@ -182,12 +151,8 @@ PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16,
 
 def _compact(model: nn.Module, others: list, dtype: torch.dtype,
              keep: set[str] = frozenset()) -> tuple[list, tuple]:
-    """Fold eval-mode BatchNorm into its affine ``(a, b)`` and store floats in ``dtype``
-    (the names in ``keep``: in float32).
-
-    In eval, BN is ``a * x + b`` with ``a = weight / sqrt(running_var + eps)`` and
-    ``b = bias - running_mean * a``: two vectors instead of four (and a counter).
-    """
+    """Fold eval-mode BatchNorm into its affine ``(a, b)`` (docs/FORMAT.md, ``folded_norms``)
+    and store floats in ``dtype`` (the names in ``keep``: in float32)."""
     values, folded = dict(others), []
     for fqn, m in model.named_modules():
         prefix = f"{fqn}." if fqn else ""
@@ -220,7 +185,9 @@ def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, bytes]:
     if int8:
         return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)),
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
-    return (dict(name=name, encoding="raw", dtype=dtype_code(name, t), shape=tuple(t.shape)),
+    if t.dtype not in _DTYPE_CODES:
+        raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
+    return (dict(name=name, encoding="raw", dtype=_DTYPE_CODES[t.dtype], shape=tuple(t.shape)),
             _raw_bytes(t))
 
 
@@ -233,13 +200,14 @@ def _zoo_args(model: nn.Module) -> dict | None:
 
 
 def _dataset_header(dataset) -> dict | None:
-    """What a user needs to feed the model: ``DatasetInfo.as_header()`` or the caller's dict."""
+    """What a user needs to feed the model: ``DatasetInfo.as_header()`` or the caller's dict
+    (validated with the header)."""
     if dataset is not None and not isinstance(dataset, dict):
         if not hasattr(dataset, "as_header"):
             raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
                                 f"{type(dataset).__name__}")
         dataset = dataset.as_header()
-    return dataset_entry(_json_object(dataset, "dataset"))
+    return _json_object(dataset, "dataset")
 
 
 def _json_object(value, what: str) -> dict | None:
@@ -263,35 +231,29 @@ def _version(package: str) -> str:
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
          metadata: dict | None = None, dataset=None, precision: str = "exact",
          sparse_format: str = "mask") -> bytes:
-    """Serialise a PEMN model into artifact bytes (layout: :mod:`pemn.artifact.format`).
+    """The artifact bytes of a model prepared by ``pemn.apply_`` (not modified).
 
     Args:
-        model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
-        codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size
-            (:func:`pemn.artifact.codec.choose_codec`).
+        codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size.
         store_prototype: store the prototype values instead of regenerating them from the
             seed; ``None`` stores them when they take at most ``STORE_PROTOTYPE_MAX_BYTES``.
         metadata: your JSON object, stored as is (at most 64 KiB).
-        dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
-            ``input_shape``, ``mean``, ``std``, ``class_names``).
-        precision: ``"exact"`` stores every other tensor as it is (bit-identical logits,
-            training can resume); ``"fp16"`` / ``"bf16"`` fold eval-mode BatchNorm into its
-            affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
-            eval logits within 16-bit rounding (BN running statistics restart if fine-tuned);
-            ``"norm8"``: fp16, and the weight and bias of every norm layer (BN's folded
-            affine) as int8 codes with one fp16 scale per tensor, ``C + 2`` bytes each.
-        sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
-            ``codec``, then the kept float32 values) or ``"csr"``
-            (:mod:`pemn.artifact.weights`).
-
-    Returns:
-        The file bytes.
+        dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (docs/FORMAT.md).
+        precision: ``"exact"``, ``"fp16"``, ``"bf16"`` or ``"norm8"`` (docs/METHOD.md, "The
+            artifact").
+        sparse_format: a ``Sparse`` model's weights as ``"mask"`` (its mask by ``codec``, then
+            the kept float32 values) or ``"csr"``.
 
     Raises:
         ArtifactError: no ``apply_``, modified frozen weights, a tensor type the format
             cannot store, non-JSON metadata, or an unknown ``codec``.
     """
-    spec = _check_packable(model)
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"pack needs an nn.Module, got {type(model).__name__}")
+    spec = getattr(model, "pemn_spec", None)
+    if spec is None:
+        raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
+                            "keep_ratio, seed) before training and saving it")
     if codec != "auto" and codec not in list_codecs():
         raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
                             f"of {list_codecs()}")
@@ -331,16 +293,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
          dataset=None, precision: str = "exact", sign_with=None,
          sparse_format: str = "mask") -> int:
     """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
-
     ``sign_with``: an ed25519 private key (or its PEM file) to sign the file with
-    (:mod:`pemn.artifact.signing`); readers can then check who wrote it.
-
-    Example:
-        >>> pemn.apply_(model, pemn.RP(ratio=1e-3))   # any nn.Module
-        >>> ...                                       # train it
-        >>> pemn.save(model, "model.pemn", metadata={"task": "digits"})
-        29105
-    """
+    (docs/THREAT_MODEL.md, "Signing")."""
     data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
                 dataset=dataset, precision=precision, sparse_format=sparse_format)
     if sign_with is not None:
@@ -355,12 +309,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
 
 
 def unmasked_hint(info: dict) -> str | None:
-    """When unmasked layer weights hold most of a masked model's file (:func:`describe`'s
-    ``info``): one line naming the largest and the ``include=`` that would mask them.
-
-    Layer weights are ``*.weight`` tensors of two or more dimensions outside norm layers, e.g.
-    an ``nn.Embedding``, which ``apply_`` masks only when an include pattern names it.
-    """
+    """When unmasked layer weights (``*.weight`` tensors of two or more dimensions outside
+    norm layers) hold most of a masked model's file (:func:`describe`'s ``info``): one line
+    naming the largest and the ``include=`` that would mask them."""
     weights = sorted((o for o in info["others"] if o["name"].endswith(".weight")
                       and len(o["shape"]) > 1 and not o["is_norm"]),
                      key=lambda o: -o["num_bytes"])

@@ -1,10 +1,8 @@
 """Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
 
-The numerics the strategies of :mod:`pemn.competitors` train with live next to their byte
-formats (``docs/FORMAT.md``), so that the forward pass and the file agree bit for bit. A
-channel is an index of dim 0; every scale is rounded to float16 *before* use, in training
-too, so 2 bytes store it exactly. Decoding accepts only canonical forms (a positive scale uses
-the extreme code; scale 0 only zero codes), so a loaded model retrains into the same weights.
+The numerics :mod:`pemn.competitors` trains with live next to their byte formats, so that the
+forward pass and the file agree bit for bit (channels, fp16 scales and the canonical forms
+decoding accepts: ``docs/FORMAT.md``, "Trained-weight encodings").
 """
 from __future__ import annotations
 
@@ -71,18 +69,11 @@ def debinarize(signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.where(signs, a, -a)
 
 
-# ------------------------------------------------------------------------------------------
-# Byte formats
-# ------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Encoding:
     """One byte format of a trained tensor (``name``: never reused for another format).
-
-    ``encode(latent, mask or None) -> bytes``; ``decode(bytes, shape, k) -> (float32 weight,
-    mask or None)`` raises ArtifactError on anything but a canonical encoding; ``sparse``: the
-    tensor keeps ``k`` values (the others 0) and stores a mask.
-    """
+    ``decode`` returns ``(float32 weight, mask or None)``, ArtifactError unless canonical;
+    ``sparse``: the tensor keeps ``k`` values (the others 0) and stores a mask."""
 
     name: str
     encode: Callable[[torch.Tensor, torch.Tensor | None], bytes]
@@ -124,13 +115,6 @@ def _expect_length(data: bytes, size: int, what: str) -> None:
         raise ArtifactError(f"{what}: {len(data)} bytes, the shape needs {size}")
 
 
-def _check_canonical(codes: torch.Tensor, scale: torch.Tensor, top: int, what: str) -> None:
-    """Positive-scale channels reach ``|code| = top``; zero-scale channels hold only 0."""
-    peak = _rows(codes).abs().amax(1) if codes.numel() else torch.zeros_like(scale)
-    if bool(((scale > 0) & (peak != top)).any() | ((scale == 0) & (peak != 0)).any()):
-        raise ArtifactError(f"{what}: codes and scales are not what the quantizer writes")
-
-
 def _int_encoding(bits: int) -> Encoding:
     qmax = 2 ** (bits - 1) - 1
     name = f"int{bits}"
@@ -160,7 +144,10 @@ def _int_encoding(bits: int) -> Encoding:
         wide = q.to(torch.int16)  # int8's abs(-128) overflows
         if bool((wide.abs() > qmax).any()):
             raise ArtifactError(f"{name}: a code is outside [-{qmax}, {qmax}]")
-        _check_canonical(wide, scale, qmax, name)
+        # canonical: positive-scale channels reach |code| = qmax, zero-scale ones hold only 0
+        peak = _rows(wide).abs().amax(1) if wide.numel() else torch.zeros_like(scale)
+        if bool(((scale > 0) & (peak != qmax)).any() | ((scale == 0) & (peak != 0)).any()):
+            raise ArtifactError(f"{name}: codes and scales are not what the quantizer writes")
         return dequantize(q, scale), None
 
     return Encoding(name, encode, decode)
@@ -287,18 +274,13 @@ def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
     return f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
 
 
-# ------------------------------------------------------------------------------------------
-# Strategies with trained weights (the families of pemn.competitors)
-# ------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class TrainedWeights(Strategy):
     """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`).
 
     A family sets ``encoding``, the :data:`ENCODINGS` name its tensors are stored in
-    (``"sparse"``: a mask codec or CSR, chosen by :func:`sparse_encoding`); a new byte format
-    is one :func:`register_encoding` call. ``dense_ends``: the first and last selected layers
-    (stem and head) stay dense.
+    (``"sparse"``: a mask codec or CSR, by :func:`sparse_encoding`). ``dense_ends``: the first
+    and last selected layers (stem and head) stay dense.
     """
 
     dense_ends: bool = False
