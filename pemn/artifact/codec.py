@@ -123,13 +123,10 @@ def _check_counts(n: int, k: int) -> tuple[int, int]:
     return n, k
 
 
-register_codec(MaskCodec(
-    name="bits",
-    encode_fn=lambda flat, k: pack_bits(flat),
-    decode_fn=lambda data, n, k: unpack_bits(data, n),
-    size_fn=lambda n, k: packed_num_bytes(n),
-    min_size_fn=lambda n, k: packed_num_bytes(n),
-))
+register_codec(MaskCodec(name="bits", encode_fn=lambda flat, k: pack_bits(flat),
+                         decode_fn=lambda data, n, k: unpack_bits(data, n),
+                         size_fn=lambda n, k: packed_num_bytes(n),
+                         min_size_fn=lambda n, k: packed_num_bytes(n)))
 
 
 # Static canonical Huffman codes, decoded by zlib as one DEFLATE block (docs/FORMAT.md)

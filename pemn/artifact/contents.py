@@ -23,8 +23,7 @@ def norm_names(model: nn.Module) -> set[str]:
 
 
 def _num_unique(header: Header, strategy) -> int:
-    """U: a weight fill's unique values, or the values a trained-weights file stores (a family
-    rebuilt from the seed: as its strategy counts them, e.g. PRANC's k)."""
+    """U: a fill's unique values, or the values a trained-weight file stores (PRANC: its k)."""
     if rebuilder(strategy) is not None:
         return strategy.num_stored([TensorSpec(e.name, e.shape) for e in header.encoded])
     if isinstance(strategy, TrainedWeights):

@@ -66,9 +66,8 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
 
 def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:
     example = torch.zeros(shape)
-    # dynamo=False: the TorchScript exporter needs no onnxscript (the torch.export-based one
-    # does); torch deprecates it, and traces Python shape checks (TracerWarning) that hold for
-    # the fixed image size anyway, so both warnings are silenced here.
+    # dynamo=False: the TorchScript exporter needs no onnxscript; the warnings that torch
+    # deprecates it and traces shape checks (true for the fixed image size) are silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -85,10 +84,9 @@ def export(source, out_path: str | os.PathLike, format: str = "safetensors",
 
     Args:
         source: an artifact path, or a PEMN model (copied, not modified).
-        format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
-            and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
-        example_input_shape: ONNX input shape (batch exported as dynamic); default
-            :func:`default_input_shape`.
+        format: ``"safetensors"`` (the ``state_dict``; metadata ``pemn.architecture`` and
+            ``pemn.kwargs`` rebuild it with ``create_model``) or ``"onnx"`` (its input shape:
+            ``example_input_shape``, default :func:`default_input_shape`; batch dynamic).
         model: for an artifact of a model outside the zoo, its skeleton (as ``pemn.load``).
     """
     if format not in EXPORT_FORMATS:

@@ -9,7 +9,7 @@ import math
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -51,9 +51,8 @@ class ArtifactError(ValueError):
 
 
 def entry_kind(encoding: str) -> str:
-    """``raw`` (also :data:`INT8_TENSOR`), ``prototype``, ``mask`` (a codec of
-    :mod:`pemn.artifact.codec`) or ``weight`` (an encoding of :mod:`pemn.artifact.weights`);
-    ArtifactError for any other name."""
+    """``raw`` (also :data:`INT8_TENSOR`), ``prototype``, ``mask`` (a mask codec) or ``weight``
+    (a weight encoding); ArtifactError for any other name."""
     from pemn.artifact.weights import ENCODINGS  # it imports this module
     if encoding in ("raw", "prototype", INT8_TENSOR):
         return "raw" if encoding == INT8_TENSOR else encoding
@@ -101,11 +100,11 @@ class Header:
     generator: str
     prototype_sha256: tuple[str, ...]
     tensors: tuple[Entry, ...]
-    ties: tuple[tuple[str, str], ...] = ()
-    folded_norms: tuple[str, ...] = ()
-    dataset: dict | None = None
-    metadata: dict = field(default_factory=dict)
-    written_by: dict = field(default_factory=dict)
+    ties: tuple[tuple[str, str], ...]
+    folded_norms: tuple[str, ...]
+    dataset: dict | None
+    metadata: dict
+    written_by: dict
 
     def of_kind(self, kind: str) -> tuple[Entry, ...]:
         return tuple(e for e in self.tensors if e.kind == kind)
@@ -129,17 +128,6 @@ class Header:
     @property
     def payload_bytes(self) -> int:
         return self.tensors[-1].offset + self.tensors[-1].length if self.tensors else 0
-
-    def to_json(self) -> dict:
-        return {
-            "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": self.model,
-            "pemn": {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "seed": self.seed,
-                     "generator": self.generator,
-                     "prototype_sha256": list(self.prototype_sha256)},
-            "tensors": [e.to_json() for e in self.tensors],
-            "ties": [list(t) for t in self.ties], "folded_norms": list(self.folded_norms),
-            "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
-        }
 
     @classmethod
     def from_json(cls, d: dict) -> Header:
@@ -372,9 +360,8 @@ def dataset_entry(d: dict | None) -> dict | None:
 
 
 def seal(header_json: dict, payload: bytes) -> bytes:
-    """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set:
-    the only writer of the container (tests re-seal edits with it). The preamble carries
-    :data:`FORMAT_VERSION`, whatever the header says."""
+    """Preamble (:data:`FORMAT_VERSION`) + compressed header + payload, ``payload_sha256`` and
+    both digests set: the only writer of the container (tests re-seal edits with it)."""
     d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
     text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
@@ -406,9 +393,8 @@ SIGNATURE_BYTES = len(SIGNATURE_MAGIC) + 32 + 64
 
 
 def read_container(data: bytes) -> Container:
-    """Check the preamble, both digests and the header of ``data``; ArtifactError for
-    anything but a complete, intact file. A signature block after the payload is returned,
-    not verified (``pemn.artifact.signing`` does)."""
+    """Check the preamble, both digests and the header of ``data``; ArtifactError unless it is
+    complete and intact. A signature block is returned, not verified (``signing`` does)."""
     if len(data) < PREAMBLE_BYTES:
         raise ArtifactError(f"not a PEMN artifact: {len(data)} bytes is shorter than the "
                             f"{PREAMBLE_BYTES}-byte preamble (truncated file?)")
@@ -450,8 +436,7 @@ def _reject_constant(name: str):
 
 
 def _header_json(raw: bytes) -> dict:
-    """The stored header inflated, with an output cap (a small header cannot inflate into
-    gigabytes), and parsed."""
+    """The stored header inflated, capped (no gigabytes from a small header), and parsed."""
     inflater = zlib.decompressobj()
     try:
         text = inflater.decompress(raw, MAX_HEADER_BYTES + 1)

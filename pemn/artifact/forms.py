@@ -44,8 +44,7 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype`` (bitpack's order), on
-    ``bits``' device. A table lookup is the fastest measured: 3x shift-and-mask."""
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` 0/1 of ``dtype``, by table (3x shift-and-mask)."""
     table = _bit_table(bits.device, dtype)
     return F.embedding(bits.int(), table).view(-1)[:n]
 
@@ -56,9 +55,8 @@ def _pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
 
 
 def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:
-    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``:
-    a copy-order RP vector's short drawn values (tiled in every read), the sign bits of a
-    prototype of ``+-magnitude`` constants (exact, permuted or not), else ``full`` itself."""
+    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``
+    (docs/METHOD.md, "The artifact")."""
     if proto.tile_to > proto.numel and not proto.permute:
         return full[: proto.numel].clone(), None  # clone: the full vector is not kept alive
     magnitude = full[:1].abs()
@@ -69,8 +67,7 @@ def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | Non
 
 def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, module: nn.Module,
             name: str) -> torch.Tensor:
-    """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read;
-    ``values`` is shared (same storage) by every layer of its prototype."""
+    """``values[:numel] * unpack(bits)``, times the layer's scale and gain, at every read."""
     values, n = getattr(module, name + VALUES), math.prod(shape)
     bits = getattr(module, name + BITS)
     if magnitude is not None:  # 0/1 mask times -1/+1 signs times the magnitude: exact in fp32
@@ -108,8 +105,7 @@ class Masks(list):
         return unpack_bits(bits, shape.numel()).view(shape)
 
     def into(self, j: int, out: torch.Tensor) -> torch.Tensor:
-        """Mask ``j`` written into ``out`` as 0/1 a bit position at a time (temporaries of a
-        bit per weight, not a byte)."""
+        """Mask ``j`` written into ``out`` as 0/1, a bit position at a time (small temporaries)."""
         bits = torch.from_numpy(np.frombuffer(super().__getitem__(j)[0], np.uint8).copy())
         flat = out.view(-1)
         for b in range(8):  # bitpack's order: element i is bit i % 8 of byte i // 8
@@ -133,11 +129,10 @@ def check_regenerated(header: Header, digests) -> None:
 
 @dataclass
 class Payload:
-    """A checked file. A weight fill has ``plan``, ``masks``, ``gains`` (per masked tensor,
-    None without one) and ``stored`` (the prototypes; None when regenerated from the seed);
-    a trained-weight file has ``weights`` (per encoded entry, ``(weight, mask or None)``) and
-    the ``payload`` bytes, or, for a family rebuilt by ``apply_``, ``rebuild`` (the strategy
-    its :func:`register_rebuild` function returned); Dense has neither."""
+    """A checked file. A fill has ``plan``, ``masks``, ``gains`` (None without one) and
+    ``stored`` (the prototypes, None when regenerated); a trained family ``weights`` (each a
+    ``(weight, mask or None)``) and the ``payload``, or ``rebuild`` (the strategy its
+    :func:`register_rebuild` function returned); Dense has neither."""
 
     header: Header
     strategy: object
@@ -151,8 +146,7 @@ class Payload:
     rebuild: object = None
 
     def prototype(self, i: int) -> torch.Tensor:
-        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256 (a
-        form built one prototype at a time holds one, not all of them)."""
+        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256."""
         if self.stored is not None:
             return torch.from_numpy(self.stored[i])
         proto, seed = self.plan.prototypes[i], self.header.seed
@@ -162,8 +156,7 @@ class Payload:
         return torch.from_numpy(values)
 
     def mask(self, j: int) -> torch.Tensor:
-        """Masked tensor ``j``'s mask over all its positions: a stored mask covers only the
-        seeded support (``pruned``), regenerated here; the pruned positions are 0."""
+        """Mask ``j`` over all positions (a stored one covers its seeded support; others 0)."""
         mask, m = self.masks[j], self.header.masked[j]
         support = self.plan.support(j, m.numel, self.header.seed)
         if support is None:
@@ -175,12 +168,9 @@ _REBUILDERS: dict[type, object] = {}
 
 
 def register_rebuild(cls: type):
-    """Function decorator for a trained-weight family whose weights no entry decodes alone
-    (:mod:`pemn.pranc`: a seed and coefficients shared by every layer): ``fn(p, form) ->
-    strategy`` checks the :class:`Payload` ``p`` before any skeleton exists (its stored
-    tensors, the work its rebuild takes) and returns the strategy ``apply_`` rebuilds the
-    file's layers with in ``form``. Every form is then the train form: as it is (``train``),
-    baked (``dense``), or with the family's stored tensors frozen (``packed``)."""
+    """Function decorator ``fn(p, form) -> strategy`` for a trained-weight family whose
+    weights no entry decodes alone (:mod:`pemn.pranc`): it checks the :class:`Payload` ``p``
+    and returns the strategy ``apply_`` rebuilds the layers with (docs/METHOD.md, section 5)."""
     return file_under(_REBUILDERS, cls)
 
 
@@ -221,8 +211,7 @@ def _apply_to(model: nn.Module, strategy, p: Payload, names: list[str]) -> None:
 
 
 def _train_form(model: nn.Module, p: Payload) -> nn.Module:
-    """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores; a
-    trained family's Parameters become its latent weights (the same values)."""
+    """PEMN layers again: apply_ regenerates, the masks set the scores (or the weights)."""
     header = p.header
     if p.weights is not None or p.rebuild is not None:
         if p.weights is not None:
@@ -305,8 +294,7 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
 
 
 def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
-    """Bits + prototype per layer (a trained family: its file bytes), the weight rebuilt in
-    every forward (no cache)."""
+    """Bits + prototype per layer (a trained family: its file bytes), rebuilt every forward."""
     if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
         model = _train_form(model, p)
         for e in p.header.encoded:

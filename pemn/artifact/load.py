@@ -93,8 +93,7 @@ _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[
 
 
 class _MetaBuild(TorchFunctionMode):
-    """Skip weight initialisation (on meta tensors it imports torch._dynamo, ~1 s), and stop
-    after ``budget`` torch calls, so hostile kwargs (``depth=65536``) cannot buy work."""
+    """Skips weight init (on meta it imports torch._dynamo, ~1 s); stops after ``budget`` calls."""
 
     def __init__(self, budget: int):
         super().__init__()
@@ -126,9 +125,7 @@ def zoo_skeleton(header: Header) -> nn.Module:
 
 
 def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
-    """Every name and shape of the file against the skeleton (one error, first bad tensor),
-    then each stored dtype: the skeleton's, or a float of no wider range (fp16 into a float32
-    model; a float64 1e300 is finite, but inf in a float32 model)."""
+    """Every name and shape of the file against the skeleton, then each stored dtype."""
     expected = {e.name: e.shape for e in header.tensors if e.kind != "prototype"}
     expected.update({alias: expected[target] for alias, target in header.ties})
     masked = {m.name for m in header.masked} | {e.name for e in header.encoded}
@@ -178,8 +175,7 @@ def _skeleton(header: Header, model: nn.Module | None, form: str,
 
 
 def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) -> nn.Module:
-    """Real storage, uninitialised, for a meta model the file is about to fill; the packed
-    form's masked weights become empty placeholders first, so the peak stays small."""
+    """Uninitialised storage for a meta model (the packed form's masked weights: empty)."""
     if {k for k, _ in meta.named_buffers()} - set(meta.state_dict()):
         return create_model(header.model["name"], **header.model["kwargs"]).to(device)
     if form == "packed":
@@ -195,8 +191,7 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
 
 
 def _decode(e: Entry, payload: memoryview):
-    """One entry's values by its kind: a raw tensor, a bool mask, a ``(float32 weight, bool
-    mask or None)`` or a prototype vector."""
+    """One entry's values: a tensor, a mask, a ``(weight, mask or None)`` or a prototype."""
     return _DECODERS[e.kind](e, payload[e.offset:e.offset + e.length])
 
 
@@ -287,8 +282,7 @@ def _trained_weights(header: Header, strategy, payload: memoryview) -> list:
 
 
 def _check_kinds(header: Header, strategy) -> None:
-    """Masks (and prototypes) for a weight fill, encoded weights for a strategy that trains
-    its own, neither for Dense: raw tensors besides, and at least one of what it needs."""
+    """Raw tensors, and masks (and prototypes) for a fill or weights for a trained family."""
     needs = "weight" if isinstance(strategy, TrainedWeights) else (
         None if isinstance(strategy, Dense) else "mask")
     allowed = {"raw", needs} | ({"prototype"} if needs == "mask" else set())
@@ -331,8 +325,7 @@ def _check_args(form: str, max_elements) -> None:
 
 
 def _element_limit(max_elements: int | None, num_bytes: int) -> int:
-    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file: an
-    honest file needs ``H(keep)/8`` bytes per masked value (1/700 at keep 0.001)."""
+    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file."""
     if max_elements is not None:
         return max_elements
     return min(DEFAULT_MAX_ELEMENTS, max(2**16, VALUES_PER_BYTE * num_bytes))

@@ -14,7 +14,15 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import DTYPES, INT8_TENSOR, ArtifactError, Entry, Header, seal
+from pemn.artifact.format import (
+    DTYPES,
+    FORMAT_VERSION,
+    INT8_TENSOR,
+    ArtifactError,
+    Entry,
+    Header,
+    seal,
+)
 from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
@@ -151,8 +159,7 @@ PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16,
 
 def _compact(model: nn.Module, others: list, dtype: torch.dtype,
              keep: set[str] = frozenset()) -> tuple[list, tuple]:
-    """Fold eval-mode BatchNorm into its affine ``(a, b)`` (docs/FORMAT.md, ``folded_norms``)
-    and store floats in ``dtype`` (the names in ``keep``: in float32)."""
+    """BatchNorm folded (FORMAT.md, ``folded_norms``); floats in ``dtype``, ``keep`` in float32."""
     values, folded = dict(others), []
     for fqn, m in model.named_modules():
         prefix = f"{fqn}." if fqn else ""
@@ -171,8 +178,7 @@ def _compact(model: nn.Module, others: list, dtype: torch.dtype,
 
 
 def _norm_affines(model: nn.Module, others: list) -> set[str]:
-    """The weight and bias of every norm layer (BatchNorm, folded or not, LayerNorm,
-    GroupNorm), which ``norm8`` stores as int8 codes."""
+    """The weight and bias of every norm layer, which ``norm8`` stores as int8 codes."""
     from pemn.artifact.contents import norm_names  # it imports this module
     norms = norm_names(model)
     return {k for k, v in others if k in norms and k.rpartition(".")[2] in ("weight", "bias")
@@ -180,8 +186,7 @@ def _norm_affines(model: nn.Module, others: list) -> set[str]:
 
 
 def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, bytes]:
-    """A raw entry, or with ``int8`` one fp16 scale ``max|t| / 127`` and int8 codes: the int8
-    weight encoding of ``t`` as one row (:data:`INT8_TENSOR`)."""
+    """A raw entry, or with ``int8`` the int8 weight encoding of ``t`` as one row."""
     if int8:
         return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)),
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
@@ -200,8 +205,7 @@ def _zoo_args(model: nn.Module) -> dict | None:
 
 
 def _dataset_header(dataset) -> dict | None:
-    """What a user needs to feed the model: ``DatasetInfo.as_header()`` or the caller's dict
-    (validated with the header)."""
+    """``DatasetInfo.as_header()`` or the caller's dict (validated with the header)."""
     if dataset is not None and not isinstance(dataset, dict):
         if not hasattr(dataset, "as_header"):
             raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
@@ -275,17 +279,19 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     rows += [_raw_row(k, v, k in int8) for k, v in others]
     table, offset = [], 0
     for fields, data in rows:
-        table.append(Entry(**fields, offset=offset, length=len(data)))
+        table.append(Entry(**fields, offset=offset, length=len(data)).to_json())
         offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
-    header = Header(
-        model=_zoo_args(model), strategy=strategy_to_dict(spec.strategy),
-        keep_ratio=spec.keep_ratio, seed=spec.seed, generator=spec.generator,
-        prototype_sha256=() if dense else tuple(spec.prototype_sha256), tensors=tuple(table),
-        ties=tuple(ties), folded_norms=folded, dataset=_dataset_header(dataset),
-        metadata=_json_object(metadata, "metadata") or {},
-        written_by={"pemn": _version("pemn"), "torch": torch.__version__})
-    return seal(Header.from_json(header.to_json()).to_json(), b"".join(d for _, d in rows))
+    header = {  # the keys of docs/FORMAT.md, in its order
+        "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": _zoo_args(model),
+        "pemn": {"strategy": strategy_to_dict(spec.strategy), "keep_ratio": float(spec.keep_ratio),
+                 "seed": spec.seed, "generator": spec.generator,
+                 "prototype_sha256": [] if dense else list(spec.prototype_sha256)},
+        "tensors": table, "ties": [list(t) for t in ties], "folded_norms": list(folded),
+        "dataset": _dataset_header(dataset), "metadata": _json_object(metadata, "metadata") or {},
+        "written_by": {"pemn": _version("pemn"), "torch": torch.__version__}}
+    Header.from_json(header)  # every field checked as a reader checks it
+    return seal(header, b"".join(d for _, d in rows))
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",

@@ -1,9 +1,6 @@
-"""Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
-
-The numerics :mod:`pemn.competitors` trains with live next to their byte formats, so that the
-forward pass and the file agree bit for bit (channels, fp16 scales and the canonical forms
-decoding accepts: ``docs/FORMAT.md``, "Trained-weight encodings").
-"""
+"""Trained weights stored compactly: the numerics :mod:`pemn.competitors` trains with, next to
+their byte formats (``docs/FORMAT.md``, "Trained-weight encodings"), so that the forward pass
+and the file agree bit for bit."""
 from __future__ import annotations
 
 import math
@@ -222,9 +219,8 @@ def _csr_layout(shape: tuple[int, ...], k: int) -> tuple[int, int, str, str]:
 
 
 def csr_num_bytes(shape: tuple[int, ...], k: int) -> int:
-    """Bytes of the ``csr-f32`` encoding of ``k`` kept values of a tensor of ``shape``: fp32
-    values, column indices and ``shape[0] + 1`` row pointers, each index array in the smallest
-    of 1, 2, 4 bytes that fits (the one count of CSR bytes; ``pemn size`` prices by it)."""
+    """Bytes of the ``csr-f32`` encoding of ``k`` kept values of a tensor of ``shape`` (the one
+    count of CSR bytes; ``pemn size`` prices by it)."""
     rows, _, col_dtype, ptr_dtype = _csr_layout(tuple(shape), k)
     return (4 + np.dtype(col_dtype).itemsize) * k + np.dtype(ptr_dtype).itemsize * (rows + 1)
 
@@ -276,12 +272,9 @@ def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainedWeights(Strategy):
-    """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`).
-
-    A family sets ``encoding``, the :data:`ENCODINGS` name its tensors are stored in
-    (``"sparse"``: a mask codec or CSR, by :func:`sparse_encoding`). ``dense_ends``: the first
-    and last selected layers (stem and head) stay dense.
-    """
+    """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`):
+    ``encoding`` names the :data:`ENCODINGS` entry its tensors are stored in (``"sparse"``: by
+    :func:`sparse_encoding`); ``dense_ends``: the first and last selected layers stay dense."""
 
     dense_ends: bool = False
     encoding: ClassVar[str] = ""
