@@ -83,11 +83,6 @@ class Entry:
     def kind(self) -> str:
         return entry_kind(self.encoding)
 
-    def to_json(self) -> dict:
-        d = {"name": self.name, "encoding": self.encoding, "dtype": self.dtype,
-             "shape": list(self.shape), "offset": self.offset, "length": self.length}
-        return d | {k: getattr(self, k) for k in _KINDS[self.kind][1]}
-
 
 @dataclass(frozen=True)
 class Header:

@@ -14,15 +14,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import (
-    DTYPES,
-    FORMAT_VERSION,
-    INT8_TENSOR,
-    ArtifactError,
-    Entry,
-    Header,
-    seal,
-)
+from pemn.artifact.format import DTYPES, FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header, seal
 from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
@@ -84,25 +76,26 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     return protos
 
 
-# Each writer below gives the tensor table's rows as (Entry fields but offset and length, bytes)
+# Each writer below gives the tensor table's rows as (name, encoding, dtype and shape; the
+# fields its encoding needs; bytes)
 
-def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
+def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, dict, bytes]]:
     rows = []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
         k = int(mask.count_nonzero())
         name_ = choose_codec(mask.numel(), k) if codec == "auto" else codec  # m with a support
-        rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape,
-                          num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
+        rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape),
+                     dict(num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
     return rows
 
 
-def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, bytes]]:
+def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, dict, bytes]]:
     drawn = [p.drawn(v, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
     if not (store or store is None and 4 * sum(map(len, drawn)) <= STORE_PROTOTYPE_MAX_BYTES):
         return []
     return [(dict(name=f"prototype.{i}", encoding="prototype", dtype="<f4", shape=(len(d),)),
-             d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
+             {}, d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
 
 
 def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
@@ -127,7 +120,7 @@ def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]
                           if name not in machinery)
 
 
-def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple[dict, bytes]]:
+def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple]:
     """Each trained tensor (latent ``<name>_orig``, sparse mask ``<name>_mask``) encoded."""
     family = spec.strategy.encoding
     rows = []
@@ -147,8 +140,8 @@ def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tup
             else family
         data = get_encoding(encoding).encode(latent.detach(), None if mask is None
                                              else mask.bool())
-        rows.append((dict(name=ts.name, encoding=encoding, dtype="<f4", shape=ts.shape,
-                          num_kept=k), data))
+        rows.append((dict(name=ts.name, encoding=encoding, dtype="<f4", shape=ts.shape),
+                     dict(num_kept=k), data))
     return rows
 
 
@@ -185,15 +178,15 @@ def _norm_affines(model: nn.Module, others: list) -> set[str]:
             and v.is_floating_point() and v.numel()}
 
 
-def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, bytes]:
+def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, dict, bytes]:
     """A raw entry, or with ``int8`` the int8 weight encoding of ``t`` as one row."""
     if int8:
-        return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)),
+        return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)), {},
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
     if t.dtype not in _DTYPE_CODES:
         raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
     return (dict(name=name, encoding="raw", dtype=_DTYPE_CODES[t.dtype], shape=tuple(t.shape)),
-            _raw_bytes(t))
+            {}, _raw_bytes(t))
 
 
 def _zoo_args(model: nn.Module) -> dict | None:
@@ -278,8 +271,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         others, folded = _compact(model, others, PRECISIONS[precision], int8)
     rows += [_raw_row(k, v, k in int8) for k, v in others]
     table, offset = [], 0
-    for fields, data in rows:
-        table.append(Entry(**fields, offset=offset, length=len(data)).to_json())
+    for fields, extra, data in rows:  # the keys in the order of docs/FORMAT.md
+        table.append({**fields, "shape": list(fields["shape"]), "offset": offset,
+                      "length": len(data), **extra})
         offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
     header = {  # the keys of docs/FORMAT.md, in its order
@@ -291,7 +285,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         "dataset": _dataset_header(dataset), "metadata": _json_object(metadata, "metadata") or {},
         "written_by": {"pemn": _version("pemn"), "torch": torch.__version__}}
     Header.from_json(header)  # every field checked as a reader checks it
-    return seal(header, b"".join(d for _, d in rows))
+    return seal(header, b"".join(data for *_, data in rows))
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
