@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from pemn.artifact.format import KINDS, Header, read_container
+from pemn.artifact.format import read_container
 from pemn.artifact.forms import rebuilder, tensor_specs
+from pemn.artifact.header import KINDS, Header
 from pemn.artifact.load import guarded, zoo_skeleton
 from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights

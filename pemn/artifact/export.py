@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pemn.artifact.format import ArtifactError
+from pemn.artifact.header import ArtifactError
 from pemn.artifact.load import load
 from pemn.artifact.pack import unique_tensors
 from pemn.transform import materialize_

@@ -15,7 +15,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.bitpack import pack_bits, unpack_bits
-from pemn.artifact.format import ArtifactError, Header
+from pemn.artifact.header import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
 from pemn.fill import TensorSpec, file_under
 from pemn.masking import (

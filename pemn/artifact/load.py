@@ -16,18 +16,9 @@ from torch.overrides import TorchFunctionMode
 
 from pemn import rng
 from pemn.artifact.codec import get_codec
-from pemn.artifact.format import (
-    DTYPES,
-    INT8_TENSOR,
-    MAX_ELEMENTS,
-    MAX_HEADER_BYTES,
-    PREAMBLE_BYTES,
-    ArtifactError,
-    Entry,
-    Header,
-    read_container,
-)
+from pemn.artifact.format import MAX_HEADER_BYTES, PREAMBLE_BYTES, read_container
 from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
+from pemn.artifact.header import DTYPES, INT8_TENSOR, MAX_ELEMENTS, ArtifactError, Entry, Header
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, plan_fill, strategy_from_dict
 from pemn.masking import GAIN, num_kept

@@ -14,7 +14,8 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import DTYPES, FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header, seal
+from pemn.artifact.format import seal
+from pemn.artifact.header import DTYPES, FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header
 from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict

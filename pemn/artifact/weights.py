@@ -12,7 +12,7 @@ import torch
 
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import ArtifactError
+from pemn.artifact.header import ArtifactError
 from pemn.fill import Strategy, TensorSpec
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
