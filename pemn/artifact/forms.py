@@ -45,13 +45,11 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 def _unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """``(ceil(n/8),)`` uint8 -> ``(n,)`` 0/1 of ``dtype``, by table (3x shift-and-mask)."""
-    table = _bit_table(bits.device, dtype)
-    return F.embedding(bits.int(), table).view(-1)[:n]
+    return F.embedding(bits.int(), _bit_table(bits.device, dtype)).view(-1)[:n]
 
 
 def _pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
-    data = pack_bits(mask)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
+    return torch.frombuffer(bytearray(pack_bits(mask)), dtype=torch.uint8).to(mask.device)
 
 
 def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:

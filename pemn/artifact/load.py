@@ -27,9 +27,8 @@ from pemn.models import create_model
 __all__ = ["load", "unpack", "read_header", "guarded", "zoo_skeleton", "FORMS",
            "DEFAULT_MAX_ELEMENTS"]
 
-# 2**25 values = 128 MiB of float32, regenerated in ~1.3 s: every zoo model (ResNet-50: 25.6M)
-# fits; pass max_elements for larger ones (ViT-B: 86M). It bounds what a hostile file within
-# the defaults can demand to 2 s and 300 MB (docs/THREAT_MODEL.md).
+# 128 MiB of float32: every zoo model fits (ViT-B's 86M needs max_elements); a hostile file
+# within the defaults costs at most 2 s and 300 MB (docs/THREAT_MODEL.md)
 DEFAULT_MAX_ELEMENTS = 2**25
 VALUES_PER_BYTE = 1024  # default ceiling on values per file byte (densest honest: ~880)
 FORMS = ("train", "dense", "packed")
@@ -61,11 +60,11 @@ def _read_file(path, max_elements: int) -> bytes:
     return data
 
 
-def guarded(source, fn, max_elements: int = DEFAULT_MAX_ELEMENTS):
+def guarded(source, fn):
     """``fn(data)`` for the bytes of ``source`` (a path or bytes), any lower-level error
     (create_model, a codec, a strategy, memory) raised as one :class:`ArtifactError`."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
-        source, max_elements)
+        source, DEFAULT_MAX_ELEMENTS)
     try:
         return fn(data)
     except ArtifactError:
@@ -84,7 +83,7 @@ _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[
 
 
 class _MetaBuild(TorchFunctionMode):
-    """Skips weight init (on meta it imports torch._dynamo, ~1 s); stops after ``budget`` calls."""
+    """Skips weight init (on meta it imports torch._dynamo, ~1 s); hostile kwargs: ``budget``."""
 
     def __init__(self, budget: int):
         super().__init__()
@@ -142,7 +141,7 @@ def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
     if missing:
         raise ArtifactError(f"the file holds tensor {missing[0]!r} {list(expected[missing[0]])}, "
                             f"which {what} does not have")
-    for t in header.raw:
+    for t in header.raw:  # the skeleton's dtype, or a float of no wider range (fp16 into fp32)
         have, want = DTYPES[t.dtype], getattr(state.get(t.name), "dtype", None)
         if want is not None and have != want and not (
                 have.is_floating_point and want.is_floating_point

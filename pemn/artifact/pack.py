@@ -27,10 +27,7 @@ __all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "unique_te
 
 log = logging.getLogger(__name__)
 
-# "auto" stores the prototype values verbatim when they take at most this many bytes (RP at
-# small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
-# the float path of the generator, for less than the cost of a few header lines.
-STORE_PROTOTYPE_MAX_BYTES = 1024
+STORE_PROTOTYPE_MAX_BYTES = 1024  # store_prototype=None stores them up to this (docs/METHOD.md)
 _DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
