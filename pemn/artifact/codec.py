@@ -214,8 +214,7 @@ def _deflate_prefix(lengths: list[int]) -> bytes:
 
 def _make_code(weights: list[int]) -> _Code:
     lengths = _huffman_lengths(weights + [1])
-    used = sum(weights)
-    mean = sum(w * b for w, b in zip(weights, lengths)) / used
+    mean = sum(w * b for w, b in zip(weights, lengths)) / sum(weights)
     return _Code(np.array(lengths, np.int64), np.array(_canonical_codes(lengths), np.uint64),
                  _deflate_prefix(lengths), mean)
 
