@@ -1,14 +1,8 @@
-"""PEMN artifacts: a trained model as seed + bit masks + its other tensors, restored exactly.
-
-    >>> import pemn
-    >>> pemn.save(model, "model.pemn")                   # any model pemn.apply_ accepted
-    >>> model = pemn.load("model.pemn", model=MyNet())   # fill your own skeleton
-    >>> model = pemn.load("zoo.pemn", form="dense")      # zoo models: built from the header
-
-The byte format: docs/FORMAT.md; the in-memory forms: :mod:`pemn.artifact.forms`.
-"""
+"""PEMN artifacts: a trained model as seed + bit masks + its other tensors, restored exactly
+(``pemn.save``, ``pemn.load``; the byte format: docs/FORMAT.md; the forms: docs/METHOD.md)."""
 from pemn.artifact.export import EXPORT_FORMATS, default_input_shape, export
-from pemn.artifact.format import FORMAT_VERSION, MAGIC, ArtifactError, Header
+from pemn.artifact.format import MAGIC
+from pemn.artifact.header import FORMAT_VERSION, ArtifactError, Header
 from pemn.artifact.contents import describe
 from pemn.artifact.load import DEFAULT_MAX_ELEMENTS, FORMS, load, read_header, unpack
 from pemn.artifact.pack import STORE_PROTOTYPE_MAX_BYTES, pack, save

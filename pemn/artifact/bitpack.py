@@ -1,11 +1,5 @@
-"""Bool tensors <-> bytes at 1 bit per element, with a fixed, documented bit order.
-
-Bit order (part of the artifact format; never change it): the mask is flattened in C order,
-and flat element ``i`` is bit ``i % 8`` of byte ``i // 8`` (numpy's ``bitorder="little"``).
-``n`` elements take ``ceil(n / 8)`` bytes; the padding bits of the last byte are zero.
-:func:`pack_codes` writes variable-length codes in the same order, each least significant bit
-first (RFC 1951's Huffman data when each code is stored bit-reversed).
-"""
+"""Bool tensors and variable-length codes <-> bytes, in the artifact's bit order
+(``docs/FORMAT.md``, "Bit order": part of the format, never change it)."""
 from __future__ import annotations
 
 import operator
@@ -19,8 +13,7 @@ _CHUNK = 1 << 18  # codes per step of pack_codes: bounds its temporaries to a fe
 
 
 class CodecError(ValueError):
-    """Encoded mask bytes are malformed (defined here, the lowest module, so that every codec
-    can raise it; ``pemn.artifact.codec`` re-exports it)."""
+    """Encoded mask bytes are malformed (defined in this lowest module; codec re-exports it)."""
 
 
 def packed_num_bytes(n: int) -> int:
@@ -28,11 +21,7 @@ def packed_num_bytes(n: int) -> int:
 
 
 def pack_bits(mask: torch.Tensor) -> bytes:
-    """A bool tensor of any shape and device as bytes, 8 elements per byte.
-
-        >>> pack_bits(torch.tensor([[True, False], [True, True]]))
-        b'\\r'
-    """
+    """A bool tensor of any shape and device as bytes, 8 elements per byte (C order)."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(f"pack_bits needs a torch.bool tensor, got {got}; use mask.bool()")
@@ -59,11 +48,7 @@ def unpack_bits(data: bytes | bytearray | memoryview, n: int) -> torch.Tensor:
 
 def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> bytes:
     """The low ``lengths[i]`` bits (0 to 32) of each ``codes[i]``, back to back, least
-    significant first, zero-padded to a byte.
-
-        >>> pack_codes(np.array([1, 2]), np.array([1, 2]))  # bits 1, then 0 1
-        b'\\x05'
-    """
+    significant first, zero-padded to a byte."""
     codes, lengths = np.asarray(codes, np.uint64), np.asarray(lengths, np.int64)
     width = int(lengths.max(initial=0))
     shifts = np.arange(width, dtype=np.uint64)

@@ -1,15 +1,6 @@
-"""Mask codecs by name: a flat exact-k bool mask <-> bytes.
-
-``"bits"`` (the raw bitmap), ``"huffman-bytes"`` (each byte of it a Huffman symbol, for
-``k/n`` near 1/2) and ``"huffman-gaps"`` (the runs of the minority value, for sparse masks);
-:func:`choose_codec` picks the smallest per tensor. The byte formats, built as the body of a
-DEFLATE block that ``zlib`` inflates, are specified in ``docs/FORMAT.md``.
-
-Hostile bytes: ``decode`` raises only :class:`CodecError` unless the bytes decode to a mask of
-exactly ``k`` ones. It refuses data shorter than any honest encoding of that ``(n, k)``
-(:meth:`MaskCodec.min_num_bytes`), then takes O(n + len(data)) time and the n-byte mask plus
-at most about n/2 bytes (``benchmarks/results/codec.json``, part ``bound``).
-"""
+"""Mask codecs by name (``bits``, ``huffman-bytes``, ``huffman-gaps``): a flat exact-k bool
+mask <-> bytes; :func:`choose_codec` picks the smallest per tensor. The byte formats and what
+decoding hostile bytes costs: ``docs/FORMAT.md``, "Mask codecs"."""
 from __future__ import annotations
 
 import functools
@@ -23,13 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pemn.artifact.bitpack import (
-    CodecError,
-    pack_bits,
-    pack_codes,
-    packed_num_bytes,
-    unpack_bits,
-)
+from pemn.artifact.bitpack import CodecError, pack_bits, pack_codes, packed_num_bytes, unpack_bits
 
 __all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs",
            "choose_codec"]
@@ -40,13 +25,10 @@ _DECODE_ERRORS = (MemoryError, ValueError, IndexError, OverflowError, RuntimeErr
 
 @dataclass(frozen=True)
 class MaskCodec:
-    """A named mask codec; :meth:`encode` and :meth:`decode` validate, then call the functions.
-
-    ``decode_fn`` may return a wrong count or raise one of ``_DECODE_ERRORS``: both are
-    turned into :class:`CodecError` here. ``size_fn`` is the expected size of a random exact-k
-    mask (for :func:`choose_codec`), ``min_size_fn`` the size no honest encoding is under.
-    With ``constant_free``, a mask of ``k`` 0 or ``n`` takes 0 bytes and calls none of them.
-    """
+    """A named mask codec: :meth:`encode` and :meth:`decode` validate, then call the functions
+    (a wrong count or one of ``_DECODE_ERRORS`` from ``decode_fn`` becomes CodecError).
+    ``size_fn``: the expected size of a random exact-k mask; ``min_size_fn``: the size no honest
+    encoding is under; ``constant_free``: a mask of ``k`` 0 or ``n`` takes 0 bytes."""
 
     name: str
     encode_fn: Callable[[torch.Tensor, int], bytes]
@@ -141,19 +123,13 @@ def _check_counts(n: int, k: int) -> tuple[int, int]:
     return n, k
 
 
-register_codec(MaskCodec(
-    name="bits",
-    encode_fn=lambda flat, k: pack_bits(flat),
-    decode_fn=lambda data, n, k: unpack_bits(data, n),
-    size_fn=lambda n, k: packed_num_bytes(n),
-    min_size_fn=lambda n, k: packed_num_bytes(n),
-))
+register_codec(MaskCodec(name="bits", encode_fn=lambda flat, k: pack_bits(flat),
+                         decode_fn=lambda data, n, k: unpack_bits(data, n),
+                         size_fn=lambda n, k: packed_num_bytes(n),
+                         min_size_fn=lambda n, k: packed_num_bytes(n)))
 
 
-# ------------------------------------------------------------------------------------------
 # Static canonical Huffman codes, decoded by zlib as one DEFLATE block (docs/FORMAT.md)
-# ------------------------------------------------------------------------------------------
-
 _MAX_LEN = 15  # DEFLATE's longest code
 _EOB = 256  # end-of-block symbol
 _CL_ORDER = (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15)
@@ -174,19 +150,8 @@ class _Code:
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
     """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
-    count = _cut_to_max_length(_huffman_length_counts(weights))
-    ranked = iter(sorted((s for s, w in enumerate(weights) if w > 0),
-                         key=lambda s: (-weights[s], s)))
-    lengths = [0] * len(weights)
-    for length, num in enumerate(count):
-        for _ in range(num):
-            lengths[next(ranked)] = length
-    return lengths
-
-
-def _huffman_length_counts(weights: list[int]) -> list[int]:
-    """``count[b]``: how many symbols a Huffman code of ``weights`` gives ``b`` bits."""
-    heap = [(w, s) for s, w in enumerate(weights) if w > 0]
+    used = [s for s, w in enumerate(weights) if w > 0]
+    heap = [(weights[s], s) for s in used]
     heapq.heapify(heap)
     parent, next_id = {}, len(weights)
     while len(heap) > 1:
@@ -198,11 +163,14 @@ def _huffman_length_counts(weights: list[int]) -> list[int]:
     for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
         if node in parent:
             depth[node] = depth[parent[node]] + 1
-    count = [0] * (max(depth.values()) + 1)
-    for s, w in enumerate(weights):
-        if w > 0:
-            count[depth[s]] += 1
-    return count
+    leaf_depths = [depth[s] for s in used]
+    count = _cut_to_max_length([leaf_depths.count(b) for b in range(max(leaf_depths) + 1)])
+    ranked = iter(sorted(used, key=lambda s: (-weights[s], s)))  # shortest codes first
+    lengths = [0] * len(weights)
+    for length, num in enumerate(count):
+        for _ in range(num):
+            lengths[next(ranked)] = length
+    return lengths
 
 
 def _cut_to_max_length(count: list[int]) -> list[int]:
@@ -221,18 +189,13 @@ def _cut_to_max_length(count: list[int]) -> list[int]:
 
 
 def _canonical_codes(lengths: list[int]) -> list[int]:
-    """RFC 1951 canonical codes, each bit-reversed (DEFLATE sends a code's first bit first)."""
-    num = [lengths.count(b) for b in range(_MAX_LEN + 1)]
-    num[0] = 0
-    next_code, code = [0] * (_MAX_LEN + 1), 0
-    for b in range(1, _MAX_LEN + 1):
-        code = (code + num[b - 1]) << 1
-        next_code[b] = code
-    codes = []
-    for length in lengths:
-        value = next_code[length] if length else 0
-        next_code[length] += length > 0
-        codes.append(int(f"{value:0{length}b}"[::-1], 2) if length else 0)
+    """RFC 1951 canonical codes by (length, symbol), bit-reversed for DEFLATE; 0 if unused."""
+    codes, code, previous = [0] * len(lengths), 0, 0
+    for s in sorted((s for s, b in enumerate(lengths) if b), key=lambda s: (lengths[s], s)):
+        code <<= lengths[s] - previous
+        previous = lengths[s]
+        codes[s] = int(f"{code:0{previous}b}"[::-1], 2)
+        code += 1
     return codes
 
 
@@ -251,8 +214,7 @@ def _deflate_prefix(lengths: list[int]) -> bytes:
 
 def _make_code(weights: list[int]) -> _Code:
     lengths = _huffman_lengths(weights + [1])
-    used = sum(weights)
-    mean = sum(w * b for w, b in zip(weights, lengths)) / used
+    mean = sum(w * b for w, b in zip(weights, lengths)) / sum(weights)
     return _Code(np.array(lengths, np.int64), np.array(_canonical_codes(lengths), np.uint64),
                  _deflate_prefix(lengths), mean)
 
@@ -272,10 +234,7 @@ def _inflate(code: _Code, data: bytes, max_symbols: int) -> tuple[bytes, bytes]:
     return out, inflater.unused_data
 
 
-# ------------------------------------------------------------------------------------------
 # "huffman-bytes": the packed bitmap, a byte per symbol
-# ------------------------------------------------------------------------------------------
-
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)])
 
 
@@ -314,10 +273,7 @@ register_codec(MaskCodec(name="huffman-bytes", encode_fn=_bytes_encode,
                          min_size_fn=_bytes_min_size, constant_free=True))
 
 
-# ------------------------------------------------------------------------------------------
 # "huffman-gaps": runs between minority values, Rice-split, high part Huffman-coded
-# ------------------------------------------------------------------------------------------
-
 _FIX = 48  # fixed-point bits of the run-length model
 _ESCAPE_BELOW = 1 << (_FIX - 12)  # escape once a run this long has probability < 2**-12
 _DECODE_CHUNK = 1 << 20  # symbols per vectorised step: bounds int64 temporaries to ~8 MB
@@ -361,10 +317,8 @@ def _gaps_encode(flat: torch.Tensor, k: int) -> bytes:
     per_run = high // model.escape + 1  # escapes, then the remainder
     symbols = np.full(int(per_run.sum()), model.escape, np.uint8)
     symbols[np.cumsum(per_run) - 1] = high % model.escape
-    body = _encode_symbols(model.code, symbols)
-    if not model.rice:
-        return body
-    return body + pack_codes(low, np.full(low.size, model.rice))
+    # then the raw low bits of every run (none when r is 0)
+    return _encode_symbols(model.code, symbols) + pack_codes(low, np.full(low.size, model.rice))
 
 
 def _gaps_decode(data: bytes, n: int, k: int) -> torch.Tensor:
@@ -410,8 +364,7 @@ def _scatter_runs(mask: np.ndarray, symbols: np.ndarray, low: np.ndarray | None,
 
 
 def _raw_low_bits(rest: bytes, model: _GapModel) -> np.ndarray | None:
-    """The ``r`` raw low bits of every run (int64, (m,)), from the bytes after the Huffman part;
-    None if ``r`` is 0."""
+    """The ``r`` raw low bits of every run (int64, (m,)) after the Huffman part; None if r=0."""
     if packed_num_bytes(model.num * model.rice) != len(rest):
         raise CodecError(f"huffman-gaps data has {len(rest)} bytes of raw low bits, expected "
                          f"{packed_num_bytes(model.num * model.rice)}")

@@ -1,14 +1,12 @@
-"""What an artifact holds, component by component, without building its values (``describe``).
-
-A tensor belongs to a norm layer when the module that owns it is one (BatchNorm, LayerNorm,
-GroupNorm), judged on the header's zoo architecture or the model at hand, never by its name.
-"""
+"""What an artifact holds, component by component, without building its values (``describe``);
+which tensors belong to norm layers, by the type of the module that owns them."""
 from __future__ import annotations
 
 from torch import nn
 
-from pemn.artifact.format import KINDS, Header, read_container
+from pemn.artifact.format import read_container
 from pemn.artifact.forms import rebuilder, tensor_specs
+from pemn.artifact.header import KINDS, Header
 from pemn.artifact.load import guarded, zoo_skeleton
 from pemn.artifact.pack import pack
 from pemn.artifact.weights import TrainedWeights
@@ -25,17 +23,8 @@ def norm_names(model: nn.Module) -> set[str]:
             if isinstance(m, _NORM_TYPES) for k in m.state_dict()}
 
 
-def _norm_names(header: Header, model: nn.Module | None) -> set[str]:
-    """:func:`norm_names` of ``model``, or of the header's zoo architecture (checked against
-    the file); none without either."""
-    if model is None and header.model is not None:
-        model = zoo_skeleton(header)
-    return set() if model is None else norm_names(model)
-
-
 def _num_unique(header: Header, strategy) -> int:
-    """U: a weight fill's unique values, or the values a trained-weights file stores (a family
-    rebuilt from the seed: as its strategy counts them, e.g. PRANC's k)."""
+    """U: a fill's unique values, or the values a trained-weight file stores (PRANC: its k)."""
     if rebuilder(strategy) is not None:
         return strategy.num_stored([TensorSpec(e.name, e.shape) for e in header.encoded])
     if isinstance(strategy, TrainedWeights):
@@ -49,7 +38,9 @@ def _describe(data: bytes, model: nn.Module | None) -> dict:
     container = read_container(data)
     header = container.table
     strategy = strategy_from_dict(header.strategy)
-    norms = _norm_names(header, model)
+    if model is None and header.model is not None:
+        model = zoo_skeleton(header)  # checked against the file
+    norms = set() if model is None else norm_names(model)
     return {
         "header": header,
         "strategy": strategy,
@@ -72,29 +63,10 @@ def _describe(data: bytes, model: nn.Module | None) -> dict:
 
 
 def describe(source, model: nn.Module | None = None) -> dict:
-    """What an artifact holds, component by component, without building the model's values.
-
-    Args:
-        source: a path, artifact bytes, or a PEMN model (packed in memory first).
-        model: the architecture of a file that names no zoo model, so that its norm layers
-            are known (a PEMN model ``source`` is its own); not filled or changed.
-
-    Returns:
-        ``header`` (the typed :class:`Header`), ``strategy`` (its strategy), ``format_version``,
-        ``file_bytes``, ``header_bytes`` (preamble + header), ``kind_bytes`` (payload bytes
-        of each kind of entry: ``raw``, ``mask``, ``weight``, ``prototype``),
-        ``masks`` (per masked tensor: name, shape, numel, num_kept, codec, num_bytes and
-        mask_size, the positions its mask covers: numel, or its seeded support),
-        ``others`` (per stored tensor: name, dtype, shape, encoding (``raw``, or
-        ``int8-tensor``: a norm layer of a ``norm8`` file), num_bytes, is_norm: it belongs to
-        a norm layer of the architecture; False for every tensor when there is none at hand),
-        ``encoded`` (per trained weight: name, shape, numel, num_kept, encoding, num_bytes),
-        ``num_unique`` (U: for encoded weights, the values stored) and ``signed_by`` (the
-        signer's public key in hex, not verified; None if unsigned).
-
-    Raises:
-        ArtifactError: as :func:`pemn.artifact.load`.
-    """
+    """What an artifact (a path, bytes, or a PEMN model, packed first) holds, component by
+    component, without building its values; the keys: docs/FORMAT.md, "Reading a file".
+    ``model``: the architecture of a file that names no zoo model, so that its norm layers
+    are known (not filled or changed)."""
     if isinstance(source, nn.Module):
         source, model = pack(source), source
     return guarded(source, lambda data: _describe(data, model))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pemn.artifact.format import ArtifactError
+from pemn.artifact.header import ArtifactError
 from pemn.artifact.load import load
 from pemn.artifact.pack import unique_tensors
 from pemn.transform import materialize_
@@ -20,13 +20,6 @@ from pemn.transform import materialize_
 __all__ = ["export", "EXPORT_FORMATS", "default_input_shape"]
 
 EXPORT_FORMATS = ("safetensors", "onnx")
-
-
-def _plain_copy(source, skeleton: nn.Module | None) -> nn.Module:
-    """A dense copy of an artifact path or a PEMN model (the model itself is not touched)."""
-    if isinstance(source, nn.Module):
-        return materialize_(copy.deepcopy(source)).eval()
-    return load(source, model=skeleton, form="dense")
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -73,9 +66,8 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
 
 def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> None:
     example = torch.zeros(shape)
-    # dynamo=False: the TorchScript exporter needs no onnxscript (the torch.export-based one
-    # does); torch deprecates it, and traces Python shape checks (TracerWarning) that hold for
-    # the fixed image size anyway, so both warnings are silenced here.
+    # dynamo=False: the TorchScript exporter needs no onnxscript; the warnings that torch
+    # deprecates it and traces shape checks (true for the fixed image size) are silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -88,25 +80,21 @@ def _export_onnx(model: nn.Module, out_path: Path, shape: tuple[int, ...]) -> No
 def export(source, out_path: str | os.PathLike, format: str = "safetensors",
            example_input_shape: tuple[int, ...] | None = None,
            model: nn.Module | None = None) -> int:
-    """Write a plain dense model that loads without pemn.
+    """Write a plain dense model that loads without pemn; returns the file's size in bytes.
 
     Args:
         source: an artifact path, or a PEMN model (copied, not modified).
-        out_path: file to write; returns its size in bytes.
-        format: ``"safetensors"`` (the plain ``state_dict``; metadata ``pemn.architecture``
-            and ``pemn.kwargs`` JSON rebuild it with ``create_model``) or ``"onnx"``.
-        example_input_shape: ONNX input shape (batch exported as dynamic); default
-            :func:`default_input_shape`.
+        format: ``"safetensors"`` (the ``state_dict``; metadata ``pemn.architecture`` and
+            ``pemn.kwargs`` rebuild it with ``create_model``) or ``"onnx"`` (its input shape:
+            ``example_input_shape``, default :func:`default_input_shape`; batch dynamic).
         model: for an artifact of a model outside the zoo, its skeleton (as ``pemn.load``).
-
-    Example:
-        >>> export("run.pemn", "run.safetensors")
-        >>> state = safetensors.torch.load_file("run.safetensors")
-        >>> create_model("convmixer_256_d8").load_state_dict(state)
     """
     if format not in EXPORT_FORMATS:
         raise ArtifactError(f"unknown export format {format!r}; use one of {EXPORT_FORMATS}")
-    model = _plain_copy(source, model)
+    if isinstance(source, nn.Module):  # a dense copy; the model itself is not touched
+        model = materialize_(copy.deepcopy(source)).eval()
+    else:
+        model = load(source, model=model, form="dense")
     out_path = Path(out_path)
     if format == "safetensors":
         _export_safetensors(model, out_path)

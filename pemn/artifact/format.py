@@ -1,411 +1,36 @@
-"""The ``.pemn`` file: a preamble, a typed JSON header with one tensor table, no pickle.
-
-The layout and every header key are specified in ``docs/FORMAT.md``. Every field's type and
-range is checked here (:meth:`Header.from_json`) before anything is allocated; the digests
-detect corruption, not tampering (:mod:`pemn.artifact.signing`). Only version 4 is read.
-"""
+"""The ``.pemn`` container: a preamble, the compressed JSON header (:mod:`pemn.artifact.header`)
+and the payload, plus an optional signature block; no pickle (layout: ``docs/FORMAT.md``)."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
-import re
 import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pemn.artifact.codec import list_codecs
+from pemn.artifact.header import (
+    FLOAT_DTYPES,
+    FORMAT_VERSION,
+    INT8_TENSOR,
+    ArtifactError,
+    Header,
+    is_sha256,
+)
 
-__all__ = ["ArtifactError", "MAGIC", "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
-           "PREAMBLE_BYTES", "DTYPES", "MAX_INPUT_VALUES", "dataset_entry", "Header", "Entry",
-           "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES", "read_container",
-           "seal", "entry_kind", "KINDS", "INT8_TENSOR"]
+# the header's names that callers use as format's: the error, the version, the dtypes
+__all__ = ["ArtifactError", "FORMAT_VERSION", "FLOAT_DTYPES", "INT8_TENSOR", "MAGIC",
+           "MAX_HEADER_BYTES", "PREAMBLE_BYTES", "Container", "Signature", "SIGNATURE_MAGIC",
+           "SIGNATURE_BYTES", "read_container", "seal"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
-FORMAT_VERSION = 4  # the only version read; 1 to 3 had positional sections
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256
 PREAMBLE_BYTES = _PREAMBLE.size  # 48
 MAX_HEADER_BYTES = 16 * 2**20  # a real header is a few KB; refuse to parse more
-MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() has a lower default
-MAX_TENSORS = 16_384  # table entries (ResNet-152 has about 1,000)
-MAX_NDIM = 8
-MAX_METADATA_BYTES = 64 * 2**10
-MAX_INPUT_VALUES = 2**22  # values of one example a header may name (3 x 1024 x 1024 fits)
-_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# dtype code -> bytes per value. "bf16" is bfloat16 as raw little-endian uint16 bits.
-DTYPES = {"<f4": 4, "<f2": 2, "bf16": 2, "<f8": 8, "<i8": 8, "<i4": 4, "<i2": 2, "|i1": 1,
-          "|u1": 1, "|b1": 1}
-FLOAT_DTYPES = ("<f4", "<f2", "bf16", "<f8")
-# kind of entry -> (its dtype, None: any of DTYPES; the fields its encoding needs)
-_KINDS = {"raw": (None, ()), "prototype": ("<f4", ()), "mask": ("|b1", ("num_kept", "fan_in")),
-          "weight": ("<f4", ("num_kept",))}
-KINDS = tuple(_KINDS)
-# a raw float tensor as one fp16 scale and int8 codes: the int8 weight encoding of one row
-INT8_TENSOR = "int8-tensor"
-_ENTRY_KEYS = ("name", "encoding", "dtype", "shape", "offset", "length")
 
-
-class ArtifactError(ValueError):
-    """A model cannot be packed, or a file is not a valid, consistent PEMN artifact."""
-
-
-def entry_kind(encoding: str) -> str:
-    """``raw`` (also :data:`INT8_TENSOR`), ``prototype``, ``mask`` (a codec of
-    :mod:`pemn.artifact.codec`) or ``weight`` (an encoding of :mod:`pemn.artifact.weights`);
-    ArtifactError for any other name."""
-    from pemn.artifact.weights import ENCODINGS  # it imports this module
-    if encoding in ("raw", "prototype", INT8_TENSOR):
-        return "raw" if encoding == INT8_TENSOR else encoding
-    if encoding in list_codecs() or encoding in ENCODINGS:
-        return "mask" if encoding in list_codecs() else "weight"
-    raise ArtifactError(f"unknown encoding {encoding[:40]!r}; known: raw, prototype, "
-                        f"{INT8_TENSOR}, {', '.join(list_codecs() + sorted(ENCODINGS))}")
-
-
-# ------------------------------------------------------------------------------------------
-# Typed header
-# ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """One row of the tensor table (``num_kept`` for masks and weights, ``fan_in`` for masks)."""
-
-    name: str
-    encoding: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    length: int
-    num_kept: int = 0
-    fan_in: int = 0
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def kind(self) -> str:
-        return entry_kind(self.encoding)
-
-    def to_json(self) -> dict:
-        d = {"name": self.name, "encoding": self.encoding, "dtype": self.dtype,
-             "shape": list(self.shape), "offset": self.offset, "length": self.length}
-        return d | {k: getattr(self, k) for k in _KINDS[self.kind][1]}
-
-
-@dataclass(frozen=True)
-class Header:
-    """The validated header. Built only by :meth:`from_json`, fields read by name."""
-
-    model: dict | None
-    strategy: dict
-    keep_ratio: float
-    seed: int
-    generator: str
-    prototype_sha256: tuple[str, ...]
-    tensors: tuple[Entry, ...]
-    ties: tuple[tuple[str, str], ...] = ()
-    folded_norms: tuple[str, ...] = ()
-    dataset: dict | None = None
-    metadata: dict = field(default_factory=dict)
-    written_by: dict = field(default_factory=dict)
-
-    def of_kind(self, kind: str) -> tuple[Entry, ...]:
-        return tuple(e for e in self.tensors if e.kind == kind)
-
-    # Loaders index these per layer: computed once per header (the dataclass is frozen).
-    masked = functools.cached_property(lambda self: self.of_kind("mask"))
-    encoded = functools.cached_property(lambda self: self.of_kind("weight"))
-    raw = functools.cached_property(lambda self: self.of_kind("raw"))
-    prototypes = functools.cached_property(lambda self: self.of_kind("prototype"))
-
-    @property
-    def num_elements(self) -> int:
-        """Values the file describes: every entry's."""
-        return sum(e.numel for e in self.tensors)
-
-    @property
-    def names(self) -> list[str]:
-        """Every ``state_dict`` name the file fills (its entries but prototypes, and ties)."""
-        return [e.name for e in self.tensors if e.kind != "prototype"] + [a for a, _ in self.ties]
-
-    @property
-    def payload_bytes(self) -> int:
-        return self.tensors[-1].offset + self.tensors[-1].length if self.tensors else 0
-
-    def to_json(self) -> dict:
-        return {
-            "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": self.model,
-            "pemn": {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "seed": self.seed,
-                     "generator": self.generator,
-                     "prototype_sha256": list(self.prototype_sha256)},
-            "tensors": [e.to_json() for e in self.tensors],
-            "ties": [list(t) for t in self.ties], "folded_norms": list(self.folded_norms),
-            "dataset": self.dataset, "metadata": self.metadata, "written_by": self.written_by,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> Header:
-        """Validate every field's type and range (no allocation, no architecture needed)."""
-        if not isinstance(d, dict) or d.get("format") != "pemn-artifact":
-            raise ArtifactError("header.format is not 'pemn-artifact'")
-        version = d.get("format_version")
-        if isinstance(version, bool) or version != FORMAT_VERSION:
-            raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
-        pemn = _field(d, "pemn", dict)
-        header = cls(
-            model=_model(d),
-            strategy=_strategy(pemn),
-            keep_ratio=_keep_ratio(pemn),
-            seed=_count(_field(pemn, "seed", int, "pemn"), "pemn.seed", 2**63 - 1),
-            generator=_short_str(_field(pemn, "generator", str, "pemn"), "pemn.generator"),
-            prototype_sha256=_digests(pemn),
-            tensors=_table(d),
-            ties=tuple(_tie(e, i) for i, e in enumerate(_list(d, "ties"))),
-            folded_norms=_folded_norms(d),
-            dataset=dataset_entry(_optional_json(d, "dataset")),
-            metadata=_optional_json(d, "metadata") or {},
-            written_by=_optional_json(d, "written_by") or {},
-        )
-        _check_consistency(header)
-        return header
-
-
-def _field(d, key: str, kind, where: str = "header"):
-    if not isinstance(d, dict) or key not in d:
-        raise ArtifactError(f"{where} has no {key!r} field")
-    value = d[key]
-    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
-    if not ok:
-        raise ArtifactError(f"{where}.{key} has type {type(value).__name__}, expected "
-                            f"{getattr(kind, '__name__', kind)}")
-    return value
-
-
-def _list(d, key: str, where: str = "header") -> list:
-    value = _field(d, key, list, where)
-    if len(value) > MAX_TENSORS:
-        raise ArtifactError(f"{where}.{key} has {len(value)} entries (limit {MAX_TENSORS})")
-    return value
-
-
-def _count(value, what: str, upper: int = MAX_ELEMENTS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
-        raise ArtifactError(f"{what} must be an integer in [0, {upper}], got {value!r}"[:200])
-    return value
-
-
-def _short_str(value: str, what: str, limit: int = 1024) -> str:
-    if not 0 < len(value) <= limit:
-        raise ArtifactError(f"{what} must be a string of 1 to {limit} characters")
-    return value
-
-
-def _shape(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > MAX_NDIM:
-        raise ArtifactError(f"{what} must be a list of at most {MAX_NDIM} dimensions")
-    shape = tuple(_count(v, f"a dimension of {what}") for v in value)
-    if math.prod(shape) > MAX_ELEMENTS:  # Python ints: no overflow
-        raise ArtifactError(f"{what} holds more than {MAX_ELEMENTS} values")
-    return shape
-
-
-def _is_sha256(value) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
-                                                               for c in value)
-
-
-def _validate_json_value(value, what: str, depth: int = 0) -> None:
-    """Constructor kwargs and strategy fields: JSON scalars and short flat lists only."""
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, (int, float)):
-        if abs(value) > 2**16 or not math.isfinite(value):  # in this order: a huge int
-            raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
-    elif isinstance(value, str):
-        if len(value) > 64:
-            raise ArtifactError(f"{what} is a string of {len(value)} characters (limit 64)")
-    elif isinstance(value, list) and depth == 0 and len(value) <= 64:
-        for i, v in enumerate(value):
-            _validate_json_value(v, f"{what}[{i}]", depth + 1)
-    else:
-        raise ArtifactError(f"{what} must be a number, string, bool or short list")
-
-
-def _model(d: dict) -> dict | None:
-    model = d.get("model")
-    if model is None:
-        return None
-    name = _field(model, "name", str, "model")
-    if not 0 < len(name) <= 64:
-        raise ArtifactError(f"model name of {len(name)} characters is not a registered name")
-    kwargs = _field(model, "kwargs", dict, "model")
-    if len(kwargs) > 64:
-        raise ArtifactError(f"model.kwargs has {len(kwargs)} entries (limit 64)")
-    for key, value in kwargs.items():
-        if not key.isidentifier():
-            raise ArtifactError(f"model.kwargs key {key[:40]!r} is not a Python identifier")
-        _validate_json_value(value, f"model.kwargs.{key}")
-    return {"name": name, "kwargs": kwargs}
-
-
-def _strategy(pemn: dict) -> dict:
-    strategy = _field(pemn, "strategy", dict, "pemn")
-    _field(strategy, "name", str, "pemn.strategy")
-    if len(strategy) > 16:
-        raise ArtifactError(f"pemn.strategy has {len(strategy)} fields (limit 16)")
-    for key, value in strategy.items():
-        _validate_json_value(value, f"pemn.strategy.{key[:40]}", depth=1)
-    return strategy
-
-
-def _keep_ratio(pemn: dict) -> float:
-    keep = _field(pemn, "keep_ratio", (int, float), "pemn")
-    if not 0 < keep <= 1:
-        raise ArtifactError(f"pemn.keep_ratio must be in (0, 1], got {keep!r}")
-    return float(keep)
-
-
-def _digests(pemn: dict) -> tuple[str, ...]:
-    digests = _list(pemn, "prototype_sha256", "pemn")
-    if not all(_is_sha256(x) for x in digests):
-        raise ArtifactError("pemn.prototype_sha256 must be a list of hex SHA-256 digests")
-    return tuple(digests)
-
-
-def _name(value, what: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 512:
-        raise ArtifactError(f"{what} must be a tensor name of 1 to 512 characters")
-    return value
-
-
-def _table(d: dict) -> tuple[Entry, ...]:
-    """The tensor table, each entry starting where the one before ends (the first at 0)."""
-    entries, offset = [], 0
-    for i, e in enumerate(_list(d, "tensors")):
-        entries.append(_entry(e, i, offset))
-        offset += entries[-1].length
-    protos = [e.name for e in entries if e.kind == "prototype"]
-    if protos != [f"prototype.{i}" for i in range(len(protos))]:
-        raise ArtifactError("prototype entries must be named prototype.0, prototype.1, ... "
-                            "in order")
-    return tuple(entries)
-
-
-def _entry(e, i: int, offset: int) -> Entry:
-    if not (isinstance(e, dict) and isinstance(e.get("encoding"), str)):
-        raise ArtifactError(f"tensors[{i}] must be an object with an encoding name")
-    encoding = _short_str(e["encoding"], f"tensors[{i}] encoding", 32)
-    kind = entry_kind(encoding)
-    dtype, extra = _KINDS[kind] if encoding != INT8_TENSOR else ("<f4", ())
-    if set(e) != {*_ENTRY_KEYS, *extra}:
-        raise ArtifactError(f"tensors[{i}] ({encoding}) must have exactly the fields "
-                            f"{[*_ENTRY_KEYS, *extra]}")
-    name = _name(e["name"], f"tensors[{i}] name")
-    what = f"tensor {name[:80]!r}"
-    if not isinstance(e["dtype"], str) or e["dtype"] not in DTYPES or dtype not in (
-            None, e["dtype"]):
-        raise ArtifactError(f"{what} ({encoding}) must have dtype "
-                            f"{dtype or f'in {sorted(DTYPES)}'}, got {e['dtype']!r}"[:200])
-    shape = _shape(e["shape"], what)
-    if _count(e["offset"], f"offset of {what}", 2**62) != offset:
-        raise ArtifactError(f"{what} must start at byte {offset} of the payload, where the "
-                            "entry before it ends")
-    length = _count(e["length"], f"length of {what}", 2**62)
-    if kind in ("mask", "weight") and not (shape and shape[0]):
-        raise ArtifactError(f"{what} ({encoding}) needs at least one output channel")
-    fields = {k: _count(e[k], f"{k} of {what}", math.prod(shape) if k == "num_kept"
-                        else MAX_ELEMENTS) for k in extra}
-    size = math.prod(shape) + 2 if encoding == INT8_TENSOR else math.prod(shape) * DTYPES[
-        e["dtype"]]  # int8 codes and one fp16 scale
-    if kind in ("raw", "prototype") and length != size:
-        raise ArtifactError(f"{what} is {length} bytes, but {list(shape)} {e['dtype']} "
-                            f"values take {size}{' as ' + encoding if kind != encoding else ''}")
-    if kind == "prototype" and len(shape) != 1:
-        raise ArtifactError(f"{what} must be a vector of prototype values")
-    return Entry(name, encoding, e["dtype"], shape, offset, length, **fields)
-
-
-def _tie(entry, i: int) -> tuple[str, str]:
-    if not (isinstance(entry, list) and len(entry) == 2):
-        raise ArtifactError(f"ties[{i}] must be [alias, name]")
-    return _name(entry[0], f"ties[{i}] alias"), _name(entry[1], f"ties[{i}] name")
-
-
-def _folded_norms(d: dict) -> tuple[str, ...]:
-    folds = d.get("folded_norms", [])
-    if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
-        raise ArtifactError("header.folded_norms must be a list of module names")
-    return tuple(_name(e, f"folded_norms[{i}]") for i, e in enumerate(folds))
-
-
-def _optional_json(d: dict, key: str) -> dict | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ArtifactError(f"header.{key} must be a JSON object or null")
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
-        raise ArtifactError(f"header.{key} is larger than {MAX_METADATA_BYTES} bytes")
-    return value
-
-
-def _numbers(value, count: int | None) -> bool:
-    return isinstance(value, list) and 0 < len(value) == (count or len(value)) <= 64 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for v in value)
-
-
-def dataset_entry(d: dict | None) -> dict | None:
-    """The ``dataset`` entry validated (docs/FORMAT.md), for writers and readers alike."""
-    if d is None:
-        return None
-    name, shape = d.get("name"), d.get("input_shape")
-    if set(d) - {"name", "input_shape", "mean", "std", "class_names"} or not isinstance(
-            name, str) or not _DATASET_NAME.fullmatch(name):
-        raise ArtifactError("header.dataset must have a name of 1 to 64 letters, digits, '_', "
-                            "'.' or '-' and only the keys name, input_shape, mean, std, "
-                            "class_names")
-    if shape is not None and not (_numbers(shape, None) and 1 <= len(shape) <= 3 and all(
-            type(v) is int and v > 0 for v in shape) and math.prod(shape) <= MAX_INPUT_VALUES):
-        raise ArtifactError(f"dataset input_shape must be 1 to 3 positive sizes of at most "
-                            f"{MAX_INPUT_VALUES} values, got {shape!r}"[:200])
-    channels = shape[0] if shape and len(shape) == 3 else None
-    for key in ("mean", "std"):
-        if d.get(key) is not None and not (_numbers(d[key], channels) and (
-                key == "mean" or min(d[key]) > 0)):
-            raise ArtifactError(f"dataset {key} must be one finite number per channel"
-                                f"{' (> 0)' if key == 'std' else ''}")
-    names = d.get("class_names")
-    if names is not None and not (isinstance(names, list)
-                                  and all(isinstance(n, str) for n in names)):
-        raise ArtifactError("dataset class_names must be a list of strings")
-    return d
-
-
-def _check_consistency(h: Header) -> None:
-    names = h.names
-    if len(set(names)) != len(names):
-        raise ArtifactError("the header names a tensor twice")
-    stored = {e.name for e in h.tensors if e.kind in ("mask", "raw")}
-    for alias, target in h.ties:
-        if target not in stored:
-            raise ArtifactError(f"tie {alias[:80]!r} points to {target[:80]!r}, which the file "
-                                "does not store")
-    if h.num_elements > MAX_ELEMENTS:
-        raise ArtifactError(f"the file describes more than {MAX_ELEMENTS} values")
-
-
-# ------------------------------------------------------------------------------------------
-# Container: preamble + compressed JSON header + payload
-# ------------------------------------------------------------------------------------------
 
 def seal(header_json: dict, payload: bytes) -> bytes:
-    """Preamble + compressed header + payload, with ``payload_sha256`` and both digests set:
-    the only writer of the container (tests re-seal edits with it). The preamble carries
-    :data:`FORMAT_VERSION`, whatever the header says."""
+    """Preamble (:data:`FORMAT_VERSION`) + compressed header + payload, ``payload_sha256`` and
+    both digests set: the only writer of the container (tests re-seal edits with it)."""
     d = {**header_json, "payload_sha256": hashlib.sha256(payload).hexdigest()}
     text = json.dumps(d, separators=(",", ":")).encode("utf-8")
     if len(text) > MAX_HEADER_BYTES:
@@ -437,9 +62,8 @@ SIGNATURE_BYTES = len(SIGNATURE_MAGIC) + 32 + 64
 
 
 def read_container(data: bytes) -> Container:
-    """Check the preamble, both digests and the header of ``data``; ArtifactError for
-    anything but a complete, intact file. A signature block after the payload is returned,
-    not verified (``pemn.artifact.signing`` does)."""
+    """Check the preamble, both digests and the header of ``data``; ArtifactError unless it is
+    complete and intact. A signature block is returned, not verified (``signing`` does)."""
     if len(data) < PREAMBLE_BYTES:
         raise ArtifactError(f"not a PEMN artifact: {len(data)} bytes is shorter than the "
                             f"{PREAMBLE_BYTES}-byte preamble (truncated file?)")
@@ -456,12 +80,12 @@ def read_container(data: bytes) -> Container:
     raw = bytes(data[PREAMBLE_BYTES:PREAMBLE_BYTES + header_len])
     if hashlib.sha256(raw).digest() != header_digest:
         raise ArtifactError("header checksum mismatch: the file is corrupt")
-    d = _parse_json(_inflate(raw))
+    d = _header_json(raw)
     header = Header.from_json(d)
-    if not _is_sha256(d.get("payload_sha256")):
+    if not is_sha256(d.get("payload_sha256")):
         raise ArtifactError("payload_sha256 must be a hex SHA-256 digest")
     start = PREAMBLE_BYTES + header_len
-    end = start + header.payload_bytes
+    end = start + sum(e.length for e in header.tensors)  # back to back from 0
     signature = None
     if len(data) == end + SIGNATURE_BYTES and \
             data[end:end + len(SIGNATURE_MAGIC)] == SIGNATURE_MAGIC:
@@ -476,8 +100,12 @@ def read_container(data: bytes) -> Container:
     return Container(version, d, payload, start, signature, header)
 
 
-def _inflate(raw: bytes) -> bytes:
-    """zlib with an output cap: a small header cannot inflate into gigabytes."""
+def _reject_constant(name: str):
+    raise ArtifactError(f"header contains {name}, which is not valid JSON")
+
+
+def _header_json(raw: bytes) -> dict:
+    """The stored header inflated, capped (no gigabytes from a small header), and parsed."""
     inflater = zlib.decompressobj()
     try:
         text = inflater.decompress(raw, MAX_HEADER_BYTES + 1)
@@ -486,19 +114,11 @@ def _inflate(raw: bytes) -> bytes:
     if len(text) > MAX_HEADER_BYTES or not inflater.eof or inflater.unused_data:
         raise ArtifactError(f"header inflates past {MAX_HEADER_BYTES} bytes or has trailing "
                             "data")
-    return text
-
-
-def _reject_constant(name: str):
-    raise ArtifactError(f"header contains {name}, which is not valid JSON")
-
-
-def _parse_json(text: bytes) -> dict:
     try:
         header = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+    except ArtifactError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        if isinstance(e, ArtifactError):
-            raise
         raise ArtifactError(f"header is not valid UTF-8 JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"header must be a JSON object, got {type(header).__name__}")

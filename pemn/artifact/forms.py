@@ -1,13 +1,5 @@
-"""The in-memory forms of a loaded artifact (``pemn.load(..., form=...)``), built from a
-checked :class:`Payload`:
-
-- ``train``: PEMN layers as after ``apply_`` (frozen values + scores): fine-tune, keep training;
-- ``dense``: plain layers, the masked weights baked in: deploy, export;
-- ``packed``: bit-packed masks + each prototype as it really is (:func:`hold_prototype`), or a
-  trained family's file bytes; each weight rebuilt in every forward, nothing cached: deploy
-  where memory is scarcer than compute.
-
-All give bit-identical eval logits on one device (``fixed * mask`` is exact). Every computed
+"""The in-memory forms of a loaded artifact, ``train``, ``dense`` and ``packed`` (what each
+holds: docs/METHOD.md, "The artifact"), built from a checked :class:`Payload`. Every computed
 weight goes through :func:`pemn.masking.compute_`.
 """
 from __future__ import annotations
@@ -23,7 +15,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.bitpack import pack_bits, unpack_bits
-from pemn.artifact.format import ArtifactError, Header
+from pemn.artifact.header import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
 from pemn.fill import TensorSpec, file_under
 from pemn.masking import (
@@ -41,13 +33,8 @@ from pemn.masking import (
 from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
 __all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
-           "unpack_bits_torch", "pack_bits_torch", "pack_module_", "pack_encoded_",
            "hold_prototype"]
 
-
-# ------------------------------------------------------------------------------------------
-# Packed weights: bits and a shared prototype, or a trained weight's file bytes
-# ------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -56,41 +43,36 @@ def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return bits.to(device=device, dtype=dtype)
 
 
-def unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype = torch.uint8):
-    """``(ceil(n/8),)`` uint8 -> ``(n,)`` zeros and ones of ``dtype`` (bitpack's order), on
-    ``bits``' device. A table lookup is the fastest measured: 3x shift-and-mask."""
-    table = _bit_table(bits.device, dtype)
-    return F.embedding(bits.int(), table).view(-1)[:n]
+def _unpack_bits_torch(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(ceil(n/8),)`` uint8 -> ``(n,)`` 0/1 of ``dtype``, by table (3x shift-and-mask)."""
+    return F.embedding(bits.int(), _bit_table(bits.device, dtype)).view(-1)[:n]
 
 
-def pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
-    data = pack_bits(mask)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(mask.device)
+def _pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pack_bits(mask)), dtype=torch.uint8).to(mask.device)
 
 
 def hold_prototype(full: torch.Tensor, proto) -> tuple[torch.Tensor, float | None]:
-    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``:
-    a copy-order RP vector's short drawn values (tiled in every read), the sign bits of a
-    prototype of ``+-magnitude`` constants (exact, permuted or not), else ``full`` itself."""
+    """``(values, magnitude)``: what the packed form holds of the prototype vector ``full``
+    (docs/METHOD.md, "The artifact")."""
     if proto.tile_to > proto.numel and not proto.permute:
         return full[: proto.numel].clone(), None  # clone: the full vector is not kept alive
     magnitude = full[:1].abs()
     if full.numel() and bool((full.abs() == magnitude).all()):
-        return pack_bits_torch(full > 0), float(magnitude)
+        return _pack_bits_torch(full > 0), float(magnitude)
     return full, None
 
 
 def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, module: nn.Module,
             name: str) -> torch.Tensor:
-    """``values[:numel] * unpack(bits)`` (times the layer's scale and gain), rebuilt per read;
-    ``values`` is shared (same storage) by every layer of its prototype."""
+    """``values[:numel] * unpack(bits)``, times the layer's scale and gain, at every read."""
     values, n = getattr(module, name + VALUES), math.prod(shape)
     bits = getattr(module, name + BITS)
     if magnitude is not None:  # 0/1 mask times -1/+1 signs times the magnitude: exact in fp32
-        weight = unpack_bits_torch(bits, n, torch.float32)
-        weight.mul_(unpack_bits_torch(values, n, torch.float32).mul_(2).sub_(1)).mul_(magnitude)
+        weight = _unpack_bits_torch(bits, n, torch.float32)
+        weight.mul_(_unpack_bits_torch(values, n, torch.float32).mul_(2).sub_(1)).mul_(magnitude)
     else:
-        weight = unpack_bits_torch(bits, n, values.dtype)  # a fresh tensor: multiply in place
+        weight = _unpack_bits_torch(bits, n, values.dtype)  # a fresh tensor: multiply in place
         period = min(values.numel(), n)  # copy-order RP repeats a short vector
         whole = n - n % period
         weight[:whole].view(-1, period).mul_(values[:period])  # broadcast, no tiled copy
@@ -102,35 +84,12 @@ def _packed(shape: tuple[int, ...], scale: float, magnitude: float | None, modul
     return weight if gain is None else weight.mul_(gain)
 
 
-def pack_module_(module: nn.Module, name: str, held: tuple[torch.Tensor, float | None],
-                 mask: torch.Tensor, scale: float = 1.0, gain: torch.Tensor | None = None) -> None:
-    """Make ``module.<name>`` computed from its packed ``mask`` bits (and gain: its stored
-    tensors) over ``held``, the shared ``(values, magnitude)`` of :func:`hold_prototype`."""
-    values, magnitude = held
-    stored = {BITS: pack_bits_torch(mask)} | ({} if gain is None else {GAIN: gain})
-    fn = functools.partial(_packed, tuple(mask.shape), scale, magnitude)
-    compute_(module, name, fn, stored, {VALUES: values})
-
-
 def _decoded(encoding: str, shape: tuple[int, ...], k: int, module: nn.Module,
              name: str) -> torch.Tensor:
     data = getattr(module, name + BITS)
     weight, _ = get_encoding(encoding).decode(data.cpu().numpy().tobytes(), shape, k)
     return weight.to(data.device)
 
-
-def pack_encoded_(module: nn.Module, name: str, encoding: str, data: bytes,
-                  shape: tuple[int, ...], k: int) -> None:
-    """Make ``module.<name>`` a trained weight decoded from its file bytes at every read."""
-    bits = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(
-        0, dtype=torch.uint8)  # frombuffer refuses an empty buffer (a layer keeping nothing)
-    bits = bits.to(getattr(module, name).device)
-    compute_(module, name, functools.partial(_decoded, encoding, tuple(shape), k), {BITS: bits})
-
-
-# ------------------------------------------------------------------------------------------
-# A checked file, ready to fill a skeleton
-# ------------------------------------------------------------------------------------------
 
 class Masks(list):
     """Decoded masks held as packed bits, unpacked one at a time on use: a bool per weight
@@ -144,17 +103,13 @@ class Masks(list):
         return unpack_bits(bits, shape.numel()).view(shape)
 
     def into(self, j: int, out: torch.Tensor) -> torch.Tensor:
-        """Mask ``j`` written into ``out`` as 0/1 a bit position at a time (temporaries of a
-        bit per weight, not a byte)."""
+        """Mask ``j`` written into ``out`` as 0/1, a bit position at a time (small temporaries)."""
         bits = torch.from_numpy(np.frombuffer(super().__getitem__(j)[0], np.uint8).copy())
         flat = out.view(-1)
         for b in range(8):  # bitpack's order: element i is bit i % 8 of byte i // 8
             dst = flat[b::8]
             dst.copy_(bits[:len(dst)].bitwise_right_shift(b).bitwise_and_(1))
         return out
-
-    def __iter__(self):
-        return (self[j] for j in range(len(self)))
 
 
 def tensor_specs(header: Header) -> list[TensorSpec]:
@@ -172,11 +127,10 @@ def check_regenerated(header: Header, digests) -> None:
 
 @dataclass
 class Payload:
-    """A checked file. A weight fill has ``plan``, ``masks``, ``gains`` (per masked tensor,
-    None without one) and ``stored`` (the prototypes; None when regenerated from the seed);
-    a trained-weight file has ``weights`` (per encoded entry, ``(weight, mask or None)``) and
-    the ``payload`` bytes, or, for a family rebuilt by ``apply_``, ``rebuild`` (the strategy
-    its :func:`register_rebuild` function returned); Dense has neither."""
+    """A checked file. A fill has ``plan``, ``masks``, ``gains`` (None without one) and
+    ``stored`` (the prototypes, None when regenerated); a trained family ``weights`` (each a
+    ``(weight, mask or None)``) and the ``payload``, or ``rebuild`` (the strategy its
+    :func:`register_rebuild` function returned); Dense has neither."""
 
     header: Header
     strategy: object
@@ -190,8 +144,7 @@ class Payload:
     rebuild: object = None
 
     def prototype(self, i: int) -> torch.Tensor:
-        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256 (a
-        form built one prototype at a time holds one, not all of them)."""
+        """Prototype ``i``: stored, or regenerated alone and checked against its SHA-256."""
         if self.stored is not None:
             return torch.from_numpy(self.stored[i])
         proto, seed = self.plan.prototypes[i], self.header.seed
@@ -200,15 +153,8 @@ class Payload:
             check_regenerated(self.header, ())  # raises, naming both generators
         return torch.from_numpy(values)
 
-    def fixed(self, j: int, prototype: torch.Tensor) -> torch.Tensor:
-        """Masked tensor ``j``'s fixed values in its prototype, as ``FillPlan.layer_values``."""
-        m, scale = self.header.masked[j], self.plan.scale(j)
-        view = prototype[:m.numel].view(m.shape)
-        return view if scale == 1.0 else view * scale
-
     def mask(self, j: int) -> torch.Tensor:
-        """Masked tensor ``j``'s mask over all its positions: a stored mask covers only the
-        seeded support (``pruned``), regenerated here; the pruned positions are 0."""
+        """Mask ``j`` over all positions (a stored one covers its seeded support; others 0)."""
         mask, m = self.masks[j], self.header.masked[j]
         support = self.plan.support(j, m.numel, self.header.seed)
         if support is None:
@@ -220,12 +166,9 @@ _REBUILDERS: dict[type, object] = {}
 
 
 def register_rebuild(cls: type):
-    """Function decorator for a trained-weight family whose weights no entry decodes alone
-    (:mod:`pemn.pranc`: a seed and coefficients shared by every layer): ``fn(p, form) ->
-    strategy`` checks the :class:`Payload` ``p`` before any skeleton exists (its stored
-    tensors, the work its rebuild takes) and returns the strategy ``apply_`` rebuilds the
-    file's layers with in ``form``. Every form is then the train form: as it is (``train``),
-    baked (``dense``), or with the family's stored tensors frozen (``packed``)."""
+    """Function decorator ``fn(p, form) -> strategy`` for a trained-weight family whose
+    weights no entry decodes alone (:mod:`pemn.pranc`): it checks the :class:`Payload` ``p``
+    and returns the strategy ``apply_`` rebuilds the layers with (docs/METHOD.md, section 5)."""
     return file_under(_REBUILDERS, cls)
 
 
@@ -265,13 +208,8 @@ def _apply_to(model: nn.Module, strategy, p: Payload, names: list[str]) -> None:
            include=escaped or None)
 
 
-# ------------------------------------------------------------------------------------------
-# Forms
-# ------------------------------------------------------------------------------------------
-
 def _train_form(model: nn.Module, p: Payload) -> nn.Module:
-    """PEMN layers again: apply_ regenerates (once) and the file's masks set the scores; a
-    trained family's Parameters become its latent weights (the same values)."""
+    """PEMN layers again: apply_ regenerates, the masks set the scores (or the weights)."""
     header = p.header
     if p.weights is not None or p.rebuild is not None:
         if p.weights is not None:
@@ -337,9 +275,12 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
             for i in range(len(p.plan.prototypes)):  # one prototype alive at a time
                 prototype = p.prototype(i)
                 for j in (j for j, src in enumerate(p.plan.sources) if src == i):
+                    # its fixed values as FillPlan.layer_values gives them, then the mask,
                     # written in place: no temporary per weight
-                    weight = model.get_parameter(header.masked[j].name)
-                    weight.copy_(p.fixed(j, prototype)).mul_(p.mask(j).to(weight.device))
+                    m = header.masked[j]
+                    weight = model.get_parameter(m.name)
+                    weight.copy_(prototype[:m.numel].view(m.shape)).mul_(p.plan.scale(j))
+                    weight.mul_(p.mask(j).to(weight.device))
                     if p.gains[j] is not None:
                         weight.mul_(p.gains[j].to(weight))
             masked = {m.name: model.get_parameter(m.name) for m in header.masked}
@@ -351,8 +292,7 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
 
 
 def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
-    """Bits + prototype per layer (a trained family: its file bytes), the weight rebuilt in
-    every forward (no cache)."""
+    """Bits + prototype per layer (a trained family: its file bytes), rebuilt every forward."""
     if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
         model = _train_form(model, p)
         for e in p.header.encoded:
@@ -362,10 +302,13 @@ def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
                 gain.requires_grad_(False)
         return model
     _fill_stored(model, p)
-    for e in p.header.encoded if p.weights is not None else ():
+    for e in p.header.encoded if p.weights is not None else ():  # decoded at every read
         fqn, _, name = e.name.rpartition(".")
-        pack_encoded_(model.get_submodule(fqn), name, e.encoding,
-                      bytes(p.payload[e.offset:e.offset + e.length]), e.shape, e.num_kept)
+        module = model.get_submodule(fqn)
+        data = np.frombuffer(p.payload[e.offset:e.offset + e.length], np.uint8).copy()
+        bits = torch.from_numpy(data).to(getattr(module, name).device)
+        compute_(module, name, functools.partial(_decoded, e.encoding, e.shape, e.num_kept),
+                 {BITS: bits})
     if p.plan is None:
         return model
     device = next(iter(model.state_dict().values())).device
@@ -375,11 +318,12 @@ def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
     owners = {}
     for i, (m, src) in enumerate(zip(p.header.masked, p.plan.sources)):
         fqn, _, name = m.name.rpartition(".")
-        mask = p.mask(i)  # its bits over every position: the support costs no memory
-        module = model.get_submodule(fqn)
-        gain = p.gains[i]
-        pack_module_(module, name, shared[src], mask.to(device), p.plan.scale(i),
-                     None if gain is None else gain.to(device, torch.float32))
+        mask = p.mask(i).to(device)  # its bits over every position: the support costs nothing
+        module, (values, magnitude), gain = model.get_submodule(fqn), shared[src], p.gains[i]
+        stored = {BITS: _pack_bits_torch(mask)} | (
+            {} if gain is None else {GAIN: gain.to(device, torch.float32)})
+        fn = functools.partial(_packed, m.shape, p.plan.scale(i), magnitude)
+        compute_(module, name, fn, stored, {VALUES: values})
         owners[m.name] = (module, name)
     for alias, target in p.header.ties:
         if target in owners:

@@ -1,10 +1,7 @@
 """Read an artifact into a model: the caller's skeleton, or the zoo model its header names.
 
-Every file is hostile. Before anything large is allocated, the file's size, digests, header
-(:meth:`Header.from_json`) and value count (``max_elements``) are checked; then every mask
-must decode to its kept count, every float be finite, every name and shape match the
-skeleton, and regenerated weights match their SHA-256. Any failure raises one
-:class:`ArtifactError` naming the first problem. :mod:`pemn.artifact.forms` builds the forms.
+Every file is hostile: what is checked, and in which order, is in ``docs/THREAT_MODEL.md``;
+any failure raises one :class:`ArtifactError` naming the first problem.
 """
 from __future__ import annotations
 
@@ -19,18 +16,9 @@ from torch.overrides import TorchFunctionMode
 
 from pemn import rng
 from pemn.artifact.codec import get_codec
-from pemn.artifact.format import (
-    INT8_TENSOR,
-    MAX_ELEMENTS,
-    MAX_HEADER_BYTES,
-    PREAMBLE_BYTES,
-    ArtifactError,
-    Entry,
-    Header,
-    read_container,
-)
+from pemn.artifact.format import MAX_HEADER_BYTES, PREAMBLE_BYTES, read_container
 from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
-from pemn.artifact.pack import torch_dtype
+from pemn.artifact.header import DTYPES, INT8_TENSOR, MAX_ELEMENTS, ArtifactError, Entry, Header
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, plan_fill, strategy_from_dict
 from pemn.masking import GAIN, num_kept
@@ -39,9 +27,8 @@ from pemn.models import create_model
 __all__ = ["load", "unpack", "read_header", "guarded", "zoo_skeleton", "FORMS",
            "DEFAULT_MAX_ELEMENTS"]
 
-# 2**25 values = 128 MiB of float32, regenerated in ~1.3 s: every zoo model (ResNet-50: 25.6M)
-# fits; pass max_elements for larger ones (ViT-B: 86M). It bounds what a hostile file within
-# the defaults can demand to 2 s and 300 MB (docs/THREAT_MODEL.md).
+# 128 MiB of float32: every zoo model fits (ViT-B's 86M needs max_elements); a hostile file
+# within the defaults costs at most 2 s and 300 MB (docs/THREAT_MODEL.md)
 DEFAULT_MAX_ELEMENTS = 2**25
 VALUES_PER_BYTE = 1024  # default ceiling on values per file byte (densest honest: ~880)
 FORMS = ("train", "dense", "packed")
@@ -49,10 +36,6 @@ MAX_META_CALLS = 2**15  # ~0.5 s; the largest zoo model makes 1,717 (resnet56)
 _LOWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
                  OverflowError, RecursionError, struct.error, UnicodeError)
 
-
-# ------------------------------------------------------------------------------------------
-# Reading: regular files only, size first; lower-level errors as one ArtifactError
-# ------------------------------------------------------------------------------------------
 
 def _read_file(path, max_elements: int) -> bytes:
     """The bytes of a regular file; FIFOs, devices and oversized files are refused unread."""
@@ -77,30 +60,21 @@ def _read_file(path, max_elements: int) -> bytes:
     return data
 
 
-def _wrap(e: BaseException) -> ArtifactError:
-    """A lower-level error (create_model, a codec, a strategy, memory) as one ArtifactError."""
-    if isinstance(e, MemoryError) or "alloc" in str(e).lower():
-        return ArtifactError("not enough memory to build the model this file describes")
-    kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
-    return ArtifactError(f"invalid artifact{kind}: {e}"[:500])
-
-
-def guarded(source, fn, max_elements: int = DEFAULT_MAX_ELEMENTS):
+def guarded(source, fn):
     """``fn(data)`` for the bytes of ``source`` (a path or bytes), any lower-level error
-    raised as one :class:`ArtifactError`."""
+    (create_model, a codec, a strategy, memory) raised as one :class:`ArtifactError`."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(
-        source, max_elements)
+        source, DEFAULT_MAX_ELEMENTS)
     try:
         return fn(data)
     except ArtifactError:
         raise
     except (MemoryError, *_LOWER_ERRORS) as e:
-        raise _wrap(e) from e
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+            raise ArtifactError("not enough memory to build the model this file describes") from e
+        kind = "" if isinstance(e, ValueError) else f" ({type(e).__name__})"
+        raise ArtifactError(f"invalid artifact{kind}: {e}"[:500]) from e
 
-
-# ------------------------------------------------------------------------------------------
-# Skeleton
-# ------------------------------------------------------------------------------------------
 
 _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[0] != "_"} | {
     torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
@@ -109,8 +83,7 @@ _INIT_FNS = {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and n[
 
 
 class _MetaBuild(TorchFunctionMode):
-    """Skip weight initialisation (on meta tensors it imports torch._dynamo, ~1 s), and stop
-    after ``budget`` torch calls, so hostile kwargs (``depth=65536``) cannot buy work."""
+    """Skips weight init (on meta it imports torch._dynamo, ~1 s); hostile kwargs: ``budget``."""
 
     def __init__(self, budget: int):
         super().__init__()
@@ -142,9 +115,7 @@ def zoo_skeleton(header: Header) -> nn.Module:
 
 
 def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
-    """Every name and shape of the file against the skeleton (one error, first bad tensor),
-    then each stored dtype: the skeleton's, or a float of no wider range (fp16 into a float32
-    model; a float64 1e300 is finite, but inf in a float32 model)."""
+    """Every name and shape of the file against the skeleton, then each stored dtype."""
     expected = {e.name: e.shape for e in header.tensors if e.kind != "prototype"}
     expected.update({alias: expected[target] for alias, target in header.ties})
     masked = {m.name for m in header.masked} | {e.name for e in header.encoded}
@@ -170,8 +141,8 @@ def _check_skeleton(header: Header, model: nn.Module, what: str) -> None:
     if missing:
         raise ArtifactError(f"the file holds tensor {missing[0]!r} {list(expected[missing[0]])}, "
                             f"which {what} does not have")
-    for t in header.raw:
-        have, want = torch_dtype(t.dtype), getattr(state.get(t.name), "dtype", None)
+    for t in header.raw:  # the skeleton's dtype, or a float of no wider range (fp16 into fp32)
+        have, want = DTYPES[t.dtype], getattr(state.get(t.name), "dtype", None)
         if want is not None and have != want and not (
                 have.is_floating_point and want.is_floating_point
                 and torch.finfo(have).max <= torch.finfo(want).max):
@@ -194,8 +165,7 @@ def _skeleton(header: Header, model: nn.Module | None, form: str,
 
 
 def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) -> nn.Module:
-    """Real storage, uninitialised, for a meta model the file is about to fill; the packed
-    form's masked weights become empty placeholders first, so the peak stays small."""
+    """Uninitialised storage for a meta model (the packed form's masked weights: empty)."""
     if {k for k, _ in meta.named_buffers()} - set(meta.state_dict()):
         return create_model(header.model["name"], **header.model["kwargs"]).to(device)
     if form == "packed":
@@ -210,13 +180,8 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
     return meta._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
-# ------------------------------------------------------------------------------------------
-# Payload: every entry decoded and checked before the model is touched
-# ------------------------------------------------------------------------------------------
-
 def _decode(e: Entry, payload: memoryview):
-    """One entry's values by its kind: a raw tensor, a bool mask, a ``(float32 weight, bool
-    mask or None)`` or a prototype vector."""
+    """One entry's values: a tensor, a mask, a ``(weight, mask or None)`` or a prototype."""
     return _DECODERS[e.kind](e, payload[e.offset:e.offset + e.length])
 
 
@@ -229,7 +194,7 @@ def _raw(e: Entry, data: memoryview) -> torch.Tensor:
             raise ArtifactError(f"tensor {e.name} ({INT8_TENSOR}): {err}") from None
     raw = np.frombuffer(data, dtype="<i2" if e.dtype == "bf16" else e.dtype, count=e.numel)
     value = torch.from_numpy(raw.astype(raw.dtype.newbyteorder("="))).view(e.shape)
-    value = value.view(torch_dtype(e.dtype))  # bfloat16 from its 16 bits
+    value = value.view(DTYPES[e.dtype])  # bfloat16 from its 16 bits
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ArtifactError(f"tensor {e.name} holds NaN or infinite values")
     return value
@@ -307,8 +272,7 @@ def _trained_weights(header: Header, strategy, payload: memoryview) -> list:
 
 
 def _check_kinds(header: Header, strategy) -> None:
-    """Masks (and prototypes) for a weight fill, encoded weights for a strategy that trains
-    its own, neither for Dense: raw tensors besides, and at least one of what it needs."""
+    """Raw tensors, and masks (and prototypes) for a fill or weights for a trained family."""
     needs = "weight" if isinstance(strategy, TrainedWeights) else (
         None if isinstance(strategy, Dense) else "mask")
     allowed = {"raw", needs} | ({"prototype"} if needs == "mask" else set())
@@ -341,10 +305,6 @@ def _payload(header: Header, payload: memoryview, form: str) -> Payload:
     return p
 
 
-# ------------------------------------------------------------------------------------------
-# unpack / load
-# ------------------------------------------------------------------------------------------
-
 def _check_args(form: str, max_elements) -> None:
     if form not in FORMS:
         raise ArtifactError(f"unknown form {form!r}; use one of {FORMS}")
@@ -355,8 +315,7 @@ def _check_args(form: str, max_elements) -> None:
 
 
 def _element_limit(max_elements: int | None, num_bytes: int) -> int:
-    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file: an
-    honest file needs ``H(keep)/8`` bytes per masked value (1/700 at keep 0.001)."""
+    """``max_elements``, or by default 2**25 and at most 1,024 values per byte of file."""
     if max_elements is not None:
         return max_elements
     return min(DEFAULT_MAX_ELEMENTS, max(2**16, VALUES_PER_BYTE * num_bytes))
@@ -386,10 +345,7 @@ def _unpack(data: bytes, model, form: str, device, max_elements, verify_key) -> 
 def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None, *,
            form: str = "train", device: str | torch.device = "cpu",
            max_elements: int | None = None, verify_key=None) -> nn.Module:
-    """Rebuild the model stored in artifact bytes, in eval mode on ``device``.
-
-    Args and raises: as :func:`load`.
-    """
+    """:func:`load` for artifact bytes."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ArtifactError(f"unpack needs bytes, got {type(data).__name__}")
     _check_args(form, max_elements)
@@ -400,28 +356,21 @@ def unpack(data: bytes | bytearray | memoryview, model: nn.Module | None = None,
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, form: str = "train",
          device: str | torch.device = "cpu", max_elements: int | None = None,
          verify_key=None) -> nn.Module:
-    """Read an artifact written by :func:`pemn.save` and fill a model with it.
+    """Read an artifact written by :func:`pemn.save` into a model, in eval mode on ``device``
+    (``model.pemn_header``: the file's typed header).
 
     Args:
-        path: a ``.pemn`` file (regular files only).
-        model: a freshly built skeleton of the saved architecture, filled in place as
-            ``load_state_dict`` would; ``None`` builds the zoo model the header names.
-        form: ``"train"``, ``"dense"`` or ``"packed"`` (:mod:`pemn.artifact.forms`).
-        device: where the model is built.
-        max_elements: refuse files describing more values than this, before allocating
-            anything. Default: 2**25 and at most 1,024 values per byte of file.
+        model: a freshly built skeleton of the saved architecture, filled in place; ``None``
+            builds the zoo model the header names.
+        form: ``"train"``, ``"dense"`` or ``"packed"`` (docs/METHOD.md, "The artifact").
+        max_elements: refuse files describing more values, before allocating anything
+            (default: 2**25, and at most 1,024 values per byte of file).
         verify_key: an author's ed25519 public key (hex, raw bytes or a key object): the file
-            must carry a valid signature by it (:mod:`pemn.artifact.signing`).
-
-    Returns:
-        The model, in eval mode; ``model.pemn_header`` holds the file's typed header.
+            must carry a valid signature by it (docs/THREAT_MODEL.md, "Signing").
 
     Raises:
-        ArtifactError: unreadable, corrupt, hostile or inconsistent file; a skeleton whose
-            names or shapes differ (the first is named); regenerated weights that differ.
-
-    Example:
-        >>> model = pemn.load("gpt2.pemn", model=GPT2LMHeadModel(config), form="dense")
+        ArtifactError: an unreadable, corrupt, hostile or inconsistent file, or a skeleton
+            whose names or shapes differ (the first is named).
     """
     _check_args(form, max_elements)
     data = _read_file(path, max_elements or DEFAULT_MAX_ELEMENTS)

@@ -1,7 +1,5 @@
 """Pack a model that :func:`pemn.apply_` accepted into artifact bytes: seed + masks (or
-encoded trained weights) + every other tensor, no code. Zoo models also record their name and
-kwargs. Only the masks of the scores are stored, not their magnitudes: resume mask training
-from a checkpoint, not an artifact.
+encoded trained weights) + every other tensor, no code (docs/METHOD.md, "The artifact").
 """
 from __future__ import annotations
 
@@ -16,41 +14,21 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import INT8_TENSOR, ArtifactError, Entry, Header, dataset_entry, seal
-from pemn.artifact.weights import (
-    SPARSE_FORMATS,
-    TrainedWeights,
-    get_encoding,
-    sparse_encoding,
-)
+from pemn.artifact.format import seal
+from pemn.artifact.header import DTYPES, FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header
+from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
 from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, SUPPORT, current_mask, parts
 from pemn.transform import masked_tensors
 
-__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "dtype_code", "torch_dtype",
-           "unique_tensors", "unmasked_hint"]
+__all__ = ["pack", "save", "PRECISIONS", "STORE_PROTOTYPE_MAX_BYTES", "unique_tensors",
+           "unmasked_hint"]
 
 log = logging.getLogger(__name__)
 
-# "auto" stores the prototype values verbatim when they take at most this many bytes (RP at
-# small ratios: 66 values = 264 B for ConvMixer-256 at 1e-3). Such a file no longer depends on
-# the float path of the generator, for less than the cost of a few header lines.
-STORE_PROTOTYPE_MAX_BYTES = 1024
-_DTYPE_CODES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bf16",
-                torch.float64: "<f8", torch.int64: "<i8", torch.int32: "<i4",
-                torch.int16: "<i2", torch.int8: "|i1", torch.uint8: "|u1", torch.bool: "|b1"}
-_CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
-
-
-def dtype_code(name: str, t: torch.Tensor) -> str:
-    if t.dtype not in _DTYPE_CODES:
-        raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
-    return _DTYPE_CODES[t.dtype]
-
-
-def torch_dtype(code: str) -> torch.dtype:
-    return _CODE_DTYPES[code]
+STORE_PROTOTYPE_MAX_BYTES = 1024  # store_prototype=None stores them up to this (docs/METHOD.md)
+_DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -58,16 +36,6 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store its 16 bits
         t = t.view(torch.int16)
     return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-
-
-def _check_packable(model: nn.Module):
-    if not isinstance(model, nn.Module):
-        raise ArtifactError(f"pack needs an nn.Module, got {type(model).__name__}")
-    spec = getattr(model, "pemn_spec", None)
-    if spec is None:
-        raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
-                            "keep_ratio, seed) before training and saving it")
-    return spec
 
 
 def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
@@ -106,25 +74,26 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     return protos
 
 
-# Each writer below gives the tensor table's rows as (Entry fields but offset and length, bytes)
+# Each writer below gives the tensor table's rows as (name, encoding, dtype and shape; the
+# fields its encoding needs; bytes)
 
-def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, bytes]]:
+def _masks(model: nn.Module, spec, codec: str) -> list[tuple[dict, dict, bytes]]:
     rows = []
     for (_, module, name), ts in zip(masked_tensors(model), spec.tensors):
         mask = current_mask(module, name)
         k = int(mask.count_nonzero())
         name_ = choose_codec(mask.numel(), k) if codec == "auto" else codec  # m with a support
-        rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape,
-                          num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
+        rows.append((dict(name=ts.name, encoding=name_, dtype="|b1", shape=ts.shape),
+                     dict(num_kept=k, fan_in=ts.fan_in), get_codec(name_).encode(mask)))
     return rows
 
 
-def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, bytes]]:
+def _prototypes(protos, spec, store: bool | None) -> list[tuple[dict, dict, bytes]]:
     drawn = [p.drawn(v, spec.seed) for v, p in zip(protos, spec.plan.prototypes)]
     if not (store or store is None and 4 * sum(map(len, drawn)) <= STORE_PROTOTYPE_MAX_BYTES):
         return []
     return [(dict(name=f"prototype.{i}", encoding="prototype", dtype="<f4", shape=(len(d),)),
-             d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
+             {}, d.astype("<f4").tobytes()) for i, d in enumerate(drawn)]
 
 
 def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
@@ -143,14 +112,13 @@ def unique_tensors(state) -> tuple[list, list[tuple[str, str]]]:
 def _other_tensors(model: nn.Module, spec) -> tuple[list, list[tuple[str, str]]]:
     """Every state_dict entry but the masks' machinery, by :func:`unique_tensors`."""
     masked = {t.name for t in spec.tensors} | set(spec.ties)
-    machinery = {n + s for n in masked for s in SUFFIXES if s != GAIN}
-    if isinstance(spec.strategy, Dense):
-        machinery = set()
+    machinery = set() if isinstance(spec.strategy, Dense) else {
+        n + s for n in masked for s in SUFFIXES if s != GAIN}
     return unique_tensors((name, t) for name, t in model.state_dict(keep_vars=True).items()
                           if name not in machinery)
 
 
-def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple[dict, bytes]]:
+def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tuple]:
     """Each trained tensor (latent ``<name>_orig``, sparse mask ``<name>_mask``) encoded."""
     family = spec.strategy.encoding
     rows = []
@@ -170,8 +138,8 @@ def _weights(model: nn.Module, spec, codec: str, sparse_format: str) -> list[tup
             else family
         data = get_encoding(encoding).encode(latent.detach(), None if mask is None
                                              else mask.bool())
-        rows.append((dict(name=ts.name, encoding=encoding, dtype="<f4", shape=ts.shape,
-                          num_kept=k), data))
+        rows.append((dict(name=ts.name, encoding=encoding, dtype="<f4", shape=ts.shape),
+                     dict(num_kept=k), data))
     return rows
 
 
@@ -182,12 +150,7 @@ PRECISIONS = {"exact": None, "fp16": torch.float16, "bf16": torch.bfloat16,
 
 def _compact(model: nn.Module, others: list, dtype: torch.dtype,
              keep: set[str] = frozenset()) -> tuple[list, tuple]:
-    """Fold eval-mode BatchNorm into its affine ``(a, b)`` and store floats in ``dtype``
-    (the names in ``keep``: in float32).
-
-    In eval, BN is ``a * x + b`` with ``a = weight / sqrt(running_var + eps)`` and
-    ``b = bias - running_mean * a``: two vectors instead of four (and a counter).
-    """
+    """BatchNorm folded (FORMAT.md, ``folded_norms``); floats in ``dtype``, ``keep`` in float32."""
     values, folded = dict(others), []
     for fqn, m in model.named_modules():
         prefix = f"{fqn}." if fqn else ""
@@ -206,22 +169,22 @@ def _compact(model: nn.Module, others: list, dtype: torch.dtype,
 
 
 def _norm_affines(model: nn.Module, others: list) -> set[str]:
-    """The weight and bias of every norm layer (BatchNorm, folded or not, LayerNorm,
-    GroupNorm), which ``norm8`` stores as int8 codes."""
+    """The weight and bias of every norm layer, which ``norm8`` stores as int8 codes."""
     from pemn.artifact.contents import norm_names  # it imports this module
     norms = norm_names(model)
     return {k for k, v in others if k in norms and k.rpartition(".")[2] in ("weight", "bias")
             and v.is_floating_point() and v.numel()}
 
 
-def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, bytes]:
-    """A raw entry, or with ``int8`` one fp16 scale ``max|t| / 127`` and int8 codes: the int8
-    weight encoding of ``t`` as one row (:data:`INT8_TENSOR`)."""
+def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, dict, bytes]:
+    """A raw entry, or with ``int8`` the int8 weight encoding of ``t`` as one row."""
     if int8:
-        return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)),
+        return (dict(name=name, encoding=INT8_TENSOR, dtype="<f4", shape=tuple(t.shape)), {},
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
-    return (dict(name=name, encoding="raw", dtype=dtype_code(name, t), shape=tuple(t.shape)),
-            _raw_bytes(t))
+    if t.dtype not in _DTYPE_CODES:
+        raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
+    return (dict(name=name, encoding="raw", dtype=_DTYPE_CODES[t.dtype], shape=tuple(t.shape)),
+            {}, _raw_bytes(t))
 
 
 def _zoo_args(model: nn.Module) -> dict | None:
@@ -233,13 +196,13 @@ def _zoo_args(model: nn.Module) -> dict | None:
 
 
 def _dataset_header(dataset) -> dict | None:
-    """What a user needs to feed the model: ``DatasetInfo.as_header()`` or the caller's dict."""
+    """``DatasetInfo.as_header()`` or the caller's dict (validated with the header)."""
     if dataset is not None and not isinstance(dataset, dict):
         if not hasattr(dataset, "as_header"):
             raise ArtifactError(f"dataset must be a pemn.data.DatasetInfo or a dict, got "
                                 f"{type(dataset).__name__}")
         dataset = dataset.as_header()
-    return dataset_entry(_json_object(dataset, "dataset"))
+    return _json_object(dataset, "dataset")
 
 
 def _json_object(value, what: str) -> dict | None:
@@ -263,35 +226,29 @@ def _version(package: str) -> str:
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
          metadata: dict | None = None, dataset=None, precision: str = "exact",
          sparse_format: str = "mask") -> bytes:
-    """Serialise a PEMN model into artifact bytes (layout: :mod:`pemn.artifact.format`).
+    """The artifact bytes of a model prepared by ``pemn.apply_`` (not modified).
 
     Args:
-        model: any model prepared by ``pemn.apply_`` (zoo or not); not modified.
-        codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size
-            (:func:`pemn.artifact.codec.choose_codec`).
+        codec: mask codec for every mask, or ``"auto"``: per mask the smallest expected size.
         store_prototype: store the prototype values instead of regenerating them from the
             seed; ``None`` stores them when they take at most ``STORE_PROTOTYPE_MAX_BYTES``.
         metadata: your JSON object, stored as is (at most 64 KiB).
-        dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (``name``,
-            ``input_shape``, ``mean``, ``std``, ``class_names``).
-        precision: ``"exact"`` stores every other tensor as it is (bit-identical logits,
-            training can resume); ``"fp16"`` / ``"bf16"`` fold eval-mode BatchNorm into its
-            affine and store every float tensor in 16 bits: about a quarter of the norm bytes,
-            eval logits within 16-bit rounding (BN running statistics restart if fine-tuned);
-            ``"norm8"``: fp16, and the weight and bias of every norm layer (BN's folded
-            affine) as int8 codes with one fp16 scale per tensor, ``C + 2`` bytes each.
-        sparse_format: how a ``Sparse`` model's weights are stored: ``"mask"`` (its mask by
-            ``codec``, then the kept float32 values) or ``"csr"``
-            (:mod:`pemn.artifact.weights`).
-
-    Returns:
-        The file bytes.
+        dataset: what feeds the model: a ``pemn.data.DatasetInfo`` or a dict (docs/FORMAT.md).
+        precision: ``"exact"``, ``"fp16"``, ``"bf16"`` or ``"norm8"`` (docs/METHOD.md, "The
+            artifact").
+        sparse_format: a ``Sparse`` model's weights as ``"mask"`` (its mask by ``codec``, then
+            the kept float32 values) or ``"csr"``.
 
     Raises:
         ArtifactError: no ``apply_``, modified frozen weights, a tensor type the format
             cannot store, non-JSON metadata, or an unknown ``codec``.
     """
-    spec = _check_packable(model)
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"pack needs an nn.Module, got {type(model).__name__}")
+    spec = getattr(model, "pemn_spec", None)
+    if spec is None:
+        raise ArtifactError("the model has no PEMN spec; call pemn.apply_(model, strategy, "
+                            "keep_ratio, seed) before training and saving it")
     if codec != "auto" and codec not in list_codecs():
         raise ArtifactError(f"mask codec {codec!r} cannot write new files; use 'auto' or one "
                             f"of {list_codecs()}")
@@ -312,18 +269,21 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
         others, folded = _compact(model, others, PRECISIONS[precision], int8)
     rows += [_raw_row(k, v, k in int8) for k, v in others]
     table, offset = [], 0
-    for fields, data in rows:
-        table.append(Entry(**fields, offset=offset, length=len(data)))
+    for fields, extra, data in rows:  # the keys in the order of docs/FORMAT.md
+        table.append({**fields, "shape": list(fields["shape"]), "offset": offset,
+                      "length": len(data), **extra})
         offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
-    header = Header(
-        model=_zoo_args(model), strategy=strategy_to_dict(spec.strategy),
-        keep_ratio=spec.keep_ratio, seed=spec.seed, generator=spec.generator,
-        prototype_sha256=() if dense else tuple(spec.prototype_sha256), tensors=tuple(table),
-        ties=tuple(ties), folded_norms=folded, dataset=_dataset_header(dataset),
-        metadata=_json_object(metadata, "metadata") or {},
-        written_by={"pemn": _version("pemn"), "torch": torch.__version__})
-    return seal(Header.from_json(header.to_json()).to_json(), b"".join(d for _, d in rows))
+    header = {  # the keys of docs/FORMAT.md, in its order
+        "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": _zoo_args(model),
+        "pemn": {"strategy": strategy_to_dict(spec.strategy), "keep_ratio": float(spec.keep_ratio),
+                 "seed": spec.seed, "generator": spec.generator,
+                 "prototype_sha256": [] if dense else list(spec.prototype_sha256)},
+        "tensors": table, "ties": [list(t) for t in ties], "folded_norms": list(folded),
+        "dataset": _dataset_header(dataset), "metadata": _json_object(metadata, "metadata") or {},
+        "written_by": {"pemn": _version("pemn"), "torch": torch.__version__}}
+    Header.from_json(header)  # every field checked as a reader checks it
+    return seal(header, b"".join(data for *_, data in rows))
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
@@ -331,16 +291,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
          dataset=None, precision: str = "exact", sign_with=None,
          sparse_format: str = "mask") -> int:
     """Write :func:`pack` ``(model, ...)`` to ``path`` atomically; returns the bytes written.
-
     ``sign_with``: an ed25519 private key (or its PEM file) to sign the file with
-    (:mod:`pemn.artifact.signing`); readers can then check who wrote it.
-
-    Example:
-        >>> pemn.apply_(model, pemn.RP(ratio=1e-3))   # any nn.Module
-        >>> ...                                       # train it
-        >>> pemn.save(model, "model.pemn", metadata={"task": "digits"})
-        29105
-    """
+    (docs/THREAT_MODEL.md, "Signing")."""
     data = pack(model, codec=codec, store_prototype=store_prototype, metadata=metadata,
                 dataset=dataset, precision=precision, sparse_format=sparse_format)
     if sign_with is not None:
@@ -355,12 +307,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, codec: str = "auto",
 
 
 def unmasked_hint(info: dict) -> str | None:
-    """When unmasked layer weights hold most of a masked model's file (:func:`describe`'s
-    ``info``): one line naming the largest and the ``include=`` that would mask them.
-
-    Layer weights are ``*.weight`` tensors of two or more dimensions outside norm layers, e.g.
-    an ``nn.Embedding``, which ``apply_`` masks only when an include pattern names it.
-    """
+    """When unmasked layer weights (``*.weight`` tensors of two or more dimensions outside
+    norm layers) hold most of a masked model's file (:func:`describe`'s ``info``): one line
+    naming the largest and the ``include=`` that would mask them."""
     weights = sorted((o for o in info["others"] if o["name"].endswith(".weight")
                       and len(o["shape"]) > 1 and not o["is_norm"]),
                      key=lambda o: -o["num_bytes"])

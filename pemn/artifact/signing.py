@@ -1,15 +1,5 @@
-"""Optional ed25519 signatures: who wrote an artifact, not only whether it is intact.
-
-Anyone can edit a file and recompute its checksums, but not the author's signature: a user
-who knows the author's public key can check that the file is exactly what the author saved.
-Keys and signatures come from ``cryptography`` (``pemn[sign]``). Layout: the unsigned file,
-then ``b"PEMNSIG1"`` + the 32-byte public key + the 64-byte signature of every byte before.
-
-    >>> key = generate_key("author.key")              # once; keep it private
-    >>> pemn.save(model, "model.pemn", sign_with="author.key")
-    >>> public_key_hex("author.key")                  # publish this
-    'c1b5...'
-    >>> pemn.load("model.pemn", verify_key="c1b5...")  # refuses unsigned or other keys
+"""Optional ed25519 signatures (``pemn[sign]``): who wrote an artifact, not only whether it is
+intact. Use: docs/THREAT_MODEL.md, "Signing"; the block's layout: docs/FORMAT.md.
 """
 from __future__ import annotations
 

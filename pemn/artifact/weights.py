@@ -1,11 +1,6 @@
-"""Trained weights stored compactly: per-channel integers, signs with a scale, sparse values.
-
-The numerics the strategies of :mod:`pemn.competitors` train with live next to their byte
-formats (``docs/FORMAT.md``), so that the forward pass and the file agree bit for bit. A
-channel is an index of dim 0; every scale is rounded to float16 *before* use, in training
-too, so 2 bytes store it exactly. Decoding accepts only canonical forms (a positive scale uses
-the extreme code; scale 0 only zero codes), so a loaded model retrains into the same weights.
-"""
+"""Trained weights stored compactly: the numerics :mod:`pemn.competitors` trains with, next to
+their byte formats (``docs/FORMAT.md``, "Trained-weight encodings"), so that the forward pass
+and the file agree bit for bit."""
 from __future__ import annotations
 
 import math
@@ -17,7 +12,7 @@ import torch
 
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
-from pemn.artifact.format import ArtifactError
+from pemn.artifact.header import ArtifactError
 from pemn.fill import Strategy, TensorSpec
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
@@ -71,18 +66,11 @@ def debinarize(signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.where(signs, a, -a)
 
 
-# ------------------------------------------------------------------------------------------
-# Byte formats
-# ------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Encoding:
     """One byte format of a trained tensor (``name``: never reused for another format).
-
-    ``encode(latent, mask or None) -> bytes``; ``decode(bytes, shape, k) -> (float32 weight,
-    mask or None)`` raises ArtifactError on anything but a canonical encoding; ``sparse``: the
-    tensor keeps ``k`` values (the others 0) and stores a mask.
-    """
+    ``decode`` returns ``(float32 weight, mask or None)``, ArtifactError unless canonical;
+    ``sparse``: the tensor keeps ``k`` values (the others 0) and stores a mask."""
 
     name: str
     encode: Callable[[torch.Tensor, torch.Tensor | None], bytes]
@@ -124,13 +112,6 @@ def _expect_length(data: bytes, size: int, what: str) -> None:
         raise ArtifactError(f"{what}: {len(data)} bytes, the shape needs {size}")
 
 
-def _check_canonical(codes: torch.Tensor, scale: torch.Tensor, top: int, what: str) -> None:
-    """Positive-scale channels reach ``|code| = top``; zero-scale channels hold only 0."""
-    peak = _rows(codes).abs().amax(1) if codes.numel() else torch.zeros_like(scale)
-    if bool(((scale > 0) & (peak != top)).any() | ((scale == 0) & (peak != 0)).any()):
-        raise ArtifactError(f"{what}: codes and scales are not what the quantizer writes")
-
-
 def _int_encoding(bits: int) -> Encoding:
     qmax = 2 ** (bits - 1) - 1
     name = f"int{bits}"
@@ -160,7 +141,10 @@ def _int_encoding(bits: int) -> Encoding:
         wide = q.to(torch.int16)  # int8's abs(-128) overflows
         if bool((wide.abs() > qmax).any()):
             raise ArtifactError(f"{name}: a code is outside [-{qmax}, {qmax}]")
-        _check_canonical(wide, scale, qmax, name)
+        # canonical: positive-scale channels reach |code| = qmax, zero-scale ones hold only 0
+        peak = _rows(wide).abs().amax(1) if wide.numel() else torch.zeros_like(scale)
+        if bool(((scale > 0) & (peak != qmax)).any() | ((scale == 0) & (peak != 0)).any()):
+            raise ArtifactError(f"{name}: codes and scales are not what the quantizer writes")
         return dequantize(q, scale), None
 
     return Encoding(name, encode, decode)
@@ -235,9 +219,8 @@ def _csr_layout(shape: tuple[int, ...], k: int) -> tuple[int, int, str, str]:
 
 
 def csr_num_bytes(shape: tuple[int, ...], k: int) -> int:
-    """Bytes of the ``csr-f32`` encoding of ``k`` kept values of a tensor of ``shape``: fp32
-    values, column indices and ``shape[0] + 1`` row pointers, each index array in the smallest
-    of 1, 2, 4 bytes that fits (the one count of CSR bytes; ``pemn size`` prices by it)."""
+    """Bytes of the ``csr-f32`` encoding of ``k`` kept values of a tensor of ``shape`` (the one
+    count of CSR bytes; ``pemn size`` prices by it)."""
     rows, _, col_dtype, ptr_dtype = _csr_layout(tuple(shape), k)
     return (4 + np.dtype(col_dtype).itemsize) * k + np.dtype(ptr_dtype).itemsize * (rows + 1)
 
@@ -287,19 +270,11 @@ def sparse_encoding(sparse_format: str, codec: str, n: int, k: int) -> str:
     return f"{choose_codec(n, k) if codec == 'auto' else codec}+f32"
 
 
-# ------------------------------------------------------------------------------------------
-# Strategies with trained weights (the families of pemn.competitors)
-# ------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True, kw_only=True)
 class TrainedWeights(Strategy):
-    """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`).
-
-    A family sets ``encoding``, the :data:`ENCODINGS` name its tensors are stored in
-    (``"sparse"``: a mask codec or CSR, chosen by :func:`sparse_encoding`); a new byte format
-    is one :func:`register_encoding` call. ``dense_ends``: the first and last selected layers
-    (stem and head) stay dense.
-    """
+    """Base of the strategies whose layers train their own weights (:mod:`pemn.competitors`):
+    ``encoding`` names the :data:`ENCODINGS` entry its tensors are stored in (``"sparse"``: by
+    :func:`sparse_encoding`); ``dense_ends``: the first and last selected layers stay dense."""
 
     dense_ends: bool = False
     encoding: ClassVar[str] = ""
