@@ -106,3 +106,13 @@ def test_frontier_draws_one_line_per_strategy_at_its_file_size(drawn):
                  "RP 1e-1": ([3.1], [76.0]), RandomPrune(0.9).label(): ([8.0], [72.0]),
                  MagnitudePrune(0.9).label(): ([8.0], [72.0])}
     assert ax.get_xscale() == "log"
+
+
+def test_paper_accuracy_is_found_by_the_papers_own_strategy():
+    from pemn.experiments import paper_accuracy
+
+    paper_rp = pemn.RP(1e-3, "copy", values="normal")  # the paper's RP: normal values, copy order
+    assert paper_accuracy("cifar10", "convmixer_256_d6", paper_rp.tag()) == 88.51
+    assert paper_accuracy("cifar10", "resnet32", pemn.MP(values="normal").tag()) == 86.29
+    assert paper_accuracy("cifar10", "convmixer_256_d6", pemn.RP(1e-3).tag()) is None  # our default
+    assert paper_accuracy("fashion_mnist", "convmixer_256_d6", paper_rp.tag()) is None
