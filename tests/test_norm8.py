@@ -117,3 +117,18 @@ def test_an_all_zero_vector_is_scale_zero():
         model.stem[2].running_mean.zero_()  # b = bias - mean * a = 0
     loaded = unpack(pack(model, precision="norm8"))
     assert torch.equal(loaded.stem[2].bias, torch.zeros(64))
+
+
+def test_a_vector_one_int8_scale_cannot_hold_stays_fp16():
+    model = trained(ARCH, pemn.RP(ratio=0.01))
+    name, bn = next((n, m) for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var[0] = 0.0  # its folded scale, 1 / sqrt(eps), dwarfs the other channels'
+    fp16, norm8 = pack(model, precision="fp16"), pack(model, precision="norm8")
+    encodings = {o["name"]: o["encoding"] for o in _norms(norm8)}
+    assert encodings.pop(f"{name}.weight") == "raw"  # one scale would zero its neighbours
+    assert list(encodings.values()).count(fmt.INT8_TENSOR) >= len(encodings) - 1
+    for form in pemn.artifact.FORMS:
+        torch.testing.assert_close(logits(unpack(norm8, form=form), ARCH),
+                                   logits(unpack(fp16, form=form), ARCH), atol=2e-2, rtol=0)

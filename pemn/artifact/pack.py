@@ -16,7 +16,8 @@ from pemn import rng
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
 from pemn.artifact.format import seal
 from pemn.artifact.header import DTYPES, FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header
-from pemn.artifact.weights import SPARSE_FORMATS, TrainedWeights, get_encoding, sparse_encoding
+from pemn.artifact.weights import (SPARSE_FORMATS, TrainedWeights, dequantize, get_encoding,
+                                  quantize, sparse_encoding)
 from pemn.fileio import atomic_write
 from pemn.fill import Dense, strategy_to_dict
 from pemn.masking import FIXED, GAIN, LATENT, MASK, SUFFIXES, SUPPORT, current_mask, parts
@@ -176,6 +177,17 @@ def _norm_affines(model: nn.Module, others: list) -> set[str]:
             and v.is_floating_point() and v.numel()}
 
 
+NORM8_MAX_ERROR = 0.02  # median relative error of a vector's int8 codes, else it stays fp16
+
+
+def _int8_faithful(v: torch.Tensor) -> bool:
+    """Whether one int8 scale serves the whole vector. A folded BatchNorm channel with a tiny
+    running variance can be 500x its neighbours and round them all to zero (docs/METHOD.md)."""
+    row = v.detach().float().reshape(1, -1)
+    error = (dequantize(*quantize(row, 8)) - row).abs() / row.abs()
+    return bool(error.nan_to_num(0.0).median() <= NORM8_MAX_ERROR)
+
+
 def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, dict, bytes]:
     """A raw entry, or with ``int8`` the int8 weight encoding of ``t`` as one row."""
     if int8:
@@ -267,7 +279,9 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
     folded, int8 = (), _norm_affines(model, others) if precision == "norm8" else set()
     if PRECISIONS[precision] is not None:
         others, folded = _compact(model, others, PRECISIONS[precision], int8)
-    rows += [_raw_row(k, v, k in int8) for k, v in others]
+        others = [(k, v.to(PRECISIONS[precision]) if k in int8 and not _int8_faithful(v) else v)
+                  for k, v in others]
+    rows += [_raw_row(k, v, k in int8 and v.dtype == torch.float32) for k, v in others]
     table, offset = [], 0
     for fields, extra, data in rows:  # the keys in the order of docs/FORMAT.md
         table.append({**fields, "shape": list(fields["shape"]), "offset": offset,
