@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from pemn.artifact import describe, pack
-from pemn.artifact.format import FLOAT_DTYPES
-from pemn.artifact.weights import csr_num_bytes
+from pemn.artifact.header import FLOAT_DTYPES
 from pemn.artifact.pack import unmasked_hint
+from pemn.artifact.weights import csr_num_bytes
 from pemn.fill import mask_size, strategy_to_dict
 from pemn.masking import GAIN, SUFFIXES
 
@@ -56,8 +56,7 @@ def stats(model: nn.Module) -> Stats:
 
 
 def _num_other(model: nn.Module, masked: set[str]) -> int:
-    """Floating-point state outside the masked tensors. A masked tensor ``w`` owns ``w`` and
-    its stored parts ``w<suffix>`` (:data:`pemn.masking.SUFFIXES`)."""
+    """Floating-point state outside the masked tensors ``w`` and their parts ``w<suffix>``."""
     def owned(name: str) -> bool:
         return name in masked or any(name.endswith(s) and name[: -len(s)] in masked
                                      for s in SUFFIXES)

@@ -151,19 +151,16 @@ class _Code:
 def _huffman_lengths(weights: list[int]) -> list[int]:
     """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
     used = [s for s, w in enumerate(weights) if w > 0]
-    heap = [(weights[s], s) for s in used]
+    heap = [(weights[s], s, [s]) for s in used]  # (weight, id, its symbols); ties: lower id
     heapq.heapify(heap)
-    parent, next_id = {}, len(weights)
-    while len(heap) > 1:
-        (w1, a), (w2, b) = heapq.heappop(heap), heapq.heappop(heap)
-        parent[a] = parent[b] = next_id
-        heapq.heappush(heap, (w1 + w2, next_id))
+    depth, next_id = dict.fromkeys(used, 0), len(weights)
+    while len(heap) > 1:  # merge the two lightest: each of their symbols one level deeper
+        (w1, _, a), (w2, _, b) = heapq.heappop(heap), heapq.heappop(heap)
+        for s in a + b:
+            depth[s] += 1
+        heapq.heappush(heap, (w1 + w2, next_id, a + b))
         next_id += 1
-    depth = {next_id - 1: 0}
-    for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
-        if node in parent:
-            depth[node] = depth[parent[node]] + 1
-    leaf_depths = [depth[s] for s in used]
+    leaf_depths = list(depth.values())
     count = _cut_to_max_length([leaf_depths.count(b) for b in range(max(leaf_depths) + 1)])
     ranked = iter(sorted(used, key=lambda s: (-weights[s], s)))  # shortest codes first
     lengths = [0] * len(weights)

@@ -18,18 +18,7 @@ from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.header import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
 from pemn.fill import TensorSpec, file_under
-from pemn.masking import (
-    BITS,
-    FIXED,
-    GAIN,
-    MASK,
-    SCORES,
-    SUPPORT,
-    VALUES,
-    compute_,
-    parts,
-    scatter_support,
-)
+from pemn.masking import BITS, FIXED, GAIN, MASK, SCORES, SUPPORT, VALUES, compute_, scatter_support
 from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
 __all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
@@ -254,7 +243,7 @@ def _set_masks(model: nn.Module, spec, p: Payload) -> None:
         if p.stored is not None:  # a stored prototype replaces what apply_ generated
             for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
                     [torch.from_numpy(v) for v in p.stored], spec.tensors)):
-                support = parts(module, name).get(SUPPORT)
+                support = module._buffers.get(name + SUPPORT)
                 fixed = fixed if support is None else fixed[support.cpu()]
                 getattr(module, name + FIXED).copy_(fixed)
         for j, (_, module, name) in enumerate(layers):

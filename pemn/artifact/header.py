@@ -186,8 +186,7 @@ def _shape(value, what: str) -> tuple[int, ...]:
 
 
 def is_sha256(value) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
-                                                               for c in value)
+    return isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) is not None
 
 
 def _validate_json_value(value, what: str, depth: int = 0) -> None:

@@ -181,8 +181,7 @@ NORM8_MAX_ERROR = 0.02  # median relative error of a vector's int8 codes, else i
 
 
 def _int8_faithful(v: torch.Tensor) -> bool:
-    """Whether one int8 scale serves the whole vector. A folded BatchNorm channel with a tiny
-    running variance can be 500x its neighbours and round them all to zero (docs/METHOD.md)."""
+    """Whether one int8 scale serves the whole vector (why not: docs/METHOD.md, norm8)."""
     row = v.detach().float().reshape(1, -1)
     error = (dequantize(*quantize(row, 8)) - row).abs() / row.abs()
     return bool(error.nan_to_num(0.0).median() <= NORM8_MAX_ERROR)

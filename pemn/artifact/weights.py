@@ -13,7 +13,7 @@ import torch
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
 from pemn.artifact.header import ArtifactError
-from pemn.fill import Strategy, TensorSpec
+from pemn.fill import Strategy, TensorSpec, file_under
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
            "get_encoding", "sparse_encoding", "TrainedWeights", "register_encoding",
@@ -90,9 +90,7 @@ def get_encoding(name: str) -> Encoding:
 
 
 def register_encoding(encoding: Encoding) -> None:
-    if encoding.name in ENCODINGS:
-        raise ValueError(f"weight encoding {encoding.name!r} is already registered")
-    ENCODINGS[encoding.name] = encoding
+    file_under(ENCODINGS, encoding.name)(encoding)  # ValueError for a name taken
 
 
 def _scales(data: bytes, rows: int, what: str) -> torch.Tensor:
