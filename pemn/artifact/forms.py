@@ -214,8 +214,7 @@ def _train_form(model: nn.Module, p: Payload) -> nn.Module:
         with torch.no_grad():
             for e, (_, mask) in zip(header.encoded, p.weights or ()):
                 if mask is not None:
-                    fqn, _, name = e.name.rpartition(".")
-                    getattr(model.get_submodule(fqn), name + MASK).copy_(mask)
+                    model.get_buffer(e.name + MASK).copy_(mask)
     else:
         if p.plan is not None and p.stored is None:  # validate before use: a file whose seed
             for i in range(len(p.plan.prototypes)):  # is wrong costs one prototype, not a model

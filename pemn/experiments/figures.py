@@ -58,6 +58,4 @@ PAPER_CIFAR10 = {model: {**FIG5.get(model, {}), **FIG4.get(model, {}), **FIG3.ge
 
 def paper_accuracy(dataset: str, model: str, strategy: str) -> float | None:
     """The paper's CIFAR-10 accuracy (%) for a ``pemn`` model name and strategy tag, or None."""
-    if dataset != "cifar10":
-        return None
-    return PAPER_CIFAR10.get(model, {}).get(strategy)
+    return PAPER_CIFAR10.get(model, {}).get(strategy) if dataset == "cifar10" else None
