@@ -198,15 +198,12 @@ def _canonical_codes(lengths: list[int]) -> list[int]:
 
 def _deflate_prefix(lengths: list[int]) -> bytes:
     """The 142-byte DEFLATE prefix of docs/FORMAT.md, declaring the code of ``lengths``."""
-    def uint(value: int, width: int) -> list[int]:
-        return [value >> i & 1 for i in range(width)]
-
-    empty_fixed = [0, 1, 0] + [0] * 7  # BFINAL 0, BTYPE 01, end-of-block (7 zero bits)
-    bits = empty_fixed * 3 + [1, 0, 1] + uint(0, 5) + uint(0, 5) + uint(15, 4)
-    bits += [b for s in _CL_ORDER for b in uint(4 if s < 16 else 0, 3)]
-    bits += [b for length in lengths + [0] for b in uint(length, 4)[::-1]]  # 4-bit code = value
-    assert len(bits) == 8 * 142
-    return np.packbits(np.array(bits, np.uint8), bitorder="little").tobytes()
+    empty_fixed = [(0, 1), (1, 2), (0, 7)]  # (value, bits): BFINAL 0, BTYPE 01, end-of-block
+    fields = empty_fixed * 3 + [(1, 1), (2, 2), (0, 5), (0, 5), (15, 4)]  # BTYPE 10, HLIT, ...
+    fields += [(4 if s < 16 else 0, 3) for s in _CL_ORDER]  # lengths 0..15 have 4-bit codes
+    fields += [(int(f"{b:04b}"[::-1], 2), 4) for b in lengths + [0]]  # code = value, MSB first
+    values, widths = zip(*fields)
+    return pack_codes(np.array(values), np.array(widths))
 
 
 def _make_code(weights: list[int]) -> _Code:

@@ -146,6 +146,13 @@ def _errorbar(ax, groups: list[dict], x: list[float], **style) -> None:
                 **style)
 
 
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return paths
+
+
 def _panels(plt, n: int, width: float = 5.0):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -291,9 +298,7 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
     for stem, fig in figures.items():
         if fig is not None:
             fig.tight_layout()
-            for ext in ("png", "svg"):
-                paths.append(out_dir / f"{prefix}{stem}.{ext}")
-                fig.savefig(paths[-1], dpi=150, bbox_inches="tight")
+            paths += _save(fig, out_dir, prefix + stem)
             plt.close(fig)
     return paths
 
