@@ -51,17 +51,10 @@ def stats(model: nn.Module) -> Stats:
     has_mask = spec.strategy.stores_mask
     cr = paper_compression_ratio(num_masked, num_unique) if has_mask else 0.0
     bits = sum(mask_size(t.numel, getattr(spec.strategy, "pruned", 0.0)) for t in spec.tensors)
-    return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0,
-                 _num_other(model, {t.name for t in spec.tensors}))
-
-
-def _num_other(model: nn.Module, masked: set[str]) -> int:
-    """Floating-point state outside the masked tensors ``w`` and their parts ``w<suffix>``."""
-    def owned(name: str) -> bool:
-        return name in masked or any(name.endswith(s) and name[: -len(s)] in masked
-                                     for s in SUFFIXES)
-    return sum(t.numel() for n, t in model.state_dict().items()
-               if t.is_floating_point() and not owned(n))
+    owned = {t.name + s for t in spec.tensors for s in ("", *SUFFIXES)}  # w and its parts
+    other = sum(t.numel() for n, t in model.state_dict().items()
+                if t.is_floating_point() and n not in owned)
+    return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0, other)
 
 
 def paper_bytes(num_masked: int, num_unique: int) -> int:

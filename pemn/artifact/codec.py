@@ -144,9 +144,6 @@ class _Code:
     prefix: bytes  # 142 bytes: three empty fixed blocks and the dynamic block's header
     mean_bits: float  # expected code length of a symbol in 0..255, under the weights
 
-    def min_bits(self, symbols: range) -> int:
-        return int(self.lengths[symbols.start:symbols.stop].min())
-
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
     """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
@@ -259,7 +256,7 @@ def _bytes_size(n: int, k: int) -> int:
 
 def _bytes_min_size(n: int, k: int) -> int:
     code = _bytes_code(n, k)
-    return packed_num_bytes(packed_num_bytes(n) * code.min_bits(range(256)))
+    return packed_num_bytes(packed_num_bytes(n) * int(code.lengths[:256].min()))
 
 
 register_codec(MaskCodec(name="huffman-bytes", encode_fn=_bytes_encode,
@@ -379,7 +376,7 @@ def _gaps_size(n: int, k: int) -> int:
 
 def _gaps_min_size(n: int, k: int) -> int:
     model = _gap_model(n, k)
-    shortest = model.code.min_bits(range(model.escape))
+    shortest = int(model.code.lengths[:model.escape].min())
     return (packed_num_bytes(model.num * shortest + int(model.code.lengths[_EOB]))
             + packed_num_bytes(model.num * model.rice))
 

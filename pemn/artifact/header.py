@@ -210,9 +210,7 @@ def _model(d: dict) -> dict | None:
     model = d.get("model")
     if model is None:
         return None
-    name = _field(model, "name", str, "model")
-    if not 0 < len(name) <= 64:
-        raise ArtifactError(f"model name of {len(name)} characters is not a registered name")
+    name = _text(_field(model, "name", str, "model"), "model.name", 64)
     kwargs = _field(model, "kwargs", dict, "model")
     if len(kwargs) > 64:
         raise ArtifactError(f"model.kwargs has {len(kwargs)} entries (limit 64)")

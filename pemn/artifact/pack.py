@@ -32,13 +32,6 @@ STORE_PROTOTYPE_MAX_BYTES = 1024  # store_prototype=None stores them up to this 
 _DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
-def _raw_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store its 16 bits
-        t = t.view(torch.int16)
-    return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-
-
 def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     """Each prototype as stored in the model, after checking every fixed buffer against it."""
     layers = list(masked_tensors(model))
@@ -194,8 +187,11 @@ def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, dict, bytes]
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
     if t.dtype not in _DTYPE_CODES:
         raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
+    values = t.detach().cpu().contiguous()
+    values = values.view(torch.int16) if t.dtype == torch.bfloat16 else values  # numpy has no bf16
+    data = values.numpy().astype(values.numpy().dtype.newbyteorder("<")).tobytes()
     return (dict(name=name, encoding="raw", dtype=_DTYPE_CODES[t.dtype], shape=tuple(t.shape)),
-            {}, _raw_bytes(t))
+            {}, data)
 
 
 def _zoo_args(model: nn.Module) -> dict | None:
