@@ -114,8 +114,7 @@ def _check_choice(strategy: Strategy, field: str, choices: tuple[str, ...]) -> N
 
 @dataclass(frozen=True, kw_only=True)
 class _Fill(Strategy):
-    """A weight fill of random values; its levers ``values``, ``gain`` and ``pruned``:
-    docs/METHOD.md, "Levers beyond the paper"."""
+    """A weight fill of random values; levers ``values``, ``gain``, ``pruned``: docs/METHOD.md."""
 
     values: Literal["normal", "signed_constant"] = "signed_constant"
     gain: Literal["none", "layer", "channel"] = "none"
@@ -302,9 +301,8 @@ class Prototype:
             np.copysign(np.float32(self.std), values, out=values)
         return values
 
-    def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
-        """The drawn values -> the full vector (RP tiling and permutation)."""
-        values = drawn
+    def expand(self, values: np.ndarray, seed: int) -> np.ndarray:
+        """The drawn ``values`` -> the full vector (RP tiling and permutation)."""
         if self.tile_to > self.numel:
             values = np.tile(values, -(-self.tile_to // self.numel))[: self.tile_to]
         if self.permute:
@@ -339,16 +337,14 @@ class FillPlan:
     def num_unique(self) -> int:
         return sum(p.numel for p in self.prototypes)
 
-    def mask_size(self, numel: int) -> int:
-        return mask_size(numel, self.pruned)
-
     def support(self, layer: int, numel: int, seed: int) -> np.ndarray | None:
-        """Layer ``layer``'s support, a bool vector with :meth:`mask_size` True positions:
+        """Layer ``layer``'s support, a bool vector with :func:`mask_size` True positions:
         the first of a seeded permutation of stream ``2**33 + layer``; None without pruning."""
         if not self.pruned:
             return None
         out = np.zeros(numel, dtype=bool)
-        out[rng.permutation(seed, _SUPPORT_STREAM + layer, numel)[: self.mask_size(numel)]] = True
+        order = rng.permutation(seed, _SUPPORT_STREAM + layer, numel)
+        out[order[: mask_size(numel, self.pruned)]] = True
         return out
 
     def scale(self, layer: int) -> float:
@@ -376,29 +372,24 @@ def register_planner(cls: type[Strategy]):
 
 
 @register_planner(Mask)
-def _plan_mask(strategy: Mask, specs: list[TensorSpec]) -> FillPlan:
-    protos = tuple(Prototype(i, s.numel, s.std, signed=strategy.signed)
-                   for i, s in enumerate(specs))
-    return FillPlan(protos, tuple(range(len(specs))))
-
-
 @register_planner(OneLayer)
-def _plan_one_layer(strategy: OneLayer, specs: list[TensorSpec]) -> FillPlan:
-    first_of_shape: dict[tuple[int, ...], int] = {}
+def _plan_own(strategy: Mask | OneLayer, specs: list[TensorSpec]) -> FillPlan:
+    """A prototype per layer (Mask) or per distinct shape, drawn for its first layer (OneLayer)."""
+    first: dict = {}  # layer index or shape -> its prototype
     protos, sources = [], []
     for i, s in enumerate(specs):
-        if s.shape not in first_of_shape:
-            first_of_shape[s.shape] = len(protos)
+        key = s.shape if isinstance(strategy, OneLayer) else i
+        if key not in first:
+            first[key] = len(protos)
             protos.append(Prototype(i, s.numel, s.std, signed=strategy.signed))
-        sources.append(first_of_shape[s.shape])
+        sources.append(first[key])
     return FillPlan(tuple(protos), tuple(sources))
 
 
 @register_planner(MP)
 @register_planner(RP)
 def _plan_shared(strategy: _SharedFill, specs: list[TensorSpec]) -> FillPlan:
-    """One prototype for every layer: the first largest layer's values (as the official code);
-    RP draws only ``int(d_max * ratio) + 1`` of them and tiles them to ``d_max``."""
+    """One prototype for every layer: the first largest layer's values (RP: tiled from a few)."""
     big = max(range(len(specs)), key=lambda i: (specs[i].numel, -i))
     d_max, std = specs[big].numel, specs[big].std
     if isinstance(strategy, RP):

@@ -170,9 +170,7 @@ def _select(a: torch.Tensor, k: int, hint: _Hint | None) -> tuple[torch.Tensor, 
     if boundary is None:  # the reference: a stable sort keeps equal values in position order
         out.zero_()[a.sort(descending=True, stable=True).indices[:k]] = 1
         return out, None
-    if bracket is None:
-        return out, hint
-    return out, _Hint(boundary, hint.density)
+    return out, hint if bracket is None else _Hint(boundary, hint.density)
 
 
 def topk_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -183,27 +181,20 @@ def topk_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class _StepWeight:
-    """The masked weight of the current training step."""
+class _Cached:
+    """A masked weight: the training step's (``value`` None once a backward pass through it has
+    run), or the one cached for evaluation, with the ``scores`` it was built from."""
 
     key: tuple
-    value: torch.Tensor | None  # None once a backward pass through it has run
-
-
-@dataclass(eq=False)
-class _EvalWeight:
-    """The masked weight cached for evaluation, with the scores it was built from."""
-
-    key: tuple
-    scores: torch.Tensor
-    value: torch.Tensor
+    value: torch.Tensor | None
+    scores: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
 class _State:
     hint: _Hint | None = None
-    step: _StepWeight | None = None
-    eval: _EvalWeight | None = None
+    step: _Cached | None = None
+    eval: _Cached | None = None
 
 
 # One state per scores tensor, shared by tied modules; it dies with the scores.
@@ -216,9 +207,7 @@ def _masked_values(fixed: torch.Tensor, scores: torch.Tensor, keep_ratio: float,
     a = scores.abs().flatten()
     mask, state.hint = _select(a, num_kept(a.numel(), keep_ratio), state.hint)
     mask = mask.view(fixed.shape)
-    if mask.dtype != fixed.dtype:
-        return fixed * mask.to(fixed.dtype)
-    return mask.mul_(fixed)
+    return mask.mul_(fixed) if mask.dtype == fixed.dtype else fixed * mask.to(fixed.dtype)
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -231,7 +220,7 @@ class _MaskedWeight(torch.autograd.Function):
         ctx.save_for_backward(fixed, scores)
         key = (fixed._version, fixed.data_ptr(), scores._version, scores.data_ptr(), keep_ratio)
         if state.step is None or state.step.key != key or state.step.value is None:
-            state.step = _StepWeight(key, _masked_values(fixed, scores, keep_ratio, state))
+            state.step = _Cached(key, _masked_values(fixed, scores, keep_ratio, state))
         ctx.entry = state.step
         return state.step.value.detach()  # a new alias: the cached tensor gets no grad_fn
 
@@ -252,7 +241,7 @@ def _eval_weight(fixed, scores, keep_ratio, state: _State) -> torch.Tensor:
     if not (usable and torch.equal(cached.scores, scores)):
         with torch.no_grad():
             value = _masked_values(fixed, scores, keep_ratio, state)
-            state.eval = _EvalWeight(key, scores.detach().clone(), value)
+            state.eval = _Cached(key, value, scores.detach().clone())
     return state.eval.value
 
 
@@ -293,8 +282,7 @@ SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES, SUPPORT)
 @functools.cache  # one class per (base, names): modules masked alike share it
 def _computed_class(base: type, names: tuple[str, ...]) -> type:
     attrs = {n: property(lambda m, n=n: m._pemn_fns[n](m, n)) for n in names}
-    attrs["_pemn_base"] = base
-    return type(f"Masked{base.__name__}", (base,), attrs)
+    return type(f"Masked{base.__name__}", (base,), {**attrs, "_pemn_base": base})
 
 
 def computed_names(module: nn.Module) -> tuple[str, ...]:
@@ -368,8 +356,7 @@ def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torc
 def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     """The boolean mask of a masked tensor as currently selected by its scores (with a
     support: 1-D, over the support's positions)."""
-    scores = getattr(module, name + SCORES)
-    return topk_mask(scores, module._pemn_keep_ratio).bool()
+    return topk_mask(getattr(module, name + SCORES), module._pemn_keep_ratio).bool()
 
 
 def cached_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -377,11 +364,7 @@ def cached_tensors(module: nn.Module) -> list[torch.Tensor]:
     tied tensor's cache is listed by every module that reads it)."""
     out = []
     for name in masked_names(module):
-        state = _STATES.get(getattr(module, name + SCORES))
-        if state is None:
-            continue
-        if state.step is not None and state.step.value is not None:
-            out.append(state.step.value)
-        if state.eval is not None:
-            out += [state.eval.value, state.eval.scores]
+        state = _STATES.get(getattr(module, name + SCORES)) or _State()
+        for cached in filter(None, (state.step, state.eval)):
+            out += [t for t in (cached.value, cached.scores) if t is not None]
     return out

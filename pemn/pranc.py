@@ -76,8 +76,7 @@ register_encoding(Encoding("pranc", lambda latent, mask: b"", _no_decode))
 
 @dataclass(eq=False)
 class _Basis:
-    """Layer ``stream``'s basis, ``k`` networks of ``numel`` values each: held (a list of
-    chunks) or regenerated chunk by chunk."""
+    """Layer ``stream``'s ``k`` basis networks of ``numel`` values: held in chunks, or drawn."""
 
     seed: int
     stream: int
@@ -149,8 +148,7 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
 
 @register_rebuild(PRANC)
 def _rebuild(p, form: str) -> PRANC:
-    """Check the file's layout and work (:data:`MAX_BASIS_VALUES`); the PRANC to apply holds a
-    basis of at most the default ``basis_mib``, none in the ``packed`` form."""
+    """Check the file (layout, :data:`MAX_BASIS_VALUES`); the PRANC to apply (packed: no basis)."""
     header, strategy, layers = p.header, p.strategy, p.header.encoded
     if any(e.encoding != "pranc" or e.length for e in layers):
         raise ArtifactError("a PRANC file stores an empty pranc entry per compressed layer")

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from pemn.artifact import describe, pack
-from pemn.artifact.format import FLOAT_DTYPES
-from pemn.artifact.weights import csr_num_bytes
+from pemn.artifact.header import FLOAT_DTYPES
 from pemn.artifact.pack import unmasked_hint
+from pemn.artifact.weights import csr_num_bytes
 from pemn.fill import mask_size, strategy_to_dict
 from pemn.masking import GAIN, SUFFIXES
 
@@ -51,18 +51,10 @@ def stats(model: nn.Module) -> Stats:
     has_mask = spec.strategy.stores_mask
     cr = paper_compression_ratio(num_masked, num_unique) if has_mask else 0.0
     bits = sum(mask_size(t.numel, getattr(spec.strategy, "pruned", 0.0)) for t in spec.tensors)
-    return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0,
-                 _num_other(model, {t.name for t in spec.tensors}))
-
-
-def _num_other(model: nn.Module, masked: set[str]) -> int:
-    """Floating-point state outside the masked tensors. A masked tensor ``w`` owns ``w`` and
-    its stored parts ``w<suffix>`` (:data:`pemn.masking.SUFFIXES`)."""
-    def owned(name: str) -> bool:
-        return name in masked or any(name.endswith(s) and name[: -len(s)] in masked
-                                     for s in SUFFIXES)
-    return sum(t.numel() for n, t in model.state_dict().items()
-               if t.is_floating_point() and not owned(n))
+    owned = {t.name + s for t in spec.tensors for s in ("", *SUFFIXES)}  # w and its parts
+    other = sum(t.numel() for n, t in model.state_dict().items()
+                if t.is_floating_point() and n not in owned)
+    return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0, other)
 
 
 def paper_bytes(num_masked: int, num_unique: int) -> int:
@@ -135,9 +127,8 @@ def size_report(source) -> dict:
     return {
         "architecture": header.model["name"] if header.model else "(not a zoo model)",
         "strategy": strategy_to_dict(info["strategy"]),  # as this pemn reads the header
-        "keep_ratio": header.keep_ratio, "num_masked": num_masked,
-        "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
-        "weight_encodings": encodings,
+        "keep_ratio": header.keep_ratio, "num_masked": num_masked, "num_unique": num_unique,
+        "num_masked_tensors": len(masks), "mask_codecs": codecs, "weight_encodings": encodings,
         "bytes": sizes,
         "mask_bitmap_bytes": sum(-(-m.get("mask_size", m["numel"]) // 8) for m in masks)
         if not no_mask else 0,
@@ -215,9 +206,8 @@ def storage_readings(model: nn.Module, precision: str = "exact", **save_args) ->
     out = {"total": len(data)}
     encoded = describe(data)["encoded"]
     if any(e["num_kept"] < e["numel"] or e["encoding"].endswith("+f32") for e in encoded):
-        out.update(
-            mask_fp32=len(data),
-            bitmap_fp32=len(pack(model, precision=precision, codec="bits", **save_args)),
-            csr=len(pack(model, precision=precision, sparse_format="csr", **save_args)),
-            values_only=len(data) - sum(e["num_bytes"] - 4 * e["num_kept"] for e in encoded))
+        out.update(mask_fp32=len(data),
+                   bitmap_fp32=len(pack(model, precision=precision, codec="bits", **save_args)),
+                   csr=len(pack(model, precision=precision, sparse_format="csr", **save_args)),
+                   values_only=len(data) - sum(e["num_bytes"] - 4 * e["num_kept"] for e in encoded))
     return out

@@ -16,8 +16,7 @@ import torch
 
 from pemn.artifact.bitpack import CodecError, pack_bits, pack_codes, packed_num_bytes, unpack_bits
 
-__all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs",
-           "choose_codec"]
+__all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs", "choose_codec"]
 
 # what numpy, zlib and torch raise on hostile sizes or streams; decode wraps them in CodecError
 _DECODE_ERRORS = (MemoryError, ValueError, IndexError, OverflowError, RuntimeError, zlib.error)
@@ -144,26 +143,20 @@ class _Code:
     prefix: bytes  # 142 bytes: three empty fixed blocks and the dynamic block's header
     mean_bits: float  # expected code length of a symbol in 0..255, under the weights
 
-    def min_bits(self, symbols: range) -> int:
-        return int(self.lengths[symbols.start:symbols.stop].min())
-
 
 def _huffman_lengths(weights: list[int]) -> list[int]:
     """Code lengths (0 for weight 0) of a Huffman code, cut to ``_MAX_LEN`` (docs/FORMAT.md)."""
     used = [s for s, w in enumerate(weights) if w > 0]
-    heap = [(weights[s], s) for s in used]
+    heap = [(weights[s], s, [s]) for s in used]  # (weight, id, its symbols); ties: lower id
     heapq.heapify(heap)
-    parent, next_id = {}, len(weights)
-    while len(heap) > 1:
-        (w1, a), (w2, b) = heapq.heappop(heap), heapq.heappop(heap)
-        parent[a] = parent[b] = next_id
-        heapq.heappush(heap, (w1 + w2, next_id))
+    depth, next_id = dict.fromkeys(used, 0), len(weights)
+    while len(heap) > 1:  # merge the two lightest: each of their symbols one level deeper
+        (w1, _, a), (w2, _, b) = heapq.heappop(heap), heapq.heappop(heap)
+        for s in a + b:
+            depth[s] += 1
+        heapq.heappush(heap, (w1 + w2, next_id, a + b))
         next_id += 1
-    depth = {next_id - 1: 0}
-    for node in range(next_id - 2, -1, -1):  # parents have larger ids than their children
-        if node in parent:
-            depth[node] = depth[parent[node]] + 1
-    leaf_depths = [depth[s] for s in used]
+    leaf_depths = list(depth.values())
     count = _cut_to_max_length([leaf_depths.count(b) for b in range(max(leaf_depths) + 1)])
     ranked = iter(sorted(used, key=lambda s: (-weights[s], s)))  # shortest codes first
     lengths = [0] * len(weights)
@@ -201,15 +194,12 @@ def _canonical_codes(lengths: list[int]) -> list[int]:
 
 def _deflate_prefix(lengths: list[int]) -> bytes:
     """The 142-byte DEFLATE prefix of docs/FORMAT.md, declaring the code of ``lengths``."""
-    def uint(value: int, width: int) -> list[int]:
-        return [value >> i & 1 for i in range(width)]
-
-    empty_fixed = [0, 1, 0] + [0] * 7  # BFINAL 0, BTYPE 01, end-of-block (7 zero bits)
-    bits = empty_fixed * 3 + [1, 0, 1] + uint(0, 5) + uint(0, 5) + uint(15, 4)
-    bits += [b for s in _CL_ORDER for b in uint(4 if s < 16 else 0, 3)]
-    bits += [b for length in lengths + [0] for b in uint(length, 4)[::-1]]  # 4-bit code = value
-    assert len(bits) == 8 * 142
-    return np.packbits(np.array(bits, np.uint8), bitorder="little").tobytes()
+    empty_fixed = [(0, 1), (1, 2), (0, 7)]  # (value, bits): BFINAL 0, BTYPE 01, end-of-block
+    fields = empty_fixed * 3 + [(1, 1), (2, 2), (0, 5), (0, 5), (15, 4)]  # BTYPE 10, HLIT, ...
+    fields += [(4 if s < 16 else 0, 3) for s in _CL_ORDER]  # lengths 0..15 have 4-bit codes
+    fields += [(int(f"{b:04b}"[::-1], 2), 4) for b in lengths + [0]]  # code = value, MSB first
+    values, widths = zip(*fields)
+    return pack_codes(np.array(values), np.array(widths))
 
 
 def _make_code(weights: list[int]) -> _Code:
@@ -265,7 +255,7 @@ def _bytes_size(n: int, k: int) -> int:
 
 def _bytes_min_size(n: int, k: int) -> int:
     code = _bytes_code(n, k)
-    return packed_num_bytes(packed_num_bytes(n) * code.min_bits(range(256)))
+    return packed_num_bytes(packed_num_bytes(n) * int(code.lengths[:256].min()))
 
 
 register_codec(MaskCodec(name="huffman-bytes", encode_fn=_bytes_encode,
@@ -385,7 +375,7 @@ def _gaps_size(n: int, k: int) -> int:
 
 def _gaps_min_size(n: int, k: int) -> int:
     model = _gap_model(n, k)
-    shortest = model.code.min_bits(range(model.escape))
+    shortest = int(model.code.lengths[:model.escape].min())
     return (packed_num_bytes(model.num * shortest + int(model.code.lengths[_EOB]))
             + packed_num_bytes(model.num * model.rice))
 

@@ -42,11 +42,8 @@ def _describe(data: bytes, model: nn.Module | None) -> dict:
         model = zoo_skeleton(header)  # checked against the file
     norms = set() if model is None else norm_names(model)
     return {
-        "header": header,
-        "strategy": strategy,
-        "format_version": container.version,
-        "file_bytes": len(data),
-        "header_bytes": container.header_bytes,
+        "header": header, "strategy": strategy, "format_version": container.version,
+        "file_bytes": len(data), "header_bytes": container.header_bytes,
         "kind_bytes": {kind: sum(e.length for e in header.of_kind(kind)) for kind in KINDS},
         "masks": [{"name": m.name, "shape": m.shape, "numel": m.numel, "num_kept": m.num_kept,
                    "codec": m.encoding, "num_bytes": m.length,

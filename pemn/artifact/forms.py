@@ -18,18 +18,7 @@ from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.header import ArtifactError, Header
 from pemn.artifact.weights import get_encoding
 from pemn.fill import TensorSpec, file_under
-from pemn.masking import (
-    BITS,
-    FIXED,
-    GAIN,
-    MASK,
-    SCORES,
-    SUPPORT,
-    VALUES,
-    compute_,
-    parts,
-    scatter_support,
-)
+from pemn.masking import BITS, FIXED, GAIN, MASK, SCORES, SUPPORT, VALUES, compute_, scatter_support
 from pemn.transform import accepts, apply_, masked_tensors, materialize_, tie_
 
 __all__ = ["FORM_BUILDERS", "Masks", "Payload", "register_rebuild", "rebuilder", "tensor_specs",
@@ -225,8 +214,7 @@ def _train_form(model: nn.Module, p: Payload) -> nn.Module:
         with torch.no_grad():
             for e, (_, mask) in zip(header.encoded, p.weights or ()):
                 if mask is not None:
-                    fqn, _, name = e.name.rpartition(".")
-                    getattr(model.get_submodule(fqn), name + MASK).copy_(mask)
+                    model.get_buffer(e.name + MASK).copy_(mask)
     else:
         if p.plan is not None and p.stored is None:  # validate before use: a file whose seed
             for i in range(len(p.plan.prototypes)):  # is wrong costs one prototype, not a model
@@ -254,7 +242,7 @@ def _set_masks(model: nn.Module, spec, p: Payload) -> None:
         if p.stored is not None:  # a stored prototype replaces what apply_ generated
             for (_, module, name), fixed in zip(layers, spec.plan.layer_values(
                     [torch.from_numpy(v) for v in p.stored], spec.tensors)):
-                support = parts(module, name).get(SUPPORT)
+                support = module._buffers.get(name + SUPPORT)
                 fixed = fixed if support is None else fixed[support.cpu()]
                 getattr(module, name + FIXED).copy_(fixed)
         for j, (_, module, name) in enumerate(layers):
@@ -295,11 +283,10 @@ def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
     """Bits + prototype per layer (a trained family: its file bytes), rebuilt every forward."""
     if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
         model = _train_form(model, p)
-        for e in p.header.encoded:
-            fqn, _, name = e.name.rpartition(".")
-            gain = getattr(model.get_submodule(fqn), name + GAIN, None)
-            if gain is not None:
-                gain.requires_grad_(False)
+        gains = {e.name + GAIN for e in p.header.encoded}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if name in gains:
+                param.requires_grad_(False)
         return model
     _fill_stored(model, p)
     for e in p.header.encoded if p.weights is not None else ():  # decoded at every read

@@ -120,9 +120,7 @@ class Header:
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
         pemn = _field(d, "pemn", dict)
-        folds = d.get("folded_norms", [])
-        if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
-            raise ArtifactError("header.folded_norms must be a list of module names")
+        folds = _list(d, "folded_norms") if "folded_norms" in d else []
         header = cls(
             model=_model(d),
             **_pemn_fields(pemn),
@@ -186,8 +184,7 @@ def _shape(value, what: str) -> tuple[int, ...]:
 
 
 def is_sha256(value) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef"
-                                                               for c in value)
+    return isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) is not None
 
 
 def _validate_json_value(value, what: str, depth: int = 0) -> None:
@@ -211,9 +208,7 @@ def _model(d: dict) -> dict | None:
     model = d.get("model")
     if model is None:
         return None
-    name = _field(model, "name", str, "model")
-    if not 0 < len(name) <= 64:
-        raise ArtifactError(f"model name of {len(name)} characters is not a registered name")
+    name = _text(_field(model, "name", str, "model"), "model.name", 64)
     kwargs = _field(model, "kwargs", dict, "model")
     if len(kwargs) > 64:
         raise ArtifactError(f"model.kwargs has {len(kwargs)} entries (limit 64)")

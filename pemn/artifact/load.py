@@ -20,7 +20,7 @@ from pemn.artifact.format import MAX_HEADER_BYTES, PREAMBLE_BYTES, read_containe
 from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
 from pemn.artifact.header import DTYPES, INT8_TENSOR, MAX_ELEMENTS, ArtifactError, Entry, Header
 from pemn.artifact.weights import TrainedWeights, get_encoding
-from pemn.fill import Dense, plan_fill, strategy_from_dict
+from pemn.fill import Dense, mask_size, plan_fill, strategy_from_dict
 from pemn.masking import GAIN, num_kept
 from pemn.models import create_model
 
@@ -44,11 +44,10 @@ def _read_file(path, max_elements: int) -> bytes:
     except (OSError, TypeError, ValueError) as e:
         raise ArtifactError(f"cannot read artifact {path}: {getattr(e, 'strerror', None) or e}"
                             ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ArtifactError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{path} is not a regular file")
         # masks <= 1 bit per value and raw tensors <= 8 bytes per value, plus the header
         limit = PREAMBLE_BYTES + MAX_HEADER_BYTES + 9 * max_elements
         if info.st_size > limit:
@@ -209,10 +208,10 @@ _DECODERS = {
 
 
 def _decode_masks(header: Header, plan, payload: memoryview) -> Masks:
-    """Each mask, of its tensor's shape, or 1-D over its seeded support (``plan.mask_size``)."""
+    """Each mask, of its tensor's shape, or 1-D over its seeded support (``mask_size``)."""
     out = Masks()
     for m in header.masked:
-        n = plan.mask_size(m.numel)
+        n = mask_size(m.numel, plan.pruned)
         if m.num_kept != num_kept(n, header.keep_ratio):
             raise ArtifactError(f"mask of {m.name} keeps {m.num_kept} values, keep_ratio "
                                 f"{header.keep_ratio} needs {num_kept(n, header.keep_ratio)} "

@@ -32,13 +32,6 @@ STORE_PROTOTYPE_MAX_BYTES = 1024  # store_prototype=None stores them up to this 
 _DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
-def _raw_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: store its 16 bits
-        t = t.view(torch.int16)
-    return t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
-
-
 def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
     """Each prototype as stored in the model, after checking every fixed buffer against it."""
     layers = list(masked_tensors(model))
@@ -55,10 +48,9 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
         # A layer that holds the whole prototype unscaled (and has no support) gives its values.
         if fixed.numel() == ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
             protos[src] = fixed.reshape(-1).numpy()
-    for i, values in enumerate(protos):
+    for i, (values, proto) in enumerate(zip(protos, plan.prototypes)):
         if values is None:  # no layer holds it whole: regenerate it (a new fill, layer std)
-            values = protos[i] = plan.prototypes[i].expand(plan.prototypes[i].draw(spec.seed),
-                                                           spec.seed)
+            values = protos[i] = proto.expand(proto.draw(spec.seed), spec.seed)
         if rng.sha256_f32(values) != spec.prototype_sha256[i]:
             raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
                                 "they must stay as pemn.apply_ generated them")
@@ -156,8 +148,7 @@ def _compact(model: nn.Module, others: list, dtype: torch.dtype,
     for fqn, m in model.named_modules():
         prefix = f"{fqn}." if fqn else ""
         names = [prefix + k for k in ("weight", "bias", "running_mean", "running_var")]
-        if not (isinstance(m, nn.modules.batchnorm._BatchNorm) and all(n in values
-                                                                        for n in names)):
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not values.keys() >= set(names):
             continue  # non-affine BN, no running statistics, or tied to another tensor
         weight, bias, mean, var = (values[n].detach().double() for n in names)
         scale = weight / torch.sqrt(var + m.eps)
@@ -181,8 +172,7 @@ NORM8_MAX_ERROR = 0.02  # median relative error of a vector's int8 codes, else i
 
 
 def _int8_faithful(v: torch.Tensor) -> bool:
-    """Whether one int8 scale serves the whole vector. A folded BatchNorm channel with a tiny
-    running variance can be 500x its neighbours and round them all to zero (docs/METHOD.md)."""
+    """Whether one int8 scale serves the whole vector (why not: docs/METHOD.md, norm8)."""
     row = v.detach().float().reshape(1, -1)
     error = (dequantize(*quantize(row, 8)) - row).abs() / row.abs()
     return bool(error.nan_to_num(0.0).median() <= NORM8_MAX_ERROR)
@@ -195,8 +185,11 @@ def _raw_row(name: str, t: torch.Tensor, int8: bool) -> tuple[dict, dict, bytes]
                 get_encoding("int8").encode(t.detach().float().reshape(1, -1), None))
     if t.dtype not in _DTYPE_CODES:
         raise ArtifactError(f"tensor {name} is {t.dtype}, which artifacts cannot store")
+    values = t.detach().cpu().contiguous()
+    values = values.view(torch.int16) if t.dtype == torch.bfloat16 else values  # numpy has no bf16
+    data = values.numpy().astype(values.numpy().dtype.newbyteorder("<")).tobytes()
     return (dict(name=name, encoding="raw", dtype=_DTYPE_CODES[t.dtype], shape=tuple(t.shape)),
-            {}, _raw_bytes(t))
+            {}, data)
 
 
 def _zoo_args(model: nn.Module) -> dict | None:
@@ -226,13 +219,6 @@ def _json_object(value, what: str) -> dict | None:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"{what} is not JSON-serialisable ({e})") from None
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
@@ -288,6 +274,10 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
                       "length": len(data), **extra})
         offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
+    try:
+        version = importlib.metadata.version("pemn")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
     header = {  # the keys of docs/FORMAT.md, in its order
         "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": _zoo_args(model),
         "pemn": {"strategy": strategy_to_dict(spec.strategy), "keep_ratio": float(spec.keep_ratio),
@@ -295,7 +285,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
                  "prototype_sha256": [] if dense else list(spec.prototype_sha256)},
         "tensors": table, "ties": [list(t) for t in ties], "folded_norms": list(folded),
         "dataset": _dataset_header(dataset), "metadata": _json_object(metadata, "metadata") or {},
-        "written_by": {"pemn": _version("pemn"), "torch": torch.__version__}}
+        "written_by": {"pemn": version, "torch": torch.__version__}}
     Header.from_json(header)  # every field checked as a reader checks it
     return seal(header, b"".join(data for *_, data in rows))
 

@@ -13,7 +13,7 @@ import torch
 from pemn.artifact.bitpack import pack_bits, unpack_bits
 from pemn.artifact.codec import choose_codec, get_codec, list_codecs
 from pemn.artifact.header import ArtifactError
-from pemn.fill import Strategy, TensorSpec
+from pemn.fill import Strategy, TensorSpec, file_under
 
 __all__ = ["quantize", "dequantize", "binarize", "debinarize", "Encoding", "ENCODINGS",
            "get_encoding", "sparse_encoding", "TrainedWeights", "register_encoding",
@@ -90,9 +90,7 @@ def get_encoding(name: str) -> Encoding:
 
 
 def register_encoding(encoding: Encoding) -> None:
-    if encoding.name in ENCODINGS:
-        raise ValueError(f"weight encoding {encoding.name!r} is already registered")
-    ENCODINGS[encoding.name] = encoding
+    file_under(ENCODINGS, encoding.name)(encoding)  # ValueError for a name taken
 
 
 def _scales(data: bytes, rows: int, what: str) -> torch.Tensor:
@@ -120,9 +118,7 @@ def _int_encoding(bits: int) -> Encoding:
         q, scale = quantize(latent, bits)
         codes = q.cpu().reshape(-1).numpy().astype(np.int8)
         if bits == 4:
-            nibbles = (codes & 0xF).astype(np.uint8)
-            if nibbles.size % 2:
-                nibbles = np.append(nibbles, np.uint8(0))
+            nibbles = np.pad((codes & 0xF).astype(np.uint8), (0, codes.size % 2))  # even count
             codes = nibbles[0::2] | (nibbles[1::2] << 4)
         return _fp16_bytes(scale) + codes.tobytes()
 

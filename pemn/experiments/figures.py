@@ -1,5 +1,5 @@
-"""The paper's CIFAR-10 test accuracies in % (arXiv 2210.06699, Figs. 3-5; single runs, best
-over epochs), by ``pemn`` model name and strategy tag (``rp0.001-copy-normal``, ``random_prune-cr0.9``)."""
+"""The paper's CIFAR-10 test accuracies in % (arXiv 2210.06699, Figs. 3-5; single runs, best over
+epochs) by pemn model name and strategy tag (``rp0.001-copy-normal``, ``random_prune-cr0.9``)."""
 from __future__ import annotations
 
 __all__ = ["FIG3", "FIG4", "FIG5", "PAPER_CIFAR10", "paper_accuracy"]
@@ -58,6 +58,4 @@ PAPER_CIFAR10 = {model: {**FIG5.get(model, {}), **FIG4.get(model, {}), **FIG3.ge
 
 def paper_accuracy(dataset: str, model: str, strategy: str) -> float | None:
     """The paper's CIFAR-10 accuracy (%) for a ``pemn`` model name and strategy tag, or None."""
-    if dataset != "cifar10":
-        return None
-    return PAPER_CIFAR10.get(model, {}).get(strategy)
+    return PAPER_CIFAR10.get(model, {}).get(strategy) if dataset == "cifar10" else None

@@ -21,8 +21,7 @@ RESULT = "result.json"  # a finished run's results line, in its run directory
 READINGS = ("exact", "fp16", "norm8")  # the precisions a results line prices the run at
 CSV_COLUMNS = ("run", "dataset", "model", "model_kwargs", "strategy", "label", "keep_ratio",
                "seed", "epochs", "lr", "P", "U", "CR", "bytes", "bytes_source", "best_test_acc",
-               "final_test_acc", "best_val_acc", "test_acc_at_best_val", "wall_s",
-               "images_per_s")
+               "final_test_acc", "best_val_acc", "test_acc_at_best_val", "wall_s", "images_per_s")
 
 
 def result_record(cfg: RunConfig, summary: dict, run_dir: RunDir) -> dict:

@@ -11,17 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pemn.config import (
-    ConfigError,
-    RunConfig,
-    flatten,
-    format_value,
-    from_dict,
-    read_file,
-    to_dict,
-    unflatten,
-    validate,
-)
+from pemn import config
+from pemn.config import ConfigError, RunConfig
 from pemn.distributed import World
 from pemn.experiments.claims import STALE_AFTER, try_claim
 from pemn.experiments.results import RESULT, record_results, write_result
@@ -53,7 +44,7 @@ class Sweep:
 def _overrides(table: Any, where: str) -> dict:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table of config keys, got {table!r}")
-    flat = flatten(table)
+    flat = config.flatten(table)
     if "name" in flat:
         raise ConfigError(f"{where} sets 'name'; sweeps name their runs, use the top-level "
                           f"name template instead")
@@ -89,12 +80,13 @@ def load_sweep(path: str | Path) -> Sweep:
     """Parse a sweep file (docs/SWEEPS.md); ConfigError for unknown top-level keys, bad
     values or a missing base config."""
     path = Path(path)
-    data = read_file(path)
+    data = config.read_file(path)
     unknown = sorted(set(data) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"unknown sweep key {unknown[0]!r} in {path}; valid keys: "
                           f"{', '.join(SWEEP_KEYS)}")
-    base = flatten(read_file(path.parent / data["base_config"])) if "base_config" in data else {}
+    recipe = config.read_file(path.parent / data["base_config"]) if "base_config" in data else {}
+    base = config.flatten(recipe)
     base.update(_overrides(data.get("base", {}), f"[base] of {path}"))
     grids = data.get("grid", [])
     grids = [grids] if isinstance(grids, dict) else grids
@@ -120,8 +112,8 @@ def _build(sweep: Sweep, overrides: dict, seed: int | None) -> RunConfig:
     if seed is not None:
         flat.update({"mask.seed": seed, "optim.seed": seed})
     try:
-        cfg = from_dict(RunConfig, unflatten(flat))
-        validate(cfg)
+        cfg = config.from_dict(RunConfig, config.unflatten(flat))
+        config.validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{sweep.path}, run {overrides or '[base]'}: {e}") from None
     return cfg
@@ -129,11 +121,11 @@ def _build(sweep: Sweep, overrides: dict, seed: int | None) -> RunConfig:
 
 def _run_name(sweep: Sweep, cfg: RunConfig, overrides: dict) -> str:
     if not sweep.name:
-        tags = [f"-{k.rsplit('.', 1)[-1]}{format_value(v)}" for k, v in overrides.items()
+        tags = [f"-{k.rsplit('.', 1)[-1]}{config.format_value(v)}" for k, v in overrides.items()
                 if k not in _NAMED_KEYS and not k.startswith("mask.strategy.")
                 and not isinstance(v, (dict, list))]
         return cfg.run_name() + "".join(tags)
-    flat = flatten(to_dict(cfg))
+    flat = config.flatten(config.to_dict(cfg))
     fields = {"dataset": cfg.data.dataset, "model": cfg.model.name, "seed": cfg.mask.seed,
               "epochs": cfg.optim.epochs, "strategy": cfg.mask.strategy.tag(),
               "auto": cfg.run_name()}
@@ -143,7 +135,7 @@ def _run_name(sweep: Sweep, cfg: RunConfig, overrides: dict) -> str:
         if key not in fields and key not in flat:
             raise ConfigError(f"name template {sweep.name!r} of {sweep.path}: {{{key}}} has no "
                               f"value for run {cfg.run_name()}")
-        return format_value(fields[key] if key in fields else flat[key])
+        return config.format_value(fields[key] if key in fields else flat[key])
 
     return re.sub(r"\{([^{}]+)\}", field, sweep.name)
 

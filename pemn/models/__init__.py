@@ -8,7 +8,5 @@ from .resnet50 import ResNet
 from .resnet_cifar import CifarResNet
 from .vit import VisionTransformer
 
-__all__ = [
-    "register_model", "create_model", "data_args", "DATA_ARGS", "list_models",
-    "ConvMixer", "CifarResNet", "ResNet", "VisionTransformer", "MLP",
-]
+__all__ = ["register_model", "create_model", "data_args", "DATA_ARGS", "list_models", "ConvMixer",
+           "CifarResNet", "ResNet", "VisionTransformer", "MLP"]
