@@ -357,8 +357,7 @@ def mask_tensor_(module: nn.Module, name: str, fixed: torch.Tensor, scores: torc
 def current_mask(module: nn.Module, name: str) -> torch.Tensor:
     """The boolean mask of a masked tensor as currently selected by its scores (with a
     support: 1-D, over the support's positions)."""
-    scores = getattr(module, name + SCORES)
-    return topk_mask(scores, module._pemn_keep_ratio).bool()
+    return topk_mask(getattr(module, name + SCORES), module._pemn_keep_ratio).bool()
 
 
 def cached_tensors(module: nn.Module) -> list[torch.Tensor]:

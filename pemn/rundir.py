@@ -1,6 +1,7 @@
 """A run directory: the one owner of its file names, and whether a config may continue it."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,8 @@ def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
     if not run_dir.started:
         return
     recorded = run_dir.config_dict()
-    try:
+    with contextlib.suppress(ValueError, TypeError):  # ConfigError too: compared as written
         recorded = to_dict(from_dict(RunConfig, recorded))
-    except (ConfigError, ValueError, TypeError):
-        pass  # compared as written: any difference is reported below
     old, new = flatten(recorded), flatten(to_dict(cfg))
     diff = sorted(k for k in old.keys() & new.keys()
                   if k not in _RESUMABLE_KEYS and old[k] != new[k])

@@ -207,9 +207,8 @@ def storage_readings(model: nn.Module, precision: str = "exact", **save_args) ->
     out = {"total": len(data)}
     encoded = describe(data)["encoded"]
     if any(e["num_kept"] < e["numel"] or e["encoding"].endswith("+f32") for e in encoded):
-        out.update(
-            mask_fp32=len(data),
-            bitmap_fp32=len(pack(model, precision=precision, codec="bits", **save_args)),
-            csr=len(pack(model, precision=precision, sparse_format="csr", **save_args)),
-            values_only=len(data) - sum(e["num_bytes"] - 4 * e["num_kept"] for e in encoded))
+        out.update(mask_fp32=len(data),
+                   bitmap_fp32=len(pack(model, precision=precision, codec="bits", **save_args)),
+                   csr=len(pack(model, precision=precision, sparse_format="csr", **save_args)),
+                   values_only=len(data) - sum(e["num_bytes"] - 4 * e["num_kept"] for e in encoded))
     return out

@@ -55,8 +55,8 @@ def _export_safetensors(model: nn.Module, out_path: Path) -> None:
     metadata = {"format": "pt"}
     if ties:
         metadata["pemn.ties"] = json.dumps(dict(ties), sort_keys=True)
-    args = getattr(model, "model_args", None) or (model.pemn_header.model if getattr(
-        model, "pemn_header", None) is not None else None)
+    header = getattr(model, "pemn_header", None)  # a loaded artifact's
+    args = getattr(model, "model_args", None) or getattr(header, "model", None)
     if args:
         metadata.update({"pemn.architecture": args["name"],
                          "pemn.kwargs": json.dumps(args["kwargs"], sort_keys=True)})

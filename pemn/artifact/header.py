@@ -120,9 +120,7 @@ class Header:
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ArtifactError(f"header.format_version must be {FORMAT_VERSION}")
         pemn = _field(d, "pemn", dict)
-        folds = d.get("folded_norms", [])
-        if not isinstance(folds, list) or len(folds) > MAX_TENSORS:
-            raise ArtifactError("header.folded_norms must be a list of module names")
+        folds = _list(d, "folded_norms") if "folded_norms" in d else []
         header = cls(
             model=_model(d),
             **_pemn_fields(pemn),

@@ -44,11 +44,10 @@ def _read_file(path, max_elements: int) -> bytes:
     except (OSError, TypeError, ValueError) as e:
         raise ArtifactError(f"cannot read artifact {path}: {getattr(e, 'strerror', None) or e}"
                             ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ArtifactError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{path} is not a regular file")
         # masks <= 1 bit per value and raw tensors <= 8 bytes per value, plus the header
         limit = PREAMBLE_BYTES + MAX_HEADER_BYTES + 9 * max_elements
         if info.st_size > limit:

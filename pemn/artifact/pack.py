@@ -149,8 +149,7 @@ def _compact(model: nn.Module, others: list, dtype: torch.dtype,
     for fqn, m in model.named_modules():
         prefix = f"{fqn}." if fqn else ""
         names = [prefix + k for k in ("weight", "bias", "running_mean", "running_var")]
-        if not (isinstance(m, nn.modules.batchnorm._BatchNorm) and all(n in values
-                                                                        for n in names)):
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not values.keys() >= set(names):
             continue  # non-affine BN, no running statistics, or tied to another tensor
         weight, bias, mean, var = (values[n].detach().double() for n in names)
         scale = weight / torch.sqrt(var + m.eps)

@@ -118,9 +118,7 @@ def _int_encoding(bits: int) -> Encoding:
         q, scale = quantize(latent, bits)
         codes = q.cpu().reshape(-1).numpy().astype(np.int8)
         if bits == 4:
-            nibbles = (codes & 0xF).astype(np.uint8)
-            if nibbles.size % 2:
-                nibbles = np.append(nibbles, np.uint8(0))
+            nibbles = np.pad((codes & 0xF).astype(np.uint8), (0, codes.size % 2))  # even count
             codes = nibbles[0::2] | (nibbles[1::2] << 4)
         return _fp16_bytes(scale) + codes.tobytes()
 
