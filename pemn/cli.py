@@ -60,8 +60,7 @@ def cmd_info(args) -> None:
     cfg = load_config(*_split_overrides(args.config_and_overrides))
     s = stats(model_from_config(cfg))
     info = {"model": cfg.model.name, "strategy": cfg.mask.strategy.label(), **s.as_dict(),
-            "mask_bytes": -(-s.mask_bits // 8),
-            "other_fp32_bytes": 4 * s.num_other_params}
+            "mask_bytes": -(-s.mask_bits // 8), "other_fp32_bytes": 4 * s.num_other_params}
     if args.json:
         print(json.dumps(info, indent=2))
     else:

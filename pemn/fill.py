@@ -301,9 +301,8 @@ class Prototype:
             np.copysign(np.float32(self.std), values, out=values)
         return values
 
-    def expand(self, drawn: np.ndarray, seed: int) -> np.ndarray:
-        """The drawn values -> the full vector (RP tiling and permutation)."""
-        values = drawn
+    def expand(self, values: np.ndarray, seed: int) -> np.ndarray:
+        """The drawn ``values`` -> the full vector (RP tiling and permutation)."""
         if self.tile_to > self.numel:
             values = np.tile(values, -(-self.tile_to // self.numel))[: self.tile_to]
         if self.permute:

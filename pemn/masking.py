@@ -282,8 +282,7 @@ SUFFIXES = (FIXED, SCORES, GAIN, LATENT, MASK, BITS, VALUES, SUPPORT)
 @functools.cache  # one class per (base, names): modules masked alike share it
 def _computed_class(base: type, names: tuple[str, ...]) -> type:
     attrs = {n: property(lambda m, n=n: m._pemn_fns[n](m, n)) for n in names}
-    attrs["_pemn_base"] = base
-    return type(f"Masked{base.__name__}", (base,), attrs)
+    return type(f"Masked{base.__name__}", (base,), {**attrs, "_pemn_base": base})
 
 
 def computed_names(module: nn.Module) -> tuple[str, ...]:

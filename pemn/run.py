@@ -135,8 +135,7 @@ def _loaders(cfg: RunConfig, ds, device, world: World):
         ds = replace(ds, train_images=ds.train_images[: d.limit_train],
                      train_labels=ds.train_labels[: d.limit_train])
     augment = AugmentConfig(crop_padding=d.crop_padding, flip=d.flip, erase_prob=d.erase_prob,
-                            randaugment=tuple(d.randaugment) or None,
-                            color_jitter=d.color_jitter)
+                            randaugment=tuple(d.randaugment) or None, color_jitter=d.color_jitter)
     if o.batch_size % world.world_size:
         raise ConfigError(f"optim.batch_size {o.batch_size} must be divisible by the "
                           f"{world.world_size} processes")

@@ -127,9 +127,8 @@ def size_report(source) -> dict:
     return {
         "architecture": header.model["name"] if header.model else "(not a zoo model)",
         "strategy": strategy_to_dict(info["strategy"]),  # as this pemn reads the header
-        "keep_ratio": header.keep_ratio, "num_masked": num_masked,
-        "num_unique": num_unique, "num_masked_tensors": len(masks), "mask_codecs": codecs,
-        "weight_encodings": encodings,
+        "keep_ratio": header.keep_ratio, "num_masked": num_masked, "num_unique": num_unique,
+        "num_masked_tensors": len(masks), "mask_codecs": codecs, "weight_encodings": encodings,
         "bytes": sizes,
         "mask_bitmap_bytes": sum(-(-m.get("mask_size", m["numel"]) // 8) for m in masks)
         if not no_mask else 0,

@@ -305,11 +305,7 @@ def materialize_(model: nn.Module) -> nn.Module:
     for _, module in list(model.named_modules()):
         for name in computed_names(module):
             key = tuple(id(t) for t in parts(module, name).values())  # tied: the same parts
-            bake_(module, name)
-            if key in baked:  # a tied alias: reuse the first baked Parameter
-                module._parameters[name] = baked[key]
-            else:
-                baked[key] = module._parameters[name]
-    if hasattr(model, "pemn_spec"):
-        del model.pemn_spec
+            bake_(module, name)  # a tied alias reuses the first baked Parameter
+            module._parameters[name] = baked.setdefault(key, module._parameters[name])
+    model.__dict__.pop("pemn_spec", None)
     return model

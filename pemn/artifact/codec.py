@@ -16,8 +16,7 @@ import torch
 
 from pemn.artifact.bitpack import CodecError, pack_bits, pack_codes, packed_num_bytes, unpack_bits
 
-__all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs",
-           "choose_codec"]
+__all__ = ["CodecError", "MaskCodec", "register_codec", "get_codec", "list_codecs", "choose_codec"]
 
 # what numpy, zlib and torch raise on hostile sizes or streams; decode wraps them in CodecError
 _DECODE_ERRORS = (MemoryError, ValueError, IndexError, OverflowError, RuntimeError, zlib.error)

@@ -283,11 +283,10 @@ def _packed_form(model: nn.Module, p: Payload) -> nn.Module:
     """Bits + prototype per layer (a trained family: its file bytes), rebuilt every forward."""
     if p.rebuild is not None:  # as the family's rebuild strategy holds it, nothing trains
         model = _train_form(model, p)
-        for e in p.header.encoded:
-            fqn, _, name = e.name.rpartition(".")
-            gain = getattr(model.get_submodule(fqn), name + GAIN, None)
-            if gain is not None:
-                gain.requires_grad_(False)
+        gains = {e.name + GAIN for e in p.header.encoded}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if name in gains:
+                param.requires_grad_(False)
         return model
     _fill_stored(model, p)
     for e in p.header.encoded if p.weights is not None else ():  # decoded at every read

@@ -222,13 +222,6 @@ def _json_object(value, what: str) -> dict | None:
         raise ArtifactError(f"{what} is not JSON-serialisable ({e})") from None
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None = None,
          metadata: dict | None = None, dataset=None, precision: str = "exact",
          sparse_format: str = "mask") -> bytes:
@@ -282,6 +275,10 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
                       "length": len(data), **extra})
         offset += len(data)
     ties = ([] if dense else list(spec.ties.items())) + ties
+    try:
+        version = importlib.metadata.version("pemn")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
     header = {  # the keys of docs/FORMAT.md, in its order
         "format": "pemn-artifact", "format_version": FORMAT_VERSION, "model": _zoo_args(model),
         "pemn": {"strategy": strategy_to_dict(spec.strategy), "keep_ratio": float(spec.keep_ratio),
@@ -289,7 +286,7 @@ def pack(model: nn.Module, *, codec: str = "auto", store_prototype: bool | None 
                  "prototype_sha256": [] if dense else list(spec.prototype_sha256)},
         "tensors": table, "ties": [list(t) for t in ties], "folded_norms": list(folded),
         "dataset": _dataset_header(dataset), "metadata": _json_object(metadata, "metadata") or {},
-        "written_by": {"pemn": _version("pemn"), "torch": torch.__version__}}
+        "written_by": {"pemn": version, "torch": torch.__version__}}
     Header.from_json(header)  # every field checked as a reader checks it
     return seal(header, b"".join(data for *_, data in rows))
 
