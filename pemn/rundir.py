@@ -100,7 +100,7 @@ def check_same_config(cfg: RunConfig, run_dir: RunDir, remedy: str) -> None:
     if not run_dir.started:
         return
     recorded = run_dir.config_dict()
-    with contextlib.suppress(ValueError, TypeError):  # ConfigError too: compared as written
+    with contextlib.suppress(ValueError, TypeError):  # unreadable (also ConfigError): as written
         recorded = to_dict(from_dict(RunConfig, recorded))
     old, new = flatten(recorded), flatten(to_dict(cfg))
     diff = sorted(k for k in old.keys() & new.keys()

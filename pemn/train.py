@@ -95,7 +95,8 @@ CPU_ACTIVATION_BYTES = 4 << 20
 
 
 def _eval_chunk(model: nn.Module, x: torch.Tensor) -> int:
-    """Images per forward: the batch, or on CPU few enough for ``CPU_ACTIVATION_BYTES``."""
+    """Images per forward: the batch, or on CPU few enough for ``CPU_ACTIVATION_BYTES`` (eval
+    mode has no batch statistics, so results do not change)."""
     if x.device.type != "cpu":
         return len(x)
     sizes = [0]

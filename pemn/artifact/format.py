@@ -11,9 +11,9 @@ from typing import NamedTuple
 from pemn.artifact.header import FORMAT_VERSION, INT8_TENSOR, ArtifactError, Header, is_sha256
 
 # the header's names that callers use as format's: the error, the version, INT8_TENSOR
-__all__ = ["ArtifactError", "FORMAT_VERSION", "INT8_TENSOR", "MAGIC",
-           "MAX_HEADER_BYTES", "PREAMBLE_BYTES", "Container", "Signature", "SIGNATURE_MAGIC",
-           "SIGNATURE_BYTES", "read_container", "seal"]
+__all__ = ["ArtifactError", "FORMAT_VERSION", "INT8_TENSOR", "MAGIC", "MAX_HEADER_BYTES",
+           "PREAMBLE_BYTES", "Container", "Signature", "SIGNATURE_MAGIC", "SIGNATURE_BYTES",
+           "read_container", "seal"]
 
 MAGIC = b"\x89PEMN\r\n\x1a"
 _PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header SHA-256

@@ -48,10 +48,9 @@ def _check_fixed(model: nn.Module, spec) -> list[np.ndarray]:
         # A layer that holds the whole prototype unscaled (and has no support) gives its values.
         if fixed.numel() == ts.numel == max(proto.numel, proto.tile_to) and plan.scale(i) == 1.0:
             protos[src] = fixed.reshape(-1).numpy()
-    for i, values in enumerate(protos):
+    for i, (values, proto) in enumerate(zip(protos, plan.prototypes)):
         if values is None:  # no layer holds it whole: regenerate it (a new fill, layer std)
-            values = protos[i] = plan.prototypes[i].expand(plan.prototypes[i].draw(spec.seed),
-                                                           spec.seed)
+            values = protos[i] = proto.expand(proto.draw(spec.seed), spec.seed)
         if rng.sha256_f32(values) != spec.prototype_sha256[i]:
             raise ArtifactError(f"the frozen weights of prototype {i} no longer match the seed; "
                                 "they must stay as pemn.apply_ generated them")
