@@ -44,10 +44,11 @@ def _read_file(path, max_elements: int) -> bytes:
     except (OSError, TypeError, ValueError) as e:
         raise ArtifactError(f"cannot read artifact {path}: {getattr(e, 'strerror', None) or e}"
                             ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory
+        os.close(fd)
+        raise ArtifactError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ArtifactError(f"{path} is not a regular file")
         # masks <= 1 bit per value and raw tensors <= 8 bytes per value, plus the header
         limit = PREAMBLE_BYTES + MAX_HEADER_BYTES + 9 * max_elements
         if info.st_size > limit:
@@ -260,8 +261,7 @@ def _trained_weights(header: Header, strategy, payload: memoryview) -> list:
     family = strategy.encoding
     for e in header.encoded:
         encoding = get_encoding(e.encoding)
-        if (family == "sparse") != encoding.sparse or (family != "sparse"
-                                                       and e.encoding != family):
+        if (family == "sparse") != encoding.sparse or (family != "sparse" and e.encoding != family):
             raise ArtifactError(f"{e.name} is stored as {e.encoding}, which a {strategy.name} "
                                 f"model does not use")
         if not encoding.sparse and e.num_kept != e.numel:
