@@ -54,7 +54,8 @@ def table(groups: dict[tuple, dict]) -> str:
     lines = ["| budget | family | width | epochs | fp16 kB | test acc % | n |",
              "|---|---|---|---|---|---|---|"]
     for (family, width, epochs), g in sorted(groups.items(),
-                                             key=lambda kv: (-max(kv[1]["bytes"]), kv[0])):
+                                             key=lambda kv: (_budget(max(kv[1]["bytes"]) / 1000),
+                                                             kv[0])):
         kb = statistics.mean(g["bytes"]) / 1000
         m, s = _mean_std(g["acc"])
         lines.append(f"| {_budget(kb)} | {family} | {width} | {epochs} | {kb:.1f} | "
