@@ -490,7 +490,7 @@ def test_only_the_current_version_is_read():
 # A sweep packs every family and records its storage readings
 # ------------------------------------------------------------------------------------------
 
-SWEEP = '''
+TINY_SWEEP_BASE = '''
 [base]
 out_dir = "{out}"
 "data.dataset" = "digits"
@@ -500,7 +500,8 @@ out_dir = "{out}"
 "optim.batch_size" = 64
 "optim.eval_batch_size" = 500
 "optim.lr" = 0.005
-[grid]
+'''
+SWEEP = TINY_SWEEP_BASE + '''[grid]
 "mask.strategy" = [{{ name = "sparse", density = 0.2 }}, {{ name = "quantized", bits = 4 }},
                    {{ name = "binary" }}]
 '''

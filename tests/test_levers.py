@@ -120,16 +120,19 @@ def test_levers_are_byte_neutral_except_the_gains():
     assert 0 < sizes["rp0.001-gl"] - base <= 16 * 4 + 200  # one fp32 per tensor + header
 
 
+class Tied(nn.Module):
+    """Two layers sharing one weight (GPT-2's tied embedding, in miniature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
 def test_gain_stays_tied_across_aliases(tmp_path):
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
-            self.b.weight = self.a.weight
-
-        def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
-
     model = pemn.apply_(Tied(), RP(0.2, gain="channel"), seed=1)
     assert model.a.weight_gain is model.b.weight_gain
     with torch.no_grad():

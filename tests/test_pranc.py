@@ -11,6 +11,7 @@ from pemn.config import load_config
 from pemn.experiments import read_records, run_sweep, summary_table
 from pemn.fill import strategy_from_dict
 from pemn.models import create_model
+from tests.test_competitors import TINY_SWEEP_BASE
 from pemn.rundir import RunDir
 from pemn.storage import format_size_table, size_report
 
@@ -168,17 +169,7 @@ def test_configs_name_it(tmp_path):
     assert load_config(path).mask.strategy == pranc.PRANC(k=4000)
 
 
-SWEEP = '''
-[base]
-out_dir = "{out}"
-"data.dataset" = "digits"
-"model.name" = "convmixer_64_d4"
-"model.kwargs" = {{ dim = 8, depth = 1 }}
-"optim.epochs" = 1
-"optim.batch_size" = 64
-"optim.eval_batch_size" = 500
-"optim.lr" = 0.005
-[grid]
+SWEEP = TINY_SWEEP_BASE + '''[grid]
 "mask.strategy" = [{{ name = "pranc", k = 40 }}]
 '''
 

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import pemn
 from pemn.artifact import ArtifactError, describe, pack, unpack
@@ -18,6 +17,7 @@ from pemn.models import create_model
 from pemn.storage import size_report, stats
 from pemn.transform import masked_tensors
 from tests.test_fuzz_artifact import header_and_payload, seal
+from tests.test_levers import Tied
 
 
 def _convmixer(strategy, keep=0.5, seed=3):
@@ -97,15 +97,6 @@ def test_save_and_load_give_identical_logits_in_every_form(strategy, store_proto
 
 
 def test_a_tied_support_stays_tied_in_every_form(tmp_path):
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
-            self.b.weight = self.a.weight
-
-        def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
-
     model = pemn.apply_(Tied(), RP(0.2, pruned=0.5), seed=1).eval()
     assert model.b.weight_support is model.a.weight_support
     x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
