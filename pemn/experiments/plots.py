@@ -303,6 +303,11 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
     return paths
 
 
+def _cr_cell(group: dict) -> str:
+    """The paper's CR counts a mask over shared values: blank for families without one."""
+    return f"{100 * group['CR']:.3f}" if type(group["strategy"]) in FILLS.values() else ""
+
+
 def summary_table(results: str | Path | Sequence[str | Path],
                   metric: str = "best_test_acc", precision: str = "exact",
                   series: Sequence[str] = ()) -> str:
@@ -321,7 +326,7 @@ def summary_table(results: str | Path | Sequence[str | Path],
         readings = [f"{g['readings'][k] / 1000:,.1f}" if k in g["readings"] else ""
                     for k in other]
         cells = [g["dataset"], g["arch"], series_label(g), f"{g['keep_ratio']:g}", f"{g['lr']:g}",
-                 f"{g['P']:,}", f"{g['U']:,}", f"{100 * g['CR']:.3f}",
+                 f"{g['P']:,}", f"{g['U']:,}", _cr_cell(g),
                  f"{g['bytes'] / 1000:,.1f}", *readings, acc, str(g["n"])]
         if len(head) > len(cells):
             cells.append("" if p is None else f"{p:.2f}")
