@@ -75,6 +75,17 @@ def test_fig3_draws_each_strategys_mean_and_std_and_dense_as_a_line(drawn):
     assert _hlines(ax)[f"{MODEL} Dense"] == 90.0
 
 
+def test_a_keep_ratio_other_than_the_default_is_a_series_of_its_own():
+    g = {"strategy": pemn.Mask(), "keep_ratio": 0.2, "score_lr_scale": 1.0, "depth": 4}
+    assert plots.series_label(g) == "Mask, keep 0.2"
+    assert plots.series_label({**g, "keep_ratio": 0.5}) == "Mask"
+    # families whose keep is their own (density, every weight stored) are not relabelled
+    sparse = pemn.Sparse(0.1)
+    assert plots.series_label({**g, "strategy": sparse, "keep_ratio": 0.1}) == sparse.label()
+    int4 = pemn.Quantized(4)
+    assert plots.series_label({**g, "strategy": int4, "keep_ratio": 1.0}) == int4.label()
+
+
 def test_only_dense_is_drawn_as_the_dense_line(tmp_path, monkeypatch):
     # Quantized and Binary store no mask either, yet they are competitors, not the reference
     runs = {**RUNS, pemn.Quantized(8): ([60.0, 60.0], [5_000, 5_000], 0.0),

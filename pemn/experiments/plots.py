@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pemn.competitors import Sparse
-from pemn.config import RunConfig, from_dict
+from pemn.config import MaskConfig, RunConfig, from_dict
 from pemn.experiments.figures import paper_accuracy
 from pemn.experiments.results import READINGS, read_records
 from pemn.fill import FILLS, MP, RP, STRATEGIES, Dense, Strategy
@@ -233,6 +233,9 @@ def series_label(g: dict) -> str:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
         label += f", depth {g['depth']}"
+    # a keep ratio other than the default is a series of its own: a line runs across widths
+    if g["keep_ratio"] != g["strategy"].keep_ratio(MaskConfig.keep_ratio):
+        label += f", keep {g['keep_ratio']:g}"
     if g.get("family"):
         label += f", {g['family']}"
     return label
