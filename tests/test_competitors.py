@@ -528,3 +528,6 @@ def test_sweep_packs_competitors_and_records_readings(tmp_path):
     assert any(p.name.startswith("frontier_bytes") for p in plot_results(results, tmp_path))
     table = summary_table(results)
     assert all(label in table for label in ("Sparse ERK @ 20 %", "Int4 QAT", "Binary (BWN)"))
+    cr = {row.split(" | ")[2]: row.split(" | ")[7] for row in table.splitlines()[2:]}
+    assert cr["Int4 QAT, depth 1"] == ""  # the paper's CR prices a mask: int4 has none
+    assert float(cr["Sparse ERK @ 20 %, depth 1"]) == pytest.approx(76.799)

@@ -307,8 +307,9 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
 
 
 def _cr_cell(group: dict) -> str:
-    """The paper's CR counts a mask over shared values: blank for families without one."""
-    return f"{100 * group['CR']:.3f}" if type(group["strategy"]) in FILLS.values() else ""
+    """The paper's CR prices a mask: blank for a family that stores none (it records 0)."""
+    no_mask = group["CR"] == 0 and type(group["strategy"]) not in FILLS.values()
+    return "" if no_mask else f"{100 * group['CR']:.3f}"
 
 
 def summary_table(results: str | Path | Sequence[str | Path],
