@@ -39,6 +39,11 @@ class Strategy:
         """For people, in tables and figures: ``"RP 1e-3"``, ``"Random @ CR 90 %"``."""
         return self.title
 
+    def family_label(self) -> str:
+        """The label of a frontier line, which runs across model sizes: :meth:`label` less
+        any size knob (PRANC's k)."""
+        return self.label()
+
     def tag(self) -> str:
         """For file and run names: ``"rp0.001"``, ``"random_prune-cr0.9"``."""
         return self.name

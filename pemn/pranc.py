@@ -59,6 +59,9 @@ class PRANC(TrainedWeights):
     def label(self) -> str:
         return f"PRANC k={self.k}" + (" (dense ends)" if self.dense_ends else "")
 
+    def family_label(self) -> str:
+        return "PRANC" + (" (dense ends)" if self.dense_ends else "")
+
     def tag(self) -> str:
         return f"pranc{self.k}{self._ends_tag(False)}"
 

@@ -86,6 +86,18 @@ def test_a_keep_ratio_other_than_the_default_is_a_series_of_its_own():
     assert plots.series_label({**g, "strategy": int4, "keep_ratio": 1.0}) == int4.label()
 
 
+def test_a_crowded_frontier_has_its_legend_beside_the_points(tmp_path, monkeypatch):
+    more = {pemn.RP(10.0 ** -e): ([70.0, 71.0], [2_000 * e, 2_000 * e], 0.9) for e in range(2, 8)}
+    [ax] = _draw({**RUNS, **more}, tmp_path, monkeypatch)["frontier_bytes"]
+    legend = ax.get_legend()
+    assert len(legend.get_texts()) > plots._LEGEND_INSIDE
+    ax.figure.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    [few] = _draw(RUNS, tmp_path, monkeypatch)["frontier_bytes"]
+    few.figure.canvas.draw()
+    assert few.get_legend().get_window_extent().x1 <= few.get_window_extent().x1
+
+
 def test_only_dense_is_drawn_as_the_dense_line(tmp_path, monkeypatch):
     # Quantized and Binary store no mask either, yet they are competitors, not the reference
     runs = {**RUNS, pemn.Quantized(8): ([60.0, 60.0], [5_000, 5_000], 0.0),

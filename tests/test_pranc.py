@@ -182,6 +182,6 @@ def test_a_sweep_trains_packs_and_prices_it(tmp_path):
     assert record["bytes"]["total"] == artifact.stat().st_size
     exact, fp16 = (record["readings"][p]["total"] for p in ("exact", "fp16"))
     assert exact == artifact.stat().st_size and fp16 < exact
-    [row] = [r for r in summary_table(tmp_path / "runs" / "results.jsonl").splitlines()
-             if "PRANC k=40" in r]
-    assert row.split(" | ")[7] == ""  # the paper's CR prices a mask: PRANC has none
+    [row] = summary_table(tmp_path / "runs" / "results.jsonl").splitlines()[2:]
+    # one line across k, as across widths; U is k; the paper's CR prices a mask: PRANC has none
+    assert row.split(" | ")[2:8] == ["PRANC, depth 1", "1", "0.005", "376", "40", ""]

@@ -228,7 +228,7 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
 
 def series_label(g: dict) -> str:
     """A frontier line: the strategy with its levers, plus what else sets it apart."""
-    label = g["strategy"].label()
+    label = g["strategy"].family_label()
     if g["score_lr_scale"] != 1.0:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
@@ -241,6 +241,7 @@ def series_label(g: dict) -> str:
     return label
 
 
+_LEGEND_INSIDE = 10  # more entries than this hide the points: the legend goes beside them
 _READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
 
 
@@ -265,6 +266,8 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
         _log_axis(ax)
         _finish(ax, f"{dataset}: accuracy against actual bytes",
                 f"file size (kB, log scale; {precision} files)", metric, legend_size=6)
+        if len(ax.get_legend_handles_labels()[1]) > _LEGEND_INSIDE:  # beside, off the points
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
