@@ -87,12 +87,16 @@ def test_a_keep_ratio_other_than_the_default_is_a_series_of_its_own():
 
 
 def test_a_crowded_frontier_has_its_legend_beside_the_points(tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgba
+
     more = {pemn.RP(10.0 ** -e): ([70.0, 71.0], [2_000 * e, 2_000 * e], 0.9) for e in range(2, 8)}
     [ax] = _draw({**RUNS, **more}, tmp_path, monkeypatch)["frontier_bytes"]
     legend = ax.get_legend()
     assert len(legend.get_texts()) > plots._LEGEND_INSIDE
     ax.figure.canvas.draw()
     assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    colors = [to_rgba(c.lines[0].get_color()) for c in ax.containers]
+    assert len(colors) > 10 and len(set(colors)) == len(colors)  # no two lines alike
     [few] = _draw(RUNS, tmp_path, monkeypatch)["frontier_bytes"]
     few.figure.canvas.draw()
     assert few.get_legend().get_window_extent().x1 <= few.get_window_extent().x1

@@ -254,9 +254,10 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
     for ax, dataset in zip(axes, datasets):
         mine = [g for g in groups if g["dataset"] == dataset]
         by_strategy = sorted(mine, key=lambda g: _sort_key(g["strategy"]))
-        for i, name in enumerate(dict.fromkeys(map(series_label, by_strategy))):
+        names = list(dict.fromkeys(map(series_label, by_strategy)))
+        for i, name in enumerate(names):
             pts = sorted((g for g in mine if series_label(g) == name), key=lambda g: g["bytes"])
-            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, color=f"C{i % 10}")
+            style = dict(marker="os^vDP*Xhp<>"[i % 12], ms=4, color=_color(plt, i, len(names)))
             _errorbar(ax, pts, [g["bytes"] / 1000 for g in pts],
                       ls="--" if "depth" in name else "-", label=name, **style)
             for reading, ls in (("csr", ":"), ("values_only", "-.")):  # sparse: other readings
@@ -269,6 +270,13 @@ def _frontier(plt, groups: list[dict], metric: str, precision: str):
         if len(ax.get_legend_handles_labels()[1]) > _LEGEND_INSIDE:  # beside, off the points
             ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _color(plt, i: int, n: int):
+    """Ten distinct colours; past ten, tab20's dark shades first, then its light ones."""
+    if n <= 10:
+        return f"C{i}"
+    return plt.get_cmap("tab20")((2 * i) % 20 + (2 * i) // 20 % 2)
 
 
 def _log_axis(ax) -> None:
