@@ -75,10 +75,15 @@ def test_fig3_draws_each_strategys_mean_and_std_and_dense_as_a_line(drawn):
     assert _hlines(ax)[f"{MODEL} Dense"] == 90.0
 
 
-def test_a_keep_ratio_other_than_the_default_is_a_series_of_its_own():
-    g = {"strategy": pemn.Mask(), "keep_ratio": 0.2, "score_lr_scale": 1.0, "depth": 4}
-    assert plots.series_label(g) == "Mask, keep 0.2"
-    assert plots.series_label({**g, "keep_ratio": 0.5}) == "Mask"
+def test_keep_ratios_split_a_series_only_where_it_also_spans_models():
+    one_model = [{"dataset": "d", "arch": "w128", "strategy": pemn.Mask(), "keep_ratio": k,
+                  "score_lr_scale": 1.0, "depth": 4} for k in (0.5, 0.2)]
+    plots._split_by_keep(one_model)  # the line runs across keep ratios
+    assert [plots.series_label(g) for g in one_model] == ["Mask", "Mask"]
+    widths = [*one_model, {**one_model[1], "arch": "w144"}]
+    plots._split_by_keep(widths)  # the lines run across widths, one per keep ratio
+    assert [plots.series_label(g) for g in widths] == ["Mask", "Mask, keep 0.2", "Mask, keep 0.2"]
+    g = widths[1]
     # families whose keep is their own (density, every weight stored) are not relabelled
     sparse = pemn.Sparse(0.1)
     assert plots.series_label({**g, "strategy": sparse, "keep_ratio": 0.1}) == sparse.label()

@@ -110,6 +110,7 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
                  min=min(v), max=max(v), n=len(v), bytes=statistics.fmean(sizes),
                  readings={k: statistics.fmean(x[k] for x in readings)
                            for k in set.intersection(*map(set, readings))})
+    _split_by_keep(groups.values())
     kept = [g for g in groups.values()
             if not series or any(fnmatch.fnmatchcase(series_label(g), p) for p in series)]
     if groups and not kept:
@@ -117,6 +118,19 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
         raise ValueError(f"no series matches {list(series)}; the results have: "
                          + ", ".join(repr(n) for n in names))
     return kept
+
+
+def _split_by_keep(groups) -> None:
+    """A line runs along one size knob: where a strategy spans several models and several
+    keep ratios, each keep ratio is a series of its own (``keep_series``); at one model the
+    line runs across its keep ratios."""
+    spans: dict[tuple, list[dict]] = {}
+    for g in groups:
+        spans.setdefault((g["dataset"], g["strategy"]), []).append(g)
+    for same in spans.values():
+        split = len({g["arch"] for g in same}) > 1 and len({g["keep_ratio"] for g in same}) > 1
+        for g in same:
+            g["keep_series"] = split
 
 
 def _sort_key(s: Strategy) -> tuple:
@@ -233,8 +247,8 @@ def series_label(g: dict) -> str:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
         label += f", depth {g['depth']}"
-    # a keep ratio other than the default is a series of its own: a line runs across widths
-    if g["keep_ratio"] != g["strategy"].keep_ratio(MaskConfig.keep_ratio):
+    default_keep = g["strategy"].keep_ratio(MaskConfig.keep_ratio)
+    if g.get("keep_series") and g["keep_ratio"] != default_keep:
         label += f", keep {g['keep_ratio']:g}"
     if g.get("family"):
         label += f", {g['family']}"
