@@ -2,6 +2,7 @@
 Only parameters with ``requires_grad`` are optimised (for PEMN: scores, BN affine, biases)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -86,7 +87,9 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def _autocast(device, dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    # no autocast at all without a dtype: torch.autocast(enabled=False) would still switch off
+    # a caller's autocast, and torch < 2.5 refuses device types it has none for (mps)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 # On CPU, eval forwards keep every activation under this size, so glibc reuses heap pages

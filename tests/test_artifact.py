@@ -149,6 +149,23 @@ def test_packed_form_holds_signed_constants_as_bits(strategy, most):
     assert held_bytes(packed) <= most * held_bytes(create_model("resnet20"))
 
 
+@pytest.mark.parametrize("strategy", [pemn.RP(ratio=0.1, scale="layer", values="normal"),
+                                      pemn.MP(scale="layer", values="normal")], ids=repr)
+def test_dense_form_rounds_a_layer_scale_once_in_a_half_skeleton(strategy):
+    # scale="layer" rescales a smaller layer's slice of the prototype: in float32, then rounded
+    # once to the skeleton's dtype, as the train form does (rounding twice differs in ~10 %)
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 10))
+
+    data = pack(pemn.apply_(net(), strategy, keep_ratio=0.5, seed=3), precision="fp16")
+    train = unpack(data, model=net().half(), form="train")
+    dense = unpack(data, model=net().half(), form="dense")
+    for i in (0, 2):
+        assert torch.equal(train[i].weight.detach(), dense[i].weight.detach())
+
+
 # ------------------------------------------------------------------------------------------
 # Codecs and sizes
 # ------------------------------------------------------------------------------------------

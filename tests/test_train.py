@@ -16,7 +16,7 @@ import pemn.train
 from pemn.config import ConfigError, OptimConfig, load_config
 from pemn.distributed import World
 from pemn.rundir import RunDir
-from pemn.train import evaluate, lr_at
+from pemn.train import _autocast, evaluate, lr_at
 
 TINY = ["data.dataset=digits", "model.name=convmixer_128_d4", "model.kwargs={dim=16, depth=1}",
         "optim.batch_size=64", "optim.eval_batch_size=500"]
@@ -234,3 +234,13 @@ def test_cli_under_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("test accuracy") == 1  # rank 0 alone reports
     assert RunDir(tmp_path / "t").finished
+
+
+def test_no_amp_dtype_leaves_autocast_alone():
+    # nothing to enter: a caller's autocast stays on, and a device without autocast works
+    x = torch.ones(2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _autocast(torch.device("cpu"), None):
+            assert (x @ x).dtype == torch.bfloat16
+    with _autocast(torch.device("meta"), None):
+        pass

@@ -263,11 +263,12 @@ def _dense_form(model: nn.Module, p: Payload) -> nn.Module:
             for i in range(len(p.plan.prototypes)):  # one prototype alive at a time
                 prototype = p.prototype(i)
                 for j in (j for j, src in enumerate(p.plan.sources) if src == i):
-                    # its fixed values as FillPlan.layer_values gives them, then the mask,
-                    # written in place: no temporary per weight
-                    m = header.masked[j]
+                    # its fixed values as FillPlan.layer_values gives them (scaled in float32,
+                    # then rounded once to the skeleton's dtype), then the mask, in place
+                    m, scale = header.masked[j], p.plan.scale(j)
                     weight = model.get_parameter(m.name)
-                    weight.copy_(prototype[:m.numel].view(m.shape)).mul_(p.plan.scale(j))
+                    view = prototype[:m.numel].view(m.shape)
+                    weight.copy_(view if scale == 1.0 else view * scale)
                     weight.mul_(p.mask(j).to(weight.device))
                     if p.gains[j] is not None:
                         weight.mul_(p.gains[j].to(weight))
