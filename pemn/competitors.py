@@ -205,9 +205,10 @@ def compressed_targets(targets, dense_ends: bool):
             raise ValueError(f"{t.qualified} is tied to another layer; the trained-weight "
                              "strategies train untied weights only")
     chosen = targets[1:-1] if dense_ends else targets
-    if not chosen:
+    if not chosen:  # dense_ends named only where it is the reason
+        ends = " and dense_ends keeps the first and last dense" if dense_ends else ""
         raise ValueError(f"no layer left to compress: the model has {len(targets)} maskable "
-                         f"layer(s) and dense_ends keeps the first and last dense")
+                         f"layer(s){ends}")
     return chosen
 
 

@@ -34,6 +34,7 @@ _CHUNK_VALUES = 2**20  # basis values per chunk (4 MiB of float32, 8 MiB of word
 # The loader's budget for a file's basis (k * P values; max_elements bounds allocations): ~40
 # ns a value, once at load or per forward when chunked (~11 s); the 16 kB fmnist file's 156 M fit
 MAX_BASIS_VALUES = 2**28
+_MAX_FIELD = 2**16  # the header's bound on a strategy's numbers: a larger k could not be saved
 
 
 @register_strategy("pranc")
@@ -54,6 +55,9 @@ class PRANC(TrainedWeights):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"pranc {field} must be an integer >= {low}, got {value!r}")
+            if value > _MAX_FIELD:  # refused now, not by pack after the training
+                raise ValueError(f"pranc {field} must be at most {_MAX_FIELD:,} (the artifact "
+                                 f"header's bound on a strategy's numbers), got {value:,}")
         super().__post_init__()
 
     def label(self) -> str:
@@ -93,12 +97,16 @@ class _Basis:
         return [(j, min(j + rows, self.k)) for j in range(0, self.k, rows)]
 
     def draw(self, j0: int, j1: int, device) -> torch.Tensor:
-        """Basis networks ``j0 .. j1-1``, ``(j1 - j0, numel)`` float32."""
-        words = rng.uniform_words(self.seed, _STREAM + self.stream, j0 * self.numel,
-                                  (j1 - j0) * self.numel)
-        u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0  # (-1, 1)
-        values = (u * self.bound).astype(np.float32).reshape(j1 - j0, self.numel)
-        return torch.from_numpy(values).to(device)
+        """Basis networks ``j0 .. j1-1``, ``(j1 - j0, numel)`` float32; the words in slices of
+        ``_CHUNK_VALUES`` (a network larger than a chunk: its temporaries stay bounded)."""
+        start, n = j0 * self.numel, (j1 - j0) * self.numel
+        values = np.empty(n, dtype=np.float32)
+        for i in range(0, n, _CHUNK_VALUES):
+            words = rng.uniform_words(self.seed, _STREAM + self.stream, start + i,
+                                      min(_CHUNK_VALUES, n - i))
+            u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-52 - 1.0  # (-1, 1)
+            values[i:i + len(words)] = u * self.bound  # float64 -> float32, rounded once
+        return torch.from_numpy(values.reshape(j1 - j0, self.numel)).to(device)
 
     def chunks(self, device):
         if self.held is not None and self.held[0].device != device:
@@ -125,7 +133,9 @@ class _Combine(torch.autograd.Function):
 
 
 def _weight(basis: _Basis, shape, module: nn.Module, name: str) -> torch.Tensor:
-    return _Combine.apply(getattr(module, name + GAIN), basis).view(shape)
+    """In float32 (alpha and the basis), rounded once to the skeleton's dtype (half models)."""
+    w = _Combine.apply(getattr(module, name + GAIN).float(), basis).view(shape)
+    return w.to(getattr(module, name + LATENT).dtype)
 
 
 @register_handler(PRANC, uses=("seed",))
@@ -133,8 +143,11 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
     """Each chosen weight becomes ``B_l @ alpha``, ``alpha`` one Parameter for all of them."""
     chosen = compressed_targets(targets, strategy.dense_ends)
     weights = [getattr(t.module, t.name) for t in chosen]
+    for t, w in zip(chosen, weights):
+        if not w.numel():
+            raise ValueError(f"{t.qualified} has no weights; PRANC cannot compress it")
     device = weights[0].device
-    alpha = nn.Parameter(torch.zeros(strategy.k, device=device))
+    alpha = nn.Parameter(torch.zeros(strategy.k, device=device, dtype=torch.float32))
     with torch.no_grad():
         alpha[0] = 1.0  # start from basis network 0, as the official code
     hold = 4 * strategy.k * sum(w.numel() for w in weights) <= strategy.basis_mib * 2**20
@@ -143,7 +156,8 @@ def _pranc(model: nn.Module, strategy: PRANC, targets, seed: int):
                        strategy.k)
         if hold:
             basis.held = [basis.draw(j0, j1, device) for j0, j1 in basis.bounds()]
-        placeholder = torch.zeros((), device=device).expand(w.shape)  # no bytes: see pack
+        # no bytes (see pack); its dtype is the weight's, which model.half() also converts
+        placeholder = torch.zeros((), device=device, dtype=w.dtype).expand(w.shape)
         compute_(t.module, t.name, functools.partial(_weight, basis, tuple(w.shape)),
                  {GAIN: alpha}, {LATENT: placeholder})
     return trained_spec(strategy, chosen, seed)
@@ -169,5 +183,6 @@ def _rebuild(p, form: str) -> PRANC:
                             f"numbers; the file holds {got}")
     if {a: t for a, t in header.ties if t == name} != {e.name + GAIN: name for e in layers[1:]}:
         raise ArtifactError("PRANC's compressed layers must all share the one alpha")
-    held = 0 if form == "packed" else min(strategy.basis_mib, PRANC.basis_mib)
+    # the dense form computes each weight once: chunks cost no more time and no held basis
+    held = min(strategy.basis_mib, PRANC.basis_mib) if form == "train" else 0
     return replace(strategy, basis_mib=held)

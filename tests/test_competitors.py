@@ -227,6 +227,8 @@ def test_refusals():
         pemn.apply_(torch.nn.Linear(2, 2), pemn.Binary(), seed=1)
     with pytest.raises(ValueError, match="no layer left"):
         pemn.apply_(torch.nn.Sequential(torch.nn.Linear(2, 2)), Sparse())
+    with pytest.raises(ValueError, match=r"the model has 0 maskable layer\(s\)$"):
+        pemn.apply_(torch.nn.Sequential(torch.nn.ReLU()), pemn.Quantized())  # no dense_ends
     model = tiny(Binary())
     with pytest.raises(ValueError, match="already applied"):
         pemn.apply_(model, Binary())

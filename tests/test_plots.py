@@ -77,11 +77,11 @@ def test_fig3_draws_each_strategys_mean_and_std_and_dense_as_a_line(drawn):
 
 def test_keep_ratios_split_a_series_only_where_it_also_spans_models():
     one_model = [{"dataset": "d", "arch": "w128", "strategy": pemn.Mask(), "keep_ratio": k,
-                  "score_lr_scale": 1.0, "depth": 4} for k in (0.5, 0.2)]
-    plots._split_by_keep(one_model)  # the line runs across keep ratios
+                  "score_lr_scale": 1.0, "depth": 4, "epochs": 3, "lr": 0.05} for k in (0.5, 0.2)]
+    plots._split_series(one_model)  # the line runs across keep ratios
     assert [plots.series_label(g) for g in one_model] == ["Mask", "Mask"]
     widths = [*one_model, {**one_model[1], "arch": "w144"}]
-    plots._split_by_keep(widths)  # the lines run across widths, one per keep ratio
+    plots._split_series(widths)  # the lines run across widths, one per keep ratio
     assert [plots.series_label(g) for g in widths] == ["Mask", "Mask, keep 0.2", "Mask, keep 0.2"]
     g = widths[1]
     # families whose keep is their own (density, every weight stored) are not relabelled
@@ -148,3 +148,30 @@ def test_paper_accuracy_is_found_by_the_papers_own_strategy():
     assert paper_accuracy("cifar10", "resnet32", pemn.MP(values="normal").tag()) == 86.29
     assert paper_accuracy("cifar10", "convmixer_256_d6", pemn.RP(1e-3).tag()) is None  # our default
     assert paper_accuracy("fashion_mnist", "convmixer_256_d6", paper_rp.tag()) is None
+
+
+def test_another_line_of_the_strategy_does_not_split_this_one_but_epochs_and_lr_do():
+    one_model = [{"dataset": "d", "arch": "w128", "strategy": pemn.Mask(), "keep_ratio": k,
+                  "score_lr_scale": 1.0, "depth": 4, "family": None, "epochs": 3, "lr": 0.05}
+                 for k in (0.5, 0.2)]
+    for other in ({"depth": 8, "arch": "w128 d8"}, {"score_lr_scale": 3.0, "arch": "w64"},
+                  {"family": "vit", "arch": "vit_tiny"}):  # lines of their own
+        plots._split_series([*one_model, {**one_model[0], **other}])
+        assert [plots.series_label(g) for g in one_model] == ["Mask", "Mask"], other
+    # runs of other lengths or learning rates are not sizes: never one line
+    runs = [one_model[0], {**one_model[0], "epochs": 30}]
+    plots._split_series(runs)
+    assert [plots.series_label(g) for g in runs] == ["Mask, 3 epochs", "Mask, 30 epochs"]
+    runs = [one_model[0], {**one_model[0], "lr": 0.1}]
+    plots._split_series(runs)
+    assert [plots.series_label(g) for g in runs] == ["Mask, lr 0.05", "Mask, lr 0.1"]
+
+
+def test_one_line_across_prancs_k_is_a_frontier(tmp_path, monkeypatch):
+    from pemn.pranc import PRANC
+
+    runs = {PRANC(k=1372): ([86.0, 86.2], [5_960, 5_960], 0.0),
+            PRANC(k=6400): ([88.0, 88.4], [16_013, 16_013], 0.0)}
+    [ax] = _draw(runs, tmp_path, monkeypatch)["frontier_bytes"]
+    x, y, _ = _series(ax)["PRANC"]
+    assert (x, y) == ([5.96, 16.013], [86.1, 88.2])

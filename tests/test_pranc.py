@@ -185,3 +185,64 @@ def test_a_sweep_trains_packs_and_prices_it(tmp_path):
     [row] = summary_table(tmp_path / "runs" / "results.jsonl").splitlines()[2:]
     # one line across k, as across widths; U is k; the paper's CR prices a mask: PRANC has none
     assert row.split(" | ")[2:8] == ["PRANC, depth 1", "1", "0.005", "376", "40", ""]
+
+
+def test_a_half_model_computes_in_float32_and_rounds_once():
+    # an fp16 file in a half skeleton, every form (the dense form baked a float32 weight into
+    # it); the weight is the float32 one rounded once, as the dense form of a float32 skeleton
+    data = pack(_trained(), precision="fp16")
+    want = unpack(data, _net(), form="dense")
+    for form in pemn.artifact.FORMS:
+        half = unpack(data, _net().half(), form=form)
+        for i in (0, 4):
+            assert half[i].weight.dtype == torch.float16, form
+            assert torch.equal(half[i].weight.detach(), want[i].weight.detach().half()), form
+        assert half(X.half()).dtype == torch.float16
+    # apply_ to a half model, or .half() after apply_: alpha gets its gradient
+    for model in (pemn.apply_(_net().half(), pranc.PRANC(k=30), seed=5),
+                  pemn.apply_(_net(), pranc.PRANC(k=30), seed=5).half()):
+        model(X.half()).float().square().mean().backward()
+        assert model[0].weight_gain.grad.count_nonzero() == 30
+
+
+def test_user_mistakes_are_refused_with_their_reason():
+    # past the header's bound a file could not hold the strategy: refused before any training
+    for field in ("k", "basis_mib"):
+        with pytest.raises(ValueError, match=f"pranc {field} must be at most 65,536"):
+            pranc.PRANC(**{field: 2**16 + 1})
+    assert len(pack(pemn.apply_(nn.Sequential(nn.Linear(2, 2)),
+                                pranc.PRANC(k=2**16, basis_mib=2**16), seed=1)))
+    with pytest.raises(ValueError, match=r"0.weight has no weights; PRANC cannot compress it"):
+        pemn.apply_(nn.Sequential(nn.Linear(0, 3), nn.Linear(3, 2)), pranc.PRANC(k=3), seed=1)
+
+
+def test_only_the_train_form_holds_the_basis(monkeypatch):
+    bases = []
+
+    class Recorded(pranc._Basis):
+        def __init__(self, *args):
+            super().__init__(*args)
+            bases.append(self)
+
+    monkeypatch.setattr(pranc, "_Basis", Recorded)
+    data = pack(_trained())
+    for form, held in (("train", True), ("dense", False), ("packed", False)):
+        bases.clear()
+        unpack(data, _net(), form=form)
+        assert [b.held is not None for b in bases] == [held, held], form
+
+
+def test_a_network_larger_than_a_chunk_is_drawn_in_slices(monkeypatch):
+    import tracemalloc
+
+    basis = pranc._Basis(seed=3, stream=1, numel=2**18, bound=0.5, k=2)
+    whole = basis.draw(0, 2, "cpu")
+    monkeypatch.setattr(pranc, "_CHUNK_VALUES", 2**12)
+    tracemalloc.start()
+    try:
+        sliced = basis.draw(0, 2, "cpu")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(sliced, whole)  # the same bytes: the stream is counter-based
+    assert peak < 4 * 2 * 2**18 + 64 * 2**12  # the float32 networks and one slice's words

@@ -110,7 +110,7 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
                  min=min(v), max=max(v), n=len(v), bytes=statistics.fmean(sizes),
                  readings={k: statistics.fmean(x[k] for x in readings)
                            for k in set.intersection(*map(set, readings))})
-    _split_by_keep(groups.values())
+    _split_series(groups.values())
     kept = [g for g in groups.values()
             if not series or any(fnmatch.fnmatchcase(series_label(g), p) for p in series)]
     if groups and not kept:
@@ -120,17 +120,20 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
     return kept
 
 
-def _split_by_keep(groups) -> None:
-    """A line runs along one size knob: where a strategy spans several models and several
-    keep ratios, each keep ratio is a series of its own (``keep_series``); at one model the
-    line runs across its keep ratios."""
-    spans: dict[tuple, list[dict]] = {}
+def _split_series(groups) -> None:
+    """A line runs along one size knob. Among the groups of one line (:func:`_line_label`,
+    dataset and model family): where they span several models and several keep ratios, each
+    keep ratio is a series of its own (``keep_series``; at one model the line runs across its
+    keep ratios); epochs or lr that differ always split the line (``epochs_series``,
+    ``lr_series``)."""
+    lines: dict[tuple, list[dict]] = {}
     for g in groups:
-        spans.setdefault((g["dataset"], g["strategy"]), []).append(g)
-    for same in spans.values():
-        split = len({g["arch"] for g in same}) > 1 and len({g["keep_ratio"] for g in same}) > 1
+        lines.setdefault((g["dataset"], _line_label(g), g.get("family")), []).append(g)
+    for same in lines.values():
+        several = {k: len({g[k] for g in same}) > 1 for k in ("arch", "keep_ratio", "epochs", "lr")}
         for g in same:
-            g["keep_series"] = split
+            g.update(keep_series=several["arch"] and several["keep_ratio"],
+                     epochs_series=several["epochs"], lr_series=several["lr"])
 
 
 def _sort_key(s: Strategy) -> tuple:
@@ -240,16 +243,26 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
     return fig
 
 
-def series_label(g: dict) -> str:
-    """A frontier line: the strategy with its levers, plus what else sets it apart."""
+def _line_label(g: dict) -> str:
+    """The strategy family with its levers, score lr scale and depth."""
     label = g["strategy"].family_label()
     if g["score_lr_scale"] != 1.0:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
         label += f", depth {g['depth']}"
+    return label
+
+
+def series_label(g: dict) -> str:
+    """A frontier line: the strategy with its levers, plus what else sets it apart."""
+    label = _line_label(g)
     default_keep = g["strategy"].keep_ratio(MaskConfig.keep_ratio)
     if g.get("keep_series") and g["keep_ratio"] != default_keep:
         label += f", keep {g['keep_ratio']:g}"
+    if g.get("epochs_series"):
+        label += f", {g['epochs']} epochs"
+    if g.get("lr_series"):
+        label += f", lr {g['lr']:g}"
     if g.get("family"):
         label += f", {g['family']}"
     return label
@@ -261,7 +274,7 @@ _READING_NAMES = {"csr": "CSR", "values_only": "values only (CR as sparsity)"}
 
 def _frontier(plt, groups: list[dict], metric: str, precision: str):
     """Accuracy against file bytes (log axis), one panel per dataset, a line per series."""
-    if len({(g["dataset"], series_label(g)) for g in groups}) < 2:
+    if len(groups) < 2:  # two points: two series, or one line (PRANC's k, widths)
         return None
     datasets = list(dict.fromkeys(g["dataset"] for g in groups))
     fig, axes = _panels(plt, len(datasets), width=7.0)
