@@ -345,7 +345,8 @@ def plot_results(results: str | Path | Sequence[str | Path], out_dir: str | Path
 
 
 def _cr_cell(group: dict) -> str:
-    """The paper's CR prices a mask: blank for a family that stores none (it records 0)."""
+    """The paper's CR prices a mask: blank for a trained-weight family that records 0
+    (int4, binary, PRANC); Dense, the paper's CR-0 reference, keeps its 0.000."""
     no_mask = group["CR"] == 0 and type(group["strategy"]) not in FILLS.values()
     return "" if no_mask else f"{100 * group['CR']:.3f}"
 
