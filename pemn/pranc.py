@@ -20,6 +20,7 @@ from torch import nn
 
 from pemn import rng
 from pemn.artifact.format import ArtifactError
+from pemn.artifact.header import MAX_JSON_NUMBER
 from pemn.artifact.forms import register_rebuild
 from pemn.artifact.weights import Encoding, TrainedWeights, register_encoding
 from pemn.competitors import compressed_targets, trained_spec
@@ -34,7 +35,6 @@ _CHUNK_VALUES = 2**20  # basis values per chunk (4 MiB of float32, 8 MiB of word
 # The loader's budget for a file's basis (k * P values; max_elements bounds allocations): ~40
 # ns a value, once at load or per forward when chunked (~11 s); the 16 kB fmnist file's 156 M fit
 MAX_BASIS_VALUES = 2**28
-_MAX_FIELD = 2**16  # the header's bound on a strategy's numbers: a larger k could not be saved
 
 
 @register_strategy("pranc")
@@ -55,8 +55,8 @@ class PRANC(TrainedWeights):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"pranc {field} must be an integer >= {low}, got {value!r}")
-            if value > _MAX_FIELD:  # refused now, not by pack after the training
-                raise ValueError(f"pranc {field} must be at most {_MAX_FIELD:,} (the artifact "
+            if value > MAX_JSON_NUMBER:  # refused now, not by pack after the training
+                raise ValueError(f"pranc {field} must be at most {MAX_JSON_NUMBER:,} (the artifact "
                                  f"header's bound on a strategy's numbers), got {value:,}")
         super().__post_init__()
 

@@ -12,9 +12,9 @@ import torch
 
 from pemn.artifact.codec import list_codecs
 
-__all__ = ["ArtifactError", "FORMAT_VERSION", "MAX_ELEMENTS", "DTYPES", "FLOAT_DTYPES", "KINDS",
-           "INT8_TENSOR", "MAX_INPUT_VALUES", "entry_kind", "Entry", "Header", "dataset_entry",
-           "is_sha256"]
+__all__ = ["ArtifactError", "FORMAT_VERSION", "MAX_ELEMENTS", "MAX_JSON_NUMBER", "DTYPES",
+           "FLOAT_DTYPES", "KINDS", "INT8_TENSOR", "MAX_INPUT_VALUES", "entry_kind", "Entry",
+           "Header", "dataset_entry", "is_sha256"]
 
 FORMAT_VERSION = 4  # the only version read; 1 to 3 had positional sections
 MAX_ELEMENTS = 2**31  # hard ceiling on the values a file may describe; load() has a lower default
@@ -187,12 +187,15 @@ def is_sha256(value) -> bool:
     return isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) is not None
 
 
+MAX_JSON_NUMBER = 2**16  # the bound on a constructor kwarg or strategy field in a header
+
+
 def _validate_json_value(value, what: str, depth: int = 0) -> None:
     """Constructor kwargs and strategy fields: JSON scalars and short flat lists only."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (int, float)):
-        if abs(value) > 2**16 or not math.isfinite(value):  # in this order: a huge int
+        if abs(value) > MAX_JSON_NUMBER or not math.isfinite(value):  # in this order: a huge int
             raise ArtifactError(f"{what}={value} is out of range for a model hyperparameter")
     elif isinstance(value, str):
         if len(value) > 64:
