@@ -51,7 +51,8 @@ def stats(model: nn.Module) -> Stats:
     has_mask = spec.strategy.stores_mask
     cr = paper_compression_ratio(num_masked, num_unique) if has_mask else 0.0
     bits = sum(mask_size(t.numel, getattr(spec.strategy, "pruned", 0.0)) for t in spec.tensors)
-    owned = {t.name + s for t in spec.tensors for s in ("", *SUFFIXES)}  # w and its parts
+    owned = {n + s for n in [*(t.name for t in spec.tensors), *spec.ties]  # w, its aliases
+             for s in ("", *SUFFIXES)}  # and their parts
     other = sum(t.numel() for n, t in model.state_dict().items()
                 if t.is_floating_point() and n not in owned)
     return Stats(num_masked, num_unique, cr, 4 * num_masked, bits if has_mask else 0, other)

@@ -222,3 +222,31 @@ def test_the_default_rp_prototype_follows_the_documented_recipe():
     expected = np.tile(signs, 80)[rng.permutation(11, 2**32, 400)]
     [proto] = plan_fill(RP(1e-2), _SPECS).generate(11)
     assert proto.dtype == np.float32 and np.array_equal(proto, expected)
+
+
+
+def test_folded_blocks_store_one_mask_per_conv_kind_and_load_from_the_zoo(tmp_path):
+    def build(fold):
+        model = create_model("convmixer_64_d4", dim=16, depth=3, in_channels=1, fold=fold)
+        return pemn.apply_(model, RP(1e-3, "permuted", values="signed_constant"), seed=3)
+
+    folded, plain = build(True), build(False)
+    names = [f"{f}.{n}" for f, _, n in masked_tensors(folded)]
+    assert names == ["stem.0.weight", "blocks.0.0.fn.0.weight", "blocks.0.1.weight",
+                     "head.weight"]
+    scores = folded.blocks[0][1].weight_scores
+    assert pemn.stats(folded).num_other_params == pemn.stats(plain).num_other_params  # norms
+    assert folded.blocks[2][1].weight_scores is scores  # a tie, not a copy
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    folded(x).square().sum().backward()
+    torch.optim.SGD(folded.parameters(), lr=1.0).step()  # the shared scores learn
+    folded.eval()
+    pemn.save(folded, tmp_path / "f.pemn")
+    assert len(pack(folded)) < len(pack(plain.eval())) - 2 * (400 + 256) // 8  # 2 blocks' masks
+    with torch.no_grad():
+        want = folded(x)
+        for form in ("train", "dense", "packed"):  # the zoo skeleton, tied again after meta
+            loaded = pemn.load(tmp_path / "f.pemn", form=form)
+            assert torch.equal(loaded(x), want), form
+    trained = pemn.load(tmp_path / "f.pemn")
+    assert trained.blocks[2][1].weight_scores is trained.blocks[0][1].weight_scores

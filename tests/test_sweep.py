@@ -344,9 +344,9 @@ def test_results_lines_are_checked(tmp_path):
 
 
 def test_levers_score_lr_and_depth_keep_their_own_rows_across_results_files(tmp_path):
-    def line(name, strategy, seed, acc, score_lr=1.0, depth=4):
+    def line(name, strategy, seed, acc, score_lr=1.0, depth=4, fold=False):
         cfg = RunConfig(name=name)
-        cfg.model.kwargs = {"depth": depth}
+        cfg.model.kwargs = {"depth": depth, "fold": fold}
         cfg.mask.strategy, cfg.mask.seed, cfg.optim.score_lr_scale = strategy, seed, score_lr
         summary = {"num_masked": 1000, "num_unique": 10, "compression_ratio": 0.9,
                    "best_test_acc": acc, "final_test_acc": acc}
@@ -357,11 +357,12 @@ def test_levers_score_lr_and_depth_keep_their_own_rows_across_results_files(tmp_
     a.write_text(line("a0", pemn.RP(1e-3), 0, 80) + line("a1", pemn.RP(1e-3), 1, 82))
     b.write_text(line("b0", pemn.RP(1e-3), 0, 70, score_lr=0.3)
                  + line("b1", pemn.RP(1e-3, gain="channel"), 0, 90)
-                 + line("b2", pemn.RP(1e-3), 0, 60, depth=8))
+                 + line("b2", pemn.RP(1e-3), 0, 60, depth=8)
+                 + line("b3", pemn.RP(1e-3), 0, 50, fold=True))
     table = summary_table([a, b]).splitlines()[2:]
     rows = {r.split(" | ")[2]: r for r in table}
     assert set(rows) == {"RP 1e-3", "RP 1e-3 (score lr x0.3)", "RP 1e-3 +gain/channel",
-                         "RP 1e-3, depth 8"}
+                         "RP 1e-3, depth 8", "RP 1e-3, folded"}
     assert "81.00 ± 1.41 | 2" in rows["RP 1e-3"]
     paths = plot_results([a, b], tmp_path / "fig")
     assert {p.name for p in paths} == {"fig3_unique_values.png", "fig3_unique_values.svg",

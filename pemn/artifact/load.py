@@ -19,6 +19,7 @@ from pemn.artifact.codec import get_codec
 from pemn.artifact.format import MAX_HEADER_BYTES, PREAMBLE_BYTES, read_container
 from pemn.artifact.forms import FORM_BUILDERS, Masks, Payload, rebuilder, tensor_specs
 from pemn.artifact.header import DTYPES, INT8_TENSOR, MAX_ELEMENTS, ArtifactError, Entry, Header
+from pemn.artifact.pack import unique_tensors
 from pemn.artifact.weights import TrainedWeights, get_encoding
 from pemn.fill import Dense, mask_size, plan_fill, strategy_from_dict
 from pemn.masking import GAIN, num_kept
@@ -176,8 +177,13 @@ def _allocate(meta: nn.Module, header: Header, form: str, device: torch.device) 
             if isinstance(module._parameters.get(attr), nn.Parameter):
                 module._parameters[attr] = nn.Parameter(torch.empty(0, device="meta"),
                                                          requires_grad=False)
+    ties = unique_tensors(meta.named_parameters(remove_duplicate=False))[1]
     # not to_empty: its empty_like on meta tensors imports sympy (~35 MB resident)
-    return meta._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+    model = meta._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+    for alias, name in ties:  # _apply gives each module its own Parameter: tie them again
+        fqn, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(fqn), attr, model.get_parameter(name))
+    return model
 
 
 def _decode(e: Entry, payload: memoryview):

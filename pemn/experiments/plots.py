@@ -94,6 +94,7 @@ def group_results(rows: list[dict], metric: str = "best_test_acc",
         g = groups.setdefault(key, {
             "dataset": cfg.data.dataset, "arch": arch, "model": cfg.model.name,
             "depth": cfg.model.kwargs.get("depth", int(zoo_depth) if zoo_depth.isdigit() else None),
+            "folded": bool(cfg.model.kwargs.get("fold", False)),
             "strategy": strategy, "keep_ratio": keep, "epochs": cfg.optim.epochs,
             "lr": cfg.optim.lr, "score_lr_scale": cfg.optim.score_lr_scale,
             "family": _family(cfg.model.name) if len(families) > 1 else None,
@@ -244,12 +245,14 @@ def _compression(plt, groups: list[dict], metric: str, x_of, xlabel: str, logx: 
 
 
 def _line_label(g: dict) -> str:
-    """The strategy family with its levers, score lr scale and depth."""
+    """The strategy family with its levers, score lr scale, depth and folded blocks."""
     label = g["strategy"].family_label()
     if g["score_lr_scale"] != 1.0:
         label += f" (score lr x{g['score_lr_scale']:g})"
     if g["depth"] not in (None, 4):
         label += f", depth {g['depth']}"
+    if g.get("folded"):
+        label += ", folded"
     return label
 
 

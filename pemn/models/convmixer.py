@@ -28,11 +28,14 @@ class Residual(nn.Module):
 
 class ConvMixer(nn.Module):
     """ConvMixer-``dim``/``depth``; ``bn_affine=False`` is the official code's ``--bn_type
-    not-learn`` ablation (every BatchNorm without scale and shift)."""
+    not-learn`` ablation (every BatchNorm without scale and shift). ``fold=True`` gives every
+    block block 0's two conv weights (one Parameter each, as Hidden-Fold networks share the
+    weights and mask of blocks of one shape), so a masked model stores one mask per conv kind;
+    the BatchNorms stay per block."""
 
     def __init__(self, dim: int, depth: int, kernel_size: int = 5, patch_size: int = 2,
                  in_channels: int = 3, num_classes: int = 10, act: str = "gelu",
-                 bn_affine: bool = True) -> None:
+                 bn_affine: bool = True, fold: bool = False) -> None:
         super().__init__()
         if act not in _ACTIVATIONS:
             raise ValueError(f"act={act!r}: use one of {sorted(_ACTIVATIONS)}")
@@ -50,6 +53,10 @@ class ConvMixer(nn.Module):
                 nn.Conv2d(dim, dim, 1, bias=False),
                 act_layer(), norm(dim))
             for _ in range(depth)])
+        if fold:
+            for block in self.blocks[1:]:
+                block[0].fn[0].weight = self.blocks[0][0].fn[0].weight
+                block[1].weight = self.blocks[0][1].weight
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(dim, num_classes, bias=False)
 
