@@ -88,17 +88,21 @@ def figure(groups: dict[tuple, dict], out_dir: Path) -> None:
 
     budgets = sorted({_budget(statistics.mean(g["bytes"]) / 1000) for g in groups.values()},
                      reverse=True)
+    families = sorted({family for family, _, _ in groups})
+    colors = {f: f"C{i}" for i, f in enumerate(families)}  # one colour per family, every panel
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
         series = defaultdict(list)
         for (family, width, epochs), g in groups.items():
             kb = statistics.mean(g["bytes"]) / 1000
             if _budget(kb) == budget:
-                series[f"{family}, width {width} ({kb:.1f} kB)"].append((epochs, *_mean_std(g["acc"])))
-        for label, points in sorted(series.items()):
+                label = f"{family}, width {width} ({kb:.1f} kB)"
+                series[family, label].append((epochs, *_mean_std(g["acc"])))
+        for (family, label), points in sorted(series.items()):
             points.sort()
             ax.errorbar([p[0] for p in points], [p[1] for p in points],
-                        yerr=[p[2] for p in points], marker="o", capsize=3, label=label)
+                        yerr=[p[2] for p in points], marker="o", capsize=3, label=label,
+                        color=colors[family])
         ax.set_xscale("log")
         ax.set_xticks(sorted({e for (_, _, e) in groups}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
