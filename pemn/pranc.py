@@ -133,8 +133,11 @@ class _Combine(torch.autograd.Function):
 
 
 def _weight(basis: _Basis, shape, module: nn.Module, name: str) -> torch.Tensor:
-    """In float32 (alpha and the basis), rounded once to the skeleton's dtype (half models)."""
-    w = _Combine.apply(getattr(module, name + GAIN).float(), basis).view(shape)
+    """In float32 (alpha and the basis), rounded once to the skeleton's dtype (half models);
+    autocast would run the sum over k basis networks in bf16, so it is off here."""
+    alpha = getattr(module, name + GAIN)
+    with torch.autocast(alpha.device.type, enabled=False):
+        w = _Combine.apply(alpha.float(), basis).view(shape)
     return w.to(getattr(module, name + LATENT).dtype)
 
 

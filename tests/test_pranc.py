@@ -246,3 +246,14 @@ def test_a_network_larger_than_a_chunk_is_drawn_in_slices(monkeypatch):
         tracemalloc.stop()
     assert torch.equal(sliced, whole)  # the same bytes: the stream is counter-based
     assert peak < 4 * 2 * 2**18 + 64 * 2**12  # the float32 networks and one slice's words
+
+
+def test_autocast_leaves_the_sum_over_the_basis_in_float32():
+    model = _trained()
+    want = model[0].weight.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = model[0].weight
+        assert w.dtype == torch.float32 and torch.equal(w.detach(), want)
+        model.train()
+        model(X).float().square().mean().backward()  # alpha still learns under autocast
+    assert model[0].weight_gain.grad.count_nonzero() == 30
