@@ -1,7 +1,9 @@
 """The frontier against the training budget: a table and a figure of test accuracy per family
-and width against epochs, from the results lines of configs/sweeps/fmnist_budget.toml.
+and width against epochs, from the results lines of configs/sweeps/fmnist_budget.toml (and of
+fmnist_budget_retuned.toml: a family trained at two learning rates is drawn once per lr).
 
-    python scripts/budget_figure.py docs/results/fmnist_budget.jsonl -o docs/figures/budget
+    python scripts/budget_figure.py docs/results/fmnist_budget.jsonl \
+        docs/results/fmnist_budget_retuned.jsonl -o docs/figures/budget
 
 Prints a markdown table (mean +- std over seeds, n = number of seeds, fp16 file kB) and, per
 byte budget, the gap of PEMN to the best other family at each training length. Writes
@@ -27,18 +29,25 @@ def _family(strategy: dict) -> str:
     return {"binary": "Binary", "mask": "PEMN (Mask)", "pranc": "PRANC"}.get(name, name)
 
 
-def _groups(path: str) -> dict[tuple, dict]:
-    """(family, width, epochs) -> accuracies (one per seed) and fp16 file bytes."""
-    groups: dict[tuple, dict] = defaultdict(lambda: {"acc": [], "bytes": []})
-    for line in Path(path).read_text().splitlines():
-        r = json.loads(line)
-        cfg, s = r["config"], r["summary"]
-        kwargs = cfg["model"]["kwargs"]
-        family = _family(s["strategy"]) + ("" if kwargs["depth"] == 4 else f", depth {kwargs['depth']}")
-        key = (family, kwargs["dim"], s["epochs"])
-        groups[key]["acc"].append(s["final_test_acc"])
-        groups[key]["bytes"].append(r["readings"]["fp16"]["total"])
-    return groups
+def _groups(paths: list[str]) -> dict[tuple, dict]:
+    """(family, width, epochs) -> accuracies (one per seed) and fp16 file bytes; a family
+    trained at several learning rates is one family per lr (``Int4 QAT, lr 0.05``)."""
+    runs: dict[tuple, dict] = defaultdict(lambda: {"acc": [], "bytes": []})
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            cfg, s = r["config"], r["summary"]
+            kwargs = cfg["model"]["kwargs"]
+            family = _family(s["strategy"]) + (
+                "" if kwargs["depth"] == 4 else f", depth {kwargs['depth']}")
+            key = (family, kwargs["dim"], s["epochs"], cfg["optim"]["lr"])
+            runs[key]["acc"].append(s["final_test_acc"])
+            runs[key]["bytes"].append(r["readings"]["fp16"]["total"])
+    lrs = defaultdict(set)
+    for family, _, _, lr in runs:
+        lrs[family].add(lr)
+    return {(f"{family}, lr {lr:g}" if len(lrs[family]) > 1 else family, width, epochs): g
+            for (family, width, epochs, lr), g in runs.items()}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -123,11 +132,7 @@ def main() -> None:
     parser.add_argument("results", nargs="+")
     parser.add_argument("-o", "--out-dir", type=Path)
     args = parser.parse_args()
-    groups: dict[tuple, dict] = defaultdict(lambda: {"acc": [], "bytes": []})
-    for path in args.results:
-        for key, g in _groups(path).items():
-            groups[key]["acc"] += g["acc"]
-            groups[key]["bytes"] += g["bytes"]
+    groups = _groups(args.results)
     print(table(groups))
     print()
     print(gaps(groups))
